@@ -1,0 +1,103 @@
+"""Command line: ``gatekeeper run|check|rules|knock``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from gatekeeper import __version__
+from gatekeeper import config as config_mod
+from gatekeeper.errors import GatekeeperError
+
+
+def _setup_logging(verbose: bool) -> None:
+    journald = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
+    fmt = "%(levelname)s %(message)s" if journald else "%(asctime)s %(levelname)s %(message)s"
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt,
+                        stream=sys.stderr)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from gatekeeper import daemon
+
+    _setup_logging(args.verbose)
+    return daemon.run(args.config)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    doors = ", ".join(f"{d.name} ({len(d.sequence)} knocks -> {' '.join(map(str, d.opens))})"
+                      for d in cfg.doors)
+    print(f"{args.config}: OK: {len(cfg.doors)} door(s): {doors}")
+    return 0
+
+
+def _cmd_rules(args: argparse.Namespace) -> int:
+    from gatekeeper.netfilter.render import render
+
+    ruleset = render(config_mod.load(args.config))
+    part = {"all": ruleset.text(), "ipset": ruleset.ipset, "4": ruleset.ipv4, "6": ruleset.ipv6}
+    sys.stdout.write(part[args.family])
+    return 0
+
+
+def _cmd_knock(args: argparse.Namespace) -> int:
+    import socket
+
+    from gatekeeper.client.knock import knock, parse_step, resolve
+    from gatekeeper.config import TCP, UDP
+
+    family = socket.AF_INET if args.ipv4 else socket.AF_INET6 if args.ipv6 else 0
+    default = UDP if args.udp else TCP
+    steps = [parse_step(p, default) for p in args.ports]
+    knock(resolve(args.host, family), steps, args.delay / 1000.0, args.verbose)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gatekeeper", description="Inline port-knocking gatekeeper for Linux gateways."
+    )
+    parser.add_argument("--version", action="version", version=f"gatekeeper {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="install the rules and verdict packets in the foreground")
+    p.add_argument("-c", "--config", required=True, help="TOML config file")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("check", help="validate a config file")
+    p.add_argument("-c", "--config", required=True)
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("rules", help="print the exact ruleset 'run' would install")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--family", choices=["all", "ipset", "4", "6"], default="all",
+                   help="print one part only, ready for its restore tool")
+    p.set_defaults(func=_cmd_rules)
+
+    p = sub.add_parser("knock", help="knock a sequence (knockd's knock syntax)")
+    p.add_argument("host")
+    p.add_argument("ports", nargs="+", metavar="PORT[:PROTO]")
+    p.add_argument("-u", "--udp", action="store_true", help="udp for ports with no protocol")
+    p.add_argument("-d", "--delay", type=int, default=0, metavar="MS",
+                   help="wait MS milliseconds between knocks")
+    fam = p.add_mutually_exclusive_group()
+    fam.add_argument("-4", "--ipv4", action="store_true", help="IPv4 only")
+    fam.add_argument("-6", "--ipv6", action="store_true", help="IPv6 only")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_cmd_knock)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except GatekeeperError as exc:
+        print(f"gatekeeper: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

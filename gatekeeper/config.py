@@ -1,0 +1,349 @@
+"""Load and validate a gatekeeper TOML config into immutable objects.
+
+Every problem is reported as one :class:`ConfigError` line that names the file and
+the key (``door[0].sequence[2]``) so an admin can fix it without reading code.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shlex
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gatekeeper.errors import GatekeeperError
+
+TCP = 6
+UDP = 17
+ICMP = 1  # an ICMP or ICMPv6 echo request; the "port" is its payload length
+
+PROTO_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp"}
+PROTO_NUMBERS = {name: num for num, name in PROTO_NAMES.items()}
+
+TCP_FLAG_BITS = {"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08, "ack": 0x10, "urg": 0x20}
+
+MAX_STEPS = 32
+MAX_OPEN_FOR = 7 * 24 * 3600
+MAX_SEQUENCE_TIMEOUT = 3600
+MAX_ICMP_PAYLOAD = 65507
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,24}$")
+_IFACE_RE = re.compile(r"^[^\s/:]{1,15}$")
+
+
+def step_key(proto: int, port: int) -> int:
+    return proto << 16 | port
+
+
+class ConfigError(GatekeeperError):
+    """A config problem, already phrased as one line for the admin."""
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One port written the knockd way, ``PORT[:PROTO]``."""
+
+    proto: int
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.port}:{PROTO_NAMES[self.proto]}"
+
+    @property
+    def key(self) -> int:
+        """The compact ``proto << 16 | port`` form the engine matches packets against."""
+        return step_key(self.proto, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class TcpFlags:
+    """TCP flags a packet must have set (``required``) and must not have (``forbidden``)."""
+
+    required: int
+    forbidden: int
+
+    def matches(self, flags: int) -> bool:
+        return flags & self.required == self.required and not flags & self.forbidden
+
+
+@dataclass(frozen=True, slots=True)
+class Door:
+    name: str
+    sequence: tuple[Step, ...]
+    opens: tuple[Step, ...]
+    sequence_timeout: float = 5.0
+    tcp_flags: TcpFlags = TcpFlags(TCP_FLAG_BITS["syn"], 0)
+    open_for: int = 30
+    close_sequence: tuple[Step, ...] = ()
+    start_command: tuple[str, ...] = ()
+    stop_command: tuple[str, ...] = ()
+    command_timeout: float = 10.0
+    host: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    queue: int = 0
+    interfaces: tuple[str, ...] = ()
+    public: tuple[Step, ...] = ()
+    max_sources: int = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    settings: Settings
+    doors: tuple[Door, ...]
+    path: str = "<config>"
+    protected: frozenset[int] = field(default=frozenset())
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate ``path``; raises :class:`ConfigError`."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{name}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{name}: cannot read: {exc}") from None
+    return loads(text, name)
+
+
+def loads(text: str, name: str = "<config>") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{name}: not valid TOML: {exc}") from None
+    return _Parser(name).config(data)
+
+
+class _Parser:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.name}: {key}: {message}")
+
+    def _table(self, value: Any, key: str, allowed: set[str]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key, "must be a table")
+        for k in value:
+            if k not in allowed:
+                allowed_text = ", ".join(sorted(allowed))
+                raise self.fail(f"{key}.{k}" if key else k, f"unknown key (allowed: {allowed_text})")
+        return value
+
+    def _int(self, value: Any, key: str, lo: int, hi: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"must be a whole number, got {value!r}")
+        if not lo <= value <= hi:
+            raise self.fail(key, f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    def _number(self, value: Any, key: str, lo: float, hi: float) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(key, f"must be a number of seconds, got {value!r}")
+        if not lo < value <= hi:
+            raise self.fail(key, f"must be more than {lo:g} and at most {hi:g}, got {value}")
+        return float(value)
+
+    def _str(self, value: Any, key: str) -> str:
+        if not isinstance(value, str):
+            raise self.fail(key, f"must be a string, got {value!r}")
+        return value
+
+    def _list(self, value: Any, key: str) -> list[Any]:
+        if not isinstance(value, list):
+            raise self.fail(key, f"must be a list, got {value!r}")
+        return value
+
+    def step(self, value: Any, key: str, allowed: tuple[int, ...] = (TCP, UDP, ICMP)) -> Step:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        text = self._str(value, key).strip().lower()
+        port_text, _, proto_text = text.partition(":")
+        proto_text = proto_text or "tcp"
+        proto = PROTO_NUMBERS.get(proto_text)
+        if proto is None:
+            raise self.fail(key, f"{value!r}: protocol must be tcp, udp or icmp")
+        if proto not in allowed:
+            names = " or ".join(PROTO_NAMES[p] for p in allowed)
+            raise self.fail(key, f"{value!r}: only {names} is allowed here")
+        if not port_text.isdigit():
+            raise self.fail(key, f"{value!r}: expected PORT[:PROTO], e.g. 7000:udp")
+        port = int(port_text)
+        if proto == ICMP:
+            if port > MAX_ICMP_PAYLOAD:
+                raise self.fail(key, f"{value!r}: icmp payload size must be 0-{MAX_ICMP_PAYLOAD}")
+        elif not 1 <= port <= 65535:
+            raise self.fail(key, f"{value!r}: port must be 1-65535")
+        return Step(proto, port)
+
+    def steps(
+        self, value: Any, key: str, allowed: tuple[int, ...] = (TCP, UDP, ICMP), *, sequence: bool
+    ) -> tuple[Step, ...]:
+        items = self._list(value, key)
+        if not items:
+            raise self.fail(key, "must not be empty")
+        if len(items) > MAX_STEPS:
+            raise self.fail(key, f"at most {MAX_STEPS} entries")
+        out = tuple(self.step(v, f"{key}[{i}]", allowed) for i, v in enumerate(items))
+        if sequence:
+            for i in range(1, len(out)):
+                if out[i] == out[i - 1]:
+                    raise self.fail(
+                        f"{key}[{i}]",
+                        f"{out[i]} repeats the step before it; a repeat cannot be told apart "
+                        "from a retransmitted knock",
+                    )
+        elif len(set(out)) != len(out):
+            raise self.fail(key, "lists a port twice")
+        return out
+
+    def tcp_flags(self, value: Any, key: str) -> TcpFlags:
+        text = self._str(value, key)
+        required = forbidden = 0
+        for raw in text.split(","):
+            word = raw.strip().lower()
+            negate = word.startswith("!")
+            word = word.lstrip("!")
+            bit = TCP_FLAG_BITS.get(word)
+            if bit is None:
+                names = ", ".join(TCP_FLAG_BITS)
+                raise self.fail(key, f"{raw.strip()!r}: flags are {names} (prefix ! to forbid)")
+            if negate:
+                forbidden |= bit
+            else:
+                required |= bit
+        if required & forbidden:
+            raise self.fail(key, f"{text!r} both requires and forbids a flag")
+        return TcpFlags(required, forbidden)
+
+    def command(self, value: Any, key: str) -> tuple[str, ...]:
+        if isinstance(value, str):
+            try:
+                argv = shlex.split(value)
+            except ValueError as exc:
+                raise self.fail(key, f"cannot split into arguments: {exc}") from None
+        else:
+            argv = [self._str(v, f"{key}[{i}]") for i, v in enumerate(self._list(value, key))]
+        if not argv:
+            raise self.fail(key, "must name a program")
+        return tuple(argv)
+
+    def settings(self, raw: Any) -> Settings:
+        data = self._table(raw, "gatekeeper", {"queue", "interfaces", "public", "max_sources"})
+        queue = self._int(data.get("queue", 0), "gatekeeper.queue", 0, 65535)
+        ifaces = tuple(
+            self._str(v, f"gatekeeper.interfaces[{i}]")
+            for i, v in enumerate(self._list(data.get("interfaces", []), "gatekeeper.interfaces"))
+        )
+        for i, iface in enumerate(ifaces):
+            if not _IFACE_RE.match(iface):
+                raise self.fail(f"gatekeeper.interfaces[{i}]", f"{iface!r} is not an interface name")
+            if iface == "lo":
+                raise self.fail(f"gatekeeper.interfaces[{i}]", "loopback is never guarded")
+        if len(set(ifaces)) != len(ifaces):
+            raise self.fail("gatekeeper.interfaces", "lists an interface twice")
+        public: tuple[Step, ...] = ()
+        if data.get("public"):
+            public = self.steps(data["public"], "gatekeeper.public", (TCP, UDP), sequence=False)
+        max_sources = self._int(data.get("max_sources", 65536), "gatekeeper.max_sources", 16, 10_000_000)
+        return Settings(queue=queue, interfaces=ifaces, public=public, max_sources=max_sources)
+
+    def door(self, raw: Any, index: int) -> Door:
+        where = f"door[{index}]"
+        data = self._table(
+            raw,
+            where,
+            {
+                "name", "sequence", "sequence_timeout", "tcp_flags", "opens", "open_for",
+                "close_sequence", "start_command", "stop_command", "command_timeout", "host",
+            },
+        )
+        if "name" not in data:
+            raise self.fail(f"{where}.name", "is required")
+        name = self._str(data["name"], f"{where}.name")
+        if not _NAME_RE.match(name):
+            raise self.fail(f"{where}.name", f"{name!r}: use 1-24 letters, digits, '-' or '_'")
+        where = f"door[{index}] ({name})"
+        for required in ("sequence", "opens"):
+            if required not in data:
+                raise self.fail(f"{where}.{required}", "is required")
+        kwargs: dict[str, Any] = {
+            "name": name,
+            "sequence": self.steps(data["sequence"], f"{where}.sequence", sequence=True),
+            "opens": self.steps(data["opens"], f"{where}.opens", (TCP, UDP), sequence=False),
+        }
+        if "sequence_timeout" in data:
+            kwargs["sequence_timeout"] = self._number(
+                data["sequence_timeout"], f"{where}.sequence_timeout", 0, MAX_SEQUENCE_TIMEOUT
+            )
+        if "tcp_flags" in data:
+            kwargs["tcp_flags"] = self.tcp_flags(data["tcp_flags"], f"{where}.tcp_flags")
+        if "open_for" in data:
+            kwargs["open_for"] = self._int(data["open_for"], f"{where}.open_for", 1, MAX_OPEN_FOR)
+        if "close_sequence" in data:
+            kwargs["close_sequence"] = self.steps(
+                data["close_sequence"], f"{where}.close_sequence", sequence=True
+            )
+        for cmd in ("start_command", "stop_command"):
+            if cmd in data:
+                kwargs[cmd] = self.command(data[cmd], f"{where}.{cmd}")
+        if "command_timeout" in data:
+            kwargs["command_timeout"] = self._number(
+                data["command_timeout"], f"{where}.command_timeout", 0, 3600
+            )
+        if "host" in data:
+            text = self._str(data["host"], f"{where}.host")
+            try:
+                kwargs["host"] = ipaddress.ip_address(text)
+            except ValueError:
+                raise self.fail(f"{where}.host", f"{text!r} is not an IPv4 or IPv6 address") from None
+        return Door(**kwargs)
+
+    def config(self, data: dict[str, Any]) -> Config:
+        self._table(data, "", {"gatekeeper", "door"})
+        settings = self.settings(data.get("gatekeeper", {}))
+        raw_doors = data.get("door")
+        if raw_doors is None:
+            raise self.fail("door", "no [[door]] defined; a gatekeeper with no door only drops")
+        doors = tuple(self.door(d, i) for i, d in enumerate(self._list(raw_doors, "door")))
+        self._cross_check(settings, doors)
+        protected = frozenset(s.key for d in doors for s in d.opens)
+        return Config(settings=settings, doors=doors, path=self.name, protected=protected)
+
+    def _cross_check(self, settings: Settings, doors: tuple[Door, ...]) -> None:
+        names: set[str] = set()
+        sequences: dict[tuple[Step, ...], str] = {}
+        public = {s.key for s in settings.public}
+        protected: dict[int, str] = {}
+        for i, door in enumerate(doors):
+            if door.name in names:
+                raise self.fail(f"door[{i}].name", f"{door.name!r} is used by another door")
+            names.add(door.name)
+            for step in door.opens:
+                if step.key in public:
+                    raise self.fail(f"door[{i}] ({door.name}).opens", f"{step} is also public")
+                if door.host is None:
+                    protected[step.key] = door.name
+        for i, door in enumerate(doors):
+            where = f"door[{i}] ({door.name})"
+            for kind, seq in (("sequence", door.sequence), ("close_sequence", door.close_sequence)):
+                if not seq:
+                    continue
+                other = sequences.get(seq)
+                if other is not None:
+                    raise self.fail(f"{where}.{kind}", f"same sequence as {other}")
+                sequences[seq] = f"{door.name}.{kind}"
+                for j, step in enumerate(seq):
+                    if step.key in public:
+                        raise self.fail(f"{where}.{kind}[{j}]", f"knock port {step} is also public")
+                    if step.key in protected:
+                        raise self.fail(
+                            f"{where}.{kind}[{j}]",
+                            f"knock port {step} is also protected by door {protected[step.key]!r}",
+                        )

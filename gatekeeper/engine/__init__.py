@@ -1,0 +1,17 @@
+"""The pure knock engine (no I/O): see :mod:`gatekeeper.engine.engine`."""
+
+from gatekeeper.engine.engine import (
+    Decision,
+    Engine,
+    Event,
+    Granted,
+    Knocked,
+    Outcome,
+    Reason,
+    Revoked,
+    Verdict,
+)
+
+__all__ = [
+    "Decision", "Engine", "Event", "Granted", "Knocked", "Outcome", "Reason", "Revoked", "Verdict",
+]

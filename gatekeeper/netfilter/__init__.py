@@ -1,0 +1,1 @@
+"""Kernel side of the packet path: the rules that queue packets, and the grant sets."""

@@ -1,0 +1,144 @@
+"""Install and remove the rendered ruleset: atomically per table, completely on removal.
+
+Rules go in with ``iptables-restore --noflush`` (one transaction per family); if the
+IPv6 part fails the IPv4 part and the sets are taken out again, so a failed start
+leaves nothing behind. Removal reads back what is installed and deletes every jump to
+our chains, then the chains, then the sets: a leftover of a killed daemon is found
+and removed the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+
+from gatekeeper.errors import GatekeeperError
+from gatekeeper.netfilter.render import SET_FWD, SET_IN, Ruleset, render_removal
+
+log = logging.getLogger(__name__)
+
+_TOOLS = {
+    4: ("iptables-save", "iptables-restore"),
+    6: ("ip6tables-save", "ip6tables-restore"),
+}
+_CAP_NET_ADMIN = 12
+
+
+def has_net_admin() -> bool:
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> _CAP_NET_ADMIN & 1)
+    except OSError:
+        pass
+    return os.geteuid() == 0
+
+
+def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=30, check=False)
+    except FileNotFoundError:
+        raise GatekeeperError(f"{argv[0]}: not found; install the iptables and ipset packages") from None
+    except subprocess.TimeoutExpired:
+        raise GatekeeperError(f"{argv[0]}: did not answer within 30 s") from None
+
+
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[0] if lines else "no message"
+
+
+class Installer:
+    """Owns gatekeeper's chains, jumps and sets in the current network namespace."""
+
+    def __init__(self) -> None:
+        self._created_table: dict[int, bool] = {4: False, 6: False}
+
+    def preflight(self) -> None:
+        if not has_net_admin():
+            raise GatekeeperError("need CAP_NET_ADMIN to manage netfilter: run as root")
+        for tool in (*_TOOLS[4], *_TOOLS[6], "ipset"):
+            if shutil.which(tool) is None:
+                raise GatekeeperError(f"{tool}: not found; install the iptables and ipset packages")
+
+    def saved(self, family: int, table: bool = True) -> str:
+        """``iptables-save -t filter``; with ``table=False`` plain ``iptables-save``, which
+        (unlike ``-t filter`` on nf_tables) prints no filter table that does not exist."""
+        result = _run([_TOOLS[family][0], "-t", "filter"] if table else [_TOOLS[family][0]])
+        if result.returncode != 0:
+            raise GatekeeperError(f"{_TOOLS[family][0]}: {_first_line(result.stderr)}")
+        return result.stdout
+
+    def _restore(self, family: int, text: str) -> None:
+        result = _run([_TOOLS[family][1], "--noflush"], text)
+        if result.returncode != 0:
+            raise GatekeeperError(
+                f"{_TOOLS[family][1]} rejected the ruleset ({_first_line(result.stderr)}); "
+                "check that the kernel has NFQUEUE, conntrack, multiport and set matches "
+                "(see 'gatekeeper rules')"
+            )
+
+    def install(self, ruleset: Ruleset) -> None:
+        """Install sets, then IPv4 and IPv6 rules; on any failure remove what went in."""
+        leftovers = self.remove_rules()
+        if leftovers:
+            log.warning("removed rules left by an earlier gatekeeper run that did not stop cleanly")
+        for family in (4, 6):
+            self._created_table[family] = not any(
+                line.startswith("*filter") for line in self.saved(family, table=False).splitlines()
+            )
+        try:
+            result = _run(["ipset", "restore", "-exist"], ruleset.ipset)
+            if result.returncode != 0:
+                raise GatekeeperError(
+                    f"ipset: cannot create the grant sets ({_first_line(result.stderr)}); "
+                    "is the ip_set kernel module available?"
+                )
+            self._restore(4, ruleset.ipv4)
+            self._restore(6, ruleset.ipv6)
+        except GatekeeperError:
+            self.remove()
+            raise
+
+    def remove_rules(self) -> bool:
+        """Remove every jump to our chains and the chains; True if anything was there."""
+        found = False
+        for family in (4, 6):
+            removal = render_removal(self.saved(family))
+            if removal is not None:
+                found = True
+                self._restore(family, removal)
+        return found
+
+    def remove(self) -> None:
+        """Remove rules, then sets, then a filter table that only we brought into being."""
+        self.remove_rules()
+        for name in (*SET_IN.values(), *SET_FWD.values()):
+            result = _run(["ipset", "destroy", name])
+            if result.returncode != 0 and "does not exist" not in result.stderr:
+                log.error("ipset destroy %s: %s", name, _first_line(result.stderr))
+        for family in (4, 6):
+            if self._created_table[family]:
+                self._drop_pristine_table(family)
+
+    def _drop_pristine_table(self, family: int) -> None:
+        """iptables-nft creates the filter table on first use; drop it again if it is
+        still exactly as created, so iptables-save reads as it did before the start."""
+        saved = [ln for ln in self.saved(family, table=False).splitlines()
+                 if ln and not ln.startswith("#")]
+        pristine = all(
+            ln in ("*filter", "COMMIT")
+            or (ln.startswith((":INPUT ACCEPT", ":FORWARD ACCEPT", ":OUTPUT ACCEPT")))
+            for ln in saved
+        )
+        nft = shutil.which("nft")
+        version = _run([_TOOLS[family][1], "--version"]).stdout
+        if not saved or not pristine or nft is None or "nf_tables" not in version:
+            return
+        result = _run([nft, "delete", "table", "ip" if family == 4 else "ip6", "filter"])
+        if result.returncode != 0:
+            log.warning("could not drop the empty filter table: %s", _first_line(result.stderr))
+        self._created_table[family] = False

@@ -1,0 +1,140 @@
+"""Render the exact ruleset gatekeeper installs, as text an admin can read first.
+
+Three pieces, each in the format of the tool that loads it:
+
+* ``ipset``: the grant sets (``ipset restore`` format), created before the rules;
+* ``ipv4`` / ``ipv6``: ``iptables-restore --noflush`` input that adds two chains of
+  our own and one jump per guarded interface at the top of INPUT (and FORWARD when a
+  door guards a host behind the gateway). Nothing the admin wrote is flushed or moved.
+
+Packet path inside ``GATEKEEPER-IN``: established/related, ICMPv6 neighbour discovery
+and public ports return to the admin's rules untouched; a source holding a grant for
+the destination port is accepted by the kernel set; everything else is queued to the
+worker, with no ``--queue-bypass``: if no worker listens, it is dropped (fail closed).
+``GATEKEEPER-FWD`` does the same for new packets to a door's ``host`` behind the gateway;
+other forwarded traffic returns to the admin's rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gatekeeper.config import PROTO_NAMES, TCP, UDP, Config, Step
+
+CHAIN_IN = "GATEKEEPER-IN"
+CHAIN_FWD = "GATEKEEPER-FWD"
+CHAINS = (CHAIN_IN, CHAIN_FWD)
+COMMENT = "gatekeeper"
+# Grant sets: hash:ip,port for ports on the gateway, hash:ip,port,ip for hosts behind it.
+SET_IN = {4: "gatekeeper-in4", 6: "gatekeeper-in6"}
+SET_FWD = {4: "gatekeeper-fwd4", 6: "gatekeeper-fwd6"}
+SET_MAXELEM = 65536
+# Neighbour discovery must never be queued, or IPv6 on the guarded link breaks.
+_ND_TYPES = (
+    "router-solicitation", "router-advertisement", "neighbour-solicitation",
+    "neighbour-advertisement", "redirect",
+)
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    ipset: str
+    ipv4: str
+    ipv6: str
+
+    def text(self) -> str:
+        return (
+            "# --- grant sets: ipset restore -exist ---\n" + self.ipset
+            + "# --- IPv4: iptables-restore --noflush ---\n" + self.ipv4
+            + "# --- IPv6: ip6tables-restore --noflush ---\n" + self.ipv6
+        )
+
+
+def _ports(steps: list[Step], proto: int) -> list[str]:
+    return [str(s.port) for s in steps if s.proto == proto]
+
+
+def _multiport(ports: list[str]) -> list[str]:
+    """Split into chunks that fit multiport's limit of 15 ports a rule."""
+    return [",".join(ports[i : i + 15]) for i in range(0, len(ports), 15)]
+
+
+def _jumps(config: Config, builtin: str, chain: str) -> list[str]:
+    ifaces = config.settings.interfaces
+    matches = [f"-i {i}" for i in ifaces] if ifaces else ["! -i lo"]
+    return [
+        f"-I {builtin} {n} {m} -m comment --comment {COMMENT} -j {chain}"
+        for n, m in enumerate(matches, start=1)
+    ]
+
+
+def _queue(config: Config) -> str:
+    return f"-j NFQUEUE --queue-num {config.settings.queue}"
+
+
+def render_family(config: Config, family: int) -> str:
+    fwd_doors = [d for d in config.doors if d.host is not None and d.host.version == family]
+    lines = ["*filter", f":{CHAIN_IN} - [0:0]"]
+    if fwd_doors:
+        lines.append(f":{CHAIN_FWD} - [0:0]")
+    lines += _jumps(config, "INPUT", CHAIN_IN)
+    if fwd_doors:
+        lines += _jumps(config, "FORWARD", CHAIN_FWD)
+    a = f"-A {CHAIN_IN}"
+    lines.append(f"{a} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN")
+    if family == 6:
+        lines += [f"{a} -p ipv6-icmp -m icmp6 --icmpv6-type {t} -j RETURN" for t in _ND_TYPES]
+    public = list(config.settings.public)
+    for proto in (TCP, UDP):
+        for chunk in _multiport(_ports(public, proto)):
+            lines.append(f"{a} -p {PROTO_NAMES[proto]} -m multiport --dports {chunk} -j RETURN")
+    lines.append(f"{a} -m set --match-set {SET_IN[family]} src,dst -j ACCEPT")
+    lines.append(f"{a} {_queue(config)}")
+    if fwd_doors:
+        # A protected host behind the gateway is as invisible as the gateway itself:
+        # every new packet to it is verdicted, so knocks may be sent to its address too.
+        f = f"-A {CHAIN_FWD}"
+        lines.append(f"{f} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN")
+        for proto in (TCP, UDP):
+            for chunk in _multiport(_ports(public, proto)):
+                lines.append(f"{f} -p {PROTO_NAMES[proto]} -m multiport --dports {chunk} -j RETURN")
+        lines.append(f"{f} -m set --match-set {SET_FWD[family]} src,dst,dst -j ACCEPT")
+        prefix = 32 if family == 4 else 128
+        for host in dict.fromkeys(str(d.host) for d in fwd_doors):
+            lines.append(f"{f} -d {host}/{prefix} {_queue(config)}")
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def render_sets() -> str:
+    lines = []
+    for family, inet in ((4, "inet"), (6, "inet6")):
+        opts = f"family {inet} hashsize 1024 maxelem {SET_MAXELEM} timeout 0 comment"
+        lines.append(f"create {SET_IN[family]} hash:ip,port {opts}")
+        lines.append(f"create {SET_FWD[family]} hash:ip,port,ip {opts}")
+    return "\n".join(lines) + "\n"
+
+
+def render(config: Config) -> Ruleset:
+    return Ruleset(ipset=render_sets(), ipv4=render_family(config, 4), ipv6=render_family(config, 6))
+
+
+def render_removal(saved: str) -> str | None:
+    """Given ``iptables-save -t filter`` output, the restore input that removes every jump
+    to our chains and the chains themselves; None when nothing of ours is installed."""
+    deletes: list[str] = []
+    ours: list[str] = []
+    for line in saved.splitlines():
+        if line.startswith(":") and line[1:].split(" ", 1)[0] in CHAINS:
+            ours.append(line[1:].split(" ", 1)[0])
+        elif line.startswith("-A "):
+            chain, _, spec = line[3:].partition(" ")
+            if chain not in CHAINS and any(spec.endswith(f"-j {c}") for c in CHAINS):
+                deletes.append(f"-D {chain} {spec}")
+    if not deletes and not ours:
+        return None
+    lines = ["*filter", *deletes]
+    lines += [f"-F {c}" for c in ours]
+    lines += [f"-X {c}" for c in ours]
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""NFQUEUE side of the packet path: read a queued packet, decode it, verdict it."""
