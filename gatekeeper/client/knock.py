@@ -20,6 +20,7 @@ from gatekeeper.errors import GatekeeperError
 class Target:
     family: int
     address: str
+    source: str | None = None  # local address to knock from (a host with several)
 
 
 def parse_step(text: str, default_proto: int = TCP) -> tuple[int, int]:
@@ -35,17 +36,23 @@ def parse_step(text: str, default_proto: int = TCP) -> tuple[int, int]:
     return proto, port
 
 
-def resolve(host: str, family: int = 0) -> Target:
+def resolve(host: str, family: int = 0, source: str | None = None) -> Target:
     try:
         infos = socket.getaddrinfo(host, None, family, socket.SOCK_DGRAM)
     except socket.gaierror as exc:
         raise GatekeeperError(f"{host}: cannot resolve: {exc.strerror}") from None
     af, _, _, _, sockaddr = infos[0]
-    return Target(af, str(sockaddr[0]))
+    return Target(af, str(sockaddr[0]), source)
+
+
+def _bind(s: socket.socket, target: Target) -> None:
+    if target.source is not None:
+        s.bind((target.source, 0))
 
 
 def _tcp(target: Target, port: int) -> None:
     with socket.socket(target.family, socket.SOCK_STREAM) as s:
+        _bind(s, target)
         s.setblocking(False)
         err = s.connect_ex((target.address, port))
         if err not in (0, errno.EINPROGRESS, errno.EAGAIN, errno.ECONNREFUSED):
@@ -54,6 +61,7 @@ def _tcp(target: Target, port: int) -> None:
 
 def _udp(target: Target, port: int) -> None:
     with socket.socket(target.family, socket.SOCK_DGRAM) as s:
+        _bind(s, target)
         s.sendto(b"", (target.address, port))
 
 
@@ -71,6 +79,7 @@ def _icmp(target: Target, size: int) -> None:
     for kind in (socket.SOCK_DGRAM, socket.SOCK_RAW):  # unprivileged ping socket first
         try:
             with socket.socket(target.family, kind, proto) as s:
+                _bind(s, target)
                 s.sendto(packet, (target.address, 0))
                 return
         except PermissionError:

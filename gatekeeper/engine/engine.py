@@ -120,7 +120,9 @@ class Engine:
             for step in door.opens:
                 protected.setdefault(step.key, []).append((i, host))
         self._protected = {k: tuple(v) for k, v in protected.items()}
-        ttl = max((t.timeout for t in tracks), default=1.0)
+        # The engine's own timeout check is authoritative; the cache only collects the
+        # garbage, a second later, so a late knock is still seen (and counted) as late.
+        ttl = max((t.timeout for t in tracks), default=1.0) + 1.0
         self._state: TTLCache[bytes, list[float]] = TTLCache(
             config.settings.max_sources, ttl, timer=self._clock
         )

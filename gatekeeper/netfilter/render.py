@@ -29,10 +29,11 @@ COMMENT = "gatekeeper"
 SET_IN = {4: "gatekeeper-in4", 6: "gatekeeper-in6"}
 SET_FWD = {4: "gatekeeper-fwd4", 6: "gatekeeper-fwd6"}
 SET_MAXELEM = 65536
-# Neighbour discovery must never be queued, or IPv6 on the guarded link breaks.
+# Neighbour discovery and multicast listener discovery (130-132, 143) must never be
+# queued, or IPv6 on the guarded link breaks.
 _ND_TYPES = (
     "router-solicitation", "router-advertisement", "neighbour-solicitation",
-    "neighbour-advertisement", "redirect",
+    "neighbour-advertisement", "redirect", "130", "131", "132", "143",
 )
 
 

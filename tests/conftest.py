@@ -1,0 +1,137 @@
+"""Fixtures for tests against the real kernel: a namespace lab and the real daemon.
+
+Lab tests need root. Locally without root they are skipped with a reason; under CI
+(``CI`` set) a missing privilege is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gatekeeper.lab import Lab
+
+TESTS = Path(__file__).parent
+PROBE = str(TESTS / "netprobe.py")
+
+ADMIN_RULES_V4 = [
+    ["-A", "INPUT", "-s", "198.51.100.0/24", "-j", "ACCEPT"],
+    ["-A", "INPUT", "-p", "tcp", "--dport", "2222", "-j", "ACCEPT"],
+    ["-A", "FORWARD", "-p", "tcp", "--dport", "25", "-j", "DROP"],
+]
+ADMIN_RULES_V6 = [["-A", "INPUT", "-s", "2001:db8:2::/64", "-j", "ACCEPT"]]
+
+
+def need_root() -> None:
+    if os.geteuid() == 0:
+        return
+    if os.environ.get("CI"):
+        pytest.fail("lab tests must run as root in CI")
+    pytest.skip("needs root for network namespaces (CI runs these as root)")
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    need_root()
+    with Lab(f"gkt{os.getpid() % 10000}") as built:
+        for rule in ADMIN_RULES_V4:
+            built.run("gw", ["iptables", *rule])
+        for rule in ADMIN_RULES_V6:
+            built.run("gw", ["ip6tables", *rule])
+        built.serve_tcp("gw", 22)
+        built.serve_tcp("gw", 8080)
+        built.serve_tcp("server", 3389)
+        yield built
+
+
+def snapshot(lab: Lab) -> str:
+    """Everything gatekeeper may touch, without counters and timestamps."""
+    out = []
+    for tool in ("iptables-save", "ip6tables-save"):
+        text = lab.run("gw", [tool]).stdout
+        out += [re.sub(r"\[\d+:\d+\]", "[0:0]", ln) for ln in text.splitlines()
+                if not ln.startswith("#")]
+    out += lab.run("gw", ["ipset", "list", "-name"]).stdout.splitlines()
+    return "\n".join(out)
+
+
+class Daemon:
+    """The real ``gatekeeper run`` in the gateway namespace, its log read as it comes."""
+
+    def __init__(self, lab: Lab, config: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.lab = lab
+        env = {**os.environ, **(extra_env or {})}
+        self.proc = lab.popen("gw", [sys.executable, "-m", "gatekeeper", "run", "-c", str(config)],
+                              stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        for line in list(self.lines):
+            if re.search(pattern, line):
+                return line
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                raise AssertionError(f"daemon exited ({self.proc.wait()}) before /{pattern}/:\n"
+                                     + "\n".join(self.lines))
+            if re.search(pattern, line):
+                return line
+        raise AssertionError(f"no /{pattern}/ within {timeout} s:\n" + "\n".join(self.lines))
+
+    def stop(self, sig: int = 15) -> int:
+        return self.lab.stop(self.proc, sig)
+
+
+@pytest.fixture
+def start_daemon(lab: Lab, tmp_path: Path) -> Iterator[Any]:
+    started: list[Daemon] = []
+
+    def start(config_text: str, wait: bool = True, env: dict[str, str] | None = None) -> Daemon:
+        path = tmp_path / f"gatekeeper{len(started)}.toml"
+        path.write_text(config_text)
+        daemon = Daemon(lab, path, env)
+        started.append(daemon)
+        if wait:
+            daemon.wait_for("gatekeeper running")
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+    # A test that failed half-way must not leave rules for the next one.
+    lab.run("gw", [sys.executable, "-c",
+                   "from gatekeeper.netfilter.install import Installer; Installer().remove()"],
+            check=False)
+
+
+def probe(lab: Lab, host: str, *args: object, timeout: float = 120) -> Any:
+    out = lab.run(host, [sys.executable, PROBE, *map(str, args)], timeout=timeout).stdout
+    return json.loads(out)
+
+
+def knock(lab: Lab, host: str, target: str, *steps: str, delay_ms: int = 0) -> None:
+    lab.run(host, [sys.executable, "-m", "gatekeeper", "knock", "-d", str(delay_ms), target, *steps])

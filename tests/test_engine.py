@@ -1,0 +1,325 @@
+"""The pure engine with an injected clock: no kernel, no sockets, microseconds a test."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gatekeeper.config import ICMP, TCP, UDP, loads
+from gatekeeper.engine import Engine, Granted, Knocked, Outcome, Reason, Revoked, Verdict
+
+SYN, ACK, RST = 0x02, 0x10, 0x04
+GW = ipaddress.ip_address("203.0.113.1").packed
+A = ipaddress.ip_address("203.0.113.10").packed
+B = ipaddress.ip_address("203.0.113.20").packed
+A6 = ipaddress.ip_address("2001:db8:1::10").packed
+GW6 = ipaddress.ip_address("2001:db8:1::1").packed
+SERVER = ipaddress.ip_address("198.51.100.10").packed
+
+CONFIG = """
+[gatekeeper]
+public = ["80:tcp"]
+
+[[door]]
+name = "ssh"
+sequence = ["7000:udp", "8000:tcp", "9000:udp"]
+sequence_timeout = 5
+opens = ["22:tcp"]
+open_for = 30
+close_sequence = ["9000:tcp", "8000:udp", "7000:tcp"]
+
+[[door]]
+name = "rdp"
+sequence = ["4001", "4002:udp", "4003"]
+opens = ["3389:tcp"]
+open_for = 60
+host = "198.51.100.10"
+
+[[door]]
+name = "ping"
+sequence = ["100:icmp", "200:icmp"]
+opens = ["8080:tcp"]
+"""
+
+SSH = [(UDP, 7000), (TCP, 8000), (UDP, 9000)]
+SSH_CLOSE = [(TCP, 9000), (UDP, 8000), (TCP, 7000)]
+RDP = [(TCP, 4001), (UDP, 4002), (TCP, 4003)]
+
+
+@pytest.fixture
+def engine() -> Engine:
+    return Engine(loads(CONFIG, "test.toml"))
+
+
+def send(engine: Engine, src: bytes, proto: int, port: int, now: float, *, dst: bytes = GW,
+         flags: int = SYN) -> tuple[Verdict, Reason, tuple[object, ...]]:
+    return engine.decide(src, dst, proto, port, flags if proto == TCP else 0, now)
+
+
+def knock(engine: Engine, src: bytes, steps: list[tuple[int, int]], start: float = 0.0,
+          gap: float = 0.1, dst: bytes = GW) -> list[tuple[Verdict, Reason, tuple[object, ...]]]:
+    return [send(engine, src, p, port, start + i * gap, dst=dst) for i, (p, port) in enumerate(steps)]
+
+
+def ssh_open(engine: Engine, src: bytes, now: float, dst: bytes = GW) -> bool:
+    return send(engine, src, TCP, 22, now, dst=dst)[0] is Verdict.ACCEPT
+
+
+def test_protected_port_is_shut_before_a_knock(engine: Engine) -> None:
+    assert send(engine, A, TCP, 22, 0.0) == (Verdict.DROP, Reason.UNAUTHORISED, ())
+
+
+def test_right_sequence_grants_the_knocker_only(engine: Engine) -> None:
+    results = knock(engine, A, SSH)
+    assert all(v is Verdict.DROP for v, _, _ in results), "knocks themselves are dropped"
+    assert [r for _, r, _ in results] == [Reason.KNOCK, Reason.KNOCK, Reason.COMPLETED]
+    grants = [e for e in results[-1][2] if isinstance(e, Granted)]
+    assert len(grants) == 1
+    assert grants[0].address == "203.0.113.10" and grants[0].door.name == "ssh"
+    assert grants[0].expires == pytest.approx(0.2 + 30)
+    assert ssh_open(engine, A, 0.21)
+    assert not ssh_open(engine, B, 0.21)
+    assert send(engine, A, TCP, 3389, 0.21, dst=SERVER)[0] is Verdict.DROP, "other doors stay shut"
+
+
+def test_decision_comes_with_the_last_knock_not_later(engine: Engine) -> None:
+    """The grant is an event of the completing knock itself: the caller can install it
+    before it verdicts that knock, so the next packet (the first SYN) is admitted."""
+    *_, last = knock(engine, A, SSH)
+    assert any(isinstance(e, Granted) for e in last[2])
+    assert ssh_open(engine, A, 0.2)
+
+
+def test_wrong_order_fails(engine: Engine) -> None:
+    knock(engine, A, [SSH[1], SSH[0], SSH[2]])
+    assert not ssh_open(engine, A, 1.0)
+
+
+def test_wrong_knock_resets_progress(engine: Engine) -> None:
+    send(engine, A, *SSH[0], 0.0)
+    send(engine, A, *SSH[1], 0.1)
+    _, reason, events = send(engine, A, UDP, 12345, 0.2)
+    assert reason is Reason.WRONG
+    assert Knocked("ssh", Outcome.RESET) in events
+    send(engine, A, *SSH[2], 0.3)
+    assert not ssh_open(engine, A, 0.4)
+
+
+def test_a_reset_knock_that_is_the_first_step_starts_over(engine: Engine) -> None:
+    send(engine, A, *SSH[0], 0.0)
+    send(engine, A, *SSH[1], 0.1)
+    send(engine, A, *SSH[0], 0.2)  # reset, but it is the first step: progress 1
+    send(engine, A, *SSH[1], 0.3)
+    send(engine, A, *SSH[2], 0.4)
+    assert ssh_open(engine, A, 0.5)
+
+
+def test_duplicate_of_the_last_knock_keeps_progress(engine: Engine) -> None:
+    send(engine, A, *SSH[0], 0.0)
+    send(engine, A, *SSH[1], 0.1)
+    _, reason, events = send(engine, A, *SSH[1], 0.15)  # a retransmitted SYN
+    assert reason is Reason.DUPLICATE
+    assert Knocked("ssh", Outcome.DUPLICATE) in events
+    send(engine, A, *SSH[2], 0.2)
+    assert ssh_open(engine, A, 0.3)
+
+
+def test_duplicate_of_an_earlier_knock_resets(engine: Engine) -> None:
+    send(engine, A, *SSH[0], 0.0)
+    send(engine, A, *SSH[1], 0.1)
+    send(engine, A, UDP, 8000, 0.15)  # same port, other protocol: a different step
+    send(engine, A, *SSH[2], 0.2)
+    assert not ssh_open(engine, A, 0.3)
+
+
+def test_sequence_not_finished_in_time_is_forgotten(engine: Engine) -> None:
+    send(engine, A, *SSH[0], 0.0)
+    send(engine, A, *SSH[1], 1.0)
+    _, _, events = send(engine, A, *SSH[2], 5.5)
+    assert Knocked("ssh", Outcome.TIMEOUT) in events
+    assert not ssh_open(engine, A, 5.6)
+
+
+def test_sequence_finished_just_in_time_counts(engine: Engine) -> None:
+    knock(engine, A, SSH, gap=2.5)  # last knock at exactly 5.0 s
+    assert ssh_open(engine, A, 5.1)
+
+
+def test_late_knock_may_start_a_new_attempt(engine: Engine) -> None:
+    send(engine, A, *SSH[0], 0.0)
+    knock(engine, A, SSH, start=10.0)
+    assert ssh_open(engine, A, 10.3)
+
+
+def test_state_of_sources_never_interacts(engine: Engine) -> None:
+    send(engine, A, *SSH[0], 0.0)
+    send(engine, B, *SSH[0], 0.05)
+    send(engine, B, UDP, 1, 0.06)  # B's wrong knock must not touch A
+    send(engine, A, *SSH[1], 0.1)
+    send(engine, B, *SSH[1], 0.11)
+    send(engine, A, *SSH[2], 0.2)
+    assert ssh_open(engine, A, 0.3)
+    assert not ssh_open(engine, B, 0.3)
+
+
+def test_interleaved_knocks_from_two_sources_both_succeed(engine: Engine) -> None:
+    for i, step in enumerate(SSH):
+        send(engine, A, *step, i * 0.1)
+        send(engine, B, *step, i * 0.1 + 0.01)
+    assert ssh_open(engine, A, 1.0) and ssh_open(engine, B, 1.0)
+
+
+def test_grant_expires(engine: Engine) -> None:
+    knock(engine, A, SSH)
+    assert ssh_open(engine, A, 30.1)
+    assert not ssh_open(engine, A, 30.3)
+    revoked = engine.tick(30.3)
+    assert [(r.address, r.door.name, r.cause) for r in revoked] == [("203.0.113.10", "ssh", "expired")]
+    assert engine.tick(31.0) == []
+    assert list(engine.grants()) == []
+
+
+def test_knocking_again_renews_the_grant(engine: Engine) -> None:
+    knock(engine, A, SSH)
+    *_, last = knock(engine, A, SSH, start=20.0)
+    granted = [e for e in last[2] if isinstance(e, Granted)]
+    assert granted[0].renewed
+    assert ssh_open(engine, A, 45.0)
+
+
+def test_close_sequence_revokes(engine: Engine) -> None:
+    knock(engine, A, SSH)
+    *_, last = knock(engine, A, SSH_CLOSE, start=1.0)
+    assert last[1] is Reason.CLOSED
+    revoked = [e for e in last[2] if isinstance(e, Revoked)]
+    assert [(r.address, r.cause) for r in revoked] == [("203.0.113.10", "closed")]
+    assert not ssh_open(engine, A, 1.5)
+    assert engine.tick(100.0) == [], "a closed grant does not expire a second time"
+
+
+def test_close_sequence_without_grant_does_nothing(engine: Engine) -> None:
+    *_, last = knock(engine, A, SSH_CLOSE)
+    assert not any(isinstance(e, Revoked) for e in last[2])
+    assert Knocked("ssh", Outcome.NOTHING_TO_CLOSE) in last[2]
+
+
+def test_close_sequence_of_another_source_does_not_revoke(engine: Engine) -> None:
+    knock(engine, A, SSH)
+    knock(engine, B, SSH_CLOSE, start=1.0)
+    assert ssh_open(engine, A, 2.0)
+
+
+def test_ipv6(engine: Engine) -> None:
+    *_, last = knock(engine, A6, SSH, dst=GW6)
+    assert [e.address for e in last[2] if isinstance(e, Granted)] == ["2001:db8:1::10"]
+    assert ssh_open(engine, A6, 0.5, dst=GW6)
+    assert not ssh_open(engine, A, 0.5)
+
+
+def test_forward_door_opens_only_its_host(engine: Engine) -> None:
+    knock(engine, A, RDP, dst=SERVER)
+    assert send(engine, A, TCP, 3389, 0.5, dst=SERVER)[0] is Verdict.ACCEPT
+    other_host = ipaddress.ip_address("198.51.100.11").packed
+    assert send(engine, A, TCP, 3389, 0.5, dst=other_host)[0] is Verdict.DROP
+    assert send(engine, A, TCP, 3389, 0.5, dst=GW)[0] is Verdict.DROP
+
+
+def test_tcp_packets_without_the_door_flags_are_not_knocks(engine: Engine) -> None:
+    send(engine, A, *SSH[0], 0.0)
+    _, reason, events = send(engine, A, TCP, 8000, 0.1, flags=ACK)
+    assert reason is Reason.IGNORED and events == ()
+    _, reason, _ = send(engine, A, TCP, 1234, 0.15, flags=RST)  # a stray RST elsewhere
+    send(engine, A, *SSH[1], 0.2)
+    send(engine, A, *SSH[2], 0.3)
+    assert ssh_open(engine, A, 0.4), "packets that are not knocks for the door leave it alone"
+
+
+def test_tcp_flags_with_negation() -> None:
+    cfg = loads(CONFIG.replace('open_for = 30\n', 'open_for = 30\ntcp_flags = "syn,!ack"\n', 1))
+    engine = Engine(cfg)
+    send(engine, A, *SSH[0], 0.0)
+    assert send(engine, A, TCP, 8000, 0.1, flags=SYN | ACK)[1] is Reason.IGNORED
+    send(engine, A, TCP, 8000, 0.2, flags=SYN)
+    send(engine, A, *SSH[2], 0.3)
+    assert ssh_open(engine, A, 0.4)
+
+
+def test_icmp_echo_sizes_knock(engine: Engine) -> None:
+    send(engine, A, ICMP, 100, 0.0)
+    *_, last = [send(engine, A, ICMP, 200, 0.1)]
+    assert last[1] is Reason.COMPLETED
+    assert send(engine, A, TCP, 8080, 0.2)[0] is Verdict.ACCEPT
+
+
+def test_packets_without_a_port_touch_no_state(engine: Engine) -> None:
+    send(engine, A, *SSH[0], 0.0)
+    assert send(engine, A, 47, -1, 0.1) == (Verdict.DROP, Reason.WRONG, ())  # GRE, a fragment...
+    send(engine, A, *SSH[1], 0.2)
+    send(engine, A, *SSH[2], 0.3)
+    assert ssh_open(engine, A, 0.4)
+
+
+def test_state_is_dropped_when_nothing_is_in_progress(engine: Engine) -> None:
+    send(engine, A, *SSH[0], 0.0)
+    assert engine.tracked_sources == 1
+    send(engine, A, UDP, 5, 0.1)
+    assert engine.tracked_sources == 0
+    knock(engine, B, SSH)
+    assert engine.tracked_sources == 0
+
+
+def test_state_expires_after_the_sequence_timeout(engine: Engine) -> None:
+    send(engine, A, *SSH[0], 0.0)
+    engine.tick(10.0)
+    assert engine.tracked_sources == 0
+
+
+def test_state_table_is_bounded() -> None:
+    cfg = loads(CONFIG.replace("[gatekeeper]\n", "[gatekeeper]\nmax_sources = 100\n"))
+    engine = Engine(cfg)
+    for i in range(1000):
+        send(engine, i.to_bytes(4, "big"), *SSH[0], i * 0.001)
+    assert engine.tracked_sources == 100
+
+
+def test_restore_grant_from_the_kernel_set(engine: Engine) -> None:
+    assert engine.restore_grant("203.0.113.10", "ssh", 12.0)
+    assert not engine.restore_grant("203.0.113.10", "no-such-door", 12.0)
+    assert ssh_open(engine, A, 11.0)
+    assert not ssh_open(engine, A, 12.5)
+
+
+def test_grant_of_one_door_does_not_open_another(engine: Engine) -> None:
+    knock(engine, A, SSH)
+    assert send(engine, A, TCP, 8080, 1.0)[0] is Verdict.DROP
+
+
+step_strategy = st.sampled_from(
+    [*SSH, *SSH_CLOSE, *RDP, (TCP, 22), (TCP, 1), (UDP, 53), (ICMP, 100), (ICMP, 200)]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([A, B]), step_strategy, st.floats(0, 2)), max_size=40))
+def test_no_grant_without_the_exact_sequence(packets: list[tuple[bytes, tuple[int, int], float]]) -> None:
+    """A grant exists only if that source's last knocks were exactly the sequence."""
+    engine = Engine(loads(CONFIG))
+    now = 0.0
+    history: dict[bytes, list[tuple[int, int]]] = {A: [], B: []}
+    for src, (proto, port), gap in packets:
+        now += gap
+        verdict, _, events = send(engine, src, proto, port, now)
+        history[src].append((proto, port))
+        for event in events:
+            if isinstance(event, Granted) and event.door.name == "ssh":
+                # retransmits collapse; the last distinct steps must be the sequence
+                steps = [s for i, s in enumerate(history[src]) if i == 0 or s != history[src][i - 1]]
+                assert steps[-3:] == SSH
+        if (proto, port) == (TCP, 22):
+            assert verdict is Verdict.DROP or any(
+                name == "ssh" and addr == str(ipaddress.ip_address(src))
+                for addr, name, _ in engine.grants()
+            )
