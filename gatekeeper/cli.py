@@ -1,4 +1,4 @@
-"""Command line: ``gatekeeper run|check|rules|knock``."""
+"""Command line: ``gatekeeper run|check|rules|knock|demo``."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from gatekeeper import daemon
+    from gatekeeper import supervisor
 
     _setup_logging(args.verbose)
-    return daemon.run(args.config)
+    return supervisor.run(args.config)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -54,6 +54,12 @@ def _cmd_knock(args: argparse.Namespace) -> int:
     steps = [parse_step(p, default) for p in args.ports]
     knock(resolve(args.host, family), steps, args.delay / 1000.0, args.verbose)
     return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from gatekeeper import demo
+
+    return demo.main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     fam.add_argument("-6", "--ipv6", action="store_true", help="IPv6 only")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_cmd_knock)
+
+    p = sub.add_parser("demo", help="show the daemon at work in a namespace lab (needs root)")
+    p.add_argument("--open-for", type=int, default=6, metavar="SECONDS",
+                   help="how long the demo's grant admits new connections (default: 6)")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Prepare a Debian 12 / Ubuntu machine for gatekeeper, as root: the system packages
+# (netfilter tools, the libnetfilter_queue headers NetfilterQueue builds against, Debian's
+# knockd for its stock knock client) and a virtualenv at .venv in the repo root with
+# gatekeeper installed editable, test extras included.
+#
+# Idempotent and fast on a rerun: apt is skipped when every package is installed, pip
+# when the virtualenv already holds this checkout's install for the same pyproject.toml.
+# Installing knockd never starts a knockd daemon: service starts are forbidden for the
+# duration of the install (policy-rc.d), and a knockd.service that the install enabled
+# is disabled again.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+STAMP="$VENV/.gatekeeper-setup"
+POLICY=/usr/sbin/policy-rc.d
+PACKAGES=(
+    python3 python3-venv python3-dev gcc libnetfilter-queue-dev libnfnetlink-dev
+    iptables ipset nftables conntrack iproute2 knockd procps
+)
+
+say() { printf 'setup: %s\n' "$*"; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+[[ $(id -u) -eq 0 ]] || die "run as root (apt-get, and the lab's network namespaces, need it)"
+command -v dpkg >/dev/null && command -v apt-get >/dev/null \
+    || die "this script is for Debian or Ubuntu (no dpkg/apt-get found)"
+
+installed() {  # dpkg -s also answers for removed packages whose config files remain
+    local status
+    status="$(dpkg -s "$1" 2>/dev/null || true)"
+    grep -qx 'Status: install ok installed' <<<"$status"
+}
+
+# --- system packages ------------------------------------------------------------------
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    installed "$pkg" || missing+=("$pkg")
+done
+
+created_policy=0
+remove_policy() {
+    if [[ $created_policy -eq 1 ]]; then
+        rm -f "$POLICY"
+        created_policy=0
+    fi
+}
+trap remove_policy EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+    say "system packages: all installed"
+else
+    say "installing: ${missing[*]}"
+    knockd_was_installed=0
+    installed knockd && knockd_was_installed=1
+    if [[ ! -e $POLICY ]]; then
+        # 101 = "action forbidden": invoke-rc.d and deb-systemd-invoke start nothing.
+        printf '#!/bin/sh\n# gatekeeper scripts/setup.sh: no service starts during its apt-get install\nexit 101\n' \
+            >"$POLICY"
+        chmod 0755 "$POLICY"
+        created_policy=1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=300 update
+    apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends "${missing[@]}"
+    remove_policy
+    if [[ $knockd_was_installed -eq 0 && -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+        # knockd.service ignores START_KNOCKD in /etc/default/knockd: if the install enabled
+        # it, it would sniff the default interface from the next boot on.
+        if systemctl is-enabled --quiet knockd.service 2>/dev/null; then
+            say "disabling knockd.service, which the knockd install enabled"
+            systemctl disable --now knockd.service || say "warning: could not disable knockd.service"
+        fi
+    fi
+fi
+
+# --- the virtualenv -------------------------------------------------------------------
+
+PYTHON=/usr/bin/python3  # the interpreter python3-venv and python3-dev belong to
+[[ -x $PYTHON ]] || PYTHON="$(command -v python3)" || die "python3 not found"
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || die "gatekeeper needs Python 3.11 or newer; $PYTHON is $("$PYTHON" -V 2>&1)"
+
+if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c '' 2>/dev/null; then
+    say "creating the virtualenv $VENV"
+    "$PYTHON" -m venv --clear "$VENV"
+fi
+
+want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) $ROOT $("$VENV/bin/python" -V 2>&1)"
+if [[ -f $STAMP && "$(cat "$STAMP")" == "$want" && -x $VENV/bin/gatekeeper ]] \
+    && "$VENV/bin/python" -c 'import gatekeeper, netfilterqueue, pyroute2, dpkt, pytest' 2>/dev/null; then
+    say "virtualenv: gatekeeper already installed (editable) in $VENV"
+else
+    say "installing gatekeeper (editable, with test extras) into $VENV"
+    rm -f "$STAMP"
+    (cd "$ROOT" && "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e '.[test]')
+    printf '%s\n' "$want" >"$STAMP"
+fi
+say "done: $VENV/bin/gatekeeper"
