@@ -6,12 +6,13 @@ the key (``door[0].sequence[2]``) so an admin can fix it without reading code.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
 import shlex
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,8 @@ MAX_STEPS = 32
 MAX_OPEN_FOR = 7 * 24 * 3600
 MAX_SEQUENCE_TIMEOUT = 3600
 MAX_ICMP_PAYLOAD = 65507
-_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,24}$")
-_IFACE_RE = re.compile(r"^[^\s/:]{1,15}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,24}\Z")
+_IFACE_RE = re.compile(r"^[^\s/:]{1,15}\Z")
 
 
 def step_key(proto: int, port: int) -> int:
@@ -84,12 +85,25 @@ class Door:
     host: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
 
 
+def default_workers() -> int:
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+
+
+MAX_WORKERS = 64
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     queue: int = 0
     interfaces: tuple[str, ...] = ()
     public: tuple[Step, ...] = ()
     max_sources: int = 65536
+    workers: int = 1  # "one per CPU" is resolved when the config is read
+    queue_maxlen: int = 4096
+
+    @property
+    def queues(self) -> range:
+        return range(self.queue, self.queue + self.workers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +112,8 @@ class Config:
     doors: tuple[Door, ...]
     path: str = "<config>"
     protected: frozenset[int] = field(default=frozenset())
+    seed: int = 0  # HMARK hash seed: from the config's text, so stable yet not guessable
+    text: str = ""
 
 
 def load(path: str | os.PathLike[str]) -> Config:
@@ -117,7 +133,9 @@ def loads(text: str, name: str = "<config>") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{name}: not valid TOML: {exc}") from None
-    return _Parser(name).config(data)
+    cfg = _Parser(name).config(data)
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+    return replace(cfg, seed=seed, text=text)
 
 
 class _Parser:
@@ -133,7 +151,8 @@ class _Parser:
         for k in value:
             if k not in allowed:
                 allowed_text = ", ".join(sorted(allowed))
-                raise self.fail(f"{key}.{k}" if key else k, f"unknown key (allowed: {allowed_text})")
+                shown = k if k.isprintable() else repr(k)  # keep the message on one line
+                raise self.fail(f"{key}.{shown}" if key else shown, f"unknown key (allowed: {allowed_text})")
         return value
 
     def _int(self, value: Any, key: str, lo: int, hi: int) -> int:
@@ -172,7 +191,7 @@ class _Parser:
         if proto not in allowed:
             names = " or ".join(PROTO_NAMES[p] for p in allowed)
             raise self.fail(key, f"{value!r}: only {names} is allowed here")
-        if not port_text.isdigit():
+        if not (port_text.isascii() and port_text.isdigit()):
             raise self.fail(key, f"{value!r}: expected PORT[:PROTO], e.g. 7000:udp")
         port = int(port_text)
         if proto == ICMP:
@@ -209,7 +228,7 @@ class _Parser:
         for raw in text.split(","):
             word = raw.strip().lower()
             negate = word.startswith("!")
-            word = word.lstrip("!")
+            word = word[1:] if negate else word
             bit = TCP_FLAG_BITS.get(word)
             if bit is None:
                 names = ", ".join(TCP_FLAG_BITS)
@@ -230,12 +249,15 @@ class _Parser:
                 raise self.fail(key, f"cannot split into arguments: {exc}") from None
         else:
             argv = [self._str(v, f"{key}[{i}]") for i, v in enumerate(self._list(value, key))]
-        if not argv:
+        if not argv or not argv[0]:
             raise self.fail(key, "must name a program")
         return tuple(argv)
 
     def settings(self, raw: Any) -> Settings:
-        data = self._table(raw, "gatekeeper", {"queue", "interfaces", "public", "max_sources"})
+        data = self._table(
+            raw, "gatekeeper",
+            {"queue", "interfaces", "public", "max_sources", "workers", "queue_maxlen"},
+        )
         queue = self._int(data.get("queue", 0), "gatekeeper.queue", 0, 65535)
         ifaces = tuple(
             self._str(v, f"gatekeeper.interfaces[{i}]")
@@ -249,10 +271,15 @@ class _Parser:
         if len(set(ifaces)) != len(ifaces):
             raise self.fail("gatekeeper.interfaces", "lists an interface twice")
         public: tuple[Step, ...] = ()
-        if data.get("public"):
+        if self._list(data.get("public", []), "gatekeeper.public"):
             public = self.steps(data["public"], "gatekeeper.public", (TCP, UDP), sequence=False)
         max_sources = self._int(data.get("max_sources", 65536), "gatekeeper.max_sources", 16, 10_000_000)
-        return Settings(queue=queue, interfaces=ifaces, public=public, max_sources=max_sources)
+        workers = self._int(data.get("workers", default_workers()), "gatekeeper.workers", 1, MAX_WORKERS)
+        if queue + workers - 1 > 65535:
+            raise self.fail("gatekeeper.workers", f"queues {queue}..{queue + workers - 1} exceed 65535")
+        maxlen = self._int(data.get("queue_maxlen", 4096), "gatekeeper.queue_maxlen", 16, 1_000_000)
+        return Settings(queue=queue, interfaces=ifaces, public=public, max_sources=max_sources,
+                        workers=workers, queue_maxlen=maxlen)
 
     def door(self, raw: Any, index: int) -> Door:
         where = f"door[{index}]"
@@ -309,7 +336,7 @@ class _Parser:
         self._table(data, "", {"gatekeeper", "door"})
         settings = self.settings(data.get("gatekeeper", {}))
         raw_doors = data.get("door")
-        if raw_doors is None:
+        if raw_doors is None or raw_doors == []:
             raise self.fail("door", "no [[door]] defined; a gatekeeper with no door only drops")
         doors = tuple(self.door(d, i) for i, d in enumerate(self._list(raw_doors, "door")))
         self._cross_check(settings, doors)

@@ -15,6 +15,7 @@ IPv6: 2001:db8:1::/64 on the bridge side, 2001:db8:2::/64 behind the gateway.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -153,10 +154,11 @@ class Lab:
 
     def serve_tcp(self, host: str, port: int) -> subprocess.Popen[Any]:
         proc = self.popen(host, [sys.executable, "-c", _SERVE, str(port)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         assert proc.stdout is not None
-        if proc.stdout.readline().strip() != "ready":
-            raise LabError(f"[{host}] tcp service on {port} did not start")
+        ready, _, _ = select.select([proc.stdout], [], [], 10)
+        if not ready or proc.stdout.readline().strip() != "ready":
+            raise LabError(f"[{host}] tcp service on {port} did not start within 10 s")
         return proc
 
     @staticmethod

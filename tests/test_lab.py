@@ -27,6 +27,7 @@ pytestmark = pytest.mark.lab
 CONFIG = """
 [gatekeeper]
 queue = 0
+workers = 2
 interfaces = ["eth0"]
 public = ["80:tcp"]
 
@@ -323,8 +324,11 @@ def test_check_and_rules_commands(tmp_path: Path) -> None:
     rules = subprocess.run([sys.executable, "-m", "gatekeeper", "rules", "-c", str(path), "--family", "4"],
                            capture_output=True, text=True, check=False)
     assert rules.returncode == 0
-    assert "-A GATEKEEPER-IN -j NFQUEUE --queue-num 0" in rules.stdout
-    assert "queue-bypass" not in rules.stdout
+    one = subprocess.run([sys.executable, "-m", "gatekeeper", "rules", "-c", str(path), "--family", "4"],
+                         capture_output=True, text=True, check=False)
+    assert "-A GATEKEEPER-IN -m mark --mark 0x474b0001 -j NFQUEUE --queue-num 1" in rules.stdout
+    assert "queue-bypass" not in rules.stdout + one.stdout
+    assert rules.stdout == one.stdout, "the same config always renders the same rules"
 
 
 def test_rules_printed_are_the_rules_installed(lab: Lab, start_daemon: Any, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 
 from gatekeeper.errors import GatekeeperError
-from gatekeeper.netfilter.render import SET_FWD, SET_IN, Ruleset, render_removal
+from gatekeeper.netfilter.render import CHAINS, SET_FWD, SET_IN, Ruleset, render_removal
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,29 @@ class Installer:
         except GatekeeperError:
             self.remove()
             raise
+
+    def replace(self, ruleset: Ruleset) -> None:
+        """Swap in a new ruleset (a reload), one transaction per family: the old rules
+        stay in force until the new ones are, and a rejected ruleset changes nothing."""
+        result = _run(["ipset", "restore", "-exist"], ruleset.ipset)
+        if result.returncode != 0:
+            raise GatekeeperError(f"ipset: cannot create the grant sets ({_first_line(result.stderr)})")
+        for family, text in ((4, ruleset.ipv4), (6, ruleset.ipv6)):
+            saved = self.saved(family)
+            removal = render_removal(saved) or ""
+            present = {c for c in CHAINS if f":{c} " in saved}
+            wanted = {c for c in CHAINS if f":{c} " in text}
+            lines = ["*filter"]
+            lines += [ln for ln in removal.splitlines() if ln.startswith("-D ")]
+            lines += [f"-F {c}" for c in sorted(present)]
+            lines += [f"-X {c}" for c in sorted(present - wanted)]
+            for line in text.splitlines():
+                if line.startswith(":") and line[1:].split(" ", 1)[0] in present:
+                    continue  # exists already, flushed above
+                if line not in ("*filter", "COMMIT"):
+                    lines.append(line)
+            lines.append("COMMIT")
+            self._restore(family, "\n".join(lines) + "\n")
 
     def remove_rules(self) -> bool:
         """Remove every jump to our chains and the chains; True if anything was there."""

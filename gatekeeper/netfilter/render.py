@@ -29,6 +29,8 @@ COMMENT = "gatekeeper"
 SET_IN = {4: "gatekeeper-in4", 6: "gatekeeper-in6"}
 SET_FWD = {4: "gatekeeper-fwd4", 6: "gatekeeper-fwd6"}
 SET_MAXELEM = 65536
+# HMARK writes SHARD_MARK + worker index into the packet mark of queued packets.
+SHARD_MARK = 0x474B0000
 # Neighbour discovery and multicast listener discovery (130-132, 143) must never be
 # queued, or IPv6 on the guarded link breaks.
 _ND_TYPES = (
@@ -69,8 +71,26 @@ def _jumps(config: Config, builtin: str, chain: str) -> list[str]:
     ]
 
 
-def _queue(config: Config) -> str:
-    return f"-j NFQUEUE --queue-num {config.settings.queue}"
+def _queue_rules(config: Config, family: int, chain: str, match: str = "") -> list[str]:
+    """Queue rules for one chain. With several workers, HMARK hashes the source address
+    alone (not the protocol, as --queue-balance would), so every packet of one source,
+    tcp, udp or icmp, reaches the same worker and its knock state. A packet that no
+    rule queued is dropped, never returned to the admin's rules."""
+    settings = config.settings
+    a = f"-A {chain}" + (f" {match}" if match else "")
+    if settings.workers == 1:
+        return [f"{a} -j NFQUEUE --queue-num {settings.queue}"]
+    prefix = 32 if family == 4 else 128
+    lines = [
+        f"{a} -j HMARK --hmark-src-prefix {prefix} --hmark-rnd 0x{config.seed:08x} "
+        f"--hmark-mod {settings.workers} --hmark-offset {SHARD_MARK}"
+    ]
+    lines += [
+        f"{a} -m mark --mark 0x{SHARD_MARK + i:x} -j NFQUEUE --queue-num {q}"
+        for i, q in enumerate(settings.queues)
+    ]
+    lines.append(f"{a} -j DROP")
+    return lines
 
 
 def render_family(config: Config, family: int) -> str:
@@ -90,7 +110,7 @@ def render_family(config: Config, family: int) -> str:
         for chunk in _multiport(_ports(public, proto)):
             lines.append(f"{a} -p {PROTO_NAMES[proto]} -m multiport --dports {chunk} -j RETURN")
     lines.append(f"{a} -m set --match-set {SET_IN[family]} src,dst -j ACCEPT")
-    lines.append(f"{a} {_queue(config)}")
+    lines += _queue_rules(config, family, CHAIN_IN)
     if fwd_doors:
         # A protected host behind the gateway is as invisible as the gateway itself:
         # every new packet to it is verdicted, so knocks may be sent to its address too.
@@ -102,7 +122,7 @@ def render_family(config: Config, family: int) -> str:
         lines.append(f"{f} -m set --match-set {SET_FWD[family]} src,dst,dst -j ACCEPT")
         prefix = 32 if family == 4 else 128
         for host in dict.fromkeys(str(d.host) for d in fwd_doors):
-            lines.append(f"{f} -d {host}/{prefix} {_queue(config)}")
+            lines += _queue_rules(config, family, CHAIN_FWD, f"-d {host}/{prefix}")
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 

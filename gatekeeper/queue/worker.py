@@ -2,28 +2,32 @@
 
 decode -> engine.decide -> (grant into the kernel set) -> verdict. A grant is written
 to the kernel set before the completing knock is verdicted, so the client's first SYN
-is accepted by the kernel. Commands and logging of grants happen off the hot path.
+is accepted by the kernel. Everything slower (logging, commands, expiry bookkeeping)
+belongs to the supervisor, which hears of grants over a pipe and outlives workers.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import select
+import signal
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from gatekeeper import config as config_mod
 from gatekeeper.config import Config, Door
-from gatekeeper.effects.commands import CommandRunner
-from gatekeeper.engine import Engine, Event, Granted, Knocked, Reason, Revoked, Verdict
+from gatekeeper.engine import Engine, Event, Granted, Reason, Revoked, Verdict
 from gatekeeper.errors import GatekeeperError
 from gatekeeper.queue.decode import decode
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.5
-QUEUE_MAXLEN = 4096
+_DROP, _ACCEPT = Verdict.DROP, Verdict.ACCEPT
+_MALFORMED, _ERROR = int(Reason.MALFORMED), int(Reason.ERROR)
 
 
 class Grants(Protocol):
@@ -31,35 +35,33 @@ class Grants(Protocol):
     def remove(self, address: str, door: Door) -> None: ...
 
 
+Report = Callable[[dict[str, Any]], None]
+
+
 class _Stop(Exception):
     """Raised from the callback, after the verdict, to leave NetfilterQueue.run()."""
 
 
 class Worker:
-    def __init__(
-        self,
-        config: Config,
-        grants: Grants,
-        commands: CommandRunner,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, config: Config, grants: Grants, report: Report,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = Engine(config)
         self.grants = grants
-        self.commands = commands
+        self.report = report
         self.clock = clock
-        self.counts: Counter[str] = Counter()
+        self.counts = [0] * len(Reason)
         self._nfq: Any = None
         self._stopping = False
         self._next_tick = 0.0
 
     # -- queue --------------------------------------------------------------------------
 
-    def bind(self, queue: int) -> None:
+    def bind(self, queue: int, maxlen: int) -> None:
         from netfilterqueue import NetfilterQueue
 
         nfq = NetfilterQueue()
         try:
-            nfq.bind(queue, self.on_packet, max_len=QUEUE_MAXLEN)
+            nfq.bind(queue, self.on_packet, max_len=maxlen)
         except OSError as exc:
             raise GatekeeperError(
                 f"NFQUEUE {queue}: cannot bind ({exc}); another program (another gatekeeper?) "
@@ -75,48 +77,46 @@ class Worker:
     def stop(self) -> None:
         self._stopping = True
 
-    def serve(self, wakeup_fd: int | None = None) -> None:
-        """Verdict packets until :meth:`stop`; ``wakeup_fd`` becomes readable on a signal."""
-        fds = [self._nfq.get_fd()] + ([wakeup_fd] if wakeup_fd is not None else [])
+    def serve(self, extra: dict[int, Callable[[], None]] | None = None) -> None:
+        """Verdict packets until :meth:`stop`; ``extra`` maps more fds to their handlers."""
+        handlers = dict(extra or {})
+        nfq_fd = self._nfq.get_fd()
+        fds = [nfq_fd, *handlers]
         while not self._stopping:
             now = self.clock()
             if now >= self._next_tick:
                 self.tick(now)
             ready, _, _ = select.select(fds, [], [], max(0.0, self._next_tick - self.clock()))
-            if fds[0] in ready:
+            for fd in ready:
+                if fd != nfq_fd:
+                    handlers[fd]()
+                    continue
                 try:
                     self._nfq.run(block=False)
                 except _Stop:
-                    break
-            if wakeup_fd is not None and wakeup_fd in ready:
-                try:
-                    import os
-
-                    os.read(wakeup_fd, 512)
-                except BlockingIOError:
-                    pass
+                    return
 
     # -- the hot path -------------------------------------------------------------------
 
     def on_packet(self, pkt: Any) -> None:
         """NetfilterQueue callback: never returns without a verdict on ``pkt``."""
+        now = self.clock()
         try:
-            now = self.clock()
             facts = decode(pkt.get_payload())
             if facts is None:
-                self.counts["malformed"] += 1
+                self.counts[_MALFORMED] += 1
                 pkt.drop()
-                return
-            verdict, reason, events = self.engine.decide(*facts, now)
-            if events:
-                self.apply(events, now)
-            if verdict is Verdict.ACCEPT:
-                pkt.accept()
             else:
-                pkt.drop()
-            self.counts[reason.name.lower()] += 1
+                verdict, reason, events = self.engine.decide(*facts, now)
+                if events:
+                    self.apply(events, now)
+                if verdict is _ACCEPT:
+                    pkt.accept()
+                else:
+                    pkt.drop()
+                self.counts[reason] += 1
         except Exception:
-            self.counts[Reason.ERROR.name.lower()] += 1
+            self.counts[_ERROR] += 1
             log.exception("worker failed on a packet; dropped it")
             try:
                 pkt.drop()
@@ -129,10 +129,8 @@ class Worker:
 
     # -- effects ------------------------------------------------------------------------
 
-    def apply(self, events: tuple[Event, ...] | list[Revoked], now: float) -> None:
+    def apply(self, events: tuple[Event, ...], now: float) -> None:
         for event in events:
-            if isinstance(event, Knocked):
-                continue
             if isinstance(event, Granted):
                 self._grant(event, now)
             elif isinstance(event, Revoked):
@@ -140,46 +138,118 @@ class Worker:
 
     def _grant(self, event: Granted, now: float) -> None:
         door = event.door
+        error = None
         try:
             self.grants.add(event.address, door, event.expires - now)
         except Exception as exc:  # the engine still admits the address from the queue
-            log.error("grant %s for %s: kernel set not updated: %s", door.name, event.address, exc)
-        log.info(
-            "grant door=%s address=%s open_for=%ds opens=%s%s%s",
-            door.name, event.address, door.open_for, ",".join(map(str, door.opens)),
-            f" host={door.host}" if door.host else "", " renewed" if event.renewed else "",
-        )
-        if not event.renewed:
-            self.commands.submit("start_command", door.start_command, event.address,
-                                 door.command_timeout)
+            error = str(exc)
+        self.report({"t": "grant", "door": door.name, "address": event.address,
+                     "seconds": event.expires - now, "renewed": event.renewed, "error": error})
 
     def _revoke(self, event: Revoked, now: float) -> None:
+        if event.cause != "closed":
+            return  # expiry: the kernel entry times out by itself; the supervisor keeps time
         door = event.door
-        if event.cause == "closed":
-            try:
-                self.grants.remove(event.address, door)
-                # Another door may still cover some of the same ports for this address.
-                for address, name, expires in self.engine.grants():
-                    if address == event.address:
-                        other = next(d for d in self.engine.config.doors if d.name == name)
-                        self.grants.add(address, other, expires - now)
-            except Exception as exc:
-                log.error("revoke %s for %s: kernel set not updated: %s", door.name,
-                          event.address, exc)
-        log.info("revoke door=%s address=%s cause=%s", door.name, event.address, event.cause)
-        self.commands.submit("stop_command", door.stop_command, event.address, door.command_timeout)
+        error = None
+        try:
+            self.grants.remove(event.address, door)
+            # Another door may still cover some of the same ports for this address.
+            for address, name, expires in self.engine.grants():
+                if address == event.address:
+                    other = next(d for d in self.engine.config.doors if d.name == name)
+                    self.grants.add(address, other, expires - now)
+        except Exception as exc:
+            error = str(exc)
+        self.report({"t": "revoke", "door": door.name, "address": event.address,
+                     "cause": event.cause, "error": error})
 
     def tick(self, now: float) -> None:
         self._next_tick = now + TICK_SECONDS
-        expired = self.engine.tick(now)
-        if expired:
-            self.apply(expired, now)
+        self.engine.tick(now)
 
     def adopt(self, entries: list[tuple[str, str, int]]) -> int:
         """Take over grants found in the kernel set: (address, door, seconds left)."""
         now = self.clock()
-        adopted = 0
-        for address, door, seconds in entries:
-            if seconds > 0 and self.engine.restore_grant(address, door, now + seconds):
-                adopted += 1
-        return adopted
+        return sum(
+            1 for address, door, seconds in entries
+            if seconds > 0 and self.engine.restore_grant(address, door, now + seconds)
+        )
+
+    def reload(self, config: Config) -> None:
+        """Swap in a new engine; running grants carry over to doors that still exist."""
+        now = self.clock()
+        old = self.engine
+        self.engine = Engine(config)
+        for address, door, expires in old.grants():
+            if expires > now:
+                self.engine.restore_grant(address, door, expires)
+
+
+# -- the worker process ---------------------------------------------------------------
+
+
+def _send(fd: int, message: dict[str, Any]) -> None:
+    data = (json.dumps(message) + "\n").encode()
+    try:
+        os.write(fd, data)  # under PIPE_BUF: one atomic write
+    except OSError:
+        pass  # the supervisor is gone; it will not restart us either
+
+
+def worker_process(index: int, queue: int, config: Config, report_fd: int, control_fd: int) -> int:
+    """Entry point of a forked worker: bind, report ready, serve until SIGTERM."""
+    from gatekeeper.netfilter.grantset import GrantSets
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor orders the shutdown
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+
+    def report(message: dict[str, Any]) -> None:
+        _send(report_fd, {"worker": index, "queue": queue, "pid": os.getpid(), **message})
+
+    grants = GrantSets()
+    worker = Worker(config, grants, report)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    try:
+        worker.bind(queue, config.settings.queue_maxlen)
+    except GatekeeperError as exc:
+        report({"t": "error", "message": str(exc)})
+        return 2
+    try:
+        entries = grants.list()
+    except Exception:  # the sets do not exist yet: a fresh start has nothing to adopt
+        entries = []
+    adopted = worker.adopt([(e.address, e.door, e.timeout) for e in entries])
+    report({"t": "ready", "adopted": adopted})
+
+    buffer = b""
+
+    def on_control() -> None:
+        nonlocal buffer
+        chunk = os.read(control_fd, 1 << 16)
+        if not chunk:
+            worker.stop()  # the supervisor died: stop, the kernel then drops (fail closed)
+            return
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            message = json.loads(line)
+            if message["t"] == "reload":
+                worker.reload(config_mod.loads(message["text"], message["path"]))
+                report({"t": "reloaded"})
+            elif message["t"] == "counts":
+                report({"t": "counts", "counts": worker.counts,
+                        "tracked": worker.engine.tracked_sources})
+
+    def on_wake() -> None:
+        os.read(wake_r, 512)
+
+    try:
+        worker.serve({control_fd: on_control, wake_r: on_wake})
+    finally:
+        worker.unbind()
+        grants.close()
+    return 0

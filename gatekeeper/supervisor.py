@@ -1,0 +1,318 @@
+"""``gatekeeper run``: one supervisor process over N forked NFQUEUE workers.
+
+Start-up leaves nothing behind on failure: config validated, privileges and tools
+checked, every worker bound to its queue (an error if another program holds one), and
+only then are the sets and rules installed, in one transaction per family.
+
+While running, the supervisor restarts a worker that dies (the kernel drops what was
+queued to it meanwhile: no bypass, fail closed), keeps the grant book (log lines,
+commands, expiry), reloads on SIGHUP and removes everything on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from gatekeeper import config as config_mod
+from gatekeeper import systemd
+from gatekeeper.config import Config
+from gatekeeper.effects.commands import CommandRunner
+from gatekeeper.effects.grantbook import GrantBook
+from gatekeeper.errors import GatekeeperError
+from gatekeeper.netfilter.install import Installer
+from gatekeeper.netfilter.render import render
+
+log = logging.getLogger("gatekeeper")
+
+READY_TIMEOUT = 15.0
+STOP_TIMEOUT = 5.0
+EXPIRE_SECONDS = 0.5
+
+
+@dataclass
+class WorkerHandle:
+    index: int
+    queue: int
+    pid: int
+    control: int  # write end of its control pipe
+    started: float
+    ready: bool = False
+    error: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Supervisor:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.config = config_mod.load(path)
+        self.installer = Installer()
+        self.commands = CommandRunner()
+        self.book = GrantBook(self.config, self.commands)
+        self.workers: dict[int, WorkerHandle] = {}  # by queue number
+        self.restarts = 0
+        self.reloads = {"ok": 0, "refused": 0}
+        self._report_r, self._report_w = os.pipe()
+        os.set_blocking(self._report_r, False)
+        self._buffer = b""
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._signals: list[int] = []
+        self._stopping = False
+        self._running = False
+
+    # -- workers ------------------------------------------------------------------------
+
+    def _spawn(self, index: int, queue: int, config: Config) -> WorkerHandle:
+        control_r, control_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                os.close(control_w)
+                os.close(self._report_r)
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                for handle in self.workers.values():
+                    os.close(handle.control)
+                from gatekeeper.queue.worker import worker_process
+
+                code = worker_process(index, queue, config, self._report_w, control_r)
+            except BaseException:
+                log.exception("worker %d crashed", index)
+            finally:
+                os._exit(code)
+        os.close(control_r)
+        handle = WorkerHandle(index, queue, pid, control_w, time.monotonic())
+        self.workers[queue] = handle
+        return handle
+
+    def _start_workers(self, config: Config, queues: list[int]) -> list[WorkerHandle]:
+        """Fork a worker per queue and wait until each has bound (or failed to)."""
+        started = [self._spawn(config.settings.queues.index(q), q, config) for q in queues]
+        deadline = time.monotonic() + READY_TIMEOUT
+        while any(not h.ready and h.error is None for h in started):
+            if time.monotonic() > deadline:
+                self._stop_workers(started)
+                raise GatekeeperError("workers did not bind their queues within "
+                                      f"{READY_TIMEOUT:g} s")
+            self._wait(0.2)
+            self._reap(restart=False)
+            for h in started:
+                if not h.ready and h.error is None and h.queue not in self.workers:
+                    h.error = f"worker for NFQUEUE {h.queue} exited during start-up"
+        errors = [h.error for h in started if h.error]
+        if errors:
+            self._stop_workers(started)
+            raise GatekeeperError(errors[0])
+        return started
+
+    def _stop_workers(self, handles: list[WorkerHandle]) -> None:
+        for h in handles:
+            try:
+                os.kill(h.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for h in handles:
+            while True:
+                try:
+                    pid, _ = os.waitpid(h.pid, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid:
+                    break
+                if time.monotonic() > deadline:
+                    os.kill(h.pid, signal.SIGKILL)
+                    os.waitpid(h.pid, 0)
+                    break
+                time.sleep(0.01)
+            try:
+                os.close(h.control)
+            except OSError:
+                pass
+            if self.workers.get(h.queue) is h:
+                del self.workers[h.queue]
+
+    def _reap(self, restart: bool = True) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            handle = next((h for h in self.workers.values() if h.pid == pid), None)
+            if handle is None:
+                continue
+            del self.workers[handle.queue]
+            os.close(handle.control)
+            if not restart or self._stopping:
+                continue
+            how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+                   else f"exit status {os.WEXITSTATUS(status)}")
+            self.restarts += 1
+            log.error("worker %d (pid %d, NFQUEUE %d) died with %s: restarting it; "
+                      "packets queued to it meanwhile were dropped", handle.index, pid,
+                      handle.queue, how)
+            self._spawn(handle.index, handle.queue, self.config)
+
+    def send(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
+        try:
+            os.write(handle.control, (json.dumps(message) + "\n").encode())
+        except OSError as exc:
+            log.error("worker %d: cannot send %s: %s", handle.index, message["t"], exc)
+
+    # -- reports from workers -----------------------------------------------------------
+
+    def _read_reports(self) -> None:
+        try:
+            chunk = os.read(self._report_r, 1 << 16)
+        except BlockingIOError:
+            return
+        self._buffer += chunk
+        while b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            try:
+                self._on_report(json.loads(line))
+            except (ValueError, KeyError) as exc:
+                log.error("unreadable report from a worker: %s", exc)
+
+    def _on_report(self, msg: dict[str, Any]) -> None:
+        handle = self.workers.get(msg["queue"])
+        if handle is not None and handle.pid != msg["pid"]:
+            handle = None  # from a worker that has since been replaced
+        kind = msg["t"]
+        now = time.monotonic()
+        if kind == "ready" and handle is not None:
+            handle.ready = True
+            handle.info = msg
+            # at start-up, quiet: a failed start prints one line, the error
+            log.log(logging.INFO if self._running else logging.DEBUG,
+                    "worker %d started: pid %d, NFQUEUE %d%s", handle.index, msg["pid"], msg["queue"],
+                    f", adopted {msg['adopted']} grant(s)" if msg["adopted"] else "")
+        elif kind == "error" and handle is not None:
+            handle.error = msg["message"]
+        elif kind == "grant":
+            self.book.granted(msg["address"], msg["door"], msg["seconds"], now, msg.get("error"))
+        elif kind == "revoke":
+            self.book.revoked(msg["address"], msg["door"], msg["cause"], msg.get("error"))
+        elif kind == "reloaded":
+            log.debug("worker %d reloaded", msg["worker"])
+
+    # -- signals and the loop -----------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals.append(signum)
+
+    def _wait(self, timeout: float) -> None:
+        ready, _, _ = select.select([self._report_r, self._wake_r], [], [], timeout)
+        if self._wake_r in ready:
+            try:
+                os.read(self._wake_r, 512)
+            except BlockingIOError:
+                pass
+        if self._report_r in ready:
+            self._read_reports()
+
+    def run(self) -> int:
+        self.installer.preflight()
+        signal.set_wakeup_fd(self._wake_w)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, self._on_signal)
+        try:
+            self._start_workers(self.config, list(self.config.settings.queues))
+            installed = False
+            try:
+                self.installer.install(render(self.config))
+                installed = self._running = True
+                self._adopt()
+                log.info("gatekeeper running: queues=%s interfaces=%s doors=%s",
+                         ",".join(map(str, self.config.settings.queues)),
+                         ",".join(self.config.settings.interfaces) or "all but lo",
+                         ",".join(d.name for d in self.config.doors))
+                systemd.notify("READY=1", "STATUS=verdicting")
+                self._loop()
+            finally:
+                self._stopping = True
+                systemd.notify("STOPPING=1")
+                self._stop_workers(list(self.workers.values()))
+                if installed:
+                    self.installer.remove()
+                    log.info("rules, chains and sets removed")
+        finally:
+            self.commands.shutdown(wait=True)
+            signal.set_wakeup_fd(-1)
+        return 0
+
+    def _adopt(self) -> None:
+        from gatekeeper.netfilter.grantset import GrantSets
+
+        sets = GrantSets()
+        try:
+            now = time.monotonic()
+            adopted = sum(self.book.adopt(e.address, e.door, e.timeout, now) for e in sets.list())
+        finally:
+            sets.close()
+        if adopted:
+            log.info("adopted %d running grant(s) from the kernel set", adopted)
+
+    def _loop(self) -> None:
+        while True:
+            self._wait(EXPIRE_SECONDS)
+            while self._signals:
+                sig = self._signals.pop(0)
+                if sig in (signal.SIGTERM, signal.SIGINT):
+                    log.info("received %s: stopping", signal.Signals(sig).name)
+                    return
+                if sig == signal.SIGHUP:
+                    self.reload()
+                elif sig == signal.SIGCHLD:
+                    self._reap()
+            self.book.expire(time.monotonic())
+
+    # -- reload -------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        systemd.reloading()
+        try:
+            self._reload()
+        except GatekeeperError as exc:
+            self.reloads["refused"] += 1
+            log.error("reload refused, the running config stays in force: %s", exc)
+        systemd.notify("READY=1", "STATUS=verdicting")
+
+    def _reload(self) -> None:
+        new = config_mod.load(self.path)
+        old_queues = set(self.workers)
+        new_queues = list(new.settings.queues)
+        added = [q for q in new_queues if q not in old_queues]
+        removed = [self.workers[q] for q in sorted(old_queues - set(new_queues))]
+        if added:
+            self._start_workers(new, added)  # raises, having stopped them, if any fails
+        try:
+            self.installer.replace(render(new))
+        except GatekeeperError:
+            self._stop_workers([self.workers[q] for q in added if q in self.workers])
+            raise
+        for q in new_queues:
+            if q not in added and q in self.workers:
+                self.send(self.workers[q], {"t": "reload", "text": new.text, "path": new.path})
+        self._stop_workers(removed)
+        self.config = new
+        self.book.set_config(new)
+        self.reloads["ok"] += 1
+        log.info("reloaded %s: queues=%s doors=%s", self.path, ",".join(map(str, new_queues)),
+                 ",".join(d.name for d in new.doors))
+
+
+def run(path: str) -> int:
+    return Supervisor(path).run()
