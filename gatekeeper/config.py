@@ -32,7 +32,7 @@ MAX_OPEN_FOR = 7 * 24 * 3600
 MAX_SEQUENCE_TIMEOUT = 3600
 MAX_ICMP_PAYLOAD = 65507
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,24}\Z")
-_IFACE_RE = re.compile(r"^[^\s/:]{1,15}\Z")
+_IFACE_RE = re.compile(r"^[A-Za-z0-9_.@][^\s/:!]{0,14}\Z")
 
 
 def step_key(proto: int, port: int) -> int:
@@ -183,8 +183,8 @@ class _Parser:
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(value)
         text = self._str(value, key).strip().lower()
-        port_text, _, proto_text = text.partition(":")
-        proto_text = proto_text or "tcp"
+        port_text, colon, proto_text = text.partition(":")
+        proto_text = proto_text if colon else "tcp"
         proto = PROTO_NUMBERS.get(proto_text)
         if proto is None:
             raise self.fail(key, f"{value!r}: protocol must be tcp, udp or icmp")
@@ -266,8 +266,8 @@ class _Parser:
         for i, iface in enumerate(ifaces):
             if not _IFACE_RE.match(iface):
                 raise self.fail(f"gatekeeper.interfaces[{i}]", f"{iface!r} is not an interface name")
-            if iface == "lo":
-                raise self.fail(f"gatekeeper.interfaces[{i}]", "loopback is never guarded")
+            if iface == "lo" or (iface.endswith("+") and "lo".startswith(iface[:-1])):
+                raise self.fail(f"gatekeeper.interfaces[{i}]", f"{iface!r}: loopback is never guarded")
         if len(set(ifaces)) != len(ifaces):
             raise self.fail("gatekeeper.interfaces", "lists an interface twice")
         public: tuple[Step, ...] = ()
@@ -327,6 +327,8 @@ class _Parser:
         if "host" in data:
             text = self._str(data["host"], f"{where}.host")
             try:
+                if "%" in text:
+                    raise ValueError("scoped")
                 kwargs["host"] = ipaddress.ip_address(text)
             except ValueError:
                 raise self.fail(f"{where}.host", f"{text!r} is not an IPv4 or IPv6 address") from None

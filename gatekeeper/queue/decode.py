@@ -76,9 +76,9 @@ def decode(pkt: bytes) -> Facts | None:
         if off + 8 > end:
             return None
         return (src, dst, UDP, pkt[off + 2] << 8 | pkt[off + 3], 0)
-    if proto in (ICMP, ICMPV6):
+    if proto == (ICMP if version == 4 else ICMPV6):  # ICMPv4 in IPv6 (or v6 in v4) is no echo
         if off + 8 > end:
             return None
-        echo = pkt[off] == (8 if proto == ICMP else 128)
+        echo = pkt[off] == (8 if version == 4 else 128)
         return (src, dst, ICMP, end - off - 8 if echo else -1, 0)
     return (src, dst, proto, -1, 0)
