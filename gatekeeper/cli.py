@@ -17,6 +17,7 @@ def _setup_logging(verbose: bool) -> None:
     fmt = "%(levelname)s %(message)s" if journald else "%(asctime)s %(levelname)s %(message)s"
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt,
                         stream=sys.stderr)
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its debug is per netlink message
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

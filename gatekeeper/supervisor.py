@@ -235,8 +235,9 @@ class Supervisor:
                 self.installer.install(render(self.config))
                 installed = self._running = True
                 self._adopt()
-                log.info("gatekeeper running: queues=%s interfaces=%s doors=%s",
+                log.info("gatekeeper running: queues=%s pids=%s interfaces=%s doors=%s",
                          ",".join(map(str, self.config.settings.queues)),
+                         ",".join(str(self.workers[q].pid) for q in self.config.settings.queues),
                          ",".join(self.config.settings.interfaces) or "all but lo",
                          ",".join(d.name for d in self.config.doors))
                 systemd.notify("READY=1", "STATUS=verdicting")

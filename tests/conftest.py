@@ -69,10 +69,13 @@ def snapshot(lab: Lab) -> str:
 class Daemon:
     """The real ``gatekeeper run`` in the gateway namespace, its log read as it comes."""
 
-    def __init__(self, lab: Lab, config: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, lab: Lab, config: Path, extra_env: dict[str, str] | None = None,
+                 argv: list[str] | None = None) -> None:
         self.lab = lab
+        self.config = config
         env = {**os.environ, **(extra_env or {})}
-        self.proc = lab.popen("gw", [sys.executable, "-m", "gatekeeper", "run", "-c", str(config)],
+        argv = argv or [sys.executable, "-m", "gatekeeper", "run", "-c", str(config)]
+        self.proc = lab.popen("gw", [a.replace("{config}", str(config)) for a in argv],
                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -110,10 +113,11 @@ class Daemon:
 def start_daemon(lab: Lab, tmp_path: Path) -> Iterator[Any]:
     started: list[Daemon] = []
 
-    def start(config_text: str, wait: bool = True, env: dict[str, str] | None = None) -> Daemon:
+    def start(config_text: str, wait: bool = True, env: dict[str, str] | None = None,
+              argv: list[str] | None = None) -> Daemon:
         path = tmp_path / f"gatekeeper{len(started)}.toml"
         path.write_text(config_text)
-        daemon = Daemon(lab, path, env)
+        daemon = Daemon(lab, path, env, argv)
         started.append(daemon)
         if wait:
             daemon.wait_for("gatekeeper running")
@@ -126,6 +130,17 @@ def start_daemon(lab: Lab, tmp_path: Path) -> Iterator[Any]:
     lab.run("gw", [sys.executable, "-c",
                    "from gatekeeper.netfilter.install import Installer; Installer().remove()"],
             check=False)
+
+
+def queue_stats(lab: Lab) -> dict[int, dict[str, int]]:
+    """/proc/net/netfilter/nfnetlink_queue of the gateway, by queue number."""
+    text = lab.run("gw", ["cat", "/proc/net/netfilter/nfnetlink_queue"]).stdout
+    out = {}
+    for line in text.splitlines():
+        f = [int(x) for x in line.split()]
+        out[f[0]] = {"portid": f[1], "waiting": f[2], "queue_dropped": f[5], "user_dropped": f[6],
+                     "id_sequence": f[7]}
+    return out
 
 
 def probe(lab: Lab, host: str, *args: object, timeout: float = 120) -> Any:

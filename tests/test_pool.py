@@ -1,0 +1,212 @@
+"""The worker pool against the real kernel: sharding by source, crash recovery,
+reload, the exception path and systemd notifications."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gatekeeper.lab import GW4, GW6, Lab
+from tests.conftest import PROBE, knock, probe, queue_stats, snapshot
+from tests.test_lab import SSH, config, is_open
+
+pytestmark = pytest.mark.lab
+
+SOURCES = 40
+
+
+def worker_pids(daemon: Any) -> dict[int, int]:
+    """queue -> pid of its worker, from the supervisor's children."""
+    out = subprocess.run(["pgrep", "-P", str(daemon_pid(daemon))], capture_output=True, text=True,
+                         check=False).stdout.split()
+    pids = {int(p) for p in out}
+    by_queue = {}
+    for line in daemon.lines:
+        m = re.search(r"running: queues=([\d,]+) pids=([\d,]+)", line)
+        if m:
+            queues, pids_ = m.group(1).split(","), m.group(2).split(",")
+            by_queue.update(zip(map(int, queues), map(int, pids_), strict=True))
+        m = re.search(r"worker \d+ started: pid (\d+), NFQUEUE (\d+)", line)
+        if m:
+            by_queue[int(m.group(2))] = int(m.group(1))
+    return {q: p for q, p in by_queue.items() if p in pids}
+
+
+def daemon_pid(daemon: Any) -> int:
+    """The supervisor (the child of `ip netns exec`, which execs it: same pid)."""
+    return int(daemon.proc.pid)
+
+
+@pytest.fixture(scope="module")
+def sources(lab: Lab) -> list[str]:
+    addresses = [f"203.0.113.{150 + i}" for i in range(SOURCES)]
+    for address in addresses:
+        lab.add_address("client", address)
+    return addresses
+
+
+def test_mixed_protocol_sequences_from_many_sources_all_complete(
+    lab: Lab, start_daemon: Any, sources: list[str]
+) -> None:
+    """tcp and udp knocks of one source must reach one worker. --queue-balance hashes the
+    protocol too and would split them; HMARK on the source keeps them together."""
+    start_daemon(config(**{"workers = 2": "workers = 2"}))
+    before = queue_stats(lab)
+    results = probe(lab, "client", "trials", GW4, 22, SOURCES, sources[0], ",".join(SSH))
+    after = queue_stats(lab)
+    assert sum(r["ok"] for r in results) == SOURCES, [r for r in results if not r["ok"]][:3]
+    seen = {q: after[q]["id_sequence"] - before.get(q, {"id_sequence": 0})["id_sequence"]
+            for q in (0, 1)}
+    assert all(n > 0 for n in seen.values()), f"both workers must take part: {seen}"
+
+
+def test_sharding_keeps_a_source_on_one_worker_for_ipv6_too(lab: Lab, start_daemon: Any) -> None:
+    start_daemon(config())
+    knock(lab, "client", GW6, *SSH)
+    assert is_open(lab, "client", GW6)
+
+
+def test_killed_worker_is_restarted_and_no_grant_is_lost(
+    lab: Lab, start_daemon: Any, tmp_path: Path
+) -> None:
+    log = tmp_path / "stop.log"
+    extra = f'stop_command = ["/bin/sh", "-c", "echo stop %IP% >> {log}"]\n'
+    daemon = start_daemon(config(open_for=4, **{"close_sequence": extra + "close_sequence"}))
+    knock(lab, "client", GW4, *SSH)
+    daemon.wait_for("grant door=ssh address=203.0.113.10")
+    pids = worker_pids(daemon)
+    assert set(pids) == {0, 1}, daemon.lines
+    for queue, pid in pids.items():
+        killed = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        daemon.wait_for(rf"NFQUEUE {queue}\) died with signal 9: restarting")
+        line = daemon.wait_for(rf"worker \d+ started: pid (?!{pid}\b)\d+, NFQUEUE {queue}", timeout=5)
+        print(f"\nworker on queue {queue} back after {time.monotonic() - killed:.3f} s: {line}")
+        assert not is_open(lab, "other", GW4), "nobody else gets in while a worker restarts"
+        assert is_open(lab, "client", GW4), "the grant survives the worker"
+    # The supervisor still owns the grant: it expires it and runs stop_command once.
+    daemon.wait_for("revoke door=ssh address=203.0.113.10 cause=expired", timeout=8)
+    time.sleep(0.5)
+    assert log.read_text().splitlines() == ["stop 203.0.113.10"]
+    knock(lab, "client", GW4, *SSH)
+    assert is_open(lab, "client", GW4), "new knocks work with the restarted workers"
+
+
+def test_reload_takes_a_valid_config_and_keeps_grants_and_connections(
+    lab: Lab, start_daemon: Any
+) -> None:
+    daemon = start_daemon(config())
+    knock(lab, "client", GW4, *SSH)
+    holder = lab.popen("client", [sys.executable, PROBE, "hold", GW4, "22"],
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert holder.stdin is not None and holder.stdout is not None
+    assert '"ok": true' in holder.stdout.readline()
+    new = config().replace('sequence = ["7000:udp", "8000:tcp", "9000:udp"]',
+                           'sequence = ["7100:udp", "7200:udp"]')
+    daemon.config.write_text(new)
+    os.kill(daemon_pid(daemon), signal.SIGHUP)
+    daemon.wait_for("reloaded")
+    assert is_open(lab, "client", GW4), "the grant made before the reload still admits"
+    holder.stdin.write("ping\n")
+    holder.stdin.flush()
+    assert '"ok": true' in holder.stdout.readline(), "the established connection carries on"
+    knock(lab, "other", GW4, *SSH)
+    assert not is_open(lab, "other", GW4), "the old sequence no longer opens"
+    knock(lab, "other", GW4, "7100:udp", "7200:udp")
+    assert is_open(lab, "other", GW4), "the new sequence does"
+    lab.stop(holder)
+
+
+def test_reload_refuses_an_invalid_config_and_keeps_running(lab: Lab, start_daemon: Any) -> None:
+    daemon = start_daemon(config())
+    rules = snapshot(lab)
+    daemon.config.write_text(config().replace("open_for = 30", "open_for = -1", 1))
+    os.kill(daemon_pid(daemon), signal.SIGHUP)
+    line = daemon.wait_for("reload refused")
+    assert "open_for" in line and str(daemon.config) in line
+    assert daemon.proc.poll() is None
+    assert snapshot(lab) == rules
+    knock(lab, "client", GW4, *SSH)
+    assert is_open(lab, "client", GW4), "the old config keeps working"
+
+
+def test_reload_changes_the_number_of_workers(lab: Lab, start_daemon: Any) -> None:
+    daemon = start_daemon(config())
+    daemon.config.write_text(config().replace("workers = 2", "workers = 3", 1))
+    os.kill(daemon_pid(daemon), signal.SIGHUP)
+    daemon.wait_for("reloaded .* queues=0,1,2")
+    assert set(queue_stats(lab)) == {0, 1, 2}
+    knock(lab, "client", GW4, *SSH)
+    assert is_open(lab, "client", GW4)
+    daemon.config.write_text(config().replace("workers = 2", "workers = 1", 1))
+    os.kill(daemon_pid(daemon), signal.SIGHUP)
+    daemon.wait_for("reloaded .* queues=0 ")
+    assert set(queue_stats(lab)) == {0}
+    knock(lab, "other", GW4, *SSH)
+    assert is_open(lab, "other", GW4)
+    assert is_open(lab, "client", GW4), "grants live in the kernel set, not in a worker"
+
+
+_FAULTY = """
+import sys
+from gatekeeper.engine import engine
+real = engine.Engine.decide
+def decide(self, *args):
+    if args[3] == 6666:
+        raise RuntimeError("injected fault")
+    return real(self, *args)
+engine.Engine.decide = decide
+from gatekeeper.cli import main
+sys.exit(main(["run", "-c", sys.argv[1]]))
+"""
+
+
+def test_exception_in_the_callback_still_gives_a_verdict(lab: Lab, start_daemon: Any) -> None:
+    daemon = start_daemon(config(), argv=[sys.executable, "-c", _FAULTY, "{config}"])
+    stats = queue_stats(lab)
+    for _ in range(5):
+        assert not probe(lab, "client", "connect", GW4, 6666)["ok"]
+    daemon.wait_for("worker failed on a packet; dropped it")
+    after = queue_stats(lab)
+    assert all(after[q]["waiting"] == 0 for q in after), "no packet is left without a verdict"
+    assert {q: after[q]["portid"] for q in after} == {q: stats[q]["portid"] for q in stats}, \
+        "the worker did not die"
+    assert not any("restarting" in ln for ln in daemon.lines)
+    knock(lab, "client", GW4, *SSH)
+    assert is_open(lab, "client", GW4)
+
+
+def test_systemd_notifications(lab: Lab, start_daemon: Any, tmp_path: Path) -> None:
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    try:
+        daemon = start_daemon(config(), env={"NOTIFY_SOCKET": path})
+        assert sock.recv(4096).decode().startswith("READY=1")
+        os.kill(daemon_pid(daemon), signal.SIGHUP)
+        reloading = sock.recv(4096).decode()
+        assert reloading.startswith("RELOADING=1") and "MONOTONIC_USEC=" in reloading
+        assert sock.recv(4096).decode().startswith("READY=1")
+        daemon.stop()
+        assert sock.recv(4096).decode() == "STOPPING=1"
+    finally:
+        sock.close()
+
+
+def test_sigterm_with_several_workers_removes_everything(lab: Lab, start_daemon: Any) -> None:
+    before = snapshot(lab)
+    daemon = start_daemon(config(**{"workers = 2": "workers = 3"}))
+    knock(lab, "client", GW4, *SSH)
+    assert daemon.stop() == 0
+    assert snapshot(lab) == before
+    assert queue_stats(lab) == {}, "every queue unbound"
