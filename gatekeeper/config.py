@@ -106,12 +106,21 @@ class Settings:
         return range(self.queue, self.queue + self.workers)
 
 
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"  # loopback: never a public address by default
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    listen: str = DEFAULT_METRICS_LISTEN  # "" turns the exporter off
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     settings: Settings
     doors: tuple[Door, ...]
     path: str = "<config>"
     protected: frozenset[int] = field(default=frozenset())
+    metrics: Metrics = Metrics()
     seed: int = 0  # HMARK hash seed: from the config's text, so stable yet not guessable
     text: str = ""
 
@@ -335,7 +344,7 @@ class _Parser:
         return Door(**kwargs)
 
     def config(self, data: dict[str, Any]) -> Config:
-        self._table(data, "", {"gatekeeper", "door"})
+        self._table(data, "", {"gatekeeper", "door", "metrics"})
         settings = self.settings(data.get("gatekeeper", {}))
         raw_doors = data.get("door")
         if raw_doors is None or raw_doors == []:
@@ -343,7 +352,24 @@ class _Parser:
         doors = tuple(self.door(d, i) for i, d in enumerate(self._list(raw_doors, "door")))
         self._cross_check(settings, doors)
         protected = frozenset(s.key for d in doors for s in d.opens)
-        return Config(settings=settings, doors=doors, path=self.name, protected=protected)
+        metrics = self.metrics(data.get("metrics", {}))
+        return Config(settings=settings, doors=doors, path=self.name, protected=protected,
+                      metrics=metrics)
+
+    def metrics(self, raw: Any) -> Metrics:
+        data = self._table(raw, "metrics", {"listen"})
+        listen = self._str(data.get("listen", DEFAULT_METRICS_LISTEN), "metrics.listen")
+        if listen:
+            host, colon, port = listen.rpartition(":")
+            host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise self.fail("metrics.listen", f"{listen!r}: expected ADDRESS:PORT, e.g. "
+                                "127.0.0.1:9464 ('' turns metrics off)") from None
+            if not colon or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise self.fail("metrics.listen", f"{listen!r}: port must be 1-65535")
+        return Metrics(listen=listen)
 
     def _cross_check(self, settings: Settings, doors: tuple[Door, ...]) -> None:
         names: set[str] = set()

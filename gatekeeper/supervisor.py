@@ -27,6 +27,7 @@ from gatekeeper.config import Config
 from gatekeeper.effects.commands import CommandRunner
 from gatekeeper.effects.grantbook import GrantBook
 from gatekeeper.errors import GatekeeperError
+from gatekeeper.metrics import GatekeeperCollector, Stats
 from gatekeeper.netfilter.install import Installer
 from gatekeeper.netfilter.render import render
 
@@ -57,8 +58,7 @@ class Supervisor:
         self.commands = CommandRunner()
         self.book = GrantBook(self.config, self.commands)
         self.workers: dict[int, WorkerHandle] = {}  # by queue number
-        self.restarts = 0
-        self.reloads = {"ok": 0, "refused": 0}
+        self.stats = Stats()
         self._report_r, self._report_w = os.pipe()
         os.set_blocking(self._report_r, False)
         self._buffer = b""
@@ -139,6 +139,8 @@ class Supervisor:
                 os.close(h.control)
             except OSError:
                 pass
+            self._read_reports()  # its last counts, written just before it exited
+            self.stats.worker_gone(h.pid, h.queue)
             if self.workers.get(h.queue) is h:
                 del self.workers[h.queue]
 
@@ -155,11 +157,13 @@ class Supervisor:
                 continue
             del self.workers[handle.queue]
             os.close(handle.control)
+            self._read_reports()
+            self.stats.worker_gone(pid, handle.queue)
             if not restart or self._stopping:
                 continue
             how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
                    else f"exit status {os.WEXITSTATUS(status)}")
-            self.restarts += 1
+            self.stats.restarts += 1
             log.error("worker %d (pid %d, NFQUEUE %d) died with %s: restarting it; "
                       "packets queued to it meanwhile were dropped", handle.index, pid,
                       handle.queue, how)
@@ -174,11 +178,14 @@ class Supervisor:
     # -- reports from workers -----------------------------------------------------------
 
     def _read_reports(self) -> None:
-        try:
-            chunk = os.read(self._report_r, 1 << 16)
-        except BlockingIOError:
-            return
-        self._buffer += chunk
+        while True:
+            try:
+                chunk = os.read(self._report_r, 1 << 16)
+            except BlockingIOError:
+                break
+            self._buffer += chunk
+            if len(chunk) < 1 << 16:
+                break
         while b"\n" in self._buffer:
             line, self._buffer = self._buffer.split(b"\n", 1)
             try:
@@ -201,8 +208,11 @@ class Supervisor:
                     f", adopted {msg['adopted']} grant(s)" if msg["adopted"] else "")
         elif kind == "error" and handle is not None:
             handle.error = msg["message"]
+        elif kind == "stats":
+            self.stats.worker_snapshot(msg["pid"], msg)
         elif kind == "grant":
             self.book.granted(msg["address"], msg["door"], msg["seconds"], now, msg.get("error"))
+            self.stats.granted(msg["door"])
         elif kind == "revoke":
             self.book.revoked(msg["address"], msg["door"], msg["cause"], msg.get("error"))
         elif kind == "reloaded":
@@ -232,14 +242,17 @@ class Supervisor:
             self._start_workers(self.config, list(self.config.settings.queues))
             installed = False
             try:
+                self._serve_metrics()  # before the rules: a busy port leaves nothing behind
                 self.installer.install(render(self.config))
                 installed = self._running = True
                 self._adopt()
-                log.info("gatekeeper running: queues=%s pids=%s interfaces=%s doors=%s",
+                log.info("gatekeeper running: queues=%s pids=%s interfaces=%s doors=%s metrics=%s",
                          ",".join(map(str, self.config.settings.queues)),
                          ",".join(str(self.workers[q].pid) for q in self.config.settings.queues),
                          ",".join(self.config.settings.interfaces) or "all but lo",
-                         ",".join(d.name for d in self.config.doors))
+                         ",".join(d.name for d in self.config.doors),
+                         f"http://{self.config.metrics.listen}/metrics" if self.config.metrics.listen
+                         else "off")
                 systemd.notify("READY=1", "STATUS=verdicting")
                 self._loop()
             finally:
@@ -266,6 +279,28 @@ class Supervisor:
         if adopted:
             log.info("adopted %d running grant(s) from the kernel set", adopted)
 
+    def _serve_metrics(self) -> None:
+        from gatekeeper import metrics
+
+        listen = self.config.metrics.listen
+        if not listen:
+            return
+
+        def active() -> dict[str, int]:
+            counts: dict[str, int] = {}
+            for _, door, _ in self.book.active(time.monotonic()):
+                counts[door] = counts.get(door, 0) + 1
+            return counts
+
+        collector = GatekeeperCollector(
+            self.stats, active, lambda: len(self.workers), lambda: [d.name for d in self.config.doors]
+        )
+        try:
+            metrics.serve(collector, listen)
+        except OSError as exc:
+            raise GatekeeperError(f"metrics.listen {listen}: cannot listen ({exc.strerror}); "
+                                  "choose another address or set listen = \"\"") from None
+
     def _loop(self) -> None:
         while True:
             self._wait(EXPIRE_SECONDS)
@@ -279,6 +314,7 @@ class Supervisor:
                 elif sig == signal.SIGCHLD:
                     self._reap()
             self.book.expire(time.monotonic())
+            self.stats.sample_queues()
 
     # -- reload -------------------------------------------------------------------------
 
@@ -287,7 +323,7 @@ class Supervisor:
         try:
             self._reload()
         except GatekeeperError as exc:
-            self.reloads["refused"] += 1
+            self.stats.reloads["refused"] += 1
             log.error("reload refused, the running config stays in force: %s", exc)
         systemd.notify("READY=1", "STATUS=verdicting")
 
@@ -310,7 +346,7 @@ class Supervisor:
         self._stop_workers(removed)
         self.config = new
         self.book.set_config(new)
-        self.reloads["ok"] += 1
+        self.stats.reloads["ok"] += 1
         log.info("reloaded %s: queues=%s doors=%s", self.path, ",".join(map(str, new_queues)),
                  ",".join(d.name for d in new.doors))
 

@@ -291,7 +291,12 @@ D = "door[0] (ssh)"
 # (test id, the config, the key path the message must name, a piece of the message)
 ERRORS: list[tuple[str, str, str, str]] = [
     # top level
-    ("unknown top-level key", toml(top="doors = 1"), "doors", "unknown key (allowed: door, gatekeeper)"),
+    ("metrics host name", toml(top='[metrics]\nlisten = "localhost:9464"'), "metrics.listen",
+     "expected ADDRESS:PORT"),
+    ("metrics port zero", toml(top='[metrics]\nlisten = "127.0.0.1:0"'), "metrics.listen",
+     "port must be 1-65535"),
+    ("metrics unknown key", toml(top='[metrics]\nport = 1'), "metrics.port", "unknown key"),
+    ("unknown top-level key", toml(top="doors = 1"), "doors", "unknown key (allowed: door, gatekeeper, metrics)"),
     ("unprintable unknown key", toml(top='"a\\nb" = 1'), "'a\\nb'", "unknown key"),
     ("no door", "[gatekeeper]\nqueue = 1\n", "door", "no [[door]] defined"),
     ("empty door list", "door = []\n", "door", "no [[door]] defined"),

@@ -1,0 +1,215 @@
+"""Prometheus metrics, served by the supervisor, aggregated over every worker.
+
+Workers never touch prometheus-client on the hot path: they count into plain lists and
+send a snapshot to the supervisor every half second. The supervisor keeps the last
+snapshot of each live worker and folds a dead worker's last snapshot into a retired
+total, so every counter stays monotonic across restarts. Queue depth and kernel drops
+are read from /proc/net/netfilter/nfnetlink_queue at scrape time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from gatekeeper import __version__
+from gatekeeper.engine import Reason
+
+# Verdict latency buckets (seconds): microseconds, with a boundary exactly at 100 µs.
+BUCKETS = (0.000005, 0.00001, 0.000025, 0.00005, 0.000075, 0.0001, 0.00025, 0.0005, 0.001,
+           0.005, 0.025, 0.1)
+BUCKETS_NS = tuple(int(b * 1e9) for b in BUCKETS)
+PROC_QUEUES = "/proc/net/netfilter/nfnetlink_queue"
+REASON_LABELS = [(("accept" if r is Reason.GRANTED else "drop"), r.name.lower()) for r in Reason]
+
+
+@dataclass
+class Snapshot:
+    """What one worker has counted since it started."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * len(Reason))
+    hist: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    hist_sum_ns: int = 0
+    knocks: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def add(self, other: Snapshot) -> None:
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.hist = [a + b for a, b in zip(self.hist, other.hist, strict=True)]
+        self.hist_sum_ns += other.hist_sum_ns
+        for key, n in other.knocks.items():
+            self.knocks[key] = self.knocks.get(key, 0) + n
+
+    @classmethod
+    def from_message(cls, msg: dict[str, Any]) -> Snapshot:
+        return cls(list(msg["counts"]), list(msg["hist"]), int(msg["hist_sum_ns"]),
+                   {(d, o): n for d, o, n in msg["knocks"]})
+
+
+def read_queues(path: str = PROC_QUEUES) -> dict[int, dict[str, int]]:
+    """Per queue: the peer's portid, packets waiting, and the kernel's drop counters."""
+    out: dict[int, dict[str, int]] = {}
+    try:
+        with open(path, encoding="ascii") as f:
+            for line in f:
+                v = [int(x) for x in line.split()]
+                out[v[0]] = {"portid": v[1], "waiting": v[2], "queue_full": v[5],
+                             "socket_full": v[6]}
+    except OSError:
+        pass
+    return out
+
+
+class Stats:
+    """The supervisor's aggregate; thread-safe because the HTTP server runs in a thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.live: dict[int, Snapshot] = {}  # by worker pid
+        self.retired = Snapshot()
+        self.restarts = 0
+        self.reloads = {"ok": 0, "refused": 0}
+        self.grants_total: dict[str, int] = {}
+        # kernel queue counters: current instance (by portid) and what earlier ones counted
+        self._queue_seen: dict[int, dict[str, int]] = {}
+        self._queue_base: dict[tuple[int, str], int] = {}
+
+    def worker_snapshot(self, pid: int, msg: dict[str, Any]) -> None:
+        with self._lock:
+            self.live[pid] = Snapshot.from_message(msg)
+
+    def worker_gone(self, pid: int, queue: int) -> None:
+        with self._lock:
+            snap = self.live.pop(pid, None)
+            if snap is not None:
+                self.retired.add(snap)
+            seen = self._queue_seen.pop(queue, None)
+            if seen is not None:
+                for cause in ("queue_full", "socket_full"):
+                    key = (queue, cause)
+                    self._queue_base[key] = self._queue_base.get(key, 0) + seen[cause]
+                # what was waiting in the queue when its reader died was dropped by the kernel
+                key = (queue, "worker_down")
+                self._queue_base[key] = self._queue_base.get(key, 0) + seen["waiting"]
+
+    def sample_queues(self) -> dict[int, dict[str, int]]:
+        """Read the kernel's queue counters; call often (twice a second) so a worker's
+        last figures are known when it dies."""
+        queues = read_queues()
+        with self._lock:
+            for q, v in queues.items():
+                seen = self._queue_seen.get(q)
+                if seen is not None and seen["portid"] != v["portid"]:
+                    for cause in ("queue_full", "socket_full"):
+                        key = (q, cause)
+                        self._queue_base[key] = self._queue_base.get(key, 0) + seen[cause]
+                self._queue_seen[q] = v
+        return queues
+
+    def granted(self, door: str) -> None:
+        with self._lock:
+            self.grants_total[door] = self.grants_total.get(door, 0) + 1
+
+    def total(self) -> Snapshot:
+        with self._lock:
+            total = Snapshot()
+            total.add(self.retired)
+            for snap in self.live.values():
+                total.add(snap)
+            return total
+
+    def queue_dropped(self) -> dict[tuple[int, str], int]:
+        with self._lock:
+            out = dict(self._queue_base)
+            for q, v in self._queue_seen.items():
+                for cause in ("queue_full", "socket_full"):
+                    out[(q, cause)] = out.get((q, cause), 0) + v[cause]
+                out.setdefault((q, "worker_down"), 0)
+            return out
+
+
+class GatekeeperCollector(Collector):
+    def __init__(self, stats: Stats, grants_active: Callable[[], dict[str, int]],
+                 workers: Callable[[], int], doors: Callable[[], list[str]]) -> None:
+        self.stats = stats
+        self.grants_active = grants_active
+        self.workers = workers
+        self.doors = doors
+
+    def collect(self) -> Iterator[Metric]:
+        total = self.stats.total()
+        hist = HistogramMetricFamily("gatekeeper_verdict_seconds",
+                                     "Time from reading a queued packet to its verdict")
+        cumulative, buckets = 0, []
+        for bound, n in zip((*map(str, BUCKETS), "+Inf"), total.hist, strict=True):
+            cumulative += n
+            buckets.append((bound, cumulative))
+        hist.add_metric([], buckets, total.hist_sum_ns / 1e9)
+        yield hist
+
+        packets = CounterMetricFamily("gatekeeper_packets", "Queued packets by verdict and reason",
+                                      labels=["verdict", "reason"])
+        for (verdict, reason), n in zip(REASON_LABELS, total.counts, strict=True):
+            packets.add_metric([verdict, reason], n)
+        yield packets
+
+        knocks = CounterMetricFamily("gatekeeper_knocks", "Knock outcomes by door",
+                                     labels=["door", "outcome"])
+        for (door, outcome), n in sorted(total.knocks.items()):
+            knocks.add_metric([door, outcome], n)
+        yield knocks
+
+        active = self.grants_active()
+        doors = self.doors()
+        g_active = GaugeMetricFamily("gatekeeper_grants_active", "Grants admitting new connections",
+                                     labels=["door"])
+        g_total = CounterMetricFamily("gatekeeper_grants", "Grants made (renewals included)",
+                                      labels=["door"])
+        for door in doors:
+            g_active.add_metric([door], active.get(door, 0))
+            g_total.add_metric([door], self.stats.grants_total.get(door, 0))
+        yield g_active
+        yield g_total
+
+        dropped = CounterMetricFamily("gatekeeper_queue_dropped",
+                                      "Packets the kernel dropped before a verdict",
+                                      labels=["queue", "cause"])
+        for (q, cause), n in sorted(self.stats.queue_dropped().items()):
+            dropped.add_metric([str(q), cause], n)
+        yield dropped
+        depth = GaugeMetricFamily("gatekeeper_queue_depth", "Packets waiting in the kernel queue",
+                                  labels=["queue"])
+        for q, v in sorted(read_queues().items()):
+            depth.add_metric([str(q)], v["waiting"])
+        yield depth
+
+        yield CounterMetricFamily("gatekeeper_worker_restarts", "Workers restarted after dying",
+                                  value=self.stats.restarts)
+        yield GaugeMetricFamily("gatekeeper_workers", "Workers running", value=self.workers())
+        reloads = CounterMetricFamily("gatekeeper_config_reloads", "Config reloads by result",
+                                      labels=["result"])
+        for result, n in sorted(self.stats.reloads.items()):
+            reloads.add_metric([result], n)
+        yield reloads
+        info = GaugeMetricFamily("gatekeeper_build_info", "Build information", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+
+
+def serve(collector: GatekeeperCollector, listen: str) -> CollectorRegistry:
+    """Serve the registry on ``HOST:PORT`` in a background thread."""
+    host, _, port = listen.rpartition(":")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry)
+    return registry
