@@ -24,13 +24,15 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from gatekeeper import __version__
-from gatekeeper.engine import Reason
+from gatekeeper.engine import Outcome, Reason
 
 # Verdict latency buckets (seconds): microseconds, with a boundary exactly at 100 µs.
 BUCKETS = (0.000005, 0.00001, 0.000025, 0.00005, 0.000075, 0.0001, 0.00025, 0.0005, 0.001,
            0.005, 0.025, 0.1)
 BUCKETS_NS = tuple(int(b * 1e9) for b in BUCKETS)
 PROC_QUEUES = "/proc/net/netfilter/nfnetlink_queue"
+KNOCK_OUTCOMES = (Outcome.ADVANCED, Outcome.RESET, Outcome.TIMEOUT, Outcome.COMPLETED,
+                  Outcome.DUPLICATE, Outcome.NOTHING_TO_CLOSE)
 REASON_LABELS = [(("accept" if r is Reason.GRANTED else "drop"), r.name.lower()) for r in Reason]
 
 
@@ -163,14 +165,16 @@ class GatekeeperCollector(Collector):
             packets.add_metric([verdict, reason], n)
         yield packets
 
+        doors = self.doors()
         knocks = CounterMetricFamily("gatekeeper_knocks", "Knock outcomes by door",
                                      labels=["door", "outcome"])
-        for (door, outcome), n in sorted(total.knocks.items()):
+        # every series exists from the start at 0, or rate() misses its first increase
+        series = {(d, o): 0 for d in doors for o in KNOCK_OUTCOMES} | total.knocks
+        for (door, outcome), n in sorted(series.items()):
             knocks.add_metric([door, outcome], n)
         yield knocks
 
         active = self.grants_active()
-        doors = self.doors()
         g_active = GaugeMetricFamily("gatekeeper_grants_active", "Grants admitting new connections",
                                      labels=["door"])
         g_total = CounterMetricFamily("gatekeeper_grants", "Grants made (renewals included)",

@@ -17,7 +17,7 @@ STAMP="$VENV/.gatekeeper-setup"
 POLICY=/usr/sbin/policy-rc.d
 PACKAGES=(
     python3 python3-venv python3-dev gcc libnetfilter-queue-dev libnfnetlink-dev
-    iptables ipset nftables conntrack iproute2 knockd procps
+    iptables ipset nftables conntrack iproute2 knockd procps prometheus
 )
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -55,8 +55,10 @@ if [[ ${#missing[@]} -eq 0 ]]; then
     say "system packages: all installed"
 else
     say "installing: ${missing[*]}"
-    knockd_was_installed=0
-    installed knockd && knockd_was_installed=1
+    # services whose packages we need only for a binary (knock, promtool, the lab's
+    # prometheus): if this install enables them, they are disabled again below
+    newly=()
+    for svc in knockd prometheus; do installed "$svc" || newly+=("$svc"); done
     if [[ ! -e $POLICY ]]; then
         # 101 = "action forbidden": invoke-rc.d and deb-systemd-invoke start nothing.
         printf '#!/bin/sh\n# gatekeeper scripts/setup.sh: no service starts during its apt-get install\nexit 101\n' \
@@ -68,13 +70,15 @@ else
     apt-get -o DPkg::Lock::Timeout=300 update
     apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends "${missing[@]}"
     remove_policy
-    if [[ $knockd_was_installed -eq 0 && -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
-        # knockd.service ignores START_KNOCKD in /etc/default/knockd: if the install enabled
-        # it, it would sniff the default interface from the next boot on.
-        if systemctl is-enabled --quiet knockd.service 2>/dev/null; then
-            say "disabling knockd.service, which the knockd install enabled"
-            systemctl disable --now knockd.service || say "warning: could not disable knockd.service"
-        fi
+    if [[ ${#newly[@]} -gt 0 && -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+        # knockd.service ignores START_KNOCKD in /etc/default/knockd, and prometheus.service
+        # would scrape from the next boot on: neither is wanted on a machine that only tests.
+        for svc in "${newly[@]}"; do
+            if systemctl is-enabled --quiet "$svc.service" 2>/dev/null; then
+                say "disabling $svc.service, which its install enabled"
+                systemctl disable --now "$svc.service" || say "warning: could not disable $svc.service"
+            fi
+        done
     fi
 fi
 
