@@ -104,6 +104,12 @@ class Stats:
                 key = (queue, "worker_down")
                 self._queue_base[key] = self._queue_base.get(key, 0) + seen["waiting"]
 
+    def dropped_while_down(self, queue: int, packets: int) -> None:
+        """Packets the queue's rules sent while no worker was bound to it."""
+        with self._lock:
+            key = (queue, "worker_down")
+            self._queue_base[key] = self._queue_base.get(key, 0) + max(0, packets)
+
     def sample_queues(self) -> dict[int, dict[str, int]]:
         """Read the kernel's queue counters; call often (twice a second) so a worker's
         last figures are known when it dies."""

@@ -48,6 +48,7 @@ class WorkerHandle:
     ready: bool = False
     error: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    down_since: int | None = None  # the queue rule's packet counter when its worker died
 
 
 class Supervisor:
@@ -167,7 +168,9 @@ class Supervisor:
             log.error("worker %d (pid %d, NFQUEUE %d) died with %s: restarting it; "
                       "packets queued to it meanwhile were dropped", handle.index, pid,
                       handle.queue, how)
-            self._spawn(handle.index, handle.queue, self.config)
+            new = self._spawn(handle.index, handle.queue, self.config)
+            if self._running:
+                new.down_since = self.installer.queue_counters().get(handle.queue, 0)
 
     def send(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
         try:
@@ -202,6 +205,10 @@ class Supervisor:
         if kind == "ready" and handle is not None:
             handle.ready = True
             handle.info = msg
+            if handle.down_since is not None:
+                now_count = self.installer.queue_counters().get(handle.queue, 0)
+                self.stats.dropped_while_down(handle.queue, now_count - handle.down_since)
+                handle.down_since = None
             # at start-up, quiet: a failed start prints one line, the error
             log.log(logging.INFO if self._running else logging.DEBUG,
                     "worker %d started: pid %d, NFQUEUE %d%s", handle.index, msg["pid"], msg["queue"],

@@ -103,6 +103,19 @@ class Installer:
             self.remove()
             raise
 
+    def queue_counters(self) -> dict[int, int]:
+        """Packets each queue's NFQUEUE rules have sent (both families, all our chains).
+        While no worker is bound to a queue, every one of them is dropped by the kernel."""
+        out: dict[int, int] = {}
+        for family in (4, 6):
+            result = _run([_TOOLS[family][0], "-c", "-t", "filter"])
+            for line in result.stdout.splitlines():
+                if line.startswith("[") and "-j NFQUEUE --queue-num " in line:
+                    packets = int(line[1:line.index(":")])
+                    queue = int(line.rsplit("--queue-num ", 1)[1].split()[0])
+                    out[queue] = out.get(queue, 0) + packets
+        return out
+
     def replace(self, ruleset: Ruleset) -> None:
         """Swap in a new ruleset (a reload), one transaction per family: the old rules
         stay in force until the new ones are, and a rejected ruleset changes nothing."""
