@@ -17,7 +17,7 @@ STAMP="$VENV/.gatekeeper-setup"
 POLICY=/usr/sbin/policy-rc.d
 PACKAGES=(
     python3 python3-venv python3-dev gcc libnetfilter-queue-dev libnfnetlink-dev
-    iptables ipset nftables conntrack iproute2 knockd procps prometheus
+    iptables ipset nftables conntrack iproute2 knockd procps prometheus systemd
 )
 
 say() { printf 'setup: %s\n' "$*"; }
