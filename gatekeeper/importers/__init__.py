@@ -1,0 +1,1 @@
+"""Importers: turn other port knockers' configs into gatekeeper TOML (``gatekeeper import-*``)."""

@@ -1,0 +1,593 @@
+"""gatekeeper import-knockd: knockd.conf parser, firewall-command reader, converter.
+
+Golden files: each ``tests/golden/knockd/NAME.conf`` is converted by the real command
+(``gatekeeper import-knockd NAME.conf``, run from that folder); stdout must equal
+``NAME.toml`` and stderr ``NAME.warnings``. ``GATEKEEPER_REGEN_GOLDEN=1 pytest
+tests/test_import_knockd.py`` rewrites them from the current output (review the diff);
+without it the tests never write.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gatekeeper import cli
+from gatekeeper.config import loads
+from gatekeeper.importers.firewall import (
+    NotAGrant,
+    Port,
+    Rule,
+    needs_shell,
+    parse_iptables,
+    shell_comment,
+    split_script,
+)
+from gatekeeper.importers.knockd import (
+    DEFAULT_CMD_TIMEOUT,
+    DEFAULT_OPEN_FOR,
+    DEFAULT_SEQ_TIMEOUT,
+    Conversion,
+    Knock,
+    KnockdError,
+    convert,
+    parse,
+    parse_sequence,
+)
+
+GOLDEN = Path(__file__).resolve().parent / "golden" / "knockd"
+CASES = sorted(GOLDEN.glob("*.conf"))
+REGEN = os.environ.get("GATEKEEPER_REGEN_GOLDEN") == "1"
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    rc = cli.main(["import-knockd", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def conv(text: str, tmp_path: Path | None = None) -> Conversion:
+    return convert(parse(text, "k.conf"), tmp_path)
+
+
+def door_table(result: Conversion, name: str) -> dict[str, object]:
+    doors = tomllib.loads(result.toml)["door"]
+    return next(d for d in doors if d["name"] == name)
+
+
+# --- golden files ------------------------------------------------------------------------
+
+
+def test_golden_cases_are_there() -> None:
+    names = {c.stem for c in CASES}
+    assert {"basic_ssh", "open_close", "start_stop", "one_time", "ipv6", "debian", "gateway"} <= names
+    if not REGEN:
+        for case in CASES:
+            assert case.with_suffix(".toml").is_file(), case
+            assert case.with_suffix(".warnings").is_file(), case
+    orphans = {p.stem for p in GOLDEN.glob("*.toml")} | {p.stem for p in GOLDEN.glob("*.warnings")}
+    assert orphans <= names
+
+
+def test_debian_golden_is_debians_file() -> None:
+    shipped = Path("/etc/knockd.conf")
+    if not shipped.is_file():
+        pytest.skip("knockd is not installed")
+    if "openHTTPS" not in shipped.read_text():
+        pytest.skip("/etc/knockd.conf was edited locally")
+    assert (GOLDEN / "debian.conf").read_text() == shipped.read_text()
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda p: p.stem)
+def test_golden(case: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(GOLDEN)
+    rc, out, err = run_cli([case.name], capsys)
+    assert rc == 0
+    expected_toml, expected_warnings = case.with_suffix(".toml"), case.with_suffix(".warnings")
+    if REGEN:
+        expected_toml.write_text(out)
+        expected_warnings.write_text(err)
+    assert out == expected_toml.read_text()
+    assert err == expected_warnings.read_text()
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda p: p.stem)
+def test_golden_output_loads(case: Path) -> None:
+    text = case.with_suffix(".toml").read_text()
+    cfg = loads(text, case.with_suffix(".toml").name)
+    assert cfg.doors
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda p: p.stem)
+def test_golden_warnings_are_one_line_with_file_line_and_section(case: Path) -> None:
+    for line in case.with_suffix(".warnings").read_text().splitlines():
+        head, _, rest = line.partition(" warning: ")
+        assert head.startswith(f"{case.name}:") and head.endswith(":"), line
+        assert head[len(case.name) + 1 : -1].isdigit(), line
+        assert rest.startswith("["), line
+
+
+def test_output_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_file = tmp_path / "gatekeeper.toml"
+    rc, out, err = run_cli([str(GOLDEN / "debian.conf"), "-o", str(out_file)], capsys)
+    assert rc == 0 and out == ""
+    assert "warning:" in err
+    assert loads(out_file.read_text()).doors[0].name == "openSSH"
+
+
+# --- the command's errors ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("sequence = 1,2\n", "x.conf:1: 'sequence' comes before any [section]"),
+        ("[a]\n  sequence = 1,2\n  bogus = 3\n", "x.conf:3: unknown directive 'BOGUS' in [a]"),
+        ("[a]\n  sequence = 1,x,3\n", "x.conf:2: [a] sequence: 'x': port must be a number 1-65535"),
+        ("[a]\n  seq_timeout = 5\n", "x.conf:1: [a] has no sequence"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(
+    text: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "x.conf").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run_cli(["x.conf"], capsys)
+    assert rc == 2 and out == ""
+    assert err.startswith(f"gatekeeper: {message}")
+    assert err.count("\n") == 1
+
+
+def test_unreadable_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run_cli([str(tmp_path / "missing.conf")], capsys)
+    assert rc == 2 and err == f"gatekeeper: {tmp_path / 'missing.conf'}: no such file\n"
+    rc, _, err = run_cli([str(tmp_path)], capsys)
+    assert rc == 2 and err.startswith(f"gatekeeper: {tmp_path}: cannot read:") and err.count("\n") == 1
+
+
+def test_manual_example_opening_every_port_converts_to_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """knockd(1)'s example 2 as written: -p tcp --syn with no --dport opens every tcp
+    port, which no gatekeeper door can; nothing is left to run, so exit 2."""
+    conf = tmp_path / "all.conf"
+    conf.write_text(
+        "[options]\n\tlogfile = /var/log/knockd.log\n\n[opencloseSSH]\n"
+        "\tsequence = 2000:udp,3000:tcp,4000:udp\n\tseq_timeout = 15\n\ttcpflags = syn,ack\n"
+        "\tstart_command = /usr/sbin/iptables -A INPUT -s %IP% -p tcp --syn -j ACCEPT\n"
+        "\tcmd_timeout = 5\n"
+        "\tstop_command = /usr/sbin/iptables -D INPUT -s %IP% -p tcp --syn -j ACCEPT\n"
+    )
+    rc, out, err = run_cli([str(conf)], capsys)
+    assert rc == 2 and out == ""
+    lines = err.splitlines()
+    assert lines[-1] == (f"gatekeeper: {conf}: no section could be converted into a gatekeeper door "
+                         "(see the warnings above)")
+    assert any(":8: warning: [opencloseSSH] start_command:" in ln and "no --dport" in ln for ln in lines)
+    assert any(":4: warning: [opencloseSSH] it opens no port" in ln for ln in lines)
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+
+def test_keys_are_case_insensitive_and_aliases_resolve() -> None:
+    cfg = parse(
+        "[OPTIONS-not]\nSEQUENCE = 1,2\n"
+        "[options]\nlogFILE = /l\nINTERFACE = eth1\n"
+        "[a]\nSeQuEnCe = 7000:UDP, 8000 ,9000:Tcp\nTimeout = 7\nCOMMAND = /bin/true %IP%\n"
+        "Cmd_Timeout = 9\nTCPFLAGS = SYN,!Ack\n",
+        "k.conf",
+    )
+    assert [s.name for s in cfg.sections] == ["OPTIONS-not", "a"]
+    a = cfg.sections[1]
+    assert a.sequence == (Knock(7000, "udp"), Knock(8000, "tcp"), Knock(9000, "tcp"))
+    assert a.seq_timeout == 7 and a.cmd_timeout == 9
+    assert a.values["START_COMMAND"].text == "/bin/true %IP%"
+    assert a.tcp_flags == "syn,!ack"
+    assert cfg.options.values["LOGFILE"].text == "/l"
+    assert cfg.options.values["INTERFACE"].text == "eth1"
+
+
+def test_options_section_name_is_case_sensitive_as_in_knockd() -> None:
+    with pytest.raises(KnockdError, match=r"^k.conf:2: .*\[Options\].*lower case"):
+        parse("[Options]\nlogfile = /var/log/knockd.log\n", "k.conf")
+
+
+def test_comments_and_blank_lines() -> None:
+    cfg = parse(
+        "# a comment\n\n   # an indented one\n[options]\n\t# in a section\n  UseSyslog\n"
+        "[a]\n sequence = 1,2,3   # ssh\n start_command = /usr/bin/logger '#1' %IP%\n",
+        "k.conf",
+    )
+    a = cfg.sections[0]
+    assert a.sequence == (Knock(1, "tcp"), Knock(2, "tcp"), Knock(3, "tcp"))
+    assert any("'# ssh' taken as a comment" in n.message for n in cfg.notices)
+    # only a line that starts with '#' is a comment: in a value, '#' stays
+    assert a.values["START_COMMAND"].text == "/usr/bin/logger '#1' %IP%"
+
+
+def test_bare_flags() -> None:
+    cfg = parse("[options]\nUseSyslog\n[a]\nusesyslog\nsequence = 1,2\n", "k.conf")
+    assert cfg.options.usesyslog == 4  # knockd takes it in any section; the last one counts
+    with pytest.raises(KnockdError, match=r"^k.conf:2: 'Interface': expected KEY = VALUE"):
+        parse("[options]\nInterface\n", "k.conf")
+    for text in ("[a]\nUseSyslog = yes\nsequence = 1\n", "[options]\nUseSyslog = yes\n"):
+        with pytest.raises(KnockdError, match=r"^k.conf:2: UseSyslog takes no value"):
+            parse(text, "k.conf")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ("UseSyslog\n", 1, "comes before any [section]"),
+        ("[]\n", 1, "bad section name"),
+        ("[options]\nsequence = 1,2\n", 2, "it belongs in a [name] section"),
+        ("[a]\nlogfile = /x\nsequence = 1\n", 2, "it belongs in [options]"),
+        ("[a]\nsequence = 1,,2\n", 2, "empty entry"),
+        ("[a]\nsequence = 1,2,\n", 2, "empty entry"),
+        ("[a]\nsequence = 0,2\n", 2, "port must be a number 1-65535"),
+        ("[a]\nsequence = 65536\n", 2, "port must be a number 1-65535"),
+        ("[a]\nsequence = 1:icmp\n", 2, "protocol must be tcp or udp"),
+        ("[a]\nsequence = " + ",".join(str(p) for p in range(1, 34)) + "\n", 2, "more than 32 ports"),
+        ("[a]\nsequence = 1\nseq_timeout = soon\n", 3, "expected a number of seconds"),
+        ("[a]\nsequence = 1\ncmd_timeout = -5\n", 3, "expected a number of seconds"),
+        ("[a]\nsequence = 1\ntcpflags = syn, fun\n", 3, "unknown flag 'fun'"),
+        ("[a]\nsequence = 1\ntcpflags =\n", 3, "unknown flag ''"),
+        ("[a]\nsequence = 1\none_time_sequences =\n", 3, "expected a file name"),
+        ("[options]\nlogfile = x\n[b]\nseq_timeout = 3\n", 3, "[b] has no sequence"),
+        ("[a]\r\nsequence = 1\r\nfoo = 2\r\n", 3, "unknown directive 'FOO'"),
+    ],
+)
+def test_syntax_errors_name_the_line(text: str, line: int, message: str) -> None:
+    with pytest.raises(KnockdError) as exc:
+        parse(text, "k.conf")
+    assert str(exc.value).startswith(f"k.conf:{line}: ")
+    assert message in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_tcpflags_lines_add_up_and_the_last_mention_of_a_flag_wins() -> None:
+    cfg = parse("[a]\nsequence = 1\ntcpflags = syn,ack\ntcpflags = !ack,fin\n", "k.conf")
+    assert cfg.sections[0].tcp_flags == "fin,syn,!ack"
+    assert not cfg.notices
+
+
+def test_repeated_key_and_lenient_numbers_are_notices() -> None:
+    cfg = parse("[a]\nsequence = 1\nsequence = 2,3\nseq_timeout = 10s\n", "k.conf")
+    assert cfg.sections[0].sequence == (Knock(2, "tcp"), Knock(3, "tcp"))
+    assert cfg.sections[0].seq_timeout == 10
+    messages = [(n.line, n.message) for n in cfg.notices]
+    assert (3, "sequence is set again (line 2); the last one counts, as in knockd") in messages
+    assert (4, "seq_timeout = '10s' read as 10, as knockd reads it") in messages
+
+
+def test_parse_sequence() -> None:
+    assert parse_sequence("7000,8000:udp,9000:TCP") == (
+        Knock(7000, "tcp"), Knock(8000, "udp"), Knock(9000, "tcp"))
+    with pytest.raises(ValueError, match="protocol"):
+        parse_sequence("7000:tcp:x")
+
+
+# --- shell and iptables ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "reason"),
+    [
+        ("/sbin/iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT", None),
+        ("/usr/bin/logger -t knockd 'opened for %IP%; really'", None),
+        ('/usr/bin/logger "a | b > c"', None),
+        ("a | b", "a pipe '|'"),
+        ("a; b", "';'"),
+        ("a && b", "'&&'"),
+        ("a || b", "'||'"),
+        ("a > /tmp/x", "a redirection"),
+        ("echo $HOME", "an expansion ('$')"),
+        ('echo "$(date)"', "an expansion ('$' or '`')"),
+        ("ls *.conf", "a wildcard or '~'"),
+        ("cat ~/x", "a wildcard or '~'"),
+        ("a # note", "a comment ('#')"),
+        ("cd /tmp", "the shell word 'cd'"),
+        ("FOO=1 bar", "a variable assignment"),
+        ("a 'unclosed", "an unclosed quote"),
+    ],
+)
+def test_needs_shell(command: str, reason: str | None) -> None:
+    assert needs_shell(command) == reason
+
+
+def test_shell_comment() -> None:
+    assert shell_comment("iptables -A INPUT # open") == 18
+    assert shell_comment("logger 'a # b' c#d") is None
+
+
+def test_split_script_and_take_parts_out() -> None:
+    script = split_script("a x; ipt 1 && b 'y;z'; c")
+    assert script.parts == ("a x", "ipt 1", "b 'y;z'", "c")
+    assert script.separators == (";", "&&", ";")
+    assert script.without(set()) == "a x; ipt 1 && b 'y;z'; c"
+    assert script.without({1}) == "a x; b 'y;z'; c"
+    assert script.without({0, 1}) == "b 'y;z'; c"
+    assert script.without({3}) == "a x; ipt 1 && b 'y;z'"
+    assert script.without({0, 1, 2, 3}) == ""
+    assert split_script("ipt 1;").parts == ("ipt 1",)
+    for nested in ("(a; b)", "a $(b; c)", "if a; then b; fi", "{ a; b; }", "a # x; y"):
+        assert split_script(nested).parts == (nested,)
+
+
+SSH = Port("tcp", 22)
+
+
+@pytest.mark.parametrize(
+    ("command", "delete", "ports"),
+    [
+        ("/sbin/iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT", False, [SSH]),
+        ("iptables -I INPUT 1 -s %IP% -p tcp --dport 22 -j ACCEPT", False, [SSH]),
+        ("iptables -D INPUT -s %IP% -p tcp --dport 22 -j ACCEPT", True, [SSH]),
+        ("/usr/sbin/ip6tables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT", False, [SSH]),
+        ("iptables-nft -w 5 -I INPUT -s %IP%/32 -p 6 --dport=22 -j ACCEPT", False, [SSH]),
+        ("iptables -A INPUT -p tcp -m state --state NEW -s %IP% --dport 22 -j ACCEPT", False, [SSH]),
+        ("iptables -A INPUT -s %IP% -p tcp -m conntrack --ctstate NEW,ESTABLISHED -m tcp --dport 22 "
+         "--syn -m comment --comment 'knockd' -j ACCEPT", False, [SSH]),
+        ("iptables -t filter -A INPUT -s %IP% -p UDP --dport 51820 -j ACCEPT", False,
+         [Port("udp", 51820)]),
+        ("iptables -A INPUT -s %IP% -p tcp -m multiport --dports 80,443,8000:8002 -j ACCEPT", False,
+         [Port("tcp", p) for p in (80, 443, 8000, 8001, 8002)]),
+        ("iptables -A FORWARD -s %IP% -d 192.0.2.7 -p tcp --dport 3389 -j ACCEPT", False,
+         [Port("tcp", 3389, "192.0.2.7")]),
+        ("/usr/local/sbin/knock_add -i -c INPUT -p tcp -d 443 -f %IP%", False, [Port("tcp", 443)]),
+        ("/usr/sbin/knock_helper_ipt.sh -x -f %IP% -d 53 -p udp -m", True, [Port("udp", 53)]),
+    ],
+)
+def test_iptables_grants(command: str, delete: bool, ports: list[Port]) -> None:
+    rule = parse_iptables(command.replace("'", "").split())
+    assert isinstance(rule, Rule)
+    assert rule.delete == delete
+    assert list(rule.ports) == ports
+
+
+def test_iptables_notes() -> None:
+    command = "iptables -A INPUT -i eth1 -d 203.0.113.1 -s %IP% --dport 22 -j ACCEPT"
+    rule = parse_iptables(command.split())
+    assert isinstance(rule, Rule) and rule.ports == (SSH,)
+    assert [n.split(":")[0] for n in rule.notes] == [
+        "-i eth1 left out", "no -p", "-d 203.0.113.1 left out"]
+
+
+@pytest.mark.parametrize(
+    ("command", "reason", "appended"),
+    [
+        ("iptables -A INPUT -s %IP% -p tcp --syn -j ACCEPT", "no --dport", True),
+        ("iptables -A INPUT -p tcp --dport 22 -j ACCEPT", "no -s %IP%", True),
+        ("iptables -I INPUT -s %IP% -p tcp --dport 22 -j DROP", "jumps to DROP", False),
+        ("iptables -t nat -A PREROUTING -s %IP% -p tcp --dport 22 -j ACCEPT", "nat table", False),
+        ("iptables -A OUTPUT -d %IP% -p tcp --sport 22 -j ACCEPT", "--sport", False),
+        ("iptables -A INPUT -s %IP% -p icmp --dport 1 -j ACCEPT", "-p icmp", True),
+        ("iptables -A INPUT -s %IP% -p tcp --dport 1:100 -j ACCEPT", "more than 32 ports", True),
+        ("iptables -A INPUT -s %IP% -p tcp --dport 22 -m limit --limit 1/s -j ACCEPT", "-m limit", True),
+        ("iptables -A INPUT ! -s %IP% -p tcp --dport 22 -j ACCEPT", "negates", True),
+        ("iptables -D INPUT 3", "by its number", False),
+        ("iptables -A FORWARD -s %IP% -p tcp --dport 22 -j ACCEPT", "without one -d", False),
+        ("iptables -A FORWARD -s %IP% -d 10.0.0.0/8 -p tcp --dport 22 -j ACCEPT", "not one address", False),
+        ("iptables -A INPUT -s %IP%/24 -p tcp --dport 22 -j ACCEPT", "not the knocker's address", True),
+        ("iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT --state ESTABLISHED", "no new", True),
+        ("iptables -F", "option -F", False),
+        ("knock_add -t -a -f %IP% -d 22", "changes nothing", False),
+    ],
+)
+def test_iptables_not_grants(command: str, reason: str, appended: bool) -> None:
+    rule = parse_iptables(command.split())
+    assert isinstance(rule, NotAGrant)
+    assert reason in rule.reason
+    assert rule.appended == appended
+
+
+def test_not_iptables() -> None:
+    assert parse_iptables(["/usr/bin/logger", "-A", "INPUT"]) is None
+    assert parse_iptables([]) is None
+
+
+# --- converter --------------------------------------------------------------------------------
+
+
+def test_defaults_come_from_knockd(tmp_path: Path) -> None:
+    result = conv(
+        "[options]\ninterface = eth1\n[a]\nsequence = 1:udp,2:udp\n"
+        "start_command = iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT\n"
+        "stop_command = iptables -D INPUT -s %IP% -p tcp --dport 22 -j ACCEPT\n"
+    )
+    a = door_table(result, "a")
+    assert a["sequence_timeout"] == DEFAULT_SEQ_TIMEOUT == 25
+    assert a["open_for"] == DEFAULT_CMD_TIMEOUT == 10
+    assert "tcp_flags" not in a  # a udp-only sequence needs none
+    assert "start_command" not in a and "stop_command" not in a
+    assert loads(result.toml).settings.interfaces == ("eth1",)
+
+
+def test_open_only_section_gets_the_stated_default() -> None:
+    result = conv("[a]\nsequence = 1,2\ntcpflags = syn\ncmd_timeout = 99\n"
+                  "command = iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT\n")
+    assert door_table(result, "a")["open_for"] == DEFAULT_OPEN_FOR
+    assert any("knockd kept 22:tcp open (no stop_command" in w for w in result.warnings)
+
+
+def test_rest_of_commands_is_kept_and_shell_only_when_needed() -> None:
+    result = conv(
+        "[a]\nsequence = 1,2\ntcpflags = syn\ncmd_timeout = 60\n"
+        "start_command = iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT && logger 'in %IP%'\n"
+        "stop_command = iptables -D INPUT -s %IP% -p tcp --dport 22 -j ACCEPT; echo %IP% >> /tmp/out\n"
+    )
+    a = door_table(result, "a")
+    assert a["opens"] == ["22:tcp"] and a["open_for"] == 60
+    assert a["start_command"] == ["logger", "in %IP%"]
+    assert a["stop_command"] == ["/bin/sh", "-c", "echo %IP% >> /tmp/out"]
+    assert any(":6: warning: [a] stop_command needs a shell (a redirection)" in w for w in result.warnings)
+
+
+def test_stop_command_that_does_not_delete_the_rule() -> None:
+    result = conv("[a]\nsequence = 1,2\ntcpflags = syn\n"
+                  "start_command = iptables -A INPUT -s %IP% -p udp --dport 53 -j ACCEPT\n"
+                  "stop_command = logger closed %IP%\n")
+    assert door_table(result, "a")["stop_command"] == ["logger", "closed", "%IP%"]
+    assert any("does not delete the rule for 53:udp" in w for w in result.warnings)
+
+
+def test_open_close_pair_becomes_one_door_with_close_sequence() -> None:
+    result = conv(
+        "[close]\nsequence = 3,2,1\ntcpflags = syn\n"
+        "command = iptables -D INPUT -s %IP% -p tcp --dport 22 -j ACCEPT ; logger bye %IP%\n"
+        "[open]\nsequence = 1,2,3\ntcpflags = syn\n"
+        "command = iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT\n"
+    )
+    assert result.doors == 1
+    door = door_table(result, "open")
+    assert door["close_sequence"] == ["3:tcp", "2:tcp", "1:tcp"]
+    assert door["stop_command"] == ["logger", "bye", "%IP%"]
+    assert any("[close] the rest of its command becomes door 'open'" in w for w in result.warnings)
+
+
+def test_section_deleting_rules_nobody_adds_is_commented_out() -> None:
+    result = conv(
+        "[a]\nsequence = 1,2\ntcpflags = syn\n"
+        "command = iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT\n"
+        "[b]\nsequence = 2,1\ntcpflags = syn\n"
+        "command = iptables -D INPUT -s %IP% -p tcp --dport 80 -j ACCEPT\n"
+    )
+    assert result.doors == 1
+    assert "# NOT CONVERTED: it only deletes rules" in result.toml
+    assert "# name = \"b\"" in result.toml
+
+
+def test_ipv6_commands() -> None:
+    result = conv(
+        "[a]\nsequence = 1,2\ntcpflags = syn\n"
+        "start_command = iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT\n"
+        "start_command_6 = ip6tables -A INPUT -s %IP% -p tcp --dport 2222 -j ACCEPT; logger v6\n"
+    )
+    a = door_table(result, "a")
+    assert a["opens"] == ["22:tcp", "2222:tcp"]
+    assert "start_command" not in a
+    assert "# start_command_6 = \"logger v6\"" in result.toml
+    assert any("knockd opened 22:tcp for IPv4 knockers and 2222:tcp for IPv6 ones" in w
+               for w in result.warnings)
+    empty6 = conv("[a]\nsequence = 1,2\ntcpflags = syn\n"
+                  "start_command = iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT\n"
+                  "start_command_6 =\n")
+    assert any("and nothing for IPv6 ones" in w for w in empty6.warnings)
+
+
+def test_names_are_made_valid_and_unique() -> None:
+    grant = "command = iptables -A INPUT -s %IP% -p tcp --dport {} -j ACCEPT\ntcpflags = syn\n"
+    result = conv(f"[open ssh!]\nsequence = 1,2\n{grant.format(22)}[open ssh?]\nsequence = 3,4\n"
+                  f"{grant.format(23)}[{'x' * 30}]\nsequence = 5,6\n{grant.format(24)}")
+    assert [d.name for d in loads(result.toml).doors] == ["open_ssh", "open_ssh-2", "x" * 24]
+
+
+def test_doors_gatekeeper_refuses_are_commented_out() -> None:
+    grant = "command = iptables -A INPUT -s %IP% -p tcp --dport {} -j ACCEPT\ntcpflags = syn\n"
+    result = conv(f"[a]\nsequence = 1,1,2\n{grant.format(22)}"  # a repeat looks like a retransmit
+                  f"[b]\nsequence = 5,6\n{grant.format(23)}"
+                  f"[c]\nsequence = 5,6\n{grant.format(24)}"  # same sequence as b
+                  f"[d]\nsequence = 7,22\n{grant.format(25)}")  # knocks on a port a opens... once a is out
+    assert [d.name for d in loads(result.toml).doors] == ["b", "d"]
+    assert any(":1: warning: [a] gatekeeper refuses it: sequence[1]: 1:tcp repeats" in w
+               for w in result.warnings)
+    assert ("k.conf:9: warning: [c] gatekeeper refuses it: sequence: same sequence as b.sequence: door "
+            "left commented out") in result.warnings
+
+
+def test_one_time_sequences(tmp_path: Path) -> None:
+    (tmp_path / "seq").write_text("#1,2,3\n  bad line\n 4:udp,5,6\n 7,8,9\n")
+    text = ("[a]\none_time_sequences = {}\ntcpflags = syn\n"
+            "start_command = iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT\n")
+    result = conv(text.format(tmp_path / "seq"))
+    assert door_table(result, "a")["sequence"] == ["4:udp", "5:tcp", "6:tcp"]
+    assert f'# one_time_sequences = "{tmp_path / "seq"}"' in result.toml
+    assert any("cannot be carried over yet: the door keeps line 3" in w and "other 1 sequence" in w
+               for w in result.warnings)
+    missing = conv(text.format(tmp_path / "nope"))
+    assert missing.doors == 0
+    assert any("cannot read" in w and "door left commented out" in w for w in missing.warnings)
+
+
+def test_interfaces() -> None:
+    grant = ("[a]\nsequence = 1,2\ntcpflags = syn\n"
+             "command = iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT\n")
+    alias = conv(f"[options]\ninterface = eth0:1\n{grant}")
+    assert loads(alias.toml).settings.interfaces == ("eth0",)
+    loopback = conv(f"[options]\ninterface = lo\n{grant}")
+    assert loads(loopback.toml).settings.interfaces == ()
+    assert any("interface 'lo' cannot be guarded" in w for w in loopback.warnings)
+
+
+def test_target_and_unusual_commands_warn() -> None:
+    result = conv("[a]\nsequence = 1,2\ntcpflags = syn\ntarget = 192.0.2.9\n"
+                  "command = iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT # ssh\n")
+    assert door_table(result, "a")["opens"] == ["22:tcp"]
+    assert any("target 192.0.2.9 not carried over" in w for w in result.warnings)
+    assert any("'# ssh' is a comment to the shell" in w for w in result.warnings)
+
+
+def test_toml_strings_are_escaped() -> None:
+    result = conv('[a b"c]\nsequence = 1,2\ntcpflags = syn\n'
+                  'command = iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT; '
+                  'logger "quote \\" back\\\\slash \x7f\ttab" | cat\n')
+    assert door_table(result, "a_b_c")["start_command"] == [
+        "/bin/sh", "-c", 'logger "quote \\" back\\\\slash \x7f\ttab" | cat']
+    assert '# [a b"c], line 1' in result.toml
+    weird = conv("[options]\nlogfile = /var/log/\x01k\n[a\x7fb]\nsequence = 1,2\ntcpflags = syn\n"
+                 "command = iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT\n")
+    assert "# [a\\x7fb], line 3" in weird.toml and "/var/log/\\x01k" in weird.toml
+    assert loads(weird.toml).doors[0].name == "a_b"
+    assert all(w.isprintable() for w in weird.warnings)
+
+
+# --- property: any config the parser takes converts to TOML that loads ------------------------
+
+_commands = st.sampled_from([
+    "",
+    "/sbin/iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT",
+    "/sbin/iptables -D INPUT -s %IP% -p tcp --dport 22 -j ACCEPT",
+    "iptables -I INPUT -s %IP% -p udp --dport 7000 -j ACCEPT",
+    "iptables -D INPUT -s %IP% -p udp --dport 7000 -j ACCEPT",
+    "iptables -A FORWARD -s %IP% -d 192.0.2.1 -p tcp --dport 3389 -j ACCEPT",
+    "iptables -A FORWARD -s %IP% -d 192.0.2.2 -p tcp --dport 22 -j ACCEPT",
+    "iptables -A INPUT -s %IP% -p tcp -j ACCEPT",
+    "logger knocked %IP% && iptables -A INPUT -s %IP% -p tcp --dport 80 -j ACCEPT",
+    "echo %IP% > /tmp/x",
+])
+_knock = st.tuples(st.sampled_from([22, 80, 7000, 7001, 7002, 9000]), st.sampled_from(["", ":udp", ":tcp"]))
+_section = st.fixed_dictionaries(
+    {"sequence": st.lists(_knock, min_size=1, max_size=4)},
+    optional={
+        "start_command": _commands, "stop_command": _commands, "start_command_6": _commands,
+        "cmd_timeout": st.integers(0, 10**7), "seq_timeout": st.integers(0, 5000),
+        "tcpflags": st.sampled_from(["syn", "syn,!ack", "fin", "!ack", "ack,urg"]),
+        "target": st.just("192.0.2.1"),
+    },
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_section, min_size=1, max_size=4), st.sampled_from(["", "eth1", "lo", "br0.5"]))
+def test_any_parsed_config_converts_to_toml_that_loads(sections: list[dict[str, object]], iface: str) -> None:
+    lines = ["[options]", "UseSyslog"] + ([f"Interface = {iface}"] if iface else [])
+    for i, sec in enumerate(sections):
+        lines.append(f"[door{i}]")
+        for key, value in sec.items():
+            if key == "sequence":
+                assert isinstance(value, list)
+                value = ",".join(f"{p}{proto}" for p, proto in value)
+            lines.append(f"{key} = {value}")
+    result = conv("\n".join(lines) + "\n")
+    tomllib.loads(result.toml)  # valid TOML even with every door commented out
+    if result.doors:
+        assert len(loads(result.toml).doors) == result.doors
+    for warning in result.warnings:
+        assert "\n" not in warning and warning.startswith("k.conf:")
