@@ -1,4 +1,4 @@
-"""Command line: ``gatekeeper run|check|rules|knock|demo``."""
+"""Command line: ``gatekeeper run|check|rules|knock|demo|bench``."""
 
 from __future__ import annotations
 
@@ -57,10 +57,39 @@ def _cmd_knock(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from gatekeeper.control import format_status, request
+
+    status = request(args.socket)
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
+
+
+def _cmd_unit(args: argparse.Namespace) -> int:
+    from gatekeeper.deploy import unit_text
+
+    sys.stdout.write(unit_text())
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from gatekeeper import demo
 
     return demo.main(args)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from gatekeeper.bench import run
+
+    return run.main(args)
+
+
+def _cmd_import_knockd(args: argparse.Namespace) -> int:
+    from gatekeeper.importers import knockd
+
+    return knockd.main(args.file, args.output)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,10 +126,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_cmd_knock)
 
+    p = sub.add_parser("status", help="doors, active grants and counters of the running daemon")
+    p.add_argument("-s", "--socket", default="/run/gatekeeper/control.sock",
+                   help="the daemon's control socket ([gatekeeper] control)")
+    p.add_argument("--json", action="store_true", help="the raw answer, as JSON")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("unit", help="print the systemd unit for this installation")
+    p.set_defaults(func=_cmd_unit)
+
     p = sub.add_parser("demo", help="show the daemon at work in a namespace lab (needs root)")
     p.add_argument("--open-for", type=int, default=6, metavar="SECONDS",
                    help="how long the demo's grant admits new connections (default: 6)")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("bench", help="measure throughput, latency and memory in a namespace lab "
+                       "(needs root)")
+    p.add_argument("--packets", type=int, default=0, metavar="N",
+                   help="packets a drain round (default 100000; --quick 3000)")
+    p.add_argument("--rounds", type=int, default=0, metavar="N", help="drain rounds (default 3)")
+    p.add_argument("--workers", type=int, default=2, metavar="N",
+                   help="workers for the scaling run (default 2; 1 skips it)")
+    p.add_argument("--knocks", type=int, default=0, metavar="N",
+                   help="knock-to-connected trials (default 100)")
+    p.add_argument("--seconds", type=float, default=0.0, metavar="S",
+                   help="length of the paced latency run (default 4)")
+    p.add_argument("--sources", type=int, default=0, metavar="N",
+                   help="tracked sources for the memory figure (default 100000)")
+    p.add_argument("--quick", action="store_true",
+                   help="small counts: a smoke test that runs in well under a minute")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("import-knockd", help="convert a knockd.conf into a gatekeeper config")
+    p.add_argument("file", metavar="FILE", help="knockd config, e.g. /etc/knockd.conf")
+    p.add_argument("-o", "--output", metavar="OUT", help="write the TOML here (default: stdout)")
+    p.set_defaults(func=_cmd_import_knockd)
     return parser
 
 

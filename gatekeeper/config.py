@@ -100,6 +100,7 @@ class Settings:
     max_sources: int = 65536
     workers: int = 1  # "one per CPU" is resolved when the config is read
     queue_maxlen: int = 4096
+    control: str = "/run/gatekeeper/control.sock"  # "" turns the control socket off
 
     @property
     def queues(self) -> range:
@@ -265,7 +266,7 @@ class _Parser:
     def settings(self, raw: Any) -> Settings:
         data = self._table(
             raw, "gatekeeper",
-            {"queue", "interfaces", "public", "max_sources", "workers", "queue_maxlen"},
+            {"queue", "interfaces", "public", "max_sources", "workers", "queue_maxlen", "control"},
         )
         queue = self._int(data.get("queue", 0), "gatekeeper.queue", 0, 65535)
         ifaces = tuple(
@@ -287,8 +288,12 @@ class _Parser:
         if queue + workers - 1 > 65535:
             raise self.fail("gatekeeper.workers", f"queues {queue}..{queue + workers - 1} exceed 65535")
         maxlen = self._int(data.get("queue_maxlen", 4096), "gatekeeper.queue_maxlen", 16, 1_000_000)
+        control = self._str(data.get("control", "/run/gatekeeper/control.sock"), "gatekeeper.control")
+        if control and (not control.startswith("/") or len(control.encode()) > 107):
+            raise self.fail("gatekeeper.control", f"{control!r}: an absolute path of at most 107 bytes "
+                            "('' turns the control socket off)")
         return Settings(queue=queue, interfaces=ifaces, public=public, max_sources=max_sources,
-                        workers=workers, queue_maxlen=maxlen)
+                        workers=workers, queue_maxlen=maxlen, control=control)
 
     def door(self, raw: Any, index: int) -> Door:
         where = f"door[{index}]"

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+from gatekeeper import __version__, systemd
 from gatekeeper import config as config_mod
-from gatekeeper import systemd
 from gatekeeper.config import Config
+from gatekeeper.control import ControlServer
 from gatekeeper.effects.commands import CommandRunner
 from gatekeeper.effects.grantbook import GrantBook
 from gatekeeper.errors import GatekeeperError
@@ -69,6 +70,9 @@ class Supervisor:
         self._signals: list[int] = []
         self._stopping = False
         self._running = False
+        self._started = time.monotonic()
+        self.control: ControlServer | None = None
+        self._tracked: dict[int, int] = {}  # per worker pid, from its snapshots
 
     # -- workers ------------------------------------------------------------------------
 
@@ -217,6 +221,7 @@ class Supervisor:
             handle.error = msg["message"]
         elif kind == "stats":
             self.stats.worker_snapshot(msg["pid"], msg)
+            self._tracked[msg["pid"]] = int(msg.get("tracked", 0))
         elif kind == "grant":
             self.book.granted(msg["address"], msg["door"], msg["seconds"], now, msg.get("error"))
             self.stats.granted(msg["door"])
@@ -231,7 +236,10 @@ class Supervisor:
         self._signals.append(signum)
 
     def _wait(self, timeout: float) -> None:
-        ready, _, _ = select.select([self._report_r, self._wake_r], [], [], timeout)
+        fds = [self._report_r, self._wake_r] + ([self.control.fileno()] if self.control else [])
+        ready, _, _ = select.select(fds, [], [], timeout)
+        if self.control is not None and self.control.fileno() in ready:
+            self.control.handle()
         if self._wake_r in ready:
             try:
                 os.read(self._wake_r, 512)
@@ -250,6 +258,8 @@ class Supervisor:
             installed = False
             try:
                 self._serve_metrics()  # before the rules: a busy port leaves nothing behind
+                if self.config.settings.control:
+                    self.control = ControlServer(self.config.settings.control, self.status)
                 self.installer.install(render(self.config))
                 installed = self._running = True
                 self._adopt()
@@ -269,6 +279,8 @@ class Supervisor:
                 if installed:
                     self.installer.remove()
                     log.info("rules, chains and sets removed")
+                if self.control is not None:
+                    self.control.close()
         finally:
             self.commands.shutdown(wait=True)
             signal.set_wakeup_fd(-1)
@@ -322,6 +334,39 @@ class Supervisor:
                     self._reap()
             self.book.expire(time.monotonic())
             self.stats.sample_queues()
+
+    # -- status -------------------------------------------------------------------------
+
+    def status(self, request: str) -> dict[str, Any]:
+        """The answer to ``gatekeeper status``, from the daemon's own state."""
+        if request != "status":
+            return {"error": f"unknown request {request!r}"}
+        from gatekeeper.metrics import REASON_LABELS, read_queues
+
+        now = time.monotonic()
+        queues = read_queues()
+        total = self.stats.total()
+        return {
+            "version": __version__,
+            "config": self.path,
+            "uptime": now - self._started,
+            "restarts": self.stats.restarts,
+            "reloads": dict(self.stats.reloads),
+            "workers": [
+                {"index": h.index, "pid": h.pid, "queue": q,
+                 "waiting": queues.get(q, {}).get("waiting", 0),
+                 "tracked": self._tracked.get(h.pid, 0)}
+                for q, h in sorted(self.workers.items())
+            ],
+            "doors": [
+                {"name": d.name, "knocks": len(d.sequence), "opens": [str(s) for s in d.opens],
+                 "host": str(d.host) if d.host else "", "open_for": d.open_for}
+                for d in self.config.doors
+            ],
+            "grants": [{"address": a, "door": d, "remaining": round(r, 1)}
+                       for a, d, r in self.book.active(now)],
+            "packets": {reason: n for (_, reason), n in zip(REASON_LABELS, total.counts, strict=True)},
+        }
 
     # -- reload -------------------------------------------------------------------------
 

@@ -116,6 +116,9 @@ def start_daemon(lab: Lab, tmp_path: Path) -> Iterator[Any]:
     def start(config_text: str, wait: bool = True, env: dict[str, str] | None = None,
               argv: list[str] | None = None) -> Daemon:
         path = tmp_path / f"gatekeeper{len(started)}.toml"
+        if "control =" not in config_text:  # never the system's /run/gatekeeper
+            control = tmp_path / f"control{len(started)}.sock"
+            config_text = config_text.replace("[gatekeeper]\n", f'[gatekeeper]\ncontrol = "{control}"\n', 1)
         path.write_text(config_text)
         daemon = Daemon(lab, path, env, argv)
         started.append(daemon)

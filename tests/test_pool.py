@@ -3,6 +3,7 @@ reload, the exception path and systemd notifications."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -210,3 +211,34 @@ def test_sigterm_with_several_workers_removes_everything(lab: Lab, start_daemon:
     assert daemon.stop() == 0
     assert snapshot(lab) == before
     assert queue_stats(lab) == {}, "every queue unbound"
+
+
+def test_status_reads_the_running_daemon(lab: Lab, start_daemon: Any) -> None:
+    daemon = start_daemon(config(open_for=40))
+    knock(lab, "client", GW4, *SSH)
+    daemon.wait_for("grant door=ssh address=203.0.113.10")
+    control = re.search(r'control = "([^"]+)"', daemon.config.read_text())
+    assert control is not None
+    result = subprocess.run([sys.executable, "-m", "gatekeeper", "status", "-s", control.group(1)],
+                            capture_output=True, text=True, timeout=10, check=False)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "workers: 2 (restarts 0)" in out
+    assert re.search(r"ssh: 3 knocks -> 22:tcp, open_for 40 s", out)
+    assert re.search(r"rdp: 3 knocks -> 3389:tcp on 198\.51\.100\.10", out)
+    line = re.search(r"203\.0\.113\.10\s+ssh\s+(\d+\.\d) s left", out)
+    assert line and 35 < float(line.group(1)) <= 40, out
+    as_json = subprocess.run([sys.executable, "-m", "gatekeeper", "status", "--json", "-s",
+                              control.group(1)], capture_output=True, text=True, timeout=10,
+                             check=False)
+    status = json.loads(as_json.stdout)
+    assert status["grants"][0]["address"] == "203.0.113.10"
+    assert sorted(w["queue"] for w in status["workers"]) == [0, 1]
+
+
+def test_status_without_a_daemon_is_one_clear_line(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "gatekeeper", "status", "-s",
+                             str(tmp_path / "none.sock")], capture_output=True, text=True,
+                            timeout=10, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("no such socket; is gatekeeper running?")

@@ -1,0 +1,119 @@
+"""The supervisor's control socket (a Unix socket) and ``gatekeeper status``, its client.
+
+One request a connection: the client sends ``status\\n``, the daemon answers one JSON
+document and closes. Only the socket's owner and group may connect (mode 0660).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gatekeeper.errors import GatekeeperError
+
+DEFAULT_SOCKET = "/run/gatekeeper/control.sock"
+MAX_REQUEST = 256
+
+
+class ControlServer:
+    def __init__(self, path: str, answer: Callable[[str], dict[str, Any]]) -> None:
+        self.path = path
+        self.answer = answer
+        directory = os.path.dirname(path) or "."
+        try:
+            os.makedirs(directory, mode=0o750, exist_ok=True)
+            if os.path.exists(path):
+                self._refuse_if_live(path)
+                os.unlink(path)
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old = os.umask(0o117)
+            try:
+                self.sock.bind(path)
+            finally:
+                os.umask(old)
+            self.sock.listen(8)
+            self.sock.setblocking(False)
+        except OSError as exc:
+            raise GatekeeperError(f"control socket {path}: {exc.strerror or exc}; set "
+                                  "[gatekeeper] control to a path the daemon may create") from None
+
+    @staticmethod
+    def _refuse_if_live(path: str) -> None:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            return  # a stale socket of a daemon that is gone
+        finally:
+            probe.close()
+        raise GatekeeperError(f"control socket {path}: another gatekeeper is running there")
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def handle(self) -> None:
+        """Serve one waiting client; never blocks the supervisor for more than a second."""
+        try:
+            conn, _ = self.sock.accept()
+        except BlockingIOError:
+            return
+        with conn:
+            conn.settimeout(1.0)
+            try:
+                request = conn.recv(MAX_REQUEST).decode("ascii", "replace").strip()
+                conn.sendall((json.dumps(self.answer(request)) + "\n").encode())
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def request(path: str, what: str = "status", timeout: float = 5.0) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+            sock.sendall(f"{what}\n".encode())
+            chunks = []
+            while chunk := sock.recv(1 << 16):
+                chunks.append(chunk)
+        except FileNotFoundError:
+            raise GatekeeperError(f"{path}: no such socket; is gatekeeper running?") from None
+        except OSError as exc:
+            raise GatekeeperError(f"{path}: {exc.strerror or exc}") from None
+    answer: dict[str, Any] = json.loads(b"".join(chunks))
+    return answer
+
+
+def format_status(status: dict[str, Any]) -> str:
+    lines = [
+        f"gatekeeper {status['version']}: up {status['uptime']:.0f} s, config {status['config']}",
+        f"workers: {len(status['workers'])} (restarts {status['restarts']}); "
+        f"reloads ok {status['reloads']['ok']}, refused {status['reloads']['refused']}",
+    ]
+    for w in status["workers"]:
+        lines.append(f"  worker {w['index']}: pid {w['pid']}, NFQUEUE {w['queue']}, "
+                     f"waiting {w['waiting']}, tracked sources {w['tracked']}")
+    lines.append("doors:")
+    for d in status["doors"]:
+        lines.append(f"  {d['name']}: {d['knocks']} knocks -> {' '.join(d['opens'])}"
+                     f"{' on ' + d['host'] if d['host'] else ''}, open_for {d['open_for']} s")
+    lines.append(f"grants: {len(status['grants'])} active")
+    for g in status["grants"]:
+        lines.append(f"  {g['address']:<40} {g['door']:<24} {g['remaining']:6.1f} s left")
+    lines.append("packets: " + ", ".join(f"{k} {v}" for k, v in status["packets"].items() if v)
+                 if any(status["packets"].values()) else "packets: none yet")
+    return "\n".join(lines)
+
+
+def now() -> float:
+    return time.monotonic()
