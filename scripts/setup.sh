@@ -18,6 +18,7 @@ POLICY=/usr/sbin/policy-rc.d
 PACKAGES=(
     python3 python3-venv python3-dev gcc libnetfilter-queue-dev libnfnetlink-dev
     iptables ipset nftables conntrack iproute2 knockd procps prometheus systemd
+    fwknop-client fwknop-server
 )
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -58,7 +59,7 @@ else
     # services whose packages we need only for a binary (knock, promtool, the lab's
     # prometheus): if this install enables them, they are disabled again below
     newly=()
-    for svc in knockd prometheus; do installed "$svc" || newly+=("$svc"); done
+    for svc in knockd prometheus fwknop-server; do installed "$svc" || newly+=("$svc"); done
     if [[ ! -e $POLICY ]]; then
         # 101 = "action forbidden": invoke-rc.d and deb-systemd-invoke start nothing.
         printf '#!/bin/sh\n# gatekeeper scripts/setup.sh: no service starts during its apt-get install\nexit 101\n' \
