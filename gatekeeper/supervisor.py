@@ -29,6 +29,7 @@ from gatekeeper.effects.commands import CommandRunner
 from gatekeeper.effects.grantbook import GrantBook
 from gatekeeper.errors import GatekeeperError
 from gatekeeper.metrics import GatekeeperCollector, Stats
+from gatekeeper.netfilter.audit import audit
 from gatekeeper.netfilter.install import Installer
 from gatekeeper.netfilter.render import render
 
@@ -260,7 +261,11 @@ class Supervisor:
                 self._serve_metrics()  # before the rules: a busy port leaves nothing behind
                 if self.config.settings.control:
                     self.control = ControlServer(self.config.settings.control, self.status)
-                self.installer.install(render(self.config))
+                ruleset = render(self.config)
+                problems = audit(self.config, ruleset)
+                if problems:
+                    raise GatekeeperError(f"refusing to run: {problems[0]}")
+                self.installer.install(ruleset, self.config)
                 installed = self._running = True
                 self._adopt()
                 log.info("gatekeeper running: queues=%s pids=%s interfaces=%s doors=%s metrics=%s",
@@ -388,7 +393,11 @@ class Supervisor:
         if added:
             self._start_workers(new, added)  # raises, having stopped them, if any fails
         try:
-            self.installer.replace(render(new))
+            ruleset = render(new)
+            problems = audit(new, ruleset)
+            if problems:
+                raise GatekeeperError(f"refusing the new ruleset: {problems[0]}")
+            self.installer.replace(ruleset)
         except GatekeeperError:
             self._stop_workers([self.workers[q] for q in added if q in self.workers])
             raise

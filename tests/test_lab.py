@@ -342,3 +342,20 @@ def test_rules_printed_are_the_rules_installed(lab: Lab, start_daemon: Any, tmp_
         if line.startswith("-A "):
             assert line in installed, line
     assert OTHER4 and CLIENT4  # addresses used above come from the lab module
+
+
+def test_refuses_to_start_when_an_admin_rule_bypasses_its_queue(lab: Lab, tmp_path: Path) -> None:
+    """An admin's own NFQUEUE rule to our queue with --queue-bypass would accept packets
+    whenever no worker listens: the daemon must refuse, leaving nothing installed."""
+    rule = ["INPUT", "-p", "udp", "--dport", "5353", "-j", "NFQUEUE", "--queue-num", "1",
+            "--queue-bypass"]
+    lab.run("gw", ["iptables", "-A", *rule])
+    try:
+        before = snapshot(lab)
+        path = tmp_path / "ok.toml"
+        path.write_text(config())
+        line = run_expect_error(lab, [sys.executable, "-m", "gatekeeper", "run", "-c", str(path)])
+        assert "refusing to run" in line and "--queue-bypass" in line
+        assert snapshot(lab) == before
+    finally:
+        lab.run("gw", ["iptables", "-D", *rule])

@@ -14,7 +14,9 @@ import os
 import shutil
 import subprocess
 
+from gatekeeper.config import Config
 from gatekeeper.errors import GatekeeperError
+from gatekeeper.netfilter.audit import audit_text
 from gatekeeper.netfilter.render import CHAINS, SET_FWD, SET_IN, Ruleset, render_removal
 
 log = logging.getLogger(__name__)
@@ -81,8 +83,15 @@ class Installer:
                 "(see 'gatekeeper rules')"
             )
 
-    def install(self, ruleset: Ruleset) -> None:
-        """Install sets, then IPv4 and IPv6 rules; on any failure remove what went in."""
+    def verify(self, config: Config) -> None:
+        """Audit what the kernel now holds, the admin's rules included."""
+        problems = [p for family in (4, 6) for p in audit_text(config, family, self.saved(family))]
+        if problems:
+            raise GatekeeperError(f"refusing to run: {problems[0]}")
+
+    def install(self, ruleset: Ruleset, config: Config | None = None) -> None:
+        """Install sets, then IPv4 and IPv6 rules, then audit them (when ``config`` is
+        given); on any failure remove what went in."""
         leftovers = self.remove_rules()
         if leftovers:
             log.warning("removed rules left by an earlier gatekeeper run that did not stop cleanly")
@@ -99,6 +108,8 @@ class Installer:
                 )
             self._restore(4, ruleset.ipv4)
             self._restore(6, ruleset.ipv6)
+            if config is not None:
+                self.verify(config)
         except GatekeeperError:
             self.remove()
             raise
