@@ -86,6 +86,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run.main(args)
 
 
+def _cmd_soak(args: argparse.Namespace) -> int:
+    from gatekeeper import soak
+
+    return soak.main(args)
+
+
 def _cmd_import_knockd(args: argparse.Namespace) -> int:
     from gatekeeper.importers import knockd
 
@@ -156,6 +162,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="small counts: a smoke test that runs in well under a minute")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("soak", help="soak scenario: client, attacker and gateway roles, a report; "
+                       "'soak lab' runs it in a namespace lab (needs root)")
+    roles = p.add_subparsers(dest="role", required=True, metavar="ROLE")
+    seq_help = "the door's knock sequence (default: %(default)s)"
+    r = roles.add_parser("client", help="knock, connect at once (0.9 s), exchange a line; repeat")
+    r.add_argument("--gateway", required=True, metavar="ADDR")
+    r.add_argument("--duration", type=float, required=True, metavar="S")
+    r.add_argument("--sequence", default="7000:udp,8000:tcp,9000:udp", metavar="P:PROTO,...",
+                   help=seq_help)
+    r.add_argument("--port", type=int, default=22, help="the protected tcp port (default 22)")
+    r.add_argument("--out", required=True, metavar="FILE.jsonl")
+    r.add_argument("--interval", type=float, default=0.2, metavar="S",
+                   help="seconds between attempt starts (default 0.2)")
+    r.add_argument("--timeout", type=float, default=0.9, metavar="S",
+                   help="connect timeout (default 0.9: below the first SYN retransmit)")
+    r.add_argument("--sources", default="", metavar="ADDR,...",
+                   help="local addresses to rotate over (a.b.c.X-Y ranges allowed)")
+    r.add_argument("--max-attempts", type=int, default=0, metavar="N", help="stop after N attempts")
+    r = roles.add_parser("attacker", help="bounded junk against the gateway: unknocked connects, "
+                         "partial/wrong replays, scans, udp flood")
+    r.add_argument("--gateway", required=True, metavar="ADDR")
+    r.add_argument("--duration", type=float, required=True, metavar="S")
+    r.add_argument("--out", required=True, metavar="FILE.jsonl")
+    r.add_argument("--sequence", default="7000:udp,8000:tcp,9000:udp", metavar="P:PROTO,...",
+                   help=seq_help)
+    r.add_argument("--port", type=int, default=22, help="the protected tcp port (default 22)")
+    r.add_argument("--rate", type=float, default=200.0, metavar="PPS",
+                   help="udp junk packets a second (default 200)")
+    r.add_argument("--max-loops", type=int, default=0, metavar="N", help="stop after N loops")
+    r.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+    r = roles.add_parser("gateway", help="sample the daemon's memory, fds, status and metrics")
+    r.add_argument("--duration", type=float, required=True, metavar="S")
+    r.add_argument("--out", required=True, metavar="FILE.jsonl")
+    r.add_argument("-s", "--socket", default="/run/gatekeeper/control.sock",
+                   help="the daemon's control socket")
+    r.add_argument("--metrics", default="http://127.0.0.1:9464/metrics", metavar="URL")
+    r.add_argument("--interval", type=float, default=1.0, metavar="S")
+    thresholds = argparse.ArgumentParser(add_help=False)
+    thresholds.add_argument("--min-success", type=float, default=0.99, metavar="RATE")
+    thresholds.add_argument("--max-rss-growth-mb", type=float, default=20.0, metavar="MB")
+    thresholds.add_argument("--max-rss-growth-pct", type=float, default=25.0, metavar="PCT")
+    r = roles.add_parser("report", parents=[thresholds],
+                         help="merge the .jsonl files into summary.json and soak.png")
+    r.add_argument("--in", dest="in_dir", required=True, metavar="DIR")
+    r.add_argument("--out", required=True, metavar="DIR")
+    r = roles.add_parser("lab", parents=[thresholds],
+                         help="the whole scenario in a namespace lab, then the report (needs root)")
+    r.add_argument("--duration", type=float, default=60.0, metavar="S")
+    r.add_argument("--out", required=True, metavar="DIR")
+    r.add_argument("--sources", type=int, default=30, metavar="N",
+                   help="extra client addresses, so most attempts need a fresh grant (default 30)")
+    p.set_defaults(func=_cmd_soak)
 
     p = sub.add_parser("import-knockd", help="convert a knockd.conf into a gatekeeper config")
     p.add_argument("file", metavar="FILE", help="knockd config, e.g. /etc/knockd.conf")

@@ -218,12 +218,13 @@ class Helper:
         return self.ask(f"echo {text}", 3.0)
 
 
-def _config(open_for: int) -> str:
+def _config(open_for: int, control: str) -> str:
     sequence = ", ".join(f'"{s}"' for s in KNOCK)
     return (
         "# written by gatekeeper demo\n"
         "[gatekeeper]\n"
         'interfaces = ["eth0"]\n'
+        f'control = "{control}"  # not the system daemon\'s /run/gatekeeper\n'
         'public = ["80:tcp"]\n'
         "\n[[door]]\n"
         'name = "ssh"\n'
@@ -276,7 +277,7 @@ def _run(lab: Lab, open_for: int, tmp: str, console: Console) -> None:
     console.say(f"lab up: gateway {GW4} (eth0), client {CLIENT4}, other host {OTHER4}")
     cfg = os.path.join(tmp, "demo.toml")
     with open(cfg, "w", encoding="utf-8") as f:
-        f.write(_config(open_for))
+        f.write(_config(open_for, os.path.join(tmp, "control.sock")))
     lab.serve_tcp("gw", PORT)
     console.say(f"echo service listening on the gateway's port {PORT}; door ssh: "
                 f"{' '.join(KNOCK)} -> {PORT}:tcp for {open_for} s")
