@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import subprocess
 import sys
@@ -78,32 +77,28 @@ class Daemon:
         self.proc = lab.popen("gw", [a.replace("{config}", str(config)) for a in argv],
                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
         self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._done = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.lines.append(line.rstrip("\n"))
-            self._queue.put(line)
-        self._queue.put(None)
+        self._done.set()
 
-    def wait_for(self, pattern: str, timeout: float = 10.0) -> str:
+    def wait_for(self, pattern: str, timeout: float = 10.0, since: int = 0) -> str:
+        """The first log line, from line number ``since`` on, that matches; waits for it."""
         deadline = time.monotonic() + timeout
-        for line in list(self.lines):
-            if re.search(pattern, line):
-                return line
-        while time.monotonic() < deadline:
-            try:
-                line = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if line is None:
+        while True:
+            for line in self.lines[since:]:
+                if re.search(pattern, line):
+                    return line
+            if self._done.is_set():
                 raise AssertionError(f"daemon exited ({self.proc.wait()}) before /{pattern}/:\n"
                                      + "\n".join(self.lines))
-            if re.search(pattern, line):
-                return line
-        raise AssertionError(f"no /{pattern}/ within {timeout} s:\n" + "\n".join(self.lines))
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no /{pattern}/ within {timeout} s:\n" + "\n".join(self.lines))
+            time.sleep(0.01)
 
     def stop(self, sig: int = 15) -> int:
         return self.lab.stop(self.proc, sig)

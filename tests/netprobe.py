@@ -22,12 +22,13 @@ from gatekeeper.client.knock import knock, parse_step, resolve
 TIMEOUT = 0.9
 
 
-def connect(host: str, port: int, source: str | None = None) -> dict[str, object]:
+def connect(host: str, port: int, source: str | None = None,
+            timeout: float = TIMEOUT) -> dict[str, object]:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
     if source:
         s.bind((source, 0))
-    s.settimeout(TIMEOUT)
+    s.settimeout(timeout)
     start = time.perf_counter()
     try:
         s.connect((host, port))
@@ -54,6 +55,27 @@ def trials(host: str, port: int, n: int, first_source: str, steps: str) -> list[
     return out
 
 
+def retrying(host: str, port: int, n: int, first_source: str, steps: str,
+             tries: int = 5, delay: float = 0.02) -> list[dict[str, object]]:
+    """Like trials, but a client that knocks again when the connect fails (up to ``tries``
+    times) and waits ``delay`` seconds between knocks; connect may use the SYN retransmit."""
+    seq = [parse_step(p) for p in steps.split(",")]
+    base = ipaddress.ip_address(first_source)
+    out = []
+    for i in range(n):
+        source = str(base + i)
+        target = resolve(host, source=source)
+        result: dict[str, object] = {"ok": False}
+        for attempt in range(1, tries + 1):
+            knock(target, seq, delay)
+            result = connect(host, port, source, timeout=1.2)
+            result["attempts"] = attempt
+            if result["ok"]:
+                break
+        out.append(result)
+    return out
+
+
 def hold(host: str, port: int) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.create_connection((host, port), timeout=TIMEOUT) if family == socket.AF_INET else \
@@ -74,6 +96,8 @@ def main() -> None:
         print(json.dumps(connect(host, port, sys.argv[4] if len(sys.argv) > 4 else None)))
     elif cmd == "trials":
         print(json.dumps(trials(host, port, int(sys.argv[4]), sys.argv[5], sys.argv[6])))
+    elif cmd == "retrying":
+        print(json.dumps(retrying(host, port, int(sys.argv[4]), sys.argv[5], sys.argv[6])))
     elif cmd == "hold":
         hold(host, port)
 
