@@ -149,8 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure throughput, latency and memory in a namespace lab "
                        "(needs root)")
     p.add_argument("--packets", type=int, default=0, metavar="N",
-                   help="packets a drain round (default 100000; --quick 3000)")
-    p.add_argument("--rounds", type=int, default=0, metavar="N", help="drain rounds (default 3)")
+                   help="packets a drain round (default 60000: a kernel queue holds at most 65536; "
+                   "--quick 3000)")
+    p.add_argument("--rounds", type=int, default=0, metavar="N", help="drain rounds (default 7)")
     p.add_argument("--workers", type=int, default=2, metavar="N",
                    help="workers for the scaling run (default 2; 1 skips it)")
     p.add_argument("--knocks", type=int, default=0, metavar="N",
@@ -161,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tracked sources for the memory figure (default 100000)")
     p.add_argument("--quick", action="store_true",
                    help="small counts: a smoke test that runs in well under a minute")
+    p.add_argument("--profile", metavar="FILE",
+                   help="also sample one draining worker with py-spy into FILE (.svg flamegraph, "
+                   ".json speedscope, else py-spy's raw collapsed stacks)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("soak", help="soak scenario: client, attacker and gateway roles, a report; "

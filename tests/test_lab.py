@@ -332,11 +332,10 @@ def test_check_and_rules_commands(tmp_path: Path) -> None:
 
 
 def test_rules_printed_are_the_rules_installed(lab: Lab, start_daemon: Any, tmp_path: Path) -> None:
-    path = tmp_path / "ok.toml"
-    path.write_text(config())
-    printed = subprocess.run([sys.executable, "-m", "gatekeeper", "rules", "-c", str(path),
+    daemon = start_daemon(config())
+    printed = subprocess.run([sys.executable, "-m", "gatekeeper", "rules", "-c", str(daemon.config),
                               "--family", "4"], capture_output=True, text=True, check=True).stdout
-    start_daemon(config())
+    assert "-j HMARK" in printed
     installed = lab.run("gw", ["iptables-save", "-t", "filter"]).stdout
     for line in printed.splitlines():
         if line.startswith("-A "):

@@ -10,9 +10,7 @@ import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
-
-from cachetools import TTLCache
+from typing import Any, NamedTuple
 
 from gatekeeper.config import ICMP, TCP, Config, Door, TcpFlags
 
@@ -89,8 +87,41 @@ class _Track:
     flags: TcpFlags
 
 
+class _Plan(NamedTuple):
+    """What _knock needs of one track (it unpacks a plain tuple copy by position)."""
+
+    bit: int  # 1 << n
+    n: int  # the track's number
+    keys: tuple[int, ...]
+    length: int
+    timeout: float
+    track: _Track
+    knocked: tuple[Knocked, ...]  # its Knocked event of each outcome, made once, shared
+    shift: int  # where its progress sits in the packed progress
+
+
 def _address(raw: bytes) -> str:
     return str(ipaddress.ip_address(raw))
+
+
+_OUTCOMES = (Outcome.ADVANCED, Outcome.RESET, Outcome.TIMEOUT, Outcome.COMPLETED, Outcome.DUPLICATE)
+_ADVANCED, _RESET, _TIMEOUT, _COMPLETED, _DUPLICATE = range(len(_OUTCOMES))
+_R_UNAUTHORISED, _R_WRONG, _R_IGNORED = Reason.UNAUTHORISED, Reason.WRONG, Reason.IGNORED
+_R_KNOCK, _R_DUPLICATE = Reason.KNOCK, Reason.DUPLICATE
+_R_COMPLETED, _R_CLOSED = Reason.COMPLETED, Reason.CLOSED
+_DROP = Verdict.DROP
+
+_First = tuple[Decision | None, int, tuple[int, ...]]
+
+State = tuple[Any, ...]
+"""A tracked source: ``(restarted_at, active, progress, started_0, ..., started_T-1)``.
+
+One flat tuple a source, T being the number of tracks: when a sequence of it last
+(re)started (its time to live counts from there); a bit per track in progress; how
+many steps each track has made, packed in a few bits a track (a small int, which Python
+shares rather than allocates); and when each track in progress started (0.0 for one
+that is not, so no float object is kept alive for it). ``gatekeeper bench`` weighs a
+tracked source: about 210-250 bytes with its address and its slot in the table."""
 
 
 class Engine:
@@ -120,21 +151,49 @@ class Engine:
             for step in door.opens:
                 protected.setdefault(step.key, []).append((i, host))
         self._protected = {k: tuple(v) for k, v in protected.items()}
-        # The engine's own timeout check is authoritative; the cache only collects the
-        # garbage, a second later, so a late knock is still seen (and counted) as late.
-        ttl = max((t.timeout for t in tracks), default=1.0) + 1.0
-        self._state: TTLCache[bytes, list[float]] = TTLCache(
-            config.settings.max_sources, ttl, timer=self._clock
+        # A source with no state: the decision by step, None for a knock step (_knock).
+        self._stateless: dict[int, Decision | None] = dict.fromkeys(protected, _DROP_UNAUTHORISED)
+        self._stateless.update(dict.fromkeys(self._knock_keys))
+        # What _knock needs of each track, by track number.
+        bits = max(1, max(((len(t.keys) - 1).bit_length() for t in tracks), default=1))
+        self._mask = (1 << bits) - 1
+        self._plan = tuple(
+            _Plan(1 << n, n, t.keys, len(t.keys), t.timeout, t,
+                  tuple(Knocked(t.door.name, o) for o in _OUTCOMES), n * bits)
+            for n, t in enumerate(tracks)
         )
+        self._visits: dict[int, tuple[_Plan, ...]] = {}  # track mask -> its plans, cached
+        self._firsts: dict[int, _First] = {}  # track mask -> see _first_steps
+        # A bit per track: the tracks a step starts, and, for each TCP flags byte, those
+        # whose tcp_flags refuse it (required and forbidden flags are all in the low byte).
+        starts: dict[int, int] = {}
+        for n, t in enumerate(tracks):
+            starts[t.keys[0]] = starts.get(t.keys[0], 0) | 1 << n
+        self._starts = starts
+        self._mismatch = tuple(
+            sum(1 << n for n, t in enumerate(tracks) if not t.flags.matches(f)) for f in range(256)
+        )
+        self._fresh: State = (0.0, 0, 0, *([0.0] * len(tracks)))
+        # The state table: source -> State, oldest (re)start first (a dict keeps the order
+        # of insertion; a restart re-inserts). The engine's own timeout check is
+        # authoritative; the table only collects the garbage, a second later, so a late
+        # knock is still seen (and counted) as late.
+        self._ttl = max((t.timeout for t in tracks), default=1.0) + 1.0
+        self._max_sources = config.settings.max_sources
+        # When full, this many of the oldest go at once: one pass over the table's head
+        # instead of one a new source (deleted slots at the head make each pass longer).
+        self._evict = max(1, self._max_sources // 64)
+        self._state: dict[bytes, State] = {}
         self._grants: dict[bytes, dict[int, float]] = {}
-
-    def _clock(self) -> float:
-        return self._now
 
     # -- the hot path -------------------------------------------------------------------
 
     def decide(self, src: bytes, dst: bytes, proto: int, port: int, flags: int, now: float) -> Decision:
-        """Verdict for one inbound packet that the kernel did not already decide."""
+        """Verdict for one inbound packet that the kernel did not already decide.
+
+        A decision carries a Granted or Revoked event only when its reason is COMPLETED
+        or CLOSED (the worker relies on it); otherwise Knocked events at most.
+        """
         if port < 0:
             return _DROP_WRONG
         self._now = now
@@ -146,62 +205,145 @@ class Engine:
                 if expires is not None and expires > now and (host is None or host == dst):
                     return _ACCEPT_GRANTED
         state = self._state.get(src)
-        if state is None and key not in self._knock_keys:
-            return _DROP_UNAUTHORISED if key in self._protected else _DROP_WRONG
+        if state is None or now >= state[0] + self._ttl:  # (expired: as good as gone)
+            decision = self._stateless.get(key, _DROP_WRONG)
+            if decision is not None:
+                return decision
+            state = None
         return self._knock(src, key, proto, flags, now, state)
 
     def _knock(
-        self, src: bytes, key: int, proto: int, flags: int, now: float, state: list[float] | None
+        self, src: bytes, key: int, proto: int, flags: int, now: float, state: State | None
     ) -> Decision:
-        fresh = state is None
+        mismatch = self._mismatch[flags & 0xFF] if proto == TCP else 0
+        # A track whose tcp_flags refuse the packet skips it; if any does, a packet that
+        # is no knock for the other tracks is IGNORED rather than WRONG.
+        reason = _R_UNAUTHORISED if key in self._protected else _R_IGNORED if mismatch else _R_WRONG
+        # Only tracks in progress and tracks this step starts can move; in track order.
+        todo = self._starts.get(key, 0) if state is None else state[1] | self._starts.get(key, 0)
+        todo &= ~mismatch
+        if not todo:
+            return (_DROP, reason, ())  # nothing moves: the state stays as it is
         if state is None:
-            state = [0.0] * (2 * len(self._tracks))
+            decision, progress, slots = self._firsts.get(todo) or self._first_steps(todo)
+            if decision is not None:  # a new source's first step: it starts these tracks
+                self._insert(src, now, todo, progress, slots)
+                return decision
+        fresh = state is None
+        cur: list[Any] = list(self._fresh if state is None else state)
+        active: int = cur[1]
+        packed: int = cur[2]  # progress of track n: packed >> shift & mask
+        mask = self._mask
         events: list[Event] = []
-        reason = Reason.UNAUTHORISED if key in self._protected else Reason.WRONG
         restarted = False
-        for n, track in enumerate(self._tracks):
-            if proto == TCP and not track.flags.matches(flags):
-                if reason == Reason.WRONG:
-                    reason = Reason.IGNORED
-                continue
-            name = track.door.name
-            keys = track.keys
-            progress = int(state[2 * n])
-            if progress and now - state[2 * n + 1] > track.timeout:
-                events.append(Knocked(name, Outcome.TIMEOUT))
+        visits = self._visits.get(todo) or self._plans(todo)
+        for bit, n, keys, length, timeout, track, knocked, shift in visits:
+            progress = packed >> shift & mask
+            if progress and now - cur[3 + n] > timeout:
+                events.append(knocked[_TIMEOUT])
                 progress = 0
             if key == keys[progress]:
                 progress += 1
                 if progress == 1:
-                    state[2 * n + 1] = now
+                    cur[3 + n] = now
                     restarted = True
-                if progress == len(keys):
+                if progress == length:
                     progress = 0
-                    events.append(Knocked(name, Outcome.COMPLETED))
+                    events.append(knocked[_COMPLETED])
                     events.append(self._complete(track, src, now))
-                    reason = Reason.CLOSED if track.closes else Reason.COMPLETED
+                    reason = _R_CLOSED if track.closes else _R_COMPLETED
                 else:
-                    events.append(Knocked(name, Outcome.ADVANCED))
-                    if reason not in (Reason.COMPLETED, Reason.CLOSED):
-                        reason = Reason.KNOCK
+                    events.append(knocked[_ADVANCED])
+                    if reason is not _R_COMPLETED and reason is not _R_CLOSED:
+                        reason = _R_KNOCK
             elif progress and key == keys[progress - 1]:
-                events.append(Knocked(name, Outcome.DUPLICATE))
-                if reason in (Reason.WRONG, Reason.IGNORED):
-                    reason = Reason.DUPLICATE
+                events.append(knocked[_DUPLICATE])
+                if reason is _R_WRONG or reason is _R_IGNORED:
+                    reason = _R_DUPLICATE
             elif progress:
-                events.append(Knocked(name, Outcome.RESET))
+                events.append(knocked[_RESET])
                 progress = 0
                 if key == keys[0]:
                     progress = 1
-                    state[2 * n + 1] = now
+                    cur[3 + n] = now
                     restarted = True
-            state[2 * n] = progress
-        if not any(state[0::2]):
+            packed = packed & ~(mask << shift) | progress << shift
+            if progress:
+                active |= bit
+            else:
+                active &= ~bit
+                cur[3 + n] = 0.0  # keep no float alive for a track not in progress
+        table = self._state
+        if not active:
             if not fresh:
-                self._state.pop(src, None)
-        elif fresh or restarted:
-            self._state[src] = state  # (re)starts the entry's time to live
-        return (Verdict.DROP, reason, tuple(events))
+                del table[src]
+        else:
+            cur[1] = active
+            cur[2] = packed
+            if fresh or restarted:
+                cur[0] = now  # (re)starts the entry's time to live: to the table's end
+                if table.pop(src, None) is None and len(table) >= self._max_sources:
+                    self._make_room(now)
+            table[src] = tuple(cur)  # else in the same place: its time to live runs on
+        return (_DROP, reason, tuple(events))
+
+    def _first_steps(self, todo: int) -> _First:
+        """For a new source whose step starts the tracks in ``todo``: the decision (each
+        track ADVANCED, a KNOCK), their packed progress and the slots of their start
+        times. The decision is None when one of them is a one-step sequence, which
+        completes at once: _knock then takes the general way."""
+        plans = tuple(plan for plan in self._plan if todo & plan.bit)
+        first: _First = (None, 0, ())
+        if all(plan.length > 1 for plan in plans):
+            decision: Decision = (_DROP, _R_KNOCK, tuple(plan.knocked[_ADVANCED] for plan in plans))
+            first = (decision, sum(1 << plan.shift for plan in plans), tuple(3 + plan.n for plan in plans))
+        if len(self._firsts) < 4096:
+            self._firsts[todo] = first
+        return first
+
+    def _insert(self, src: bytes, now: float, todo: int, packed: int, slots: tuple[int, ...]) -> None:
+        """Track a new source that has just started the tracks in ``todo``."""
+        cur: list[Any] = list(self._fresh)
+        cur[0], cur[1], cur[2] = now, todo, packed
+        for slot in slots:
+            cur[slot] = now
+        table = self._state
+        if table.pop(src, None) is None and len(table) >= self._max_sources:
+            self._make_room(now)
+        table[src] = tuple(cur)
+
+    def _plans(self, todo: int) -> tuple[_Plan, ...]:
+        """The plans of the tracks in ``todo``, in track order (cached for a few masks);
+        as plain tuples, which CPython unpacks faster than named ones."""
+        plans: tuple[Any, ...] = tuple(tuple(plan) for plan in self._plan if todo & plan.bit)
+        if len(self._visits) < 4096:
+            self._visits[todo] = plans
+        return plans
+
+    def _make_room(self, now: float) -> None:
+        """The table is full: drop what has expired, else the oldest (re)started."""
+        self._purge(now)
+        table = self._state
+        if len(table) >= self._max_sources:
+            oldest = []
+            for src in table:
+                oldest.append(src)
+                if len(oldest) >= self._evict:
+                    break
+            for src in oldest:
+                del table[src]
+
+    def _purge(self, now: float) -> None:
+        """Remove every entry whose time to live has run out (they are at the head)."""
+        table = self._state
+        ttl = self._ttl
+        expired = []
+        for src, state in table.items():
+            if now < state[0] + ttl:
+                break
+            expired.append(src)
+        for src in expired:
+            del table[src]
 
     def _complete(self, track: _Track, src: bytes, now: float) -> Event:
         door = track.door
@@ -224,7 +366,7 @@ class Engine:
     def tick(self, now: float) -> list[Revoked]:
         """Expire grants whose time is up; call about once a second."""
         self._now = now
-        self._state.expire()
+        self._purge(now)
         expired: list[Revoked] = []
         for src in [s for s, g in self._grants.items() if min(g.values()) <= now]:
             grants = self._grants[src]
@@ -254,10 +396,13 @@ class Engine:
 
     @property
     def tracked_sources(self) -> int:
+        """Sources part-way through a sequence (as of the last packet or tick)."""
+        self._purge(self._now)
         return len(self._state)
 
     def stats(self) -> dict[str, Any]:
-        return {"tracked_sources": len(self._state), "grants": sum(len(g) for g in self._grants.values())}
+        return {"tracked_sources": self.tracked_sources,
+                "grants": sum(len(g) for g in self._grants.values())}
 
 
 __all__ = [

@@ -14,6 +14,7 @@ import os
 import select
 import signal
 import time
+from array import array
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -26,8 +27,31 @@ from gatekeeper.queue.decode import decode
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.5
-_DROP, _ACCEPT = Verdict.DROP, Verdict.ACCEPT
+# The socket must hold every packet the kernel queue may hold, or the kernel drops what
+# does not fit (queue_user_dropped). Netlink charges a small queued packet 800-1000 bytes
+# of receive buffer; the kernel doubles what is asked for, so 1 KiB a packet leaves room.
+# NetfilterQueue's own default (for 1024 packets of up to 4 KiB) is the floor.
+SOCK_BYTES_PER_PACKET = 1024
+SOCK_MIN = 1024 * (4096 - 80 + 760 + 20) // 2
+SOCK_MAX = 1 << 29
+
+
+def socket_buffer(maxlen: int) -> int:
+    """The receive buffer to ask for (root gets it, SO_RCVBUFFORCE) for a queue of ``maxlen``."""
+    return min(SOCK_MAX, max(SOCK_MIN, maxlen * SOCK_BYTES_PER_PACKET))
+
+
+# Opt-in timing for ``gatekeeper bench``: with this variable naming a directory, each
+# worker times every callback and writes the nanoseconds to latency-<pid>.bin there when
+# it stops. Unset (always, outside the bench), the plain callback is bound: no cost.
+TIMING_ENV = "GATEKEEPER_BENCH_TIMING"
+MAX_SAMPLES = 1 << 23
+
+_ACCEPT = Verdict.ACCEPT
 _MALFORMED, _ERROR = int(Reason.MALFORMED), int(Reason.ERROR)
+# Grants and revocations come only with these reasons (see Engine.decide); other
+# decisions carry Knocked events at most, which the worker has nothing to do for.
+_COMPLETED, _CLOSED = Reason.COMPLETED, Reason.CLOSED
 
 
 class Grants(Protocol):
@@ -53,6 +77,7 @@ class Worker:
         self._nfq: Any = None
         self._stopping = False
         self._next_tick = 0.0
+        self.samples: array[int] | None = None  # set by the bench only: callback times in ns
 
     # -- queue --------------------------------------------------------------------------
 
@@ -60,8 +85,9 @@ class Worker:
         from netfilterqueue import NetfilterQueue
 
         nfq = NetfilterQueue()
+        callback = self.on_packet if self.samples is None else self._timed_on_packet
         try:
-            nfq.bind(queue, self.on_packet, max_len=maxlen)
+            nfq.bind(queue, callback, max_len=maxlen, sock_len=socket_buffer(maxlen))
         except OSError as exc:
             raise GatekeeperError(
                 f"NFQUEUE {queue}: cannot bind ({exc}); another program (another gatekeeper?) "
@@ -107,8 +133,9 @@ class Worker:
                 self.counts[_MALFORMED] += 1
                 pkt.drop()
             else:
-                verdict, reason, events = self.engine.decide(*facts, now)
-                if events:
+                src, dst, proto, port, flags = facts
+                verdict, reason, events = self.engine.decide(src, dst, proto, port, flags, now)
+                if events and (reason is _COMPLETED or reason is _CLOSED):
                     self.apply(events, now)
                 if verdict is _ACCEPT:
                     pkt.accept()
@@ -126,6 +153,17 @@ class Worker:
             raise _Stop
         if now >= self._next_tick:
             self.tick(now)
+
+    def _timed_on_packet(self, pkt: Any) -> None:
+        """:meth:`on_packet` timed with perf_counter_ns (``gatekeeper bench`` only)."""
+        samples = self.samples
+        assert samples is not None
+        start = time.perf_counter_ns()
+        try:
+            self.on_packet(pkt)
+        finally:
+            if len(samples) < MAX_SAMPLES:
+                samples.append(time.perf_counter_ns() - start)
 
     # -- effects ------------------------------------------------------------------------
 
@@ -212,6 +250,9 @@ def worker_process(index: int, queue: int, config: Config, report_fd: int, contr
 
     grants = GrantSets()
     worker = Worker(config, grants, report)
+    timing = os.environ.get(TIMING_ENV)
+    if timing:
+        worker.samples = array("q")
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     try:
         worker.bind(queue, config.settings.queue_maxlen)
@@ -252,4 +293,7 @@ def worker_process(index: int, queue: int, config: Config, report_fd: int, contr
     finally:
         worker.unbind()
         grants.close()
+        if timing and worker.samples is not None:
+            with open(os.path.join(timing, f"latency-{os.getpid()}.bin"), "wb") as f:
+                worker.samples.tofile(f)
     return 0

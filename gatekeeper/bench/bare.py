@@ -1,0 +1,111 @@
+"""The baseline: drop-only NetfilterQueue loops on gatekeeper's queues and rules.
+
+    python -m gatekeeper.bench.bare CONFIG
+
+One process a queue of the config (forked, as gatekeeper forks its workers), each bound
+with the same queue length and socket buffer as a gatekeeper worker; then the same rules
+are installed, so the same packets reach the same queues. Prints ``ready pids=P,...``
+(in queue order) and drops every packet until SIGTERM, then removes the rules. The
+callback does nothing but ``pkt.drop()``: the most a Python NFQUEUE program can do.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from types import FrameType
+from typing import Any
+
+
+def _drop(pkt: Any) -> None:
+    pkt.drop()
+
+
+class _Stop(Exception):
+    pass
+
+
+def _on_term(_signum: int, _frame: FrameType | None) -> None:
+    raise _Stop
+
+
+def _serve(queue: int, maxlen: int, ready_fd: int) -> int:
+    """A child: bind ``queue``, say so on ``ready_fd``, drop until SIGTERM."""
+    from netfilterqueue import NetfilterQueue
+
+    from gatekeeper.queue.worker import socket_buffer
+
+    nfq = NetfilterQueue()
+    try:
+        nfq.bind(queue, _drop, max_len=maxlen, sock_len=socket_buffer(maxlen))
+    except OSError as exc:
+        os.write(ready_fd, f"error {exc}\n".encode())
+        return 2
+    os.write(ready_fd, f"ok {os.getpid()}\n".encode())
+    os.close(ready_fd)
+    try:
+        nfq.run()
+    except _Stop:
+        pass
+    finally:
+        nfq.unbind()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gatekeeper import config as config_mod
+    from gatekeeper.netfilter.install import Installer
+    from gatekeeper.netfilter.render import render
+
+    args = sys.argv[1:] if argv is None else argv
+    config = config_mod.load(args[0])
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGINT, _on_term)
+    children: list[int] = []
+    installer = Installer()
+    installed = False
+    try:
+        ready_r, ready_w = os.pipe()
+        for queue in config.settings.queues:
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    os.close(ready_r)
+                    code = _serve(queue, config.settings.queue_maxlen, ready_w)
+                finally:
+                    os._exit(code)
+            children.append(pid)
+        os.close(ready_w)
+        with os.fdopen(ready_r) as ready:
+            answers = [ready.readline().split(maxsplit=1) for _ in children]
+        if any(not a or a[0] != "ok" for a in answers):
+            errors = [a[1].strip() for a in answers if a and a[0] == "error"]
+            print(f"bind failed: {errors[0] if errors else 'a child exited'}", flush=True)
+            return 2
+        installer.install(render(config))
+        installed = True
+        print(f"ready pids={','.join(map(str, children))}", flush=True)
+        while True:
+            signal.pause()
+    except _Stop:
+        return 0
+    finally:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        for pid in children:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        if installed:
+            installer.remove()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

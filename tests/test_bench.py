@@ -1,0 +1,67 @@
+"""``gatekeeper bench --quick`` runs end to end and prints every figure.
+
+Small counts, so it takes seconds; it checks that each figure is there and sane, never
+that a number meets a target (that depends on the machine).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from gatekeeper.bench import traffic
+from gatekeeper.queue.decode import decode
+from tests.conftest import need_root
+
+NUMBER = r"[\d,]+(?:\.\d+)?"
+
+
+def test_traffic_mix_is_what_it_says() -> None:
+    mix = traffic.build(2000, round_=1)
+    assert len(mix.packets) == 2000 == sum(mix.kinds.values())
+    assert 0.2 < mix.kinds["knock"] / 2000 < 0.4 and 0.05 < mix.kinds["malformed"] / 2000 < 0.15
+    assert mix.completions == 2
+    assert sum(decode(p) is None for p in mix.packets) == mix.kinds["malformed"]
+    assert traffic.load(traffic.dump(mix.packets)) == mix.packets
+    for pkt in mix.packets:  # never an address outside the lab's documentation ranges
+        if pkt[0] >> 4 == 4:
+            assert pkt[12:15] == bytes([203, 0, 113]) and pkt[16:20] == bytes([203, 0, 113, 1])
+        else:
+            assert pkt[8:16] == bytes.fromhex("20010db800010000") and pkt[24:40] == bytes.fromhex(
+                "20010db8000100000000000000000001")
+
+
+@pytest.mark.lab
+def test_quick_bench_prints_every_figure() -> None:
+    need_root()
+    result = subprocess.run([sys.executable, "-m", "gatekeeper", "bench", "--quick"],
+                            capture_output=True, text=True, timeout=120, check=False)
+    out = result.stdout
+    assert result.returncode == 0, result.stderr + out
+    expect = [
+        rf"bare drop-only NetfilterQueue loop, 1 queue\s+{NUMBER}",
+        rf"gatekeeper, 1 worker\s+{NUMBER}",
+        r"gatekeeper 1 worker / bare loop\s+\d+\.\d\d",
+        rf"gatekeeper, 2 workers \(aggregate\)\s+{NUMBER}",
+        r"gatekeeper 2 workers / 1 worker\s+\d+\.\d\d",
+        r"bare loop 2 queues / 1 queue \(the machine\)\s+\d+\.\d\d",
+        rf"p50 {NUMBER} us\s+p99 {NUMBER} us",
+        r"first SYN accepted (\d+)/(\d+)",
+        rf"first knock sent -> connected: median {NUMBER} ms, p99 {NUMBER} ms",
+        rf"IPv4: {NUMBER} bytes/source allocated \(tracemalloc\), {NUMBER} bytes/source resident",
+        rf"IPv6: {NUMBER} bytes/source allocated",
+        r"bounded: [\d,]+ sources fed to a table of max_sources = ([\d,]+): ([\d,]+) tracked",
+        r"gatekeeper, 1 worker\s+sent\s+[\d,]+\s+queued\s+[\d,]+\s+queue_dropped\s+[\d,]+\s+"
+        r"queue_user_dropped\s+[\d,]+",
+        r"latency run\s+sent\s+[\d,]+\s+queue_dropped [\d,]+\s+queue_user_dropped [\d,]+",
+    ]
+    for pattern in expect:
+        assert re.search(pattern, out), f"no /{pattern}/ in:\n{out}"
+    knocks = re.search(r"first SYN accepted (\d+)/(\d+)", out)
+    assert knocks is not None and int(knocks[2]) >= 1 and int(knocks[1]) >= 1
+    table = re.search(r"max_sources = ([\d,]+): ([\d,]+) tracked", out)
+    assert table is not None and table[1] == table[2], "an overfed table holds max_sources"
+    assert "FAILED" not in out + result.stderr
