@@ -54,8 +54,9 @@ class Snapshot:
 
     @classmethod
     def from_message(cls, msg: dict[str, Any]) -> Snapshot:
-        return cls(list(msg["counts"]), list(msg["hist"]), int(msg["hist_sum_ns"]),
-                   {(d, o): n for d, o, n in msg["knocks"]})
+        knocks = {(door, outcome): n for door, counts in msg["knocks"].items()
+                  for outcome, n in zip(KNOCK_OUTCOMES, counts, strict=True) if n}
+        return cls(list(msg["counts"]), list(msg["hist"]), int(msg["hist_sum_ns"]), knocks)
 
 
 def read_queues(path: str = PROC_QUEUES) -> dict[int, dict[str, int]]:

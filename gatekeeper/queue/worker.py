@@ -15,13 +15,16 @@ import select
 import signal
 import time
 from array import array
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from gatekeeper import config as config_mod
 from gatekeeper.config import Config, Door
-from gatekeeper.engine import Engine, Event, Granted, Reason, Revoked, Verdict
+from gatekeeper.engine import Engine, Event, Granted, Knocked, Reason, Revoked, Verdict
 from gatekeeper.errors import GatekeeperError
+from gatekeeper.metrics import BUCKETS_NS
+from gatekeeper.metrics import KNOCK_OUTCOMES as OUTCOMES
 from gatekeeper.queue.decode import decode
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,11 @@ class Worker:
         self._stopping = False
         self._next_tick = 0.0
         self.samples: array[int] | None = None  # set by the bench only: callback times in ns
+        self.metered = bool(config.metrics.listen)  # time every verdict for the histogram
+        self.report_stats = False  # the worker process turns it on: snapshots each tick
+        self.hist = [0] * (len(BUCKETS_NS) + 1)
+        self.hist_sum_ns = 0
+        self.knocks: dict[Knocked, int] = {}
 
     # -- queue --------------------------------------------------------------------------
 
@@ -85,7 +93,8 @@ class Worker:
         from netfilterqueue import NetfilterQueue
 
         nfq = NetfilterQueue()
-        callback = self.on_packet if self.samples is None else self._timed_on_packet
+        callback = (self._timed_on_packet if self.samples is not None
+                    else self._metered_on_packet if self.metered else self.on_packet)
         try:
             nfq.bind(queue, callback, max_len=maxlen, sock_len=socket_buffer(maxlen))
         except OSError as exc:
@@ -135,8 +144,13 @@ class Worker:
             else:
                 src, dst, proto, port, flags = facts
                 verdict, reason, events = self.engine.decide(src, dst, proto, port, flags, now)
-                if events and (reason is _COMPLETED or reason is _CLOSED):
-                    self.apply(events, now)
+                if events:
+                    knocks = self.knocks
+                    for event in events:  # Knocked events are shared objects: cheap keys
+                        if event.__class__ is Knocked:
+                            knocks[event] = knocks.get(event, 0) + 1
+                    if reason is _COMPLETED or reason is _CLOSED:
+                        self.apply(events, now)
                 if verdict is _ACCEPT:
                     pkt.accept()
                 else:
@@ -153,6 +167,23 @@ class Worker:
             raise _Stop
         if now >= self._next_tick:
             self.tick(now)
+
+    def _metered_on_packet(self, pkt: Any) -> None:
+        """:meth:`on_packet` with its time into the latency histogram (metrics on)."""
+        start = time.perf_counter_ns()
+        self.on_packet(pkt)
+        elapsed = time.perf_counter_ns() - start
+        self.hist[bisect_left(BUCKETS_NS, elapsed)] += 1
+        self.hist_sum_ns += elapsed
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything counted since this worker started (the supervisor keeps the sums)."""
+        knocks: dict[str, list[int]] = {}
+        for event, n in self.knocks.items():
+            knocks.setdefault(event.door, [0] * len(OUTCOMES))[OUTCOMES.index(event.outcome)] += n
+        return {"t": "stats", "counts": self.counts, "hist": self.hist,
+                "hist_sum_ns": self.hist_sum_ns, "knocks": knocks,
+                "tracked": self.engine.tracked_sources}
 
     def _timed_on_packet(self, pkt: Any) -> None:
         """:meth:`on_packet` timed with perf_counter_ns (``gatekeeper bench`` only)."""
@@ -204,6 +235,8 @@ class Worker:
     def tick(self, now: float) -> None:
         self._next_tick = now + TICK_SECONDS
         self.engine.tick(now)
+        if self.report_stats:
+            self.report(self.snapshot())
 
     def adopt(self, entries: list[tuple[str, str, int]]) -> int:
         """Take over grants found in the kernel set: (address, door, seconds left)."""
@@ -227,7 +260,10 @@ class Worker:
 
 
 def _send(fd: int, message: dict[str, Any]) -> None:
-    data = (json.dumps(message) + "\n").encode()
+    data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+    if len(data) > select.PIPE_BUF and message.get("t") == "stats":
+        # the pipe is shared by every worker: only a write of up to PIPE_BUF is atomic
+        data = (json.dumps({**message, "knocks": {}}, separators=(",", ":")) + "\n").encode()
     try:
         os.write(fd, data)  # under PIPE_BUF: one atomic write
     except OSError:
@@ -250,6 +286,7 @@ def worker_process(index: int, queue: int, config: Config, report_fd: int, contr
 
     grants = GrantSets()
     worker = Worker(config, grants, report)
+    worker.report_stats = True
     timing = os.environ.get(TIMING_ENV)
     if timing:
         worker.samples = array("q")
@@ -293,6 +330,7 @@ def worker_process(index: int, queue: int, config: Config, report_fd: int, contr
     finally:
         worker.unbind()
         grants.close()
+        report(worker.snapshot())  # the last counts, before the supervisor folds them
         if timing and worker.samples is not None:
             with open(os.path.join(timing, f"latency-{os.getpid()}.bin"), "wb") as f:
                 worker.samples.tofile(f)
