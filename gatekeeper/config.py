@@ -101,6 +101,8 @@ class Settings:
     workers: int = 1  # "one per CPU" is resolved when the config is read
     queue_maxlen: int = 4096
     control: str = "/run/gatekeeper/control.sock"  # "" turns the control socket off
+    scan_limit: int = 0  # distinct non-knock ports within the window; 0: longest sequence + 3
+    scan_lockout: int = 60  # seconds a source seen scanning cannot complete a sequence
 
     @property
     def queues(self) -> range:
@@ -266,7 +268,8 @@ class _Parser:
     def settings(self, raw: Any) -> Settings:
         data = self._table(
             raw, "gatekeeper",
-            {"queue", "interfaces", "public", "max_sources", "workers", "queue_maxlen", "control"},
+            {"queue", "interfaces", "public", "max_sources", "workers", "queue_maxlen", "control",
+             "scan_limit", "scan_lockout"},
         )
         queue = self._int(data.get("queue", 0), "gatekeeper.queue", 0, 65535)
         ifaces = tuple(
@@ -292,8 +295,11 @@ class _Parser:
         if control and (not control.startswith("/") or len(control.encode()) > 107):
             raise self.fail("gatekeeper.control", f"{control!r}: an absolute path of at most 107 bytes "
                             "('' turns the control socket off)")
+        scan_limit = self._int(data.get("scan_limit", 0), "gatekeeper.scan_limit", 0, 65535)
+        scan_lockout = self._int(data.get("scan_lockout", 60), "gatekeeper.scan_lockout", 0, 86400)
         return Settings(queue=queue, interfaces=ifaces, public=public, max_sources=max_sources,
-                        workers=workers, queue_maxlen=maxlen, control=control)
+                        workers=workers, queue_maxlen=maxlen, control=control,
+                        scan_limit=scan_limit, scan_lockout=scan_lockout)
 
     def door(self, raw: Any, index: int) -> Door:
         where = f"door[{index}]"

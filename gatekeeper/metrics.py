@@ -32,7 +32,7 @@ BUCKETS = (0.000005, 0.00001, 0.000025, 0.00005, 0.000075, 0.0001, 0.00025, 0.00
 BUCKETS_NS = tuple(int(b * 1e9) for b in BUCKETS)
 PROC_QUEUES = "/proc/net/netfilter/nfnetlink_queue"
 KNOCK_OUTCOMES = (Outcome.ADVANCED, Outcome.RESET, Outcome.TIMEOUT, Outcome.COMPLETED,
-                  Outcome.DUPLICATE, Outcome.NOTHING_TO_CLOSE)
+                  Outcome.DUPLICATE, Outcome.NOTHING_TO_CLOSE, Outcome.LOCKED)
 REASON_LABELS = [(("accept" if r is Reason.GRANTED else "drop"), r.name.lower()) for r in Reason]
 
 

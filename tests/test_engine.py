@@ -323,3 +323,51 @@ def test_no_grant_without_the_exact_sequence(packets: list[tuple[bytes, tuple[in
                 name == "ssh" and addr == str(ipaddress.ip_address(src))
                 for addr, name, _ in engine.grants()
             )
+
+
+SCAN_CONFIG = """
+[gatekeeper]
+scan_lockout = 60
+
+[[door]]
+name = "udp"
+sequence = ["1001:udp", "1002:udp", "1003:udp"]
+sequence_timeout = 5
+opens = ["2203:tcp"]
+"""
+
+
+def test_an_ascending_scan_cannot_walk_through_consecutive_ports() -> None:
+    engine = Engine(loads(SCAN_CONFIG))
+    now = 0.0
+    completed = []
+    for port in range(1, 2000):  # nmap -sU -r: every port in order
+        now += 0.0001
+        _, reason, events = send(engine, A, UDP, port, now)
+        completed += [e for e in events if isinstance(e, Granted)]
+        if port == 1003:
+            assert reason is Reason.SCANNER
+            assert Knocked("udp", Outcome.LOCKED) in events
+    assert completed == []
+    assert send(engine, A, TCP, 2203, now)[0] is Verdict.DROP
+
+
+def test_a_scanner_stays_locked_out_for_the_lockout_then_may_knock() -> None:
+    engine = Engine(loads(SCAN_CONFIG))
+    for port in range(100, 110):  # 10 distinct probes: more than 3 steps + 3
+        send(engine, A, UDP, port, port * 0.001)
+    knock(engine, A, [(UDP, 1001), (UDP, 1002), (UDP, 1003)], start=1.0)
+    assert send(engine, A, TCP, 2203, 1.5)[0] is Verdict.DROP, "locked out"
+    knock(engine, B, [(UDP, 1001), (UDP, 1002), (UDP, 1003)], start=1.0)
+    assert send(engine, B, TCP, 2203, 1.5)[0] is Verdict.ACCEPT, "another source is not"
+    knock(engine, A, [(UDP, 1001), (UDP, 1002), (UDP, 1003)], start=62.0)
+    assert send(engine, A, TCP, 2203, 62.5)[0] is Verdict.ACCEPT, "after the lockout"
+
+
+def test_a_client_that_retries_the_protected_port_is_no_scanner() -> None:
+    engine = Engine(loads(SCAN_CONFIG))
+    for i in range(20):  # SYN retransmits of an ssh started before the knock
+        send(engine, A, TCP, 2203, i * 0.1)
+    send(engine, A, UDP, 53, 2.0)
+    knock(engine, A, [(UDP, 1001), (UDP, 1002), (UDP, 1003)], start=2.1)
+    assert send(engine, A, TCP, 2203, 2.5)[0] is Verdict.ACCEPT

@@ -48,8 +48,9 @@ def _one_of(*values: str) -> frozenset[str]:
 
 VERDICTS = _one_of("accept", "drop")
 REASONS = _one_of("granted", "unauthorised", "knock", "completed", "closed", "wrong", "duplicate",
-                  "ignored", "malformed", "error")
-OUTCOMES = _one_of("advanced", "reset", "timeout", "completed", "duplicate", "nothing-to-close")
+                  "ignored", "malformed", "error", "scanner")
+OUTCOMES = _one_of("advanced", "reset", "timeout", "completed", "duplicate", "nothing-to-close",
+                   "locked")
 CAUSES = _one_of("queue_full", "socket_full", "worker_down")
 RELOAD_RESULTS = _one_of("ok", "refused")
 

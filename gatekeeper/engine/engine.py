@@ -33,6 +33,7 @@ class Reason(IntEnum):
     IGNORED = 7  # tcp flags that do not count as a knock
     MALFORMED = 8  # the decoder could not read it (set by the caller)
     ERROR = 9  # the worker failed on it (set by the caller)
+    SCANNER = 10  # completed a sequence while locked out as a scanner: no grant
 
 
 class Outcome:
@@ -44,6 +45,7 @@ class Outcome:
     COMPLETED = "completed"
     DUPLICATE = "duplicate"
     NOTHING_TO_CLOSE = "nothing-to-close"
+    LOCKED = "locked"  # completed, but the source is locked out as a scanner
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +110,7 @@ _OUTCOMES = (Outcome.ADVANCED, Outcome.RESET, Outcome.TIMEOUT, Outcome.COMPLETED
 _ADVANCED, _RESET, _TIMEOUT, _COMPLETED, _DUPLICATE = range(len(_OUTCOMES))
 _R_UNAUTHORISED, _R_WRONG, _R_IGNORED = Reason.UNAUTHORISED, Reason.WRONG, Reason.IGNORED
 _R_KNOCK, _R_DUPLICATE = Reason.KNOCK, Reason.DUPLICATE
-_R_COMPLETED, _R_CLOSED = Reason.COMPLETED, Reason.CLOSED
+_R_COMPLETED, _R_CLOSED, _R_SCANNER = Reason.COMPLETED, Reason.CLOSED, Reason.SCANNER
 _DROP = Verdict.DROP
 
 _First = tuple[Decision | None, int, tuple[int, ...]]
@@ -185,6 +187,14 @@ class Engine:
         self._evict = max(1, self._max_sources // 64)
         self._state: dict[bytes, State] = {}
         self._grants: dict[bytes, dict[int, float]] = {}
+        # Scan detection: source -> (window start, last probed key, distinct probes, locked
+        # out until). A probe is a packet to a port that is no knock of any door.
+        self._scans: dict[bytes, tuple[float, int, int, float]] = {}
+        settings = config.settings
+        self._scan_window = max((t.timeout for t in tracks), default=5.0)
+        longest = max((len(t.keys) for t in tracks), default=1)
+        self._scan_limit = settings.scan_limit if settings.scan_limit else longest + 3
+        self._scan_lockout = float(settings.scan_lockout)
 
     # -- the hot path -------------------------------------------------------------------
 
@@ -204,6 +214,8 @@ class Engine:
                 expires = grants.get(door_index)
                 if expires is not None and expires > now and (host is None or host == dst):
                     return _ACCEPT_GRANTED
+        if key not in self._knock_keys:
+            self._probe(src, key, now)
         state = self._state.get(src)
         if state is None or now >= state[0] + self._ttl:  # (expired: as good as gone)
             decision = self._stateless.get(key, _DROP_WRONG)
@@ -211,6 +223,36 @@ class Engine:
                 return decision
             state = None
         return self._knock(src, key, proto, flags, now, state)
+
+    def _probe(self, src: bytes, key: int, now: float) -> None:
+        """Count a packet to a port that is no knock: more distinct ports than any door
+        needs within the window locks the source out of completing a sequence."""
+        scans = self._scans
+        entry = scans.get(src)
+        if entry is None or now - entry[0] > self._scan_window:
+            locked = entry[3] if entry is not None else 0.0
+            if entry is not None:
+                del scans[src]  # re-inserted at the end: the table stays oldest first
+            elif len(scans) >= self._max_sources:
+                self._trim_scans(now)
+            scans[src] = (now, key, 1, locked)
+        elif key != entry[1]:
+            count = entry[2] + 1
+            locked = entry[3]
+            if count > self._scan_limit and locked <= now:
+                locked = now + self._scan_lockout
+            scans[src] = (entry[0], key, count, locked)
+
+    def _trim_scans(self, now: float) -> None:
+        """The probe table is full: forget the oldest entries that lock nothing out."""
+        scans = self._scans
+        drop = [s for s, e in scans.items() if e[3] <= now][: self._evict]
+        for src in drop or list(scans)[: self._evict]:
+            del scans[src]
+
+    def locked_out(self, src: bytes, now: float) -> bool:
+        entry = self._scans.get(src)
+        return entry is not None and entry[3] > now
 
     def _knock(
         self, src: bytes, key: int, proto: int, flags: int, now: float, state: State | None
@@ -250,8 +292,10 @@ class Engine:
                 if progress == length:
                     progress = 0
                     events.append(knocked[_COMPLETED])
-                    events.append(self._complete(track, src, now))
-                    reason = _R_CLOSED if track.closes else _R_COMPLETED
+                    done = self._complete(track, src, now)
+                    events.append(done)
+                    reason = (_R_CLOSED if track.closes
+                              else _R_COMPLETED if done.__class__ is Granted else _R_SCANNER)
                 else:
                     events.append(knocked[_ADVANCED])
                     if reason is not _R_COMPLETED and reason is not _R_CLOSED:
@@ -354,6 +398,8 @@ class Engine:
                     del self._grants[src]
                 return Revoked(door, _address(src), "closed")
             return Knocked(door.name, Outcome.NOTHING_TO_CLOSE)
+        if self.locked_out(src, now):
+            return Knocked(door.name, Outcome.LOCKED)
         if grants is None:
             grants = self._grants[src] = {}
         renewed = track.door_index in grants and grants[track.door_index] > now
@@ -367,6 +413,9 @@ class Engine:
         """Expire grants whose time is up; call about once a second."""
         self._now = now
         self._purge(now)
+        window = self._scan_window
+        for src in [s for s, e in self._scans.items() if now - e[0] > window and e[3] <= now]:
+            del self._scans[src]
         expired: list[Revoked] = []
         for src in [s for s, g in self._grants.items() if min(g.values()) <= now]:
             grants = self._grants[src]
