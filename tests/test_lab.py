@@ -61,6 +61,11 @@ def config(open_for: int = 30, **replace: str) -> str:
     return text
 
 
+def private(text: str, where: Path) -> str:
+    """The config with a control socket of its own (never the system's /run/gatekeeper)."""
+    return text.replace("[gatekeeper]\n", f'[gatekeeper]\ncontrol = "{where}/control.sock"\n', 1)
+
+
 def is_open(lab: Lab, host: str, target: str, port: int = 22) -> bool:
     return bool(probe(lab, host, "connect", target, port)["ok"])
 
@@ -258,7 +263,8 @@ def run_expect_error(lab: Lab, argv: list[str], env: dict[str, str] | None = Non
 def test_bad_config_leaves_nothing_installed(lab: Lab, tmp_path: Path) -> None:
     before = snapshot(lab)
     path = tmp_path / "bad.toml"
-    path.write_text(config().replace('opens = ["22:tcp"]', 'opens = ["22:tcp"]\nopen_four = 3'))
+    bad = config().replace('opens = ["22:tcp"]', 'opens = ["22:tcp"]\nopen_four = 3')
+    path.write_text(private(bad, path.parent))
     line = run_expect_error(lab, [sys.executable, "-m", "gatekeeper", "run", "-c", str(path)])
     assert str(path) in line and "open_four" in line and "unknown key" in line
     assert snapshot(lab) == before
@@ -270,7 +276,7 @@ def test_queue_in_use_is_refused_and_the_running_daemon_is_untouched(
     start_daemon(config())
     during = snapshot(lab)
     path = tmp_path / "second.toml"
-    path.write_text(config())
+    path.write_text(private(config(), path.parent))
     line = run_expect_error(lab, [sys.executable, "-m", "gatekeeper", "run", "-c", str(path)])
     assert "NFQUEUE 0" in line and "queue" in line
     assert snapshot(lab) == during
@@ -283,7 +289,7 @@ def test_missing_privilege(lab: Lab) -> None:
     with tempfile.TemporaryDirectory() as readable:  # pytest's tmp_path is root-only
         os.chmod(readable, 0o755)
         path = Path(readable) / "ok.toml"
-        path.write_text(config())
+        path.write_text(private(config(), path.parent))
         path.chmod(0o644)
         line = run_expect_error(lab, ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                                       sys.executable, "-m", "gatekeeper", "run", "-c", str(path)],
@@ -308,7 +314,7 @@ def test_missing_kernel_feature_rolls_back_the_other_family(lab: Lab, tmp_path: 
     )
     (fake / "ip6tables-restore").chmod(0o755)
     path = tmp_path / "ok.toml"
-    path.write_text(config())
+    path.write_text(private(config(), path.parent))
     line = run_expect_error(lab, [sys.executable, "-m", "gatekeeper", "run", "-c", str(path)],
                             env={"PATH": f"{fake}:{os.environ['PATH']}"})
     assert "ip6tables-restore rejected the ruleset" in line and "NFQUEUE" in line
@@ -317,7 +323,7 @@ def test_missing_kernel_feature_rolls_back_the_other_family(lab: Lab, tmp_path: 
 
 def test_check_and_rules_commands(tmp_path: Path) -> None:
     path = tmp_path / "ok.toml"
-    path.write_text(config())
+    path.write_text(private(config(), path.parent))
     check = subprocess.run([sys.executable, "-m", "gatekeeper", "check", "-c", str(path)],
                            capture_output=True, text=True, check=False)
     assert check.returncode == 0 and "3 door(s)" in check.stdout
@@ -352,7 +358,7 @@ def test_refuses_to_start_when_an_admin_rule_bypasses_its_queue(lab: Lab, tmp_pa
     try:
         before = snapshot(lab)
         path = tmp_path / "ok.toml"
-        path.write_text(config())
+        path.write_text(private(config(), path.parent))
         line = run_expect_error(lab, [sys.executable, "-m", "gatekeeper", "run", "-c", str(path)])
         assert "refusing to run" in line and "--queue-bypass" in line
         assert snapshot(lab) == before
