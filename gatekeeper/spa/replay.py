@@ -13,8 +13,9 @@ refusals are counted in :attr:`ReplayCache.overflows`.
 
 from __future__ import annotations
 
-import heapq
 from enum import IntEnum
+
+from cachetools import TLRUCache
 
 DEFAULT_MAX_ENTRIES = 16384
 
@@ -28,8 +29,10 @@ class Admission(IntEnum):
 class ReplayCache:
     """Message digests and their expiry times; pure, the caller passes ``now``.
 
-    Memory is about 200 bytes per entry (a 32-byte key, a dict slot and a heap slot), so
-    the default 16384 entries stay under 4 MB. Size it for the busiest legitimate rate:
+    A ``cachetools.TLRUCache`` whose time-to-use is each entry's own expiry and whose
+    timer is the caller's ``now``. Its own eviction is never reached: a full cache
+    refuses rather than forgetting a message that could still be replayed. Memory is a
+    few hundred bytes an entry; size it for the busiest legitimate rate:
     ``max_entries >= messages per second * 2 * window``.
     """
 
@@ -38,36 +41,34 @@ class ReplayCache:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
         self.overflows = 0
-        self._expires: dict[bytes, float] = {}
-        self._heap: list[tuple[float, bytes]] = []
+        self._now = 0.0
+        self._cache: TLRUCache[bytes, float] = TLRUCache(
+            max_entries, ttu=lambda _key, expires, _now: expires, timer=self._clock
+        )
+
+    def _clock(self) -> float:
+        return self._now
 
     def __len__(self) -> int:
-        return len(self._expires)
+        self._cache.expire()
+        return len(self._cache)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._expires
+        return key in self._cache
 
     def purge(self, now: float) -> int:
         """Forget every entry that expired at or before ``now``; returns how many."""
-        removed = 0
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            expires, key = heapq.heappop(heap)
-            if self._expires.get(key) == expires:
-                del self._expires[key]
-                removed += 1
-        return removed
+        self._now = now
+        return len(self._cache.expire())
 
     def admit(self, key: bytes, now: float, ttl: float) -> Admission:
         """Record ``key`` until ``now + ttl`` unless it is already live (a replay)."""
-        expires = self._expires.get(key)
-        if expires is not None and expires > now:
+        self._now = now
+        if key in self._cache:
             return Admission.REPLAY
-        self.purge(now)
-        if len(self._expires) >= self.max_entries:
+        self._cache.expire()
+        if len(self._cache) >= self.max_entries:
             self.overflows += 1
             return Admission.FULL
-        until = now + ttl
-        self._expires[key] = until
-        heapq.heappush(self._heap, (until, key))
+        self._cache[key] = now + ttl
         return Admission.NEW
