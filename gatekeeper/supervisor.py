@@ -36,6 +36,9 @@ from gatekeeper.netfilter.render import render
 log = logging.getLogger("gatekeeper")
 
 READY_TIMEOUT = 15.0
+BURST_SECONDS = 10.0  # failed knocks are summed over this long ...
+BURST_MIN = 20  # ... and one line is logged when at least this many failed
+FAILED = ("reset", "timeout", "locked")
 STOP_TIMEOUT = 5.0
 EXPIRE_SECONDS = 0.5
 
@@ -74,6 +77,8 @@ class Supervisor:
         self._started = time.monotonic()
         self.control: ControlServer | None = None
         self._tracked: dict[int, int] = {}  # per worker pid, from its snapshots
+        self._failed_seen: dict[tuple[str, str], int] = {}
+        self._next_burst = time.monotonic() + BURST_SECONDS
 
     # -- workers ------------------------------------------------------------------------
 
@@ -228,6 +233,8 @@ class Supervisor:
             self.stats.granted(msg["door"])
         elif kind == "revoke":
             self.book.revoked(msg["address"], msg["door"], msg["cause"], msg.get("error"))
+        elif kind == "used":
+            self._sequence_used(msg)
         elif kind == "reloaded":
             log.debug("worker %d reloaded", msg["worker"])
 
@@ -317,13 +324,20 @@ class Supervisor:
             return counts
 
         collector = GatekeeperCollector(
-            self.stats, active, lambda: len(self.workers), lambda: [d.name for d in self.config.doors]
+            self.stats, active, lambda: len(self.workers), lambda: [d.name for d in self.config.doors],
+            self._spa_doors,
         )
         try:
             metrics.serve(collector, listen)
         except OSError as exc:
             raise GatekeeperError(f"metrics.listen {listen}: cannot listen ({exc.strerror}); "
                                   "choose another address or set listen = \"\"") from None
+
+    def _spa_doors(self) -> dict[str, tuple[str, ...]]:
+        from gatekeeper.engine.doors import SEQUENCE_STAGES, SPA_STAGES
+
+        return {d.name: SPA_STAGES if d.spa is not None else SEQUENCE_STAGES
+                for d in self.config.doors if d.spa is not None or d.encrypted is not None}
 
     def _loop(self) -> None:
         while True:
@@ -339,6 +353,24 @@ class Supervisor:
                     self._reap()
             self.book.expire(time.monotonic())
             self.stats.sample_queues()
+            if time.monotonic() >= self._next_burst:
+                self._log_failed_bursts()
+
+    def _log_failed_bursts(self) -> None:
+        """One line per door whose failed knocks came in a burst (brute force, a scan,
+        a client that gets its sequence wrong), never one line per packet."""
+        self._next_burst = time.monotonic() + BURST_SECONDS
+        knocks = self.stats.total().knocks
+        for door in self.config.doors:
+            delta = {}
+            for outcome in FAILED:
+                key = (door.name, outcome)
+                delta[outcome] = knocks.get(key, 0) - self._failed_seen.get(key, 0)
+                self._failed_seen[key] = knocks.get(key, 0)
+            if sum(delta.values()) >= BURST_MIN:
+                log.warning("failed knocks door=%s count=%d in %gs (%s)", door.name,
+                            sum(delta.values()), BURST_SECONDS,
+                            ", ".join(f"{k} {v}" for k, v in delta.items() if v))
 
     # -- status -------------------------------------------------------------------------
 
@@ -371,7 +403,32 @@ class Supervisor:
             "grants": [{"address": a, "door": d, "remaining": round(r, 1)}
                        for a, d, r in self.book.active(now)],
             "packets": {reason: n for (_, reason), n in zip(REASON_LABELS, total.counts, strict=True)},
+            "spa": {door: {stage: n for (d, stage), n in sorted(total.spa.items()) if d == door}
+                    for door in sorted({d for d, _ in total.spa})},
         }
+
+    # -- one-time sequences -------------------------------------------------------------
+
+    def _sequence_used(self, msg: dict[str, Any]) -> None:
+        """A worker used a one-time sequence: mark its line used in the file (atomically:
+        a restart never revives it), then reload so every worker moves on."""
+        from gatekeeper.effects.onetime import mark_used
+
+        door = next((d for d in self.config.doors if d.name == msg["door"]), None)
+        if door is None or door.one_time is None or door.one_time.path != msg["path"]:
+            log.error("one-time sequence used on door %s, which no longer reads %s: not marked",
+                      msg["door"], msg["path"])
+            return
+        try:
+            marked = mark_used(msg["path"], int(msg["line"]), msg["steps"])
+        except OSError as exc:
+            log.error("door %s: cannot mark line %s of %s used: %s; the sequence stays used "
+                      "until the daemon restarts", msg["door"], msg["line"], msg["path"], exc)
+            return
+        if marked:
+            log.info("one-time sequence used: door=%s file=%s line=%s", msg["door"], msg["path"],
+                     msg["line"])
+            self.reload()
 
     # -- reload -------------------------------------------------------------------------
 

@@ -242,3 +242,15 @@ def test_status_without_a_daemon_is_one_clear_line(tmp_path: Path) -> None:
                             timeout=10, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().endswith("no such socket; is gatekeeper running?")
+
+
+def test_a_burst_of_failed_knocks_is_one_log_line(lab: Lab, start_daemon: Any) -> None:
+    daemon = start_daemon(config())
+    mark = len(daemon.lines)
+    for _ in range(30):  # the first step, then a wrong one: a reset each time
+        knock(lab, "client", GW4, SSH[0], "7001:udp")
+    line = daemon.wait_for(r"failed knocks door=ssh count=(\d+) in 10s \(reset", timeout=15, since=mark)
+    count = int(re.search(r"count=(\d+)", line).group(1))  # type: ignore[union-attr]
+    assert count >= 20
+    bursts = [ln for ln in daemon.lines[mark:] if "failed knocks" in ln]
+    assert len(bursts) <= 2, "one line per burst, not one per packet"
