@@ -29,8 +29,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
-    doors = ", ".join(f"{d.name} ({len(d.sequence)} knocks -> {' '.join(map(str, d.opens))})"
-                      for d in cfg.doors)
+    def how(d: config_mod.Door) -> str:
+        if d.spa is not None:
+            return f"spa on {d.spa.port}:udp"
+        if d.encrypted is not None:
+            return f"encrypted sequence on {d.encrypted.first}-{d.encrypted.last}"
+        if d.one_time is not None:
+            return f"{len(d.one_time.lines)} one-time sequence(s)"
+        return f"{len(d.sequence)} knocks"
+
+    doors = ", ".join(f"{d.name} ({how(d)} -> {' '.join(map(str, d.opens))})" for d in cfg.doors)
     print(f"{args.config}: OK: {len(cfg.doors)} door(s): {doors}")
     return 0
 
@@ -52,8 +60,37 @@ def _cmd_knock(args: argparse.Namespace) -> int:
 
     family = socket.AF_INET if args.ipv4 else socket.AF_INET6 if args.ipv6 else 0
     default = UDP if args.udp else TCP
-    steps = [parse_step(p, default) for p in args.ports]
-    knock(resolve(args.host, family), steps, args.delay / 1000.0, args.verbose)
+    if args.encrypted:
+        from gatekeeper.client.spa import encrypted_steps
+
+        if args.ports:
+            raise GatekeeperError("knock --encrypted takes no ports: --range gives them")
+        if not args.key_file:
+            raise GatekeeperError("knock --encrypted needs --key-file")
+        target = resolve(args.host, family)
+        steps = encrypted_steps(target, args.key_file, args.range, args.access, args.allow,
+                                default)
+    else:
+        if not args.ports:
+            raise GatekeeperError("knock: name at least one PORT[:PROTO] (or use --encrypted)")
+        if args.key_file or args.range or args.access or args.allow:
+            raise GatekeeperError("knock: --key-file, --range, -A and -a go with --encrypted")
+        steps = [parse_step(p, default) for p in args.ports]
+        target = resolve(args.host, family)
+    knock(target, steps, args.delay / 1000.0, args.verbose)
+    return 0
+
+
+def _cmd_spa(args: argparse.Namespace) -> int:
+    from gatekeeper.client import spa
+
+    if args.key_gen:
+        sys.stdout.write(spa.key_gen(sequence=args.sequence))
+        return 0
+    if not args.host or not args.key_file or not args.access:
+        raise GatekeeperError("spa: needs --key-file, -A PROTO/PORT and HOST (or --key-gen)")
+    spa.send(args.host, args.key_file, args.access, args.allow, args.source_any, args.port,
+             verbose=args.verbose)
     return 0
 
 
@@ -122,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("knock", help="knock a sequence (knockd's knock syntax)")
     p.add_argument("host")
-    p.add_argument("ports", nargs="+", metavar="PORT[:PROTO]")
+    p.add_argument("ports", nargs="*", metavar="PORT[:PROTO]")
     p.add_argument("-u", "--udp", action="store_true", help="udp for ports with no protocol")
     p.add_argument("-d", "--delay", type=int, default=0, metavar="MS",
                    help="wait MS milliseconds between knocks")
@@ -130,7 +167,33 @@ def build_parser() -> argparse.ArgumentParser:
     fam.add_argument("-4", "--ipv4", action="store_true", help="IPv4 only")
     fam.add_argument("-6", "--ipv6", action="store_true", help="IPv6 only")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--encrypted", action="store_true",
+                   help="knock an encrypted sequence (a door's encrypted_sequence) instead of PORTs")
+    p.add_argument("--key-file", metavar="FILE", help="--encrypted: the door's key file")
+    p.add_argument("--range", default="", metavar="FIRST-LAST",
+                   help="--encrypted: the door's knock range (default 745-1000)")
+    p.add_argument("-A", "--access", default="", metavar="PROTO/PORT",
+                   help="--encrypted: what to open (default tcp/22)")
+    p.add_argument("-a", "--allow", default="", metavar="ADDR",
+                   help="--encrypted: the address to open for (default: this host's source "
+                   "address towards HOST)")
     p.set_defaults(func=_cmd_knock)
+
+    p = sub.add_parser("spa", help="send an SPA packet (fwknop 2.6 wire format), or make keys")
+    p.add_argument("host", nargs="?", help="the gateway")
+    p.add_argument("--key-file", metavar="FILE",
+                   help="KEY_BASE64 and HMAC_KEY_BASE64 lines, as fwknop --key-gen prints them")
+    p.add_argument("-A", "--access", metavar="PROTO/PORT[,PROTO/PORT...]", help="e.g. tcp/22")
+    p.add_argument("-a", "--allow", default="", metavar="ADDR",
+                   help="the address to open for (default: this host's source address towards HOST)")
+    p.add_argument("-s", "--source-any", action="store_true",
+                   help="send 0.0.0.0: the gateway opens for the packet's source (fwknop -s)")
+    p.add_argument("--port", type=int, default=62201, help="the SPA UDP port (default 62201)")
+    p.add_argument("--key-gen", action="store_true", help="print new keys for a key file")
+    p.add_argument("--sequence", action="store_true",
+                   help="with --key-gen: a key for an encrypted_sequence door instead")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_cmd_spa)
 
     p = sub.add_parser("status", help="doors, active grants and counters of the running daemon")
     p.add_argument("-s", "--socket", default="/run/gatekeeper/control.sock",

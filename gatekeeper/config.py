@@ -31,6 +31,10 @@ MAX_STEPS = 32
 MAX_OPEN_FOR = 7 * 24 * 3600
 MAX_SEQUENCE_TIMEOUT = 3600
 MAX_ICMP_PAYLOAD = 65507
+DEFAULT_SPA_PORT = 62201  # fwknop's default (UDP)
+DEFAULT_SPA_WINDOW = 120.0
+SPA_KINDS = ("sequence", "spa", "encrypted_sequence", "one_time_sequences")
+MAX_ONE_TIME_LINES = 100_000
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,24}\Z")
 _IFACE_RE = re.compile(r"^[A-Za-z0-9_.@][^\s/:!]{0,14}\Z")
 
@@ -83,6 +87,60 @@ class Door:
     stop_command: tuple[str, ...] = ()
     command_timeout: float = 10.0
     host: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    # What opens the door: "sequence" (a plain knock, the engine's), or one of the
+    # special kinds that gatekeeper.engine.doors handles (their ``sequence`` is empty).
+    kind: str = "sequence"
+    spa: SpaDoor | None = None
+    encrypted: EncryptedDoor | None = None
+    one_time: OneTimeDoor | None = None
+
+    @property
+    def special(self) -> bool:
+        return self.kind != "sequence"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class SpaDoor:
+    """``spa = true``: fwknop-compatible single packet authorization on a UDP port."""
+
+    key_file: str
+    keys: Any  # gatekeeper.spa.fwknop.SpaKeys (imported lazily: plain configs need no crypto)
+    port: int = DEFAULT_SPA_PORT
+    window: float = DEFAULT_SPA_WINDOW
+    other_source: bool = False
+
+    def __repr__(self) -> str:  # never print key material
+        return f"SpaDoor(key_file={self.key_file!r}, port={self.port})"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class EncryptedDoor:
+    """``encrypted_sequence = { key_file, ports }``: a sealed request knocked as ports.
+
+    The key file holds one line ``KEY_BASE64=...`` (or ``KEY_BASE64: ...``): an AES key of
+    16, 24 or 32 bytes, base64; blank lines and ``#`` comments are allowed.
+    """
+
+    key_file: str
+    key: bytes
+    first: int  # the range first..first+255
+    last: int
+    window: float = DEFAULT_SPA_WINDOW
+
+    def __repr__(self) -> str:
+        return f"EncryptedDoor(key_file={self.key_file!r}, ports={self.first}-{self.last})"
+
+
+@dataclass(frozen=True, slots=True)
+class OneTimeDoor:
+    """``one_time_sequences = "PATH"``: knockd's one-time sequences file.
+
+    ``lines`` holds each unused sequence with its line number in the file (1-based);
+    used lines are commented out in the file (``#used# ...``) and so absent here.
+    """
+
+    path: str
+    lines: tuple[tuple[int, tuple[Step, ...]], ...]
 
 
 def default_workers() -> int:
@@ -309,6 +367,8 @@ class _Parser:
             {
                 "name", "sequence", "sequence_timeout", "tcp_flags", "opens", "open_for",
                 "close_sequence", "start_command", "stop_command", "command_timeout", "host",
+                "spa", "key_file", "spa_port", "spa_window", "spa_other_source",
+                "encrypted_sequence", "one_time_sequences",
             },
         )
         if "name" not in data:
@@ -317,14 +377,24 @@ class _Parser:
         if not _NAME_RE.match(name):
             raise self.fail(f"{where}.name", f"{name!r}: use 1-24 letters, digits, '-' or '_'")
         where = f"door[{index}] ({name})"
-        for required in ("sequence", "opens"):
+        kinds = [k for k in SPA_KINDS
+                 if k in data and not (k == "spa" and data[k] is False)]
+        if len(kinds) > 1:
+            raise self.fail(f"{where}.{kinds[1]}",
+                            f"a door is opened by exactly one of sequence, spa, encrypted_sequence "
+                            f"or one_time_sequences; this one also has {kinds[0]}")
+        kind = kinds[0] if kinds else "sequence"
+        for required in ("sequence", "opens") if kind == "sequence" else ("opens",):
             if required not in data:
                 raise self.fail(f"{where}.{required}", "is required")
         kwargs: dict[str, Any] = {
             "name": name,
-            "sequence": self.steps(data["sequence"], f"{where}.sequence", sequence=True),
+            "sequence": (self.steps(data["sequence"], f"{where}.sequence", sequence=True)
+                         if kind == "sequence" else ()),
             "opens": self.steps(data["opens"], f"{where}.opens", (TCP, UDP), sequence=False),
+            "kind": kind,
         }
+        self.special(data, where, kind, kwargs)
         if "sequence_timeout" in data:
             kwargs["sequence_timeout"] = self._number(
                 data["sequence_timeout"], f"{where}.sequence_timeout", 0, MAX_SEQUENCE_TIMEOUT
@@ -353,6 +423,122 @@ class _Parser:
             except ValueError:
                 raise self.fail(f"{where}.host", f"{text!r} is not an IPv4 or IPv6 address") from None
         return Door(**kwargs)
+
+    def special(self, data: dict[str, Any], where: str, kind: str, kwargs: dict[str, Any]) -> None:
+        """The keys of the special kinds: only on a door of that kind."""
+        spa_keys = ("key_file", "spa_port", "spa_window", "spa_other_source")
+        if kind != "spa":
+            for key in spa_keys:
+                if key in data:
+                    raise self.fail(f"{where}.{key}", "only for a door with spa = true")
+        if kind != "sequence":
+            for key in ("close_sequence", "tcp_flags"):
+                if key in data:
+                    raise self.fail(f"{where}.{key}", f"only for a plain sequence door, not {kind}")
+        if kind == "spa":
+            if data["spa"] is not True:
+                raise self.fail(f"{where}.spa", f"must be true or false, got {data['spa']!r}")
+            if "key_file" not in data:
+                raise self.fail(f"{where}.key_file", "is required with spa = true")
+            path = self._str(data["key_file"], f"{where}.key_file")
+            text = self.key_file(path, f"{where}.key_file")
+            from gatekeeper.spa.fwknop import KeyFileError, parse_key_file
+
+            try:
+                keys = parse_key_file(text, path)
+            except KeyFileError as exc:
+                raise self.fail(f"{where}.key_file", str(exc)) from None
+            port = self._int(data.get("spa_port", DEFAULT_SPA_PORT), f"{where}.spa_port", 1, 65535)
+            window = self._number(data.get("spa_window", DEFAULT_SPA_WINDOW), f"{where}.spa_window",
+                                  0, 3600)
+            other = data.get("spa_other_source", False)
+            if not isinstance(other, bool):
+                raise self.fail(f"{where}.spa_other_source", f"must be true or false, got {other!r}")
+            kwargs["spa"] = SpaDoor(path, keys, port, window, other)
+        elif kind == "encrypted_sequence":
+            key = f"{where}.encrypted_sequence"
+            table = self._table(data[kind], key, {"key_file", "ports", "window"})
+            for required in ("key_file", "ports"):
+                if required not in table:
+                    raise self.fail(f"{key}.{required}", "is required")
+            path = self._str(table["key_file"], f"{key}.key_file")
+            secret = self.sequence_key(path, f"{key}.key_file")
+            ports = self._str(table["ports"], f"{key}.ports")
+            m = re.fullmatch(r"\s*(\d{1,5})\s*-\s*(\d{1,5})\s*", ports)
+            if m is None:
+                raise self.fail(f"{key}.ports", f"{ports!r}: expected FIRST-LAST, e.g. 745-1000")
+            first, last = int(m.group(1)), int(m.group(2))
+            if last - first != 255 or not 1 <= first <= 65535 - 255:
+                raise self.fail(f"{key}.ports", f"{ports!r}: must span exactly 256 ports within "
+                                "1-65535, e.g. 745-1000")
+            window = self._number(table.get("window", DEFAULT_SPA_WINDOW), f"{key}.window", 0, 3600)
+            kwargs["encrypted"] = EncryptedDoor(path, secret, first, last, window)
+        elif kind == "one_time_sequences":
+            key = f"{where}.one_time_sequences"
+            path = self._str(data[kind], key)
+            kwargs["one_time"] = self.one_time(path, key)
+
+    def key_file(self, path: str, key: str) -> str:
+        """A key file's text; it must be readable by its owner only (mode & 0o077 == 0)."""
+        if not path.startswith("/"):
+            raise self.fail(key, f"{path!r}: must be an absolute path")
+        try:
+            with open(path, encoding="utf-8") as f:
+                mode = os.fstat(f.fileno()).st_mode
+                if mode & 0o077:
+                    raise self.fail(key, f"{path}: must be readable only by root (mode "
+                                    f"{mode & 0o777:04o}; chmod 600 {path})")
+                return f.read(1 << 16)
+        except FileNotFoundError:
+            raise self.fail(key, f"{path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise self.fail(key, f"{path}: cannot read: {exc}") from None
+
+    def sequence_key(self, path: str, key: str) -> bytes:
+        """The AES key of an encrypted sequence: one ``KEY_BASE64=...`` line."""
+        import base64
+        import binascii
+
+        found: bytes | None = None
+        for number, line in enumerate(self.key_file(path, key).splitlines(), 1):
+            stripped = line.strip()
+            if not stripped or stripped.startswith("#"):
+                continue
+            m = re.fullmatch(r"KEY_BASE64\s*[:=]\s*(\S+)", stripped)
+            if m is None or found is not None:
+                raise self.fail(key, f"{path}:{number}: expected one line KEY_BASE64=... "
+                                "(gatekeeper spa --key-gen --sequence)")
+            try:
+                found = base64.b64decode(m.group(1), validate=True)
+            except (binascii.Error, ValueError):
+                raise self.fail(key, f"{path}:{number}: KEY_BASE64 is not valid base64") from None
+            if len(found) not in (16, 24, 32):
+                raise self.fail(key, f"{path}:{number}: KEY_BASE64 decodes to {len(found)} bytes, "
+                                "must be 16, 24 or 32")
+        if found is None:
+            raise self.fail(key, f"{path}: no KEY_BASE64 line")
+        return found
+
+    def one_time(self, path: str, key: str) -> OneTimeDoor:
+        """knockd's format: a sequence a line, ``port[:proto]`` comma- or space-separated,
+        ``#`` comments (a used line is commented out)."""
+        if not path.startswith("/"):
+            raise self.fail(key, f"{path!r}: must be an absolute path")
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise self.fail(key, f"{path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise self.fail(key, f"{path}: cannot read: {exc}") from None
+        lines: list[tuple[int, tuple[Step, ...]]] = []
+        for number, line in enumerate(text.splitlines()[:MAX_ONE_TIME_LINES], 1):
+            body = line.split("#", 1)[0].strip()
+            if not body:
+                continue
+            steps = self.steps(body.replace(",", " ").split(), f"{key} ({path}:{number})",
+                               sequence=True)
+            lines.append((number, steps))
+        return OneTimeDoor(path, tuple(lines))
 
     def config(self, data: dict[str, Any]) -> Config:
         self._table(data, "", {"gatekeeper", "door", "metrics"})
@@ -413,3 +599,38 @@ class _Parser:
                             f"{where}.{kind}[{j}]",
                             f"knock port {step} is also protected by door {protected[step.key]!r}",
                         )
+        self._cross_check_special(public, protected, doors)
+
+    def _cross_check_special(self, public: set[int], protected: dict[int, str],
+                             doors: tuple[Door, ...]) -> None:
+        """SPA ports and encrypted ranges must not be knock, public or protected ports,
+        nor overlap each other; one-time sequences must not use another door's ports."""
+        knocks: dict[int, str] = {}
+        for door in doors:
+            for step in (*door.sequence, *door.close_sequence):
+                knocks[step.key] = door.name
+        taken: dict[int, str] = {}  # special keys -> door name
+        for i, door in enumerate(doors):
+            where = f"door[{i}] ({door.name})"
+            keys: list[tuple[int, str]] = []
+            if door.spa is not None:
+                keys = [(step_key(UDP, door.spa.port), f"{where}.spa_port")]
+            elif door.encrypted is not None:
+                e = door.encrypted
+                keys = [(step_key(p, port), f"{where}.encrypted_sequence.ports")
+                        for p in (TCP, UDP) for port in range(e.first, e.last + 1)]
+            elif door.one_time is not None:
+                keys = [(s.key, f"{where}.one_time_sequences")
+                        for _, steps in door.one_time.lines for s in steps]
+            mine: set[int] = set()
+            for k, key in keys:
+                step = Step(k >> 16, k & 0xFFFF)
+                for what, table in (("public", public), ("a knock port", knocks),
+                                    ("protected", protected), ("used by another door", taken)):
+                    if k in table and not (what == "used by another door" and k in mine):
+                        owner = table[k] if isinstance(table, dict) else ""
+                        text = f"{step} is {what}" + (f" ({owner!r})" if owner else "")
+                        raise self.fail(key, text)
+                mine.add(k)
+            for k in mine:
+                taken[k] = door.name

@@ -44,6 +44,7 @@ class Snapshot:
     hist: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
     hist_sum_ns: int = 0
     knocks: dict[tuple[str, str], int] = field(default_factory=dict)
+    spa: dict[tuple[str, str], int] = field(default_factory=dict)  # (door, stage)
 
     def add(self, other: Snapshot) -> None:
         self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
@@ -51,12 +52,16 @@ class Snapshot:
         self.hist_sum_ns += other.hist_sum_ns
         for key, n in other.knocks.items():
             self.knocks[key] = self.knocks.get(key, 0) + n
+        for key, n in other.spa.items():
+            self.spa[key] = self.spa.get(key, 0) + n
 
     @classmethod
     def from_message(cls, msg: dict[str, Any]) -> Snapshot:
         knocks = {(door, outcome): n for door, counts in msg["knocks"].items()
                   for outcome, n in zip(KNOCK_OUTCOMES, counts, strict=True) if n}
-        return cls(list(msg["counts"]), list(msg["hist"]), int(msg["hist_sum_ns"]), knocks)
+        spa = {(door, stage): int(n) for door, stages in msg.get("spa", {}).items()
+               for stage, n in stages.items()}
+        return cls(list(msg["counts"]), list(msg["hist"]), int(msg["hist_sum_ns"]), knocks, spa)
 
 
 def read_queues(path: str = PROC_QUEUES) -> dict[int, dict[str, int]]:
@@ -89,7 +94,11 @@ class Stats:
 
     def worker_snapshot(self, pid: int, msg: dict[str, Any]) -> None:
         with self._lock:
-            self.live[pid] = Snapshot.from_message(msg)
+            snap = Snapshot.from_message(msg)
+            old = self.live.get(pid)
+            if old is not None and not snap.spa and old.spa:
+                snap.spa = old.spa  # a snapshot too big for the pipe went without them
+            self.live[pid] = snap
 
     def worker_gone(self, pid: int, queue: int) -> None:
         with self._lock:
@@ -149,11 +158,13 @@ class Stats:
 
 class GatekeeperCollector(Collector):
     def __init__(self, stats: Stats, grants_active: Callable[[], dict[str, int]],
-                 workers: Callable[[], int], doors: Callable[[], list[str]]) -> None:
+                 workers: Callable[[], int], doors: Callable[[], list[str]],
+                 spa_doors: Callable[[], dict[str, tuple[str, ...]]] = dict) -> None:
         self.stats = stats
         self.grants_active = grants_active
         self.workers = workers
         self.doors = doors
+        self.spa_doors = spa_doors  # SPA and encrypted-sequence doors -> their stage labels
 
     def collect(self) -> Iterator[Metric]:
         total = self.stats.total()
@@ -180,6 +191,14 @@ class GatekeeperCollector(Collector):
         for (door, outcome), n in sorted(series.items()):
             knocks.add_metric([door, outcome], n)
         yield knocks
+
+        spa = CounterMetricFamily("gatekeeper_spa", "SPA packets and encrypted sequences by door "
+                                  "and the check that decided them (ok, or the first that failed)",
+                                  labels=["door", "stage"])
+        series = {(d, s): 0 for d, stages in self.spa_doors().items() for s in stages} | total.spa
+        for (door, stage), n in sorted(series.items()):
+            spa.add_metric([door, stage], n)
+        yield spa
 
         active = self.grants_active()
         g_active = GaugeMetricFamily("gatekeeper_grants_active", "Grants admitting new connections",

@@ -53,6 +53,9 @@ OUTCOMES = _one_of("advanced", "reset", "timeout", "completed", "duplicate", "no
                    "locked")
 CAUSES = _one_of("queue_full", "socket_full", "worker_down")
 RELOAD_RESULTS = _one_of("ok", "refused")
+# SPA (fwknop.Stage) and encrypted-sequence (SequenceStage, access, source) stages
+SPA_STAGES = _one_of("ok", "size", "hmac", "decrypt", "parse", "digest", "stale", "replay", "access",
+                     "source", "length", "range", "auth")
 
 # What the supervisor exports on 127.0.0.1:9464 (job "gatekeeper"): the only metric names
 # the dashboard and the alert rules may use.
@@ -60,6 +63,7 @@ CONTRACT: dict[str, Metric] = {
     "gatekeeper_verdict_seconds": Metric("histogram", {}),
     "gatekeeper_packets_total": Metric("counter", {"verdict": VERDICTS, "reason": REASONS}),
     "gatekeeper_knocks_total": Metric("counter", {"door": None, "outcome": OUTCOMES}),
+    "gatekeeper_spa_total": Metric("counter", {"door": None, "stage": SPA_STAGES}),
     "gatekeeper_grants_active": Metric("gauge", {"door": None}),
     "gatekeeper_grants_total": Metric("counter", {"door": None}),
     "gatekeeper_queue_dropped_total": Metric("counter", {"queue": None, "cause": CAUSES}),

@@ -398,13 +398,21 @@ class Engine:
                     del self._grants[src]
                 return Revoked(door, _address(src), "closed")
             return Knocked(door.name, Outcome.NOTHING_TO_CLOSE)
+        return self.grant(src, track.door_index, now)
+
+    def grant(self, src: bytes, door_index: int, now: float) -> Granted | Knocked:
+        """Grant door ``door_index`` to ``src`` for its ``open_for`` (an SPA packet or an
+        encrypted or one-time sequence was accepted): Granted, or a LOCKED Knocked event
+        when the source is locked out as a scanner. Not on the plain-knock hot path."""
+        door = self.config.doors[door_index]
         if self.locked_out(src, now):
             return Knocked(door.name, Outcome.LOCKED)
+        grants = self._grants.get(src)
         if grants is None:
             grants = self._grants[src] = {}
-        renewed = track.door_index in grants and grants[track.door_index] > now
+        renewed = door_index in grants and grants[door_index] > now
         expires = now + door.open_for
-        grants[track.door_index] = expires
+        grants[door_index] = expires
         return Granted(door, _address(src), expires, renewed)
 
     # -- time and state -----------------------------------------------------------------

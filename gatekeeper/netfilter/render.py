@@ -81,7 +81,13 @@ def _queue_rules(config: Config, family: int, chain: str, match: str = "") -> li
     if settings.workers == 1:
         return [f"{a} -j NFQUEUE --queue-num {settings.queue}"]
     prefix = 32 if family == 4 else 128
-    lines = [
+    # Every SPA datagram goes to the first worker, whatever its source: one replay cache
+    # then sees them all, so a captured packet replayed from another address (to another
+    # worker's shard) is still a replay.
+    spa_ports = sorted({d.spa.port for d in config.doors if d.spa is not None})
+    lines = [f"{a} -p udp -m udp --dport {port} -j NFQUEUE --queue-num {settings.queue}"
+             for port in spa_ports]
+    lines += [
         f"{a} -j HMARK --hmark-src-prefix {prefix} --hmark-rnd 0x{config.seed:08x} "
         f"--hmark-mod {settings.workers} --hmark-offset {SHARD_MARK}"
     ]

@@ -130,3 +130,49 @@ def _decode(pkt: bytes, n: int) -> Facts | None:
             return None
         return (src, dst, ICMP, end - off - 8 if pkt[off] == echo else -1, 0)
     return (src, dst, proto, -1, 0)
+
+
+def udp_payload(pkt: bytes) -> bytes | None:
+    """The UDP payload of an unfragmented IPv4 or IPv6 packet, or None.
+
+    Not on the hot path: the worker calls it only for a datagram to an SPA port. The
+    payload ends where the UDP length field says (never past the IP packet's end).
+    """
+    n = len(pkt)
+    if n < 20:
+        return None
+    first = pkt[0]
+    if first >> 4 == 4:
+        total, fragment, proto, _, _ = _IPV4(pkt)
+        off = (first & 0x0F) << 2
+        if off < 20 or total < off or total > n or fragment & 0x3FFF:  # MF or an offset
+            return None
+        end = total
+    elif first >> 4 == 6:
+        if n < 40:
+            return None
+        length, proto, _, _ = _IPV6(pkt)
+        end = 40 + length
+        if end > n:
+            return None
+        off = 40
+        for _ in range(_MAX_EXTENSIONS):
+            if proto not in _EXTENSIONS:
+                break
+            if off + 8 > end:
+                return None
+            nxt = pkt[off]
+            if proto == _FRAGMENT:
+                return None  # a fragment: not reassembled here
+            off += (pkt[off + 1] + 2) << 2 if proto == _AH else (pkt[off + 1] + 1) << 3
+            proto = nxt
+        else:
+            return None
+    else:
+        return None
+    if proto != UDP or off + 8 > end:
+        return None
+    udp_len = pkt[off + 4] << 8 | pkt[off + 5]
+    if udp_len < 8 or off + udp_len > end:
+        return None
+    return pkt[off + 8 : off + udp_len]

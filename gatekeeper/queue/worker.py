@@ -22,10 +22,11 @@ from typing import Any, Protocol
 from gatekeeper import config as config_mod
 from gatekeeper.config import Config, Door
 from gatekeeper.engine import Engine, Event, Granted, Knocked, Reason, Revoked, Verdict
+from gatekeeper.engine.doors import SequenceUsed, SpecialDoors, SpecialEvent, has_special
 from gatekeeper.errors import GatekeeperError
 from gatekeeper.metrics import BUCKETS_NS
 from gatekeeper.metrics import KNOCK_OUTCOMES as OUTCOMES
-from gatekeeper.queue.decode import decode
+from gatekeeper.queue.decode import decode, udp_payload
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,14 @@ class _Stop(Exception):
 
 class Worker:
     def __init__(self, config: Config, grants: Grants, report: Report,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self.engine = Engine(config)
+        # SPA, encrypted and one-time doors; None (one attribute test a packet) without
+        self.spa_counts: dict[tuple[str, str], int] = {}  # (door, stage): over reloads
+        self.specials = (SpecialDoors(config, self.engine, self.spa_counts)
+                         if has_special(config) else None)
+        self.wall = wall
         self.grants = grants
         self.report = report
         self.clock = clock
@@ -143,7 +150,12 @@ class Worker:
                 pkt.drop()
             else:
                 src, dst, proto, port, flags = facts
-                verdict, reason, events = self.engine.decide(src, dst, proto, port, flags, now)
+                specials = self.specials
+                if specials is not None and proto << 16 | port in specials.keys:
+                    decision = self._special(specials, pkt, src, dst, proto, port, flags, now)
+                else:
+                    decision = self.engine.decide(src, dst, proto, port, flags, now)
+                verdict, reason, events = decision
                 if events:
                     knocks = self.knocks
                     for event in events:  # Knocked events are shared objects: cheap keys
@@ -168,6 +180,17 @@ class Worker:
         if now >= self._next_tick:
             self.tick(now)
 
+    def _special(self, specials: SpecialDoors, pkt: Any, src: bytes, dst: bytes, proto: int,
+                 port: int, flags: int, now: float) -> tuple[Verdict, Reason, tuple[Any, ...]]:
+        """A packet to an SPA port, an encrypted range or a one-time sequence's port."""
+        payload = b""
+        if proto << 16 | port in specials.spa_keys:
+            payload = udp_payload(pkt.get_payload()) or b""
+        decision = specials.handle(src, dst, proto, port, flags, payload, now, self.wall())
+        if decision is None:
+            return self.engine.decide(src, dst, proto, port, flags, now)
+        return decision
+
     def _metered_on_packet(self, pkt: Any) -> None:
         """:meth:`on_packet` with its time into the latency histogram (metrics on)."""
         start = time.perf_counter_ns()
@@ -181,8 +204,11 @@ class Worker:
         knocks: dict[str, list[int]] = {}
         for event, n in self.knocks.items():
             knocks.setdefault(event.door, [0] * len(OUTCOMES))[OUTCOMES.index(event.outcome)] += n
+        spa: dict[str, dict[str, int]] = {}
+        for (door, stage), n in self.spa_counts.items():
+            spa.setdefault(door, {})[stage] = n
         return {"t": "stats", "counts": self.counts, "hist": self.hist,
-                "hist_sum_ns": self.hist_sum_ns, "knocks": knocks,
+                "hist_sum_ns": self.hist_sum_ns, "knocks": knocks, "spa": spa,
                 "tracked": self.engine.tracked_sources}
 
     def _timed_on_packet(self, pkt: Any) -> None:
@@ -198,12 +224,15 @@ class Worker:
 
     # -- effects ------------------------------------------------------------------------
 
-    def apply(self, events: tuple[Event, ...], now: float) -> None:
+    def apply(self, events: tuple[Event, ...] | tuple[SpecialEvent, ...], now: float) -> None:
         for event in events:
             if isinstance(event, Granted):
                 self._grant(event, now)
             elif isinstance(event, Revoked):
                 self._revoke(event, now)
+            elif isinstance(event, SequenceUsed):  # the supervisor owns the file
+                self.report({"t": "used", "door": event.door, "path": event.path,
+                             "line": event.line, "steps": event.steps})
 
     def _grant(self, event: Granted, now: float) -> None:
         door = event.door
@@ -235,6 +264,8 @@ class Worker:
     def tick(self, now: float) -> None:
         self._next_tick = now + TICK_SECONDS
         self.engine.tick(now)
+        if self.specials is not None:
+            self.specials.tick(now)
         if self.report_stats:
             self.report(self.snapshot())
 
@@ -254,6 +285,11 @@ class Worker:
         for address, door, expires in old.grants():
             if expires > now:
                 self.engine.restore_grant(address, door, expires)
+        specials = (SpecialDoors(config, self.engine, self.spa_counts)
+                    if has_special(config) else None)
+        if specials is not None and self.specials is not None:
+            specials.adopt(self.specials)
+        self.specials = specials
 
 
 # -- the worker process ---------------------------------------------------------------
@@ -264,6 +300,9 @@ def _send(fd: int, message: dict[str, Any]) -> None:
     if len(data) > select.PIPE_BUF and message.get("t") == "stats":
         # the pipe is shared by every worker: only a write of up to PIPE_BUF is atomic
         data = (json.dumps({**message, "knocks": {}}, separators=(",", ":")) + "\n").encode()
+        if len(data) > select.PIPE_BUF:
+            data = (json.dumps({**message, "knocks": {}, "spa": {}},
+                               separators=(",", ":")) + "\n").encode()
     try:
         os.write(fd, data)  # under PIPE_BUF: one atomic write
     except OSError:

@@ -1,0 +1,98 @@
+"""Client side of SPA (fwknop's wire format) and of encrypted port sequences."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import socket
+import time
+
+from gatekeeper.client.knock import Target, resolve
+from gatekeeper.config import PROTO_NUMBERS, TCP
+from gatekeeper.errors import GatekeeperError
+from gatekeeper.spa import fwknop
+from gatekeeper.spa import sequence as seqcodec
+
+
+def key_gen(sequence: bool = False) -> str:
+    """A new key file: fwknop's two lines, or (``sequence``) one ``KEY_BASE64=`` line."""
+    if sequence:
+        return f"KEY_BASE64={base64.b64encode(os.urandom(32)).decode()}\n"
+    return fwknop.format_key_file(fwknop.generate_keys())
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read(1 << 16)
+    except OSError as exc:
+        raise GatekeeperError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def local_address(target: Target, port: int = 62201) -> str:
+    """This host's source address towards ``target`` (what the gateway will see, no NAT)."""
+    with socket.socket(target.family, socket.SOCK_DGRAM) as s:
+        s.connect((target.address, port))
+        return str(s.getsockname()[0])
+
+
+def parse_access(text: str) -> list[tuple[str, int]]:
+    out = []
+    for spec in text.split(","):
+        m = re.fullmatch(r"\s*(tcp|udp|icmp|none)/(\d{1,5})\s*", spec.lower())
+        if m is None or int(m.group(2)) > 65535:
+            raise GatekeeperError(f"{spec!r}: expected PROTO/PORT, e.g. tcp/22")
+        out.append((m.group(1), int(m.group(2))))
+    return out
+
+
+def send(host: str, key_file: str, access: str, allow: str, source_any: bool, port: int,
+         verbose: bool = False) -> bytes:
+    """Send one SPA datagram to ``host``; returns it."""
+    try:
+        keys = fwknop.parse_key_file(_read(key_file), key_file)
+    except fwknop.KeyFileError as exc:
+        raise GatekeeperError(str(exc)) from None
+    target = resolve(host)
+    address = "0.0.0.0" if source_any else allow or local_address(target, port)
+    try:
+        packet = fwknop.encode(keys, parse_access(access), address, time.time())
+    except ValueError as exc:
+        raise GatekeeperError(f"spa: {exc}") from None
+    with socket.socket(target.family, socket.SOCK_DGRAM) as s:
+        s.sendto(packet, (target.address, port))
+    if verbose:
+        print(f"sent {len(packet)} bytes to {target.address}:{port}/udp for {address}", flush=True)
+    return packet
+
+
+def _sequence_key(path: str) -> bytes:
+    for line in _read(path).splitlines():
+        m = re.fullmatch(r"\s*KEY_BASE64\s*[:=]\s*(\S+)\s*", line)
+        if m:
+            try:
+                return base64.b64decode(m.group(1), validate=True)
+            except ValueError:
+                break
+    raise GatekeeperError(f"{path}: expected a line KEY_BASE64=... (gatekeeper spa --key-gen "
+                          "--sequence)")
+
+
+def encrypted_steps(target: Target, key_file: str, port_range: str, access: str, allow: str,
+                    proto: int = TCP) -> list[tuple[int, int]]:
+    """The knocks of an encrypted sequence asking for ``access`` (default tcp/22)."""
+    m = re.fullmatch(r"\s*(\d{1,5})\s*-\s*(\d{1,5})\s*", port_range or "745-1000")
+    if m is None:
+        raise GatekeeperError(f"--range {port_range!r}: expected FIRST-LAST, e.g. 745-1000")
+    wanted = parse_access(access or "tcp/22")
+    if len(wanted) != 1 or wanted[0][0] not in ("tcp", "udp"):
+        raise GatekeeperError("-A: one tcp/PORT or udp/PORT")
+    name, port = wanted[0]
+    address = allow or local_address(target)
+    try:
+        ports = seqcodec.encode(address, port, PROTO_NUMBERS[name], 0, time.time(),
+                                _sequence_key(key_file), (int(m.group(1)), int(m.group(2))))
+    except ValueError as exc:
+        raise GatekeeperError(f"knock --encrypted: {exc}") from None
+    return [(proto, p) for p in ports]

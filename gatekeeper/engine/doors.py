@@ -1,0 +1,299 @@
+"""The special doors: SPA, encrypted port sequences and one-time sequences.
+
+Pure like the engine (no socket, file, clock or logging): packet facts, a monotonic
+``now`` and a wall-clock ``wall`` (Unix seconds, for the timestamps inside SPA packets
+and encrypted sequences) in; a decision out. The worker hands a packet here only when
+its ``proto << 16 | port`` is in :attr:`SpecialDoors.keys` (and only when the config has
+special doors at all), so the plain-knock hot path never pays for any of this.
+
+Grants go through :meth:`Engine.grant`, so they share the engine's grant bookkeeping
+(expiry, the in-queue accept path, the scanner lockout). A door is the unit of a grant:
+a request for any of a door's ``opens`` opens the door (all of its ``opens``).
+
+State kept here, all bounded:
+
+* a :class:`ReplayCache` per SPA door and per encrypted-sequence door (only messages that
+  authenticated and are fresh are ever offered to it);
+* per encrypted-sequence door, the in-range ports each source has knocked so far (at
+  most ``max_sources`` sources, the oldest dropped first; a collection older than the
+  door's ``sequence_timeout`` starts afresh);
+* per one-time door, the progress of each source through the door's current sequence
+  (the first line not yet used) and the lines used since the config was read.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from gatekeeper.config import PROTO_NAMES, TCP, UDP, Config, Door, step_key
+from gatekeeper.engine.engine import Engine, Event, Granted, Knocked, Outcome, Reason, Verdict
+from gatekeeper.spa import fwknop
+from gatekeeper.spa import sequence as seqcodec
+from gatekeeper.spa.replay import ReplayCache
+
+_DROP = Verdict.DROP
+_R_WRONG, _R_KNOCK, _R_DUPLICATE = Reason.WRONG, Reason.KNOCK, Reason.DUPLICATE
+_R_COMPLETED, _R_SCANNER, _R_IGNORED = Reason.COMPLETED, Reason.SCANNER, Reason.IGNORED
+
+# The stage labels of gatekeeper_spa_total: an SPA door counts fwknop.Stage names, an
+# encrypted-sequence door SequenceStage names plus ACCESS and SOURCE (checked here).
+SPA_STAGES = tuple(s.name.lower() for s in fwknop.Stage)
+SEQUENCE_STAGES = (*(s.name.lower() for s in seqcodec.SequenceStage), "access", "source")
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceUsed:
+    """A one-time sequence was used: line ``line`` of ``path`` must be marked used."""
+
+    door: str
+    path: str
+    line: int
+    steps: str  # the line's sequence, "7000:udp,8000:tcp", to check it is still that line
+
+
+SpecialEvent = Event | SequenceUsed
+SpecialDecision = tuple[Verdict, Reason, tuple[SpecialEvent, ...]]
+
+
+def has_special(config: Config) -> bool:
+    return any(d.special for d in config.doors)
+
+
+class SpecialDoors:
+    """Every special door of one config, and the state they keep."""
+
+    def __init__(self, config: Config, engine: Engine,
+                 counts: dict[tuple[str, str], int] | None = None) -> None:
+        self.config = config
+        self.engine = engine
+        self.max_sources = config.settings.max_sources
+        # (door, stage label) -> packets; the worker snapshots it (and keeps it over reloads)
+        self.counts: dict[tuple[str, str], int] = {} if counts is None else counts
+        self.spa_ports: dict[int, tuple[int, ...]] = {}  # udp port -> its SPA doors
+        self.replay: dict[str, ReplayCache] = {}  # by door name
+        self._allowed: dict[int, frozenset[tuple[str, int]]] = {}
+        self._open_keys: dict[int, frozenset[tuple[int, int]]] = {}
+        self._encrypted: dict[int, int] = {}  # key -> encrypted door index
+        self._collect: dict[int, dict[bytes, tuple[float, list[int]]]] = {}
+        self._one_time: dict[int, int] = {}  # key -> one-time door index
+        self._lines: dict[int, list[tuple[int, tuple[int, ...], str]]] = {}
+        self._used: set[tuple[str, int]] = set()  # (path, line) used since the file was read
+        self._progress: dict[int, dict[bytes, tuple[int, int, float]]] = {}
+        for i, door in enumerate(config.doors):
+            if door.spa is not None:
+                port = door.spa.port
+                self.spa_ports[port] = (*self.spa_ports.get(port, ()), i)
+                self.replay[door.name] = ReplayCache()
+                self._allowed[i] = frozenset((PROTO_NAMES[s.proto], s.port) for s in door.opens)
+            elif door.encrypted is not None:
+                e = door.encrypted
+                for proto in (TCP, UDP):
+                    for port in range(e.first, e.last + 1):
+                        self._encrypted[step_key(proto, port)] = i
+                self._collect[i] = {}
+                self.replay[door.name] = ReplayCache()
+                self._open_keys[i] = frozenset((s.proto, s.port) for s in door.opens)
+            elif door.one_time is not None:
+                lines = []
+                for number, steps in door.one_time.lines:
+                    keys = tuple(s.key for s in steps)
+                    lines.append((number, keys, ",".join(map(str, steps))))
+                    for k in keys:
+                        self._one_time[k] = i
+                self._lines[i] = lines
+                self._progress[i] = {}
+        self.spa_keys = frozenset(step_key(UDP, p) for p in self.spa_ports)
+        self.keys = self.spa_keys | frozenset(self._encrypted) | frozenset(self._one_time)
+
+    def adopt(self, old: SpecialDoors) -> None:
+        """Carry state over a reload: replay caches of doors that still exist (a replay
+        must not work again because the config was reloaded) and one-time lines used."""
+        for name, cache in old.replay.items():
+            if name in self.replay:
+                self.replay[name] = cache
+        self._used |= old._used
+
+    # -- the entry point ----------------------------------------------------------------
+
+    def handle(self, src: bytes, dst: bytes, proto: int, port: int, flags: int, payload: bytes,
+               now: float, wall: float) -> SpecialDecision | None:
+        """The decision for a packet to a special key, or None: not ours, ask the engine."""
+        key = proto << 16 | port
+        if key in self.spa_keys:
+            return self._spa(src, self.spa_ports[port], payload, now, wall)
+        index = self._encrypted.get(key)
+        if index is not None:
+            return self._encrypted_knock(index, src, proto, port, flags, now, wall)
+        index = self._one_time.get(key)
+        if index is not None:
+            return self._one_time_knock(index, src, key, proto, flags, now)
+        return None
+
+    def _count(self, door: str, stage: str) -> None:
+        k = (door, stage)
+        self.counts[k] = self.counts.get(k, 0) + 1
+
+    def _grant(self, address: bytes, index: int, now: float,
+               extra: Iterable[SpecialEvent] = ()) -> SpecialDecision:
+        door = self.config.doors[index]
+        done = self.engine.grant(address, index, now)
+        if done.__class__ is Granted:
+            return (_DROP, _R_COMPLETED, (Knocked(door.name, Outcome.COMPLETED), done, *extra))
+        return (_DROP, _R_SCANNER, (Knocked(door.name, Outcome.COMPLETED), done, *extra))
+
+    # -- SPA ----------------------------------------------------------------------------
+
+    def _spa(self, src: bytes, doors: tuple[int, ...], payload: bytes, now: float,
+             wall: float) -> SpecialDecision:
+        for index in doors:
+            door: Door = self.config.doors[index]
+            spa = door.spa
+            assert spa is not None
+            result = fwknop.verify(payload, spa.keys, wall, replay=self.replay[door.name],
+                                   allowed=self._allowed[index], source=src,
+                                   other_source=spa.other_source, window=spa.window)
+            self._count(door.name, result.stage.name.lower())
+            if result.stage is fwknop.Stage.HMAC or result.stage is fwknop.Stage.SIZE:
+                continue  # not this door's key: maybe the next door's
+            if result.ok and result.grant is not None:
+                return self._grant(ipaddress.ip_address(result.grant).packed, index, now)
+            break  # this door's key made it: no other door's will
+        return (_DROP, _R_WRONG, ())
+
+    # -- encrypted port sequences -------------------------------------------------------
+
+    def _encrypted_knock(self, index: int, src: bytes, proto: int, port: int, flags: int,
+                         now: float, wall: float) -> SpecialDecision:
+        door = self.config.doors[index]
+        if proto == TCP and not door.tcp_flags.matches(flags):
+            return (_DROP, _R_IGNORED, ())
+        table = self._collect[index]
+        entry = table.get(src)
+        if entry is not None and now - entry[0] > door.sequence_timeout:
+            del table[src]
+            entry = None
+        if entry is None:
+            if len(table) >= self.max_sources:
+                self._evict(table, now, door.sequence_timeout)
+            table[src] = (now, [port])
+            return (_DROP, _R_KNOCK, ())
+        ports = entry[1]
+        if ports[-1] == port:  # the encoding never repeats a port: a retransmit
+            return (_DROP, _R_DUPLICATE, ())
+        ports.append(port)
+        needed = seqcodec.KNOCKS_V4 if len(src) == 4 else seqcodec.KNOCKS_V6
+        if len(ports) < needed:
+            return (_DROP, _R_KNOCK, ())
+        del table[src]
+        e = door.encrypted
+        assert e is not None
+        result = seqcodec.decode(ports, e.key, wall, e.window, replay=self.replay[door.name],
+                                 port_range=(e.first, e.last))
+        grant = result.grant
+        if not result.ok or grant is None:
+            self._count(door.name, result.stage.name.lower())
+            return (_DROP, _R_WRONG, ())
+        if (grant.proto, grant.port) not in self._open_keys[index]:
+            self._count(door.name, "access")
+            return (_DROP, _R_WRONG, ())
+        try:
+            same = ipaddress.ip_address(grant.address) == ipaddress.ip_address(src)
+        except ValueError:
+            same = False
+        if not same:
+            self._count(door.name, "source")
+            return (_DROP, _R_WRONG, ())
+        self._count(door.name, "ok")
+        return self._grant(src, index, now)
+
+    def _evict(self, table: dict[bytes, Any], now: float, timeout: float) -> None:
+        """The collector is full: drop the expired, else the oldest 1/64."""
+        stale = [s for s, e in table.items() if now - e[0] > timeout]
+        if not stale:
+            stale = list(table)[: max(1, self.max_sources // 64)]
+        for s in stale:
+            del table[s]
+
+    # -- one-time sequences -------------------------------------------------------------
+
+    def current_line(self, index: int) -> tuple[int, tuple[int, ...], str] | None:
+        """The door's sequence to knock now: its first line not used (knockd's way)."""
+        door = self.config.doors[index]
+        assert door.one_time is not None
+        path = door.one_time.path
+        for line in self._lines[index]:
+            if (path, line[0]) not in self._used:
+                return line
+        return None
+
+    def _one_time_knock(self, index: int, src: bytes, key: int, proto: int, flags: int,
+                        now: float) -> SpecialDecision:
+        door = self.config.doors[index]
+        if proto == TCP and not door.tcp_flags.matches(flags):
+            return (_DROP, _R_IGNORED, ())
+        current = self.current_line(index)
+        table = self._progress[index]
+        if current is None:
+            table.pop(src, None)
+            return (_DROP, _R_WRONG, ())
+        number, keys, text = current
+        entry = table.get(src)
+        progress = 0
+        if entry is not None and entry[0] == number and now - entry[2] <= door.sequence_timeout:
+            progress = entry[1]
+        started = entry[2] if entry is not None and progress else now
+        name = door.name
+        if key == keys[progress]:
+            progress += 1
+            if progress == len(keys):
+                table.pop(src, None)
+                assert door.one_time is not None
+                self._used.add((door.one_time.path, number))
+                return self._grant(src, index, now,
+                                   (SequenceUsed(name, door.one_time.path, number, text),))
+            if progress == 1:
+                started = now
+            self._store(table, src, (number, progress, started), now, door.sequence_timeout)
+            return (_DROP, _R_KNOCK, (Knocked(name, Outcome.ADVANCED),))
+        if progress and key == keys[progress - 1]:
+            return (_DROP, _R_DUPLICATE, (Knocked(name, Outcome.DUPLICATE),))
+        events: tuple[SpecialEvent, ...] = ()
+        if progress:
+            events = (Knocked(name, Outcome.RESET),)
+        if key == keys[0]:
+            self._store(table, src, (number, 1, now), now, door.sequence_timeout)
+            return (_DROP, _R_KNOCK, (*events, Knocked(name, Outcome.ADVANCED)))
+        table.pop(src, None)
+        return (_DROP, _R_WRONG, events)
+
+    def _store(self, table: dict[bytes, tuple[int, int, float]], src: bytes,
+               entry: tuple[int, int, float], now: float, timeout: float) -> None:
+        if src not in table and len(table) >= self.max_sources:
+            self._evict_progress(table, now, timeout)
+        table[src] = entry
+
+    def _evict_progress(self, table: dict[bytes, tuple[int, int, float]], now: float,
+                        timeout: float) -> None:
+        stale = [s for s, e in table.items() if now - e[2] > timeout]
+        if not stale:
+            stale = list(table)[: max(1, self.max_sources // 64)]
+        for s in stale:
+            del table[s]
+
+    def tick(self, now: float) -> None:
+        """Forget collections and progress that timed out; call about once a second."""
+        for index, table in self._collect.items():
+            timeout = self.config.doors[index].sequence_timeout
+            for s in [s for s, e in table.items() if now - e[0] > timeout]:
+                del table[s]
+        for index, progress in self._progress.items():
+            timeout = self.config.doors[index].sequence_timeout
+            for s in [s for s, e in progress.items() if now - e[2] > timeout]:
+                del progress[s]
+
+
+__all__ = ["SEQUENCE_STAGES", "SPA_STAGES", "SequenceUsed", "SpecialDecision", "SpecialDoors",
+           "SpecialEvent", "has_special"]
