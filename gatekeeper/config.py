@@ -87,6 +87,10 @@ class Door:
     stop_command: tuple[str, ...] = ()
     command_timeout: float = 10.0
     host: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    # "reset" (knockd's way): any packet that is not the next step starts over. "ignore":
+    # such packets leave progress alone, so a spoofed packet between a client's knocks
+    # cannot break its sequence; the scanner lockout keeps port sweeps from walking in.
+    wrong_knock: str = "reset"
     # What opens the door: "sequence" (a plain knock, the engine's), or one of the
     # special kinds that gatekeeper.engine.doors handles (their ``sequence`` is empty).
     kind: str = "sequence"
@@ -97,6 +101,10 @@ class Door:
     @property
     def special(self) -> bool:
         return self.kind != "sequence"
+
+    @property
+    def ignore_wrong(self) -> bool:
+        return self.wrong_knock == "ignore"
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -367,6 +375,7 @@ class _Parser:
             {
                 "name", "sequence", "sequence_timeout", "tcp_flags", "opens", "open_for",
                 "close_sequence", "start_command", "stop_command", "command_timeout", "host",
+                "wrong_knock",
                 "spa", "key_file", "spa_port", "spa_window", "spa_other_source",
                 "encrypted_sequence", "one_time_sequences",
             },
@@ -410,6 +419,11 @@ class _Parser:
         for cmd in ("start_command", "stop_command"):
             if cmd in data:
                 kwargs[cmd] = self.command(data[cmd], f"{where}.{cmd}")
+        if "wrong_knock" in data:
+            mode = self._str(data["wrong_knock"], f"{where}.wrong_knock")
+            if mode not in ("reset", "ignore"):
+                raise self.fail(f"{where}.wrong_knock", f"{mode!r}: use \"reset\" or \"ignore\"")
+            kwargs["wrong_knock"] = mode
         if "command_timeout" in data:
             kwargs["command_timeout"] = self._number(
                 data["command_timeout"], f"{where}.command_timeout", 0, 3600

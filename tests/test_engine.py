@@ -371,3 +371,30 @@ def test_a_client_that_retries_the_protected_port_is_no_scanner() -> None:
     send(engine, A, UDP, 53, 2.0)
     knock(engine, A, [(UDP, 1001), (UDP, 1002), (UDP, 1003)], start=2.1)
     assert send(engine, A, TCP, 2203, 2.5)[0] is Verdict.ACCEPT
+
+
+def test_spoofed_wrong_knocks_break_a_sequence_by_default() -> None:
+    engine = Engine(loads(CONFIG))
+    for i, step in enumerate(SSH):
+        send(engine, A, *step, i * 0.1)
+        send(engine, A, UDP, 31337, i * 0.1 + 0.05)  # injected with the victim's address
+    assert not ssh_open(engine, A, 1.0)
+
+
+def test_wrong_knock_ignore_makes_the_victim_immune() -> None:
+    engine = Engine(loads(CONFIG.replace("open_for = 30\n", 'open_for = 30\nwrong_knock = "ignore"\n', 1)))
+    for i, step in enumerate(SSH):
+        send(engine, A, *step, i * 0.1)
+        send(engine, A, UDP, 31337 + i, i * 0.1 + 0.05)
+    assert ssh_open(engine, A, 1.0)
+
+
+def test_wrong_knock_ignore_still_does_not_open_to_a_sweep() -> None:
+    """Without resets an ascending sweep would walk through 1001, 1002, 1003: the
+    scanner lockout is what stops it."""
+    engine = Engine(loads(SCAN_CONFIG.replace("opens =", 'wrong_knock = "ignore"\nopens =')))
+    now = 0.0
+    for port in range(1, 5000):
+        now += 0.0001
+        send(engine, A, UDP, port, now)
+    assert send(engine, A, TCP, 2203, now)[0] is Verdict.DROP

@@ -143,3 +143,40 @@ while not stop and time.monotonic() < limit and tries < 100000:
     tries += 1
 print(f"accepted {accepted} of {tries}", flush=True)
 """
+
+
+_STEP = """
+import sys
+from gatekeeper.client.knock import knock, parse_step, resolve
+knock(resolve(sys.argv[1], source=sys.argv[2]), [parse_step(sys.argv[3])])
+"""
+_SPOOF = """
+import socket, sys, random
+from gatekeeper.bench.traffic import step
+src, dst = socket.inet_aton(sys.argv[1]), socket.inet_aton(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+s.sendto(step(src, dst, 17, random.randrange(20000, 30000)), (sys.argv[2], 0))
+"""
+
+
+@pytest.mark.parametrize("mode", ["reset", "ignore"])
+def test_spoofed_wrong_knock_between_each_of_a_victims_knocks(
+    lab: Lab, start_daemon: Any, mode: str
+) -> None:
+    """The attack the seeds warn about: another host injects a packet with the victim's
+    address to a wrong port after each of its knocks. With the default (reset) the victim
+    never gets in; with wrong_knock = "ignore" it always does."""
+    trials = 10
+    text = config().replace("close_sequence", f'wrong_knock = "{mode}"\nclose_sequence', 1)
+    start_daemon(text)
+    ok = 0
+    for i in range(trials):
+        victim = f"203.0.113.{240 + i}"
+        if victim not in lab.run("client", ["ip", "-4", "addr", "show", "dev", "eth0"]).stdout:
+            lab.add_address("client", victim)
+        for knock_step in SSH:
+            lab.run("client", [sys.executable, "-c", _STEP, GW4, victim, knock_step])
+            lab.run("other", [sys.executable, "-c", _SPOOF, victim, GW4])
+        ok += bool(probe(lab, "client", "connect", GW4, 22, victim)["ok"])
+    print(f"\nwrong_knock = {mode!r}: the victim got in {ok}/{trials} times under injection")
+    assert ok == (0 if mode == "reset" else trials)

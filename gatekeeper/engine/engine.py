@@ -304,7 +304,7 @@ class Engine:
                 events.append(knocked[_DUPLICATE])
                 if reason is _R_WRONG or reason is _R_IGNORED:
                     reason = _R_DUPLICATE
-            elif progress:
+            elif progress and not track.door.ignore_wrong:
                 events.append(knocked[_RESET])
                 progress = 0
                 if key == keys[0]:
