@@ -137,7 +137,7 @@ def test_exporter_text_parses_into_the_figures_the_soak_needs() -> None:
     hist = [0] * (len(BUCKETS) + 1)
     hist[BUCKETS.index(0.00005)] = 98   # 98 verdicts in (25 us, 50 us]
     hist[BUCKETS.index(0.0005)] = 2     # 2 in (250 us, 500 us]
-    stats.worker_snapshot(1, {"counts": counts, "hist": hist, "hist_sum_ns": 10**6, "knocks": []})
+    stats.worker_snapshot(1, {"counts": counts, "hist": hist, "hist_sum_ns": 10**6, "knocks": {}})
     stats.granted("ssh")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GatekeeperCollector(stats, lambda: {"ssh": 1}, lambda: 2, lambda: ["ssh"]))
