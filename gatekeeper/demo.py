@@ -12,7 +12,6 @@ Every packet stays inside the lab's namespaces, which are removed on exit, Ctrl-
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import queue
@@ -24,11 +23,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from types import FrameType
+from collections.abc import Callable
 from typing import IO, Any
 
-from gatekeeper.lab import CLIENT4, GW4, OTHER4, Lab, LabError
+from gatekeeper.lab import CLIENT4, GW4, OTHER4, Lab, LabError, Terminated, sigterm_unwinds
 
 PORT = 22
 KNOCK = ("7000:udp", "8000:tcp", "9000:udp")
@@ -92,10 +90,6 @@ for line in sys.stdin:
 
 class DemoFailure(Exception):
     """A step did not behave as expected; the message is one line for the user."""
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, unwound like Ctrl-C so the lab is removed."""
 
 
 class Console:
@@ -357,23 +351,6 @@ def _run(lab: Lab, open_for: int, tmp: str, console: Console) -> None:
                 "read as before the start)")
 
 
-@contextlib.contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    """Turn SIGTERM into an exception, so ``with Lab()`` removes the lab then too."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_term(_signum: int, _frame: FrameType | None) -> None:
-        raise _Terminated
-
-    old = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def main(args: argparse.Namespace) -> int:
     open_for = int(args.open_for)
     if not 1 <= open_for <= 600:
@@ -383,7 +360,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"gatekeeper demo: door ssh ({' '.join(KNOCK)} -> {PORT}:tcp, open_for {open_for} s) "
           "on a namespace lab; nothing leaves the lab", flush=True)
     try:
-        with _sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="gatekeeper-demo-") as tmp, \
+        with sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="gatekeeper-demo-") as tmp, \
                 Lab() as lab:
             _run(lab, open_for, tmp, console)
     except DemoFailure as exc:
@@ -394,6 +371,6 @@ def main(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt as exc:
         print("gatekeeper demo: interrupted; the lab was removed", file=sys.stderr, flush=True)
-        return 143 if isinstance(exc, _Terminated) else 130
+        return 143 if isinstance(exc, Terminated) else 130
     console.say("demo OK: lab removed")
     return 0

@@ -14,14 +14,17 @@ IPv6: 2001:db8:1::/64 on the bridge side, 2001:db8:2::/64 behind the gateway.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from types import FrameType
 from typing import Any
 
 GW4, GW6 = "203.0.113.1", "2001:db8:1::1"
@@ -55,6 +58,27 @@ while True:
 
 class LabError(RuntimeError):
     pass
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C so that ``with Lab()`` removes the lab then too."""
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` for the body (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(_signum: int, _frame: FrameType | None) -> None:
+        raise Terminated
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 class Lab:

@@ -46,9 +46,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import IO, Any
 
 from gatekeeper import __version__
@@ -914,22 +913,6 @@ START_TIMEOUT = 20.0
 ROLE_FILES = ("client.jsonl", "attacker.jsonl", "gateway.jsonl", "lab.jsonl")
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, unwound like Ctrl-C so the lab is removed."""
-
-
-@contextlib.contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    def on_term(_signum: int, _frame: FrameType | None) -> None:
-        raise _Terminated
-
-    old = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def lab_config(control: str) -> str:
     sequence = ", ".join(f'"{s}"' for s in LAB_KNOCK)
     return (
@@ -948,7 +931,7 @@ def lab_config(control: str) -> str:
 
 def run_lab(duration: float, out: str, sources: int = 30, min_success: float = MIN_SUCCESS,
             max_growth_mb: float = MAX_RSS_GROWTH_MB, max_growth_pct: float = MAX_RSS_GROWTH_PCT) -> int:
-    from gatekeeper.lab import CLIENT4, GW4, OTHER4, Lab
+    from gatekeeper.lab import CLIENT4, GW4, OTHER4, Lab, sigterm_unwinds
 
     duration = _check_duration(duration)
     if not 0 <= sources <= 100:
@@ -972,7 +955,7 @@ def run_lab(duration: float, out: str, sources: int = 30, min_success: float = M
           f"source addresses, attacker {OTHER4}; nothing leaves the lab", flush=True)
     exits: dict[str, int | None] = {}
     daemon_exit: int | None = None
-    with _sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="gatekeeper-soak-") as tmp, \
+    with sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="gatekeeper-soak-") as tmp, \
             Lab() as lab:
         control = os.path.join(tmp, "control.sock")
         cfg = os.path.join(tmp, "soak.toml")
@@ -1056,7 +1039,7 @@ def main(args: argparse.Namespace) -> int:
             return run_report(args.in_dir, args.out, args.min_success, args.max_rss_growth_mb,
                               args.max_rss_growth_pct)
         if role == "lab":
-            from gatekeeper.lab import LabError
+            from gatekeeper.lab import LabError, Terminated
 
             try:
                 return run_lab(args.duration, args.out, args.sources, args.min_success,
@@ -1067,7 +1050,7 @@ def main(args: argparse.Namespace) -> int:
             except KeyboardInterrupt as exc:
                 print("gatekeeper soak lab: interrupted; the lab was removed", file=sys.stderr,
                       flush=True)
-                return 143 if isinstance(exc, _Terminated) else 130
+                return 143 if isinstance(exc, Terminated) else 130
     except GatekeeperError:
         raise
     except OSError as exc:

@@ -15,48 +15,14 @@ import ipaddress
 import json
 import socket
 import sys
-import time
+from typing import Any
 
+from gatekeeper.bench.probe import TIMEOUT, connect, trials
 from gatekeeper.client.knock import knock, parse_step, resolve
-
-TIMEOUT = 0.9
-
-
-def connect(host: str, port: int, source: str | None = None,
-            timeout: float = TIMEOUT) -> dict[str, object]:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_STREAM)
-    if source:
-        s.bind((source, 0))
-    s.settimeout(timeout)
-    start = time.perf_counter()
-    try:
-        s.connect((host, port))
-        return {"ok": True, "ms": (time.perf_counter() - start) * 1000}
-    except OSError as exc:
-        return {"ok": False, "ms": (time.perf_counter() - start) * 1000, "error": str(exc)}
-    finally:
-        s.close()
-
-
-def trials(host: str, port: int, n: int, first_source: str, steps: str) -> list[dict[str, object]]:
-    seq = [parse_step(p) for p in steps.split(",")]
-    base = ipaddress.ip_address(first_source)
-    out = []
-    for i in range(n):
-        source = str(base + i)
-        target = resolve(host, source=source)
-        start = time.perf_counter()
-        knock(target, seq)
-        result = connect(host, port, source)
-        result["total_ms"] = (time.perf_counter() - start) * 1000
-        result["source"] = source
-        out.append(result)
-    return out
 
 
 def retrying(host: str, port: int, n: int, first_source: str, steps: str,
-             tries: int = 5, delay: float = 0.02) -> list[dict[str, object]]:
+             tries: int = 5, delay: float = 0.02) -> list[dict[str, Any]]:
     """Like trials, but a client that knocks again when the connect fails (up to ``tries``
     times) and waits ``delay`` seconds between knocks; connect may use the SYN retransmit."""
     seq = [parse_step(p) for p in steps.split(",")]
@@ -65,7 +31,7 @@ def retrying(host: str, port: int, n: int, first_source: str, steps: str,
     for i in range(n):
         source = str(base + i)
         target = resolve(host, source=source)
-        result: dict[str, object] = {"ok": False}
+        result: dict[str, Any] = {"ok": False}
         for attempt in range(1, tries + 1):
             knock(target, seq, delay)
             result = connect(host, port, source, timeout=1.2)

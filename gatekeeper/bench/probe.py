@@ -22,12 +22,13 @@ from gatekeeper.client.knock import knock, parse_step, resolve
 TIMEOUT = 0.9
 
 
-def connect(host: str, port: int, source: str | None = None) -> dict[str, Any]:
+def connect(host: str, port: int, source: str | None = None,
+            timeout: float = TIMEOUT) -> dict[str, Any]:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
     if source:
         s.bind((source, 0))
-    s.settimeout(TIMEOUT)
+    s.settimeout(timeout)
     start = time.perf_counter()
     try:
         s.connect((host, port))
