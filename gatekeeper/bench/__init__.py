@@ -3,5 +3,6 @@
 :mod:`gatekeeper.bench.run` drives it; :mod:`~gatekeeper.bench.traffic` builds the
 packets, :mod:`~gatekeeper.bench.sender` sends them from the client namespace,
 :mod:`~gatekeeper.bench.bare` is the drop-only baseline, :mod:`~gatekeeper.bench.probe`
-times knock-to-connected and :mod:`~gatekeeper.bench.memory` weighs the state table.
+times knock-to-connected, :mod:`~gatekeeper.bench.memory` weighs the state table and
+:mod:`~gatekeeper.bench.overhead` times the metrics' instrumentation in process.
 """

@@ -7,6 +7,12 @@ they are resumed (SIGCONT) and timed until the kernel's queue is empty again. Se
 measures the reader alone. The baseline is the same drain into a drop-only
 NetfilterQueue loop on the same queue and rules (:mod:`gatekeeper.bench.bare`).
 
+The default config exports metrics, so the worker times every verdict for the latency
+histogram (``Worker._metered_on_packet``). The same drain with ``[metrics] listen = ""``,
+run back to back with it on the same packets, gives the cost of that instrumentation as
+a share of throughput; the same packets through both callbacks in process
+(:mod:`gatekeeper.bench.overhead`) give it without the machine's noise.
+
 With several workers the same drain gives the aggregate, and the bare loop on as many
 queues shows how far the machine itself lets two readers scale.
 
@@ -37,13 +43,12 @@ import tempfile
 import threading
 import time
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import IO, Any
 
-from gatekeeper.bench import memory, traffic
-from gatekeeper.lab import GW4, GW6, Lab, LabError
+from gatekeeper.bench import memory, overhead, traffic
+from gatekeeper.lab import GW4, GW6, Lab, LabError, Terminated, sigterm_unwinds
 from gatekeeper.queue.worker import TIMING_ENV
 
 START_TIMEOUT = 30.0
@@ -72,10 +77,6 @@ time.sleep(0.2)
 
 class BenchFailure(Exception):
     """Something in the lab did not behave; one line for the user."""
-
-
-class _Terminated(KeyboardInterrupt):
-    pass
 
 
 # -- reading the kernel -----------------------------------------------------------------------
@@ -357,13 +358,15 @@ class Options:
 class Results:
     mix: list[traffic.Mix] = field(default_factory=list)
     bare: list[Drain] = field(default_factory=list)
-    one: list[Drain] = field(default_factory=list)
+    one: list[Drain] = field(default_factory=list)  # metrics on: the default config
+    one_off: list[Drain] = field(default_factory=list)  # the same with [metrics] listen = ""
     bare_many: list[Drain] = field(default_factory=list)
     many: list[Drain] = field(default_factory=list)
     latency: dict[str, float] = field(default_factory=dict)
     knocks: list[dict[str, Any]] = field(default_factory=list)
     mem: list[memory.MemoryResult] = field(default_factory=list)
     bounded: tuple[int, int, int] = (0, 0, 0)
+    in_process: overhead.Overhead | None = None  # the instrumentation without the kernel
     load: float = 0.0
     knock_split: str = ""
 
@@ -372,10 +375,10 @@ def _say(text: str) -> None:
     print(f"  .. {text}", file=sys.stderr, flush=True)
 
 
-def _write_config(tmp: str, name: str, workers: int, maxlen: int) -> str:
+def _write_config(tmp: str, name: str, workers: int, maxlen: int, metrics: bool = True) -> str:
     path = os.path.join(tmp, name)
     with open(path, "w", encoding="utf-8") as f:
-        f.write(traffic.config_text(workers=workers, maxlen=maxlen))
+        f.write(traffic.config_text(workers=workers, maxlen=maxlen, metrics=metrics))
     return path
 
 
@@ -394,6 +397,7 @@ def _drain_with(lab: Lab, start: Callable[[], Target], path: str) -> Drain:
 def run_throughput(lab: Lab, opts: Options, tmp: str, res: Results) -> None:
     maxlen = min(1_000_000, max(4096, int(opts.packets * 1.25)))
     cfg1 = _write_config(tmp, "one.toml", 1, maxlen)
+    cfg1_off = _write_config(tmp, "one-nometrics.toml", 1, maxlen, metrics=False)
     cfgn = _write_config(tmp, "many.toml", opts.workers, maxlen)
     many = list(range(opts.workers))
     for r in range(opts.rounds):
@@ -403,22 +407,30 @@ def run_throughput(lab: Lab, opts: Options, tmp: str, res: Results) -> None:
         with open(path, "wb") as f:
             f.write(traffic.dump(mix.packets))
         step = f"round {r + 1}/{opts.rounds}:"
-        # bare loop and gatekeeper back to back on the same packets, in turns first, so a
-        # drift of the machine's speed falls on both alike
-        pairs: list[tuple[str, list[Drain], Callable[[], Target]]] = [
+        # what is compared runs back to back on the same packets, in turns first, so a
+        # drift of the machine's speed falls on all alike: gatekeeper (metrics on, the
+        # default) sits between the bare loop and itself with metrics off, whatever the order
+        groups: list[list[tuple[str, list[Drain], Callable[[], Target]]]] = [[
             ("bare loop", res.bare, lambda: start_bare(lab, cfg1, [0])),
             ("gatekeeper, 1 worker", res.one, lambda: start_gatekeeper(lab, cfg1)),
-        ]
+            ("gatekeeper, 1 worker, metrics off", res.one_off, lambda: start_gatekeeper(lab, cfg1_off)),
+        ]]
         if opts.workers > 1:
-            pairs += [
+            groups.append([
                 (f"bare loop, {opts.workers} queues", res.bare_many,
                  lambda: start_bare(lab, cfgn, many)),
                 (f"gatekeeper, {opts.workers} workers", res.many, lambda: start_gatekeeper(lab, cfgn)),
-            ]
-        for i in range(0, len(pairs), 2):
-            for name, into, start in pairs[i : i + 2][:: -1 if r % 2 else 1]:
+            ])
+        for group in groups:
+            for name, into, start in group[:: -1 if r % 2 else 1]:
                 _say(f"{step} {name}")
                 into.append(_drain_with(lab, start, path))
+
+
+def run_overhead(opts: Options, res: Results) -> None:
+    _say("instrumentation in process: round 1's packets through on_packet and _metered_on_packet")
+    passes = 3 if opts.quick else 7
+    res.in_process = overhead.measure(res.mix[0].packets, traffic.config_text(), passes=passes)
 
 
 def run_profile(lab: Lab, opts: Options, tmp: str, res: Results) -> None:
@@ -576,6 +588,8 @@ def report(opts: Options, res: Results, lab: Lab, out: Callable[[str], None]) ->
          _spread([d.cpu_per_packet_us() for d in res.bare], ".2f")),
         ("gatekeeper, 1 worker", _spread([d.rate for d in res.one], ",.0f"),
          _spread([d.cpu_per_packet_us() for d in res.one], ".2f")),
+        ("gatekeeper, 1 worker, metrics off", _spread([d.rate for d in res.one_off], ",.0f"),
+         _spread([d.cpu_per_packet_us() for d in res.one_off], ".2f")),
     ]
     if res.many:
         rows += [
@@ -604,6 +618,22 @@ def report(opts: Options, res: Results, lab: Lab, out: Callable[[str], None]) ->
             + "; ".join(parts))
     out("")
     out(f"  {'gatekeeper 1 worker / bare loop':<46} {_spread(_ratios(res.one, res.bare), '.2f')}")
+    # metrics on against off, per round (they ran back to back on the same packets)
+    cost = [100.0 * (1.0 - x) for x in _ratios(res.one, res.one_off)]
+    extra_cpu = [a.cpu_per_packet_us() - b.cpu_per_packet_us()
+                 for a, b in zip(res.one, res.one_off, strict=True)]
+    rounds = f"  [{min(cost):.1f}% - {max(cost):.1f}%]" if len(cost) > 1 else ""
+    out(f"  instrumentation cost: {_median(cost):.1f}% of throughput (target < 15%){rounds}; "
+        f"{_median(extra_cpu):+.2f} us CPU a verdict")
+    out("    (1 worker, metrics on - the default: every verdict timed into the latency histogram - "
+        "against metrics off)")
+    if res.in_process is not None:
+        extra = res.in_process.extra_us
+        off_cpu = _median([d.cpu_per_packet_us() for d in res.one_off])
+        out(f"    in process, without the kernel: on_packet {res.in_process.plain_ns / 1000:.2f} us, timed "
+            f"{res.in_process.metered_ns / 1000:.2f} us a verdict ({extra:+.2f} us): "
+            f"{100 * extra / (off_cpu + extra):.1f}% of throughput when a verdict costs the drained "
+            f"{off_cpu:.2f} us CPU without metrics")
     if res.many:
         scale = _ratios(res.many, res.one)
         machine = _ratios(res.bare_many, res.bare)
@@ -659,17 +689,19 @@ def report(opts: Options, res: Results, lab: Lab, out: Callable[[str], None]) ->
     out("QUEUE DROPS  /proc/net/netfilter/nfnetlink_queue: queue_dropped (queue full), "
         "queue_user_dropped (socket full)")
     runs = [("bare loop, 1 queue", res.bare), ("gatekeeper, 1 worker", res.one),
+            ("gatekeeper, 1 worker, metrics off", res.one_off),
             (f"bare loop, {w} queues", res.bare_many), (f"gatekeeper, {w} workers", res.many)]
+    width = max(len(name) for name, _ in runs)
     for name, drains in runs:
         if drains:
             sent = sum(d.sent for d in drains)
             queued = sum(d.total for d in drains)
             refused = sum(d.refused for d in drains)
-            out(f"  {name:<24} sent {sent:>9,}  queued {queued:>9,}  queue_dropped "
+            out(f"  {name:<{width}} sent {sent:>9,}  queued {queued:>9,}  queue_dropped "
                 f"{sum(d.queue_dropped for d in drains):>6,}  queue_user_dropped "
                 f"{sum(d.user_dropped for d in drains):>6,}"
                 + (f"  (and {refused:,} refused by the sender's own stack)" if refused else ""))
-    out(f"  {'latency run':<24} sent {lat['sent']:>9,.0f}  queue_dropped {lat['queue_dropped']:,.0f}  "
+    out(f"  {'latency run':<{width}} sent {lat['sent']:>9,.0f}  queue_dropped {lat['queue_dropped']:,.0f}  "
         f"queue_user_dropped {lat['user_dropped']:,.0f}"
         + (f"  (and {lat['refused']:,.0f} refused by the sender's own stack)" if lat["refused"] else ""))
     out("  (sent but not queued: TCP headers under 4 bytes and ICMPv6 under 8, which the ruleset's "
@@ -677,22 +709,6 @@ def report(opts: Options, res: Results, lab: Lab, out: Callable[[str], None]) ->
 
 
 # -- main -------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_term(_signum: int, _frame: FrameType | None) -> None:
-        raise _Terminated
-
-    old = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def options(args: argparse.Namespace) -> Options:
@@ -722,11 +738,12 @@ def main(args: argparse.Namespace) -> int:
           flush=True)
     res = Results(load=os.getloadavg()[0])
     try:
-        with _sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="gatekeeper-bench-") as tmp, \
+        with sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="gatekeeper-bench-") as tmp, \
                 Lab(f"gkb{os.getpid() % 10000}") as lab:
             lab.serve_tcp("gw", KNOCK_PORT)
             lab.python("client", _PRIME)  # the gateway's link address, before the first burst
             run_throughput(lab, opts, tmp, res)
+            run_overhead(opts, res)
             if opts.profile:
                 run_profile(lab, opts, tmp, res)
             run_latency(lab, opts, tmp, res)
@@ -743,6 +760,6 @@ def main(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt as exc:
         print("gatekeeper bench: interrupted; the lab was removed", file=sys.stderr, flush=True)
-        return 143 if isinstance(exc, _Terminated) else 130
+        return 143 if isinstance(exc, Terminated) else 130
     return 0
 

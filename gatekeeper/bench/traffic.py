@@ -73,8 +73,12 @@ def v6_source(round_: int, n: int) -> bytes:
     return (_V6_LOAD + ((round_ & 0xFF) << 32) + (n & 0xFFFFFFFF)).to_bytes(16, "big")
 
 
-def config_text(*, workers: int = 1, maxlen: int = 4096, max_sources: int = 65536, queue: int = 0) -> str:
-    return CONFIG.format(workers=workers, maxlen=maxlen, max_sources=max_sources, queue=queue)
+def config_text(*, workers: int = 1, maxlen: int = 4096, max_sources: int = 65536, queue: int = 0,
+                metrics: bool = True) -> str:
+    """The bench's config; ``metrics=False`` turns the exporter off (``[metrics] listen = ""``),
+    and with it the worker's timing of every verdict for the latency histogram."""
+    text = CONFIG.format(workers=workers, maxlen=maxlen, max_sources=max_sources, queue=queue)
+    return text if metrics else text + '\n[metrics]\nlisten = ""\n'
 
 
 # -- packet building ------------------------------------------------------------------------
