@@ -167,6 +167,7 @@ class Settings:
     workers: int = 1  # "one per CPU" is resolved when the config is read
     queue_maxlen: int = 4096
     control: str = "/run/gatekeeper/control.sock"  # "" turns the control socket off
+    state_dir: str = "/var/lib/gatekeeper"  # replay logs of SPA/encrypted doors; "" = memory only
     scan_limit: int = 0  # distinct non-knock ports within the window; 0: longest sequence + 3
     scan_lockout: int = 60  # seconds a source seen scanning cannot complete a sequence
 
@@ -335,7 +336,7 @@ class _Parser:
         data = self._table(
             raw, "gatekeeper",
             {"queue", "interfaces", "public", "max_sources", "workers", "queue_maxlen", "control",
-             "scan_limit", "scan_lockout"},
+             "scan_limit", "scan_lockout", "state_dir"},
         )
         queue = self._int(data.get("queue", 0), "gatekeeper.queue", 0, 65535)
         ifaces = tuple(
@@ -363,9 +364,13 @@ class _Parser:
                             "('' turns the control socket off)")
         scan_limit = self._int(data.get("scan_limit", 0), "gatekeeper.scan_limit", 0, 65535)
         scan_lockout = self._int(data.get("scan_lockout", 60), "gatekeeper.scan_lockout", 0, 86400)
+        state_dir = self._str(data.get("state_dir", "/var/lib/gatekeeper"), "gatekeeper.state_dir")
+        if state_dir and not state_dir.startswith("/"):
+            raise self.fail("gatekeeper.state_dir", f"{state_dir!r}: an absolute path "
+                            "('' keeps replay caches in memory only)")
         return Settings(queue=queue, interfaces=ifaces, public=public, max_sources=max_sources,
                         workers=workers, queue_maxlen=maxlen, control=control,
-                        scan_limit=scan_limit, scan_lockout=scan_lockout)
+                        scan_limit=scan_limit, scan_lockout=scan_lockout, state_dir=state_dir)
 
     def door(self, raw: Any, index: int) -> Door:
         where = f"door[{index}]"

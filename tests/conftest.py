@@ -114,6 +114,9 @@ def start_daemon(lab: Lab, tmp_path: Path) -> Iterator[Any]:
         if "control =" not in config_text:  # never the system's /run/gatekeeper
             control = tmp_path / f"control{len(started)}.sock"
             config_text = config_text.replace("[gatekeeper]\n", f'[gatekeeper]\ncontrol = "{control}"\n', 1)
+        if "state_dir =" not in config_text:  # nor its /var/lib/gatekeeper
+            config_text = config_text.replace(
+                "[gatekeeper]\n", f'[gatekeeper]\nstate_dir = "{tmp_path / "state"}"\n', 1)
         path.write_text(config_text)
         daemon = Daemon(lab, path, env, argv)
         started.append(daemon)

@@ -291,6 +291,8 @@ D = "door[0] (ssh)"
 # (test id, the config, the key path the message must name, a piece of the message)
 ERRORS: list[tuple[str, str, str, str]] = [
     # top level
+    ("relative state_dir", toml({"state_dir": "var/lib/gk"}), "gatekeeper.state_dir",
+     "an absolute path"),
     ("metrics host name", toml(top='[metrics]\nlisten = "localhost:9464"'), "metrics.listen",
      "expected ADDRESS:PORT"),
     ("metrics port zero", toml(top='[metrics]\nlisten = "127.0.0.1:0"'), "metrics.listen",

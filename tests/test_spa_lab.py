@@ -225,3 +225,23 @@ def test_one_time_sequence_works_once_and_not_after_a_restart(
     knock(lab, "client", GW4, "6001", "6002:udp", "6003")
     assert is_open(lab, "client", GW4, ONCE_PORT), "the next line works"
     probe(lab, "client", "connect", GW4, ONCE_PORT)
+
+
+@needs_fwknop
+def test_a_replay_after_a_restart_is_still_a_replay(
+        served: Lab, daemon: Any, start_daemon: Any, tmp_path: Path) -> None:
+    """The replay cache is journalled under state_dir: restarting the daemon inside the
+    packet's time window must not make a captured packet good again."""
+    lab = served
+    saved = tmp_path / "packet"
+    fwknop_send(lab, daemon.files["home"], save=str(saved))
+    daemon.wait_for(r"grant door=spa ")
+    packet = saved.read_bytes().strip()
+    assert daemon.stop() == 0
+    again = start_daemon(CONFIG.format(once_port=ONCE_PORT, **daemon.files))
+    send_udp(lab, "other", packet)
+    send_udp(lab, "client", packet)
+    assert wait_count(again, "replay", 2).get("replay") == 2
+    time.sleep(0.3)
+    assert grants(again, "spa") == 0, again.lines
+    assert not is_open(lab, "other", GW4)

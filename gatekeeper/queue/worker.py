@@ -79,6 +79,7 @@ class Worker:
         self.spa_counts: dict[tuple[str, str], int] = {}  # (door, stage): over reloads
         self.specials = (SpecialDoors(config, self.engine, self.spa_counts)
                          if has_special(config) else None)
+        self._journals: dict[str, Any] = {}  # door -> replaylog.Journal (worker process only)
         self.wall = wall
         self.grants = grants
         self.report = report
@@ -277,6 +278,24 @@ class Worker:
             if seconds > 0 and self.engine.restore_grant(address, door, now + seconds)
         )
 
+    def journal_replays(self, state_dir: str) -> int:
+        """Give every SPA/encrypted door's replay cache a file under ``state_dir``: what
+        it held before a restart is taken back, and new entries are appended. Returns
+        how many entries were taken back (for caches that had no journal yet)."""
+        from gatekeeper.effects import replaylog
+
+        if not state_dir or self.specials is None:
+            return 0
+        restored = 0
+        for door, cache in self.specials.replay.items():
+            if cache.journal is None:
+                restored += cache.restore(replaylog.load(state_dir, door), self.wall())
+                journal = self._journals.get(door)
+                if journal is None:
+                    journal = self._journals[door] = replaylog.Journal(state_dir, door)
+                cache.journal = journal
+        return restored
+
     def reload(self, config: Config) -> None:
         """Swap in a new engine; running grants carry over to doors that still exist."""
         now = self.clock()
@@ -326,6 +345,11 @@ def worker_process(index: int, queue: int, config: Config, report_fd: int, contr
     grants = GrantSets()
     worker = Worker(config, grants, report)
     worker.report_stats = True
+    try:
+        worker.journal_replays(config.settings.state_dir)
+    except OSError as exc:
+        log.error("state_dir %s: %s; SPA replay caches kept in memory only",
+                  config.settings.state_dir, exc.strerror)
     timing = os.environ.get(TIMING_ENV)
     if timing:
         worker.samples = array("q")
@@ -355,7 +379,12 @@ def worker_process(index: int, queue: int, config: Config, report_fd: int, contr
             line, buffer = buffer.split(b"\n", 1)
             message = json.loads(line)
             if message["t"] == "reload":
-                worker.reload(config_mod.loads(message["text"], message["path"]))
+                new = config_mod.loads(message["text"], message["path"])
+                worker.reload(new)
+                try:
+                    worker.journal_replays(new.settings.state_dir)
+                except OSError as exc:
+                    log.error("state_dir %s: %s", new.settings.state_dir, exc.strerror)
                 report({"t": "reloaded"})
             elif message["t"] == "counts":
                 report({"t": "counts", "counts": worker.counts,

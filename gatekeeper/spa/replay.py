@@ -13,6 +13,7 @@ refusals are counted in :attr:`ReplayCache.overflows`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from enum import IntEnum
 
 from cachetools import TLRUCache
@@ -36,11 +37,13 @@ class ReplayCache:
     ``max_entries >= messages per second * 2 * window``.
     """
 
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES,
+                 journal: Callable[[bytes, float], None] | None = None) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
         self.overflows = 0
+        self.journal = journal  # told of every new entry (key, expiry), to outlive a restart
         self._now = 0.0
         self._cache: TLRUCache[bytes, float] = TLRUCache(
             max_entries, ttu=lambda _key, expires, _now: expires, timer=self._clock
@@ -71,4 +74,16 @@ class ReplayCache:
             self.overflows += 1
             return Admission.FULL
         self._cache[key] = now + ttl
+        if self.journal is not None:
+            self.journal(key, now + ttl)
         return Admission.NEW
+
+    def restore(self, entries: Iterable[tuple[bytes, float]], now: float) -> int:
+        """Take back entries recorded before a restart; those still live count."""
+        self._now = now
+        restored = 0
+        for key, expires in entries:
+            if expires > now and len(self._cache) < self.max_entries:
+                self._cache[key] = expires
+                restored += 1
+        return restored
