@@ -498,15 +498,20 @@ class _Parser:
             kwargs["one_time"] = self.one_time(path, key)
 
     def key_file(self, path: str, key: str) -> str:
-        """A key file's text; it must be readable by its owner only (mode & 0o077 == 0)."""
+        """A key file's text. Only its owner may read it (mode & 0o077 == 0), and the owner
+        is root or the user gatekeeper runs as (the systemd unit's ``gatekeeper``)."""
         if not path.startswith("/"):
             raise self.fail(key, f"{path!r}: must be an absolute path")
         try:
             with open(path, encoding="utf-8") as f:
-                mode = os.fstat(f.fileno()).st_mode
+                st = os.fstat(f.fileno())
+                mode = st.st_mode
                 if mode & 0o077:
-                    raise self.fail(key, f"{path}: must be readable only by root (mode "
-                                    f"{mode & 0o777:04o}; chmod 600 {path})")
+                    raise self.fail(key, f"{path}: must be readable only by root or the daemon's "
+                                    f"user (mode {mode & 0o777:04o}; chmod 600 {path})")
+                if st.st_uid not in (0, os.geteuid()):
+                    raise self.fail(key, f"{path}: owned by uid {st.st_uid}; it must belong to "
+                                    "root or the user gatekeeper runs as")
                 return f.read(1 << 16)
         except FileNotFoundError:
             raise self.fail(key, f"{path}: no such file") from None

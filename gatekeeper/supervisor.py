@@ -262,6 +262,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, self._on_signal)
         try:
+            self._compact_replay_logs()
             self._start_workers(self.config, list(self.config.settings.queues))
             installed = False
             try:
@@ -297,6 +298,17 @@ class Supervisor:
             self.commands.shutdown(wait=True)
             signal.set_wakeup_fd(-1)
         return 0
+
+    def _compact_replay_logs(self) -> None:
+        from gatekeeper.effects import replaylog
+
+        state_dir = self.config.settings.state_dir
+        for door in self.config.doors:
+            if state_dir and (door.spa is not None or door.encrypted is not None):
+                try:
+                    replaylog.compact(state_dir, door.name)
+                except OSError as exc:
+                    log.error("replay log of door %s: cannot compact (%s)", door.name, exc.strerror)
 
     def _adopt(self) -> None:
         from gatekeeper.netfilter.grantset import GrantSets

@@ -241,7 +241,8 @@ def test_a_replay_after_a_restart_is_still_a_replay(
     again = start_daemon(CONFIG.format(once_port=ONCE_PORT, **daemon.files))
     send_udp(lab, "other", packet)
     send_udp(lab, "client", packet)
-    assert wait_count(again, "replay", 2).get("replay") == 2
+    counts = wait_count(again, "replay", 2)
+    assert counts.get("replay") == 2, (counts, again.lines[-6:])
     time.sleep(0.3)
     assert grants(again, "spa") == 0, again.lines
     assert not is_open(lab, "other", GW4)

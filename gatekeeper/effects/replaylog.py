@@ -1,10 +1,10 @@
 """Replay caches that outlive a restart: one append-only file a door under ``state_dir``.
 
 A line per authenticated SPA packet or encrypted sequence: its replay key (hex) and the
-wall-clock time until which it must stay refused. On start the live lines are read back
-and the file rewritten with only those. Lines are appended with one write each (no
-fsync: a packet captured just before a power cut could be replayed after it; a crash or
-restart of the daemon loses nothing).
+wall-clock time until which it must stay refused. Workers only read the file (at start)
+and append to it; the supervisor alone compacts it, once, before it forks them. Lines
+are appended with one write each (no fsync: a packet captured just before a power cut
+could be replayed after it; a crash or restart of the daemon loses nothing).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def _path(state_dir: str, door: str) -> str:
 
 
 def load(state_dir: str, door: str, now: float | None = None) -> list[tuple[bytes, float]]:
-    """The entries still live in the door's file, which is compacted to just those."""
+    """The entries still live in the door's file."""
     now = time.time() if now is None else now
     path = _path(state_dir, door)
     live: list[tuple[bytes, float]] = []
@@ -41,11 +41,20 @@ def load(state_dir: str, door: str, now: float | None = None) -> list[tuple[byte
         log.error("replay log %s: cannot read (%s); replays of earlier packets are not "
                   "refused until their windows pass", path, exc.strerror)
         return []
-    tmp = f"{path}.tmp"
+    return live
+
+
+def compact(state_dir: str, door: str) -> None:
+    """Rewrite the door's file with its live entries only (the supervisor, before any
+    worker has it open)."""
+    path = _path(state_dir, door)
+    if not os.path.exists(path):
+        return
+    live = load(state_dir, door)
+    tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="ascii") as f:
         f.writelines(f"{k.hex()} {e:.3f}\n" for k, e in live)
     os.replace(tmp, path)
-    return live
 
 
 class Journal:
