@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -113,7 +112,3 @@ def format_status(status: dict[str, Any]) -> str:
     lines.append("packets: " + ", ".join(f"{k} {v}" for k, v in status["packets"].items() if v)
                  if any(status["packets"].values()) else "packets: none yet")
     return "\n".join(lines)
-
-
-def now() -> float:
-    return time.monotonic()

@@ -145,7 +145,6 @@ class Engine:
                         _Track(i, door, tuple(s.key for s in seq), closes,
                                door.sequence_timeout, door.tcp_flags)
                     )
-        self._tracks = tuple(tracks)
         self._knock_keys = frozenset(k for t in tracks for k in t.keys)
         protected: dict[int, list[tuple[int, bytes | None]]] = {}
         for i, door in enumerate(config.doors):
@@ -456,10 +455,6 @@ class Engine:
         """Sources part-way through a sequence (as of the last packet or tick)."""
         self._purge(self._now)
         return len(self._state)
-
-    def stats(self) -> dict[str, Any]:
-        return {"tracked_sources": self.tracked_sources,
-                "grants": sum(len(g) for g in self._grants.values())}
 
 
 __all__ = [
