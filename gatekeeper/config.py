@@ -170,6 +170,10 @@ class Settings:
     state_dir: str = "/var/lib/gatekeeper"  # replay logs of SPA/encrypted doors; "" = memory only
     scan_limit: int = 0  # distinct non-knock ports within the window; 0: longest sequence + 3
     scan_lockout: int = 60  # seconds a source seen scanning cannot complete a sequence
+    prefix_quota: int = 64  # sources of one /24 or /64 part-way through a sequence; 0: no quota
+    failure_limit: int = 10  # failed sequences of one source within failure_lockout; 0: no limit
+    prefix_failure_limit: int = 100  # the same for one /24 or /64; 0: no limit
+    failure_lockout: int = 300  # the window those limits count in, and how long they lock out
 
     @property
     def queues(self) -> range:
@@ -336,7 +340,8 @@ class _Parser:
         data = self._table(
             raw, "gatekeeper",
             {"queue", "interfaces", "public", "max_sources", "workers", "queue_maxlen", "control",
-             "scan_limit", "scan_lockout", "state_dir"},
+             "scan_limit", "scan_lockout", "state_dir", "prefix_quota", "failure_limit",
+             "prefix_failure_limit", "failure_lockout"},
         )
         queue = self._int(data.get("queue", 0), "gatekeeper.queue", 0, 65535)
         ifaces = tuple(
@@ -364,13 +369,20 @@ class _Parser:
                             "('' turns the control socket off)")
         scan_limit = self._int(data.get("scan_limit", 0), "gatekeeper.scan_limit", 0, 65535)
         scan_lockout = self._int(data.get("scan_lockout", 60), "gatekeeper.scan_lockout", 0, 86400)
+        prefix_quota = self._int(data.get("prefix_quota", 64), "gatekeeper.prefix_quota", 0, 10_000_000)
+        failure_limit = self._int(data.get("failure_limit", 10), "gatekeeper.failure_limit", 0, 1_000_000)
+        prefix_failure_limit = self._int(data.get("prefix_failure_limit", 100),
+                                         "gatekeeper.prefix_failure_limit", 0, 1_000_000)
+        failure_lockout = self._int(data.get("failure_lockout", 300), "gatekeeper.failure_lockout", 1, 86400)
         state_dir = self._str(data.get("state_dir", "/var/lib/gatekeeper"), "gatekeeper.state_dir")
         if state_dir and not state_dir.startswith("/"):
             raise self.fail("gatekeeper.state_dir", f"{state_dir!r}: an absolute path "
                             "('' keeps replay caches in memory only)")
         return Settings(queue=queue, interfaces=ifaces, public=public, max_sources=max_sources,
                         workers=workers, queue_maxlen=maxlen, control=control,
-                        scan_limit=scan_limit, scan_lockout=scan_lockout, state_dir=state_dir)
+                        scan_limit=scan_limit, scan_lockout=scan_lockout, state_dir=state_dir,
+                        prefix_quota=prefix_quota, failure_limit=failure_limit,
+                        prefix_failure_limit=prefix_failure_limit, failure_lockout=failure_lockout)
 
     def door(self, raw: Any, index: int) -> Door:
         where = f"door[{index}]"

@@ -111,4 +111,7 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"  {g['address']:<40} {g['door']:<24} {g['remaining']:6.1f} s left")
     lines.append("packets: " + ", ".join(f"{k} {v}" for k, v in status["packets"].items() if v)
                  if any(status["packets"].values()) else "packets: none yet")
+    defences = status.get("defences", {})
+    lines.append("defences: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in defences.items() if v)
+                 if any(defences.values()) else "defences: nothing locked out, refused or evicted")
     return "\n".join(lines)

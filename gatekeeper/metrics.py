@@ -24,7 +24,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from gatekeeper import __version__
-from gatekeeper.engine import Outcome, Reason
+from gatekeeper.engine import Guard, Outcome, Reason
 
 # Verdict latency buckets (seconds): microseconds, with a boundary exactly at 100 µs.
 BUCKETS = (0.000005, 0.00001, 0.000025, 0.00005, 0.000075, 0.0001, 0.00025, 0.0005, 0.001,
@@ -33,6 +33,9 @@ BUCKETS_NS = tuple(int(b * 1e9) for b in BUCKETS)
 PROC_QUEUES = "/proc/net/netfilter/nfnetlink_queue"
 KNOCK_OUTCOMES = (Outcome.ADVANCED, Outcome.RESET, Outcome.TIMEOUT, Outcome.COMPLETED,
                   Outcome.DUPLICATE, Outcome.NOTHING_TO_CLOSE, Outcome.LOCKED)
+LOCKOUT_CAUSES = {Guard.LOCKOUT_SCAN: "scan", Guard.LOCKOUT_SOURCE: "source_failures",
+                  Guard.LOCKOUT_PREFIX: "prefix_failures"}
+REFUSED_CAUSES = {Guard.REFUSED_QUOTA: "prefix_quota", Guard.REFUSED_FULL: "table_full"}
 REASON_LABELS = [(("accept" if r is Reason.GRANTED else "drop"), r.name.lower()) for r in Reason]
 
 
@@ -45,6 +48,8 @@ class Snapshot:
     hist_sum_ns: int = 0
     knocks: dict[tuple[str, str], int] = field(default_factory=dict)
     spa: dict[tuple[str, str], int] = field(default_factory=dict)  # (door, stage)
+    guards: list[int] = field(default_factory=lambda: [0] * len(Guard))  # engine defences
+    tracked: int = 0  # sources part-way through a sequence (a level, not a count)
 
     def add(self, other: Snapshot) -> None:
         self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
@@ -54,6 +59,7 @@ class Snapshot:
             self.knocks[key] = self.knocks.get(key, 0) + n
         for key, n in other.spa.items():
             self.spa[key] = self.spa.get(key, 0) + n
+        self.guards = [a + b for a, b in zip(self.guards, other.guards, strict=True)]
 
     @classmethod
     def from_message(cls, msg: dict[str, Any]) -> Snapshot:
@@ -61,7 +67,9 @@ class Snapshot:
                   for outcome, n in zip(KNOCK_OUTCOMES, counts, strict=True) if n}
         spa = {(door, stage): int(n) for door, stages in msg.get("spa", {}).items()
                for stage, n in stages.items()}
-        return cls(list(msg["counts"]), list(msg["hist"]), int(msg["hist_sum_ns"]), knocks, spa)
+        guards = [int(n) for n in msg.get("guards", ())] or [0] * len(Guard)
+        return cls(list(msg["counts"]), list(msg["hist"]), int(msg["hist_sum_ns"]), knocks, spa,
+                   guards, int(msg.get("tracked", 0)))
 
 
 def read_queues(path: str = PROC_QUEUES) -> dict[int, dict[str, int]]:
@@ -146,6 +154,11 @@ class Stats:
                 total.add(snap)
             return total
 
+    def tracked(self) -> int:
+        """Sources part-way through a sequence, in the workers running now."""
+        with self._lock:
+            return sum(snap.tracked for snap in self.live.values())
+
     def queue_dropped(self) -> dict[tuple[int, str], int]:
         with self._lock:
             out = dict(self._queue_base)
@@ -199,6 +212,25 @@ class GatekeeperCollector(Collector):
         for (door, stage), n in sorted(series.items()):
             spa.add_metric([door, stage], n)
         yield spa
+
+        yield GaugeMetricFamily("gatekeeper_tracked_sources",
+                                "Sources part-way through a sequence (all workers)",
+                                value=self.stats.tracked())
+        lockouts = CounterMetricFamily(
+            "gatekeeper_lockouts", "Sources or networks (/24, /64) locked out of completing a "
+            "sequence: scanners, and too many failed sequences", labels=["cause"])
+        refused = CounterMetricFamily(
+            "gatekeeper_sources_refused", "New sources whose knock was not tracked: their /24 or "
+            "/64 at prefix_quota, or the table full of sources further along", labels=["cause"])
+        for guard, cause in LOCKOUT_CAUSES.items():
+            lockouts.add_metric([cause], total.guards[guard])
+        for guard, cause in REFUSED_CAUSES.items():
+            refused.add_metric([cause], total.guards[guard])
+        yield lockouts
+        yield refused
+        yield CounterMetricFamily("gatekeeper_sources_evicted", "Sources one step into a sequence "
+                                  "dropped to make room in a full table",
+                                  value=total.guards[Guard.EVICTED])
 
         active = self.grants_active()
         g_active = GaugeMetricFamily("gatekeeper_grants_active", "Grants admitting new connections",

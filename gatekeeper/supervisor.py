@@ -390,6 +390,7 @@ class Supervisor:
         """The answer to ``gatekeeper status``, from the daemon's own state."""
         if request != "status":
             return {"error": f"unknown request {request!r}"}
+        from gatekeeper.engine import Guard
         from gatekeeper.metrics import REASON_LABELS, read_queues
 
         now = time.monotonic()
@@ -415,6 +416,7 @@ class Supervisor:
             "grants": [{"address": a, "door": d, "remaining": round(r, 1)}
                        for a, d, r in self.book.active(now)],
             "packets": {reason: n for (_, reason), n in zip(REASON_LABELS, total.counts, strict=True)},
+            "defences": {g.name.lower(): n for g, n in zip(Guard, total.guards, strict=True)},
             "spa": {door: {stage: n for (d, stage), n in sorted(total.spa.items()) if d == door}
                     for door in sorted({d for d, _ in total.spa})},
         }

@@ -30,6 +30,8 @@ SECONDS = 60
 LEGIT = 100
 RATE = 40_000  # what this lab sustains without the kernel dropping packets before netfilter
 MAX_SOURCES = 65536
+PREFIX_QUOTA = 64  # the default: sources of one /24 or /64 part-way through a sequence
+FLOOD_PREFIXES = 512 + 1  # 198.18.0.0/15 holds 512 /24s; the IPv6 flood is one /64
 
 
 def flood_packets(count: int, seed: int = 7) -> list[bytes]:
@@ -101,13 +103,18 @@ def test_spoofed_flood_does_not_keep_a_legitimate_client_out(
     stop.set()
     sampler.join(10)
     rss_after = rss_kb(pids)
+    defences = status()["defences"]
     ok = sum(1 for r in results if r["ok"])
     rate = sent["sent"] / sent["seconds"]
     print(f"\nflood: {sent['sent']:,} spoofed packets in {sent['seconds']:.0f} s ({rate:,.0f}/s); "
           f"legitimate first-try connects {ok}/{LEGIT}; tracked sources max {max(samples):,} "
-          f"(cap {MAX_SOURCES:,} a worker); RSS {rss_before / 1024:.0f} -> {rss_after / 1024:.0f} MB")
+          f"(cap {MAX_SOURCES:,} a worker); RSS {rss_before / 1024:.0f} -> {rss_after / 1024:.0f} MB; "
+          f"defences {defences}")
     assert sent["seconds"] >= SECONDS - 1, "the flood ran its full time"
     assert ok >= 0.99 * LEGIT, [r for r in results if not r["ok"]]
     assert max(samples) <= MAX_SOURCES * len(pids[1:]), "the state table stays under its cap"
+    assert max(samples) <= len(pids[1:]) * FLOOD_PREFIXES * PREFIX_QUOTA + 1, \
+        "no network holds more than its quota (the /64 flood alone would fill the table)"
+    assert defences["refused_quota"] > 0
     assert rss_after - rss_before < 100 * 1024, "memory stays bounded (< +100 MB for 131k sources)"
     assert daemon.proc.poll() is None

@@ -48,11 +48,13 @@ def _one_of(*values: str) -> frozenset[str]:
 
 VERDICTS = _one_of("accept", "drop")
 REASONS = _one_of("granted", "unauthorised", "knock", "completed", "closed", "wrong", "duplicate",
-                  "ignored", "malformed", "error", "scanner")
+                  "ignored", "malformed", "error", "scanner", "refused", "locked")
 OUTCOMES = _one_of("advanced", "reset", "timeout", "completed", "duplicate", "nothing-to-close",
                    "locked")
 CAUSES = _one_of("queue_full", "socket_full", "worker_down")
 RELOAD_RESULTS = _one_of("ok", "refused")
+LOCKOUT_CAUSES = _one_of("scan", "source_failures", "prefix_failures")
+REFUSED_CAUSES = _one_of("prefix_quota", "table_full")
 # SPA (fwknop.Stage) and encrypted-sequence (SequenceStage, access, source) stages
 SPA_STAGES = _one_of("ok", "size", "hmac", "decrypt", "parse", "digest", "stale", "replay", "access",
                      "source", "length", "range", "auth")
@@ -72,6 +74,10 @@ CONTRACT: dict[str, Metric] = {
     "gatekeeper_workers": Metric("gauge", {}),
     "gatekeeper_config_reloads_total": Metric("counter", {"result": RELOAD_RESULTS}),
     "gatekeeper_build_info": Metric("gauge", {"version": None}),
+    "gatekeeper_tracked_sources": Metric("gauge", {}),
+    "gatekeeper_lockouts_total": Metric("counter", {"cause": LOCKOUT_CAUSES}),
+    "gatekeeper_sources_refused_total": Metric("counter", {"cause": REFUSED_CAUSES}),
+    "gatekeeper_sources_evicted_total": Metric("counter", {}),
 }
 # The buckets of gatekeeper_verdict_seconds, in seconds (one boundary at the 100 us target).
 VERDICT_BUCKETS = (0.000005, 0.00001, 0.000025, 0.00005, 0.000075, 0.0001, 0.00025, 0.0005, 0.001,

@@ -4,6 +4,7 @@ reordering, and workers killed over and over under load. Every loop is bounded."
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -180,3 +181,19 @@ def test_spoofed_wrong_knock_between_each_of_a_victims_knocks(
         ok += bool(probe(lab, "client", "connect", GW4, 22, victim)["ok"])
     print(f"\nwrong_knock = {mode!r}: the victim got in {ok}/{trials} times under injection")
     assert ok == (0 if mode == "reset" else trials)
+
+
+def test_a_brute_forcer_is_locked_out_and_its_neighbour_is_not(lab: Lab, start_daemon: Any) -> None:
+    """More than failure_limit failed sequences lock the source out of completing one,
+    even the right one; another host of the same /24 still gets in."""
+    daemon = start_daemon(config().replace("[gatekeeper]\n", "[gatekeeper]\nfailure_limit = 5\n", 1))
+    for guess in range(6):  # the right first step, then a wrong guess: a reset each
+        knock(lab, "client", GW4, SSH[0], f"{8100 + guess}:tcp")
+    knock(lab, "client", GW4, *SSH)
+    assert not is_open(lab, "client", GW4), "the brute-forcer is locked out"
+    knock(lab, "other", GW4, *SSH)
+    assert is_open(lab, "other", GW4), "its neighbour in 203.0.113.0/24 is not"
+    control = daemon.config.read_text().split('control = "', 1)[1].split('"', 1)[0]
+    out = lab.run("gw", [sys.executable, "-m", "gatekeeper", "status", "-s", control]).stdout
+    assert re.search(r"^defences: .*lockout source 1\b", out, re.M), out
+    assert re.search(r"^packets: .*locked 1\b", out, re.M), out  # the completion it refused

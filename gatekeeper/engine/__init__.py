@@ -5,6 +5,7 @@ from gatekeeper.engine.engine import (
     Engine,
     Event,
     Granted,
+    Guard,
     Knocked,
     Outcome,
     Reason,
@@ -13,5 +14,5 @@ from gatekeeper.engine.engine import (
 )
 
 __all__ = [
-    "Decision", "Engine", "Event", "Granted", "Knocked", "Outcome", "Reason", "Revoked", "Verdict",
+    "Decision", "Engine", "Event", "Granted", "Guard", "Knocked", "Outcome", "Reason", "Revoked", "Verdict",
 ]

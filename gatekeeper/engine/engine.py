@@ -34,6 +34,8 @@ class Reason(IntEnum):
     MALFORMED = 8  # the decoder could not read it (set by the caller)
     ERROR = 9  # the worker failed on it (set by the caller)
     SCANNER = 10  # completed a sequence while locked out as a scanner: no grant
+    REFUSED = 11  # a new source's knock, not tracked: its /24 or /64 is at quota, or the table is full
+    LOCKED = 12  # completed a sequence while locked out for failed sequences: no grant
 
 
 class Outcome:
@@ -75,6 +77,23 @@ Decision = tuple[Verdict, Reason, tuple[Event, ...]]
 _ACCEPT_GRANTED: Decision = (Verdict.ACCEPT, Reason.GRANTED, ())
 _DROP_UNAUTHORISED: Decision = (Verdict.DROP, Reason.UNAUTHORISED, ())
 _DROP_WRONG: Decision = (Verdict.DROP, Reason.WRONG, ())
+_DROP_REFUSED: Decision = (Verdict.DROP, Reason.REFUSED, ())
+
+
+class Guard(IntEnum):
+    """What the engine's defences did (counted in ``Engine.guards``, by this index)."""
+
+    LOCKOUT_SCAN = 0  # a source probed more ports than any door needs
+    LOCKOUT_SOURCE = 1  # a source failed more sequences than failure_limit
+    LOCKOUT_PREFIX = 2  # a /24 or /64 failed more sequences than prefix_failure_limit
+    REFUSED_QUOTA = 3  # a new source not tracked: its prefix is at prefix_quota
+    REFUSED_FULL = 4  # a new source not tracked: the table is full of sources two steps in
+    EVICTED = 5  # a source one step in dropped to make room for a new one
+
+
+def prefix(src: bytes) -> bytes:
+    """The /24 of an IPv4 address, the /64 of an IPv6 one (packed): the unit of quotas."""
+    return src[:3] if len(src) == 4 else src[:8]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +130,7 @@ _ADVANCED, _RESET, _TIMEOUT, _COMPLETED, _DUPLICATE = range(len(_OUTCOMES))
 _R_UNAUTHORISED, _R_WRONG, _R_IGNORED = Reason.UNAUTHORISED, Reason.WRONG, Reason.IGNORED
 _R_KNOCK, _R_DUPLICATE = Reason.KNOCK, Reason.DUPLICATE
 _R_COMPLETED, _R_CLOSED, _R_SCANNER = Reason.COMPLETED, Reason.CLOSED, Reason.SCANNER
+_R_LOCKED = Reason.LOCKED
 _DROP = Verdict.DROP
 
 _First = tuple[Decision | None, int, tuple[int, ...]]
@@ -158,6 +178,8 @@ class Engine:
         # What _knock needs of each track, by track number.
         bits = max(1, max(((len(t.keys) - 1).bit_length() for t in tracks), default=1))
         self._mask = (1 << bits) - 1
+        # The progress bits above the lowest of every track: none set = one step at most.
+        self._past_one = sum((self._mask & ~1) << n * bits for n in range(len(tracks)))
         self._plan = tuple(
             _Plan(1 << n, n, t.keys, len(t.keys), t.timeout, t,
                   tuple(Knocked(t.door.name, o) for o in _OUTCOMES), n * bits)
@@ -181,10 +203,16 @@ class Engine:
         # knock is still seen (and counted) as late.
         self._ttl = max((t.timeout for t in tracks), default=1.0) + 1.0
         self._max_sources = config.settings.max_sources
-        # When full, this many of the oldest go at once: one pass over the table's head
-        # instead of one a new source (deleted slots at the head make each pass longer).
+        # When full, this many of the oldest one-step entries go at once: one pass over the
+        # table's head instead of one a new source (deleted slots make each pass longer).
         self._evict = max(1, self._max_sources // 64)
         self._state: dict[bytes, State] = {}
+        # Sources in the table by /24 or /64, kept only with a quota (it costs a new source
+        # a dict update, and the removal of one another).
+        self._quota = config.settings.prefix_quota
+        self._prefixes: dict[bytes, int] = {}
+        self._no_room_until = 0.0
+        self._next_purge = 0.0
         self._grants: dict[bytes, dict[int, float]] = {}
         # Scan detection: source -> (window start, last probed key, distinct probes, locked
         # out until). A probe is a packet to a port that is no knock of any door.
@@ -194,6 +222,14 @@ class Engine:
         longest = max((len(t.keys) for t in tracks), default=1)
         self._scan_limit = settings.scan_limit if settings.scan_limit else longest + 3
         self._scan_lockout = float(settings.scan_lockout)
+        # Failed sequences (a reset or a timeout of a sequence in progress), by source and by
+        # prefix: key -> (window start, failures, locked out until).
+        self._failures: dict[bytes, tuple[float, int, float]] = {}
+        self._prefix_failures: dict[bytes, tuple[float, int, float]] = {}
+        self._fail_limit = settings.failure_limit
+        self._prefix_fail_limit = settings.prefix_failure_limit
+        self._fail_window = float(settings.failure_lockout)
+        self.guards = [0] * len(Guard)
 
     # -- the hot path -------------------------------------------------------------------
 
@@ -233,25 +269,63 @@ class Engine:
             if entry is not None:
                 del scans[src]  # re-inserted at the end: the table stays oldest first
             elif len(scans) >= self._max_sources:
-                self._trim_scans(now)
+                self._trim(scans, now, 3)
             scans[src] = (now, key, 1, locked)
         elif key != entry[1]:
             count = entry[2] + 1
             locked = entry[3]
             if count > self._scan_limit and locked <= now:
                 locked = now + self._scan_lockout
+                self.guards[Guard.LOCKOUT_SCAN] += 1
             scans[src] = (entry[0], key, count, locked)
 
-    def _trim_scans(self, now: float) -> None:
-        """The probe table is full: forget the oldest entries that lock nothing out."""
-        scans = self._scans
-        drop = [s for s, e in scans.items() if e[3] <= now][: self._evict]
-        for src in drop or list(scans)[: self._evict]:
-            del scans[src]
+    def _trim(self, table: dict[bytes, Any], now: float, locked: int) -> None:
+        """A probe or failure table is full: forget its oldest entries that lock nothing
+        out (entry[locked] is when a lockout ends), else just its oldest."""
+        drop = [k for k, e in table.items() if e[locked] <= now][: self._evict]
+        for key in drop or list(table)[: self._evict]:
+            del table[key]
 
     def locked_out(self, src: bytes, now: float) -> bool:
+        """Whether ``src`` may not complete a sequence now: a scanner, or too many failures."""
+        return self._scan_locked(src, now) or self._failure_locked(src, now)
+
+    def _scan_locked(self, src: bytes, now: float) -> bool:
         entry = self._scans.get(src)
         return entry is not None and entry[3] > now
+
+    def _failure_locked(self, src: bytes, now: float) -> bool:
+        entry = self._failures.get(src)
+        if entry is not None and entry[2] > now:
+            return True
+        entry = self._prefix_failures.get(prefix(src))
+        return entry is not None and entry[2] > now
+
+    def _failed(self, src: bytes, now: float) -> None:
+        """Count a failed sequence of ``src`` (one a packet, however many tracks it broke)
+        against the source's and its prefix's limits."""
+        if self._fail_limit:
+            self._count_failure(self._failures, src, self._fail_limit, Guard.LOCKOUT_SOURCE, now)
+        if self._prefix_fail_limit:
+            self._count_failure(self._prefix_failures, prefix(src), self._prefix_fail_limit,
+                                Guard.LOCKOUT_PREFIX, now)
+
+    def _count_failure(self, table: dict[bytes, tuple[float, int, float]], key: bytes, limit: int,
+                       guard: Guard, now: float) -> None:
+        entry = table.get(key)
+        if entry is None or now - entry[0] > self._fail_window:
+            locked = entry[2] if entry is not None else 0.0
+            if entry is not None:
+                del table[key]  # re-inserted at the end: the table stays oldest first
+            elif len(table) >= self._max_sources:
+                self._trim(table, now, 2)
+            table[key] = (now, 1, locked)
+            return
+        count, locked = entry[1] + 1, entry[2]
+        if count > limit and locked <= now:
+            locked = now + self._fail_window
+            self.guards[guard] += 1
+        table[key] = (entry[0], count, locked)
 
     def _knock(
         self, src: bytes, key: int, proto: int, flags: int, now: float, state: State | None
@@ -268,21 +342,23 @@ class Engine:
         if state is None:
             decision, progress, slots = self._firsts.get(todo) or self._first_steps(todo)
             if decision is not None:  # a new source's first step: it starts these tracks
-                self._insert(src, now, todo, progress, slots)
-                return decision
+                if self._insert(src, now, todo, progress, slots):
+                    return decision
+                return _DROP_REFUSED
         fresh = state is None
         cur: list[Any] = list(self._fresh if state is None else state)
         active: int = cur[1]
         packed: int = cur[2]  # progress of track n: packed >> shift & mask
         mask = self._mask
         events: list[Event] = []
-        restarted = False
+        restarted = failed = False
         visits = self._visits.get(todo) or self._plans(todo)
         for bit, n, keys, length, timeout, track, knocked, shift in visits:
             progress = packed >> shift & mask
             if progress and now - cur[3 + n] > timeout:
                 events.append(knocked[_TIMEOUT])
                 progress = 0
+                failed = True
             if key == keys[progress]:
                 progress += 1
                 if progress == 1:
@@ -294,7 +370,8 @@ class Engine:
                     done = self._complete(track, src, now)
                     events.append(done)
                     reason = (_R_CLOSED if track.closes
-                              else _R_COMPLETED if done.__class__ is Granted else _R_SCANNER)
+                              else _R_COMPLETED if done.__class__ is Granted
+                              else _R_SCANNER if self._scan_locked(src, now) else _R_LOCKED)
                 else:
                     events.append(knocked[_ADVANCED])
                     if reason is not _R_COMPLETED and reason is not _R_CLOSED:
@@ -306,6 +383,7 @@ class Engine:
             elif progress and not track.door.ignore_wrong:
                 events.append(knocked[_RESET])
                 progress = 0
+                failed = True
                 if key == keys[0]:
                     progress = 1
                     cur[3 + n] = now
@@ -316,17 +394,22 @@ class Engine:
             else:
                 active &= ~bit
                 cur[3 + n] = 0.0  # keep no float alive for a track not in progress
+        if failed:
+            self._failed(src, now)
         table = self._state
         if not active:
             if not fresh:
                 del table[src]
+                self._release(src)
         else:
             cur[1] = active
             cur[2] = packed
             if fresh or restarted:
                 cur[0] = now  # (re)starts the entry's time to live: to the table's end
-                if table.pop(src, None) is None and len(table) >= self._max_sources:
-                    self._make_room(now)
+                if table.pop(src, None) is None and not self._admit(src, now):
+                    if reason is _R_KNOCK:
+                        return _DROP_REFUSED
+                    return (_DROP, reason, tuple(events))  # a grant or revocation stands
             table[src] = tuple(cur)  # else in the same place: its time to live runs on
         return (_DROP, reason, tuple(events))
 
@@ -344,16 +427,52 @@ class Engine:
             self._firsts[todo] = first
         return first
 
-    def _insert(self, src: bytes, now: float, todo: int, packed: int, slots: tuple[int, ...]) -> None:
-        """Track a new source that has just started the tracks in ``todo``."""
+    def _insert(self, src: bytes, now: float, todo: int, packed: int, slots: tuple[int, ...]) -> bool:
+        """Track a new source that has just started the tracks in ``todo``; False if it
+        was refused (see :meth:`_admit`)."""
         cur: list[Any] = list(self._fresh)
         cur[0], cur[1], cur[2] = now, todo, packed
         for slot in slots:
             cur[slot] = now
         table = self._state
-        if table.pop(src, None) is None and len(table) >= self._max_sources:
-            self._make_room(now)
+        if table.pop(src, None) is None and not self._admit(src, now):
+            return False
         table[src] = tuple(cur)
+        return True
+
+    def _admit(self, src: bytes, now: float) -> bool:
+        """Room for a source that is not in the table: within its prefix's quota, and a
+        free slot (see :meth:`_make_room`). Counts what it refuses."""
+        key = b""
+        held = 0
+        if self._quota:
+            key = prefix(src)
+            held = self._prefixes.get(key, 0)
+            if held >= self._quota and now >= self._next_purge:
+                # Expired entries of the prefix may still count: purge, though not for every
+                # packet of a flood (a pass starts by skipping the table's deleted slots).
+                self._next_purge = now + 0.1
+                self._purge(now)
+                held = self._prefixes.get(key, 0)
+            if held >= self._quota:
+                self.guards[Guard.REFUSED_QUOTA] += 1
+                return False
+        if len(self._state) >= self._max_sources and not self._make_room(now):
+            self.guards[Guard.REFUSED_FULL] += 1
+            return False
+        if self._quota:
+            self._prefixes[key] = held + 1
+        return True
+
+    def _release(self, src: bytes) -> None:
+        """``src`` has left the table: its prefix holds one source fewer."""
+        if self._quota:
+            key = prefix(src)
+            held = self._prefixes[key] - 1
+            if held:
+                self._prefixes[key] = held
+            else:
+                del self._prefixes[key]
 
     def _plans(self, todo: int) -> tuple[_Plan, ...]:
         """The plans of the tracks in ``todo``, in track order (cached for a few masks);
@@ -363,18 +482,35 @@ class Engine:
             self._visits[todo] = plans
         return plans
 
-    def _make_room(self, now: float) -> None:
-        """The table is full: drop what has expired, else the oldest (re)started."""
+    def _make_room(self, now: float) -> bool:
+        """The table is full: drop what has expired, else the oldest (re)started entries
+        that are only one step into their sequences - never one further along, which a
+        flood of spoofed first knocks cannot imitate. False if there is still no room."""
         self._purge(now)
         table = self._state
-        if len(table) >= self._max_sources:
-            oldest = []
-            for src in table:
-                oldest.append(src)
-                if len(oldest) >= self._evict:
+        if len(table) < self._max_sources:
+            return True
+        if now < self._no_room_until:
+            return False
+        past_one = self._past_one
+        victims = []
+        for looked, (src, state) in enumerate(table.items()):
+            if not state[2] & past_one:
+                victims.append(src)
+                if len(victims) >= self._evict:
                     break
-            for src in oldest:
-                del table[src]
+            if looked >= 4 * self._evict:
+                break
+        if not victims:
+            # The head of the table is all sources two steps in or more: refuse new ones
+            # for a moment rather than search the whole table for each.
+            self._no_room_until = now + 0.1
+            return False
+        for src in victims:
+            del table[src]
+            self._release(src)
+        self.guards[Guard.EVICTED] += len(victims)
+        return True
 
     def _purge(self, now: float) -> None:
         """Remove every entry whose time to live has run out (they are at the head)."""
@@ -387,6 +523,7 @@ class Engine:
             expired.append(src)
         for src in expired:
             del table[src]
+            self._release(src)
 
     def _complete(self, track: _Track, src: bytes, now: float) -> Event:
         door = track.door
@@ -423,6 +560,10 @@ class Engine:
         window = self._scan_window
         for src in [s for s, e in self._scans.items() if now - e[0] > window and e[3] <= now]:
             del self._scans[src]
+        window = self._fail_window
+        for table in (self._failures, self._prefix_failures):
+            for key in [k for k, e in table.items() if now - e[0] > window and e[2] <= now]:
+                del table[key]
         expired: list[Revoked] = []
         for src in [s for s, g in self._grants.items() if min(g.values()) <= now]:
             grants = self._grants[src]
@@ -458,6 +599,6 @@ class Engine:
 
 
 __all__ = [
-    "ICMP", "Decision", "Engine", "Event", "Granted", "Knocked", "Outcome", "Reason", "Revoked",
+    "ICMP", "Decision", "Engine", "Event", "Granted", "Guard", "Knocked", "Outcome", "Reason", "Revoked",
     "Verdict",
 ]

@@ -210,7 +210,7 @@ class Worker:
             spa.setdefault(door, {})[stage] = n
         return {"t": "stats", "counts": self.counts, "hist": self.hist,
                 "hist_sum_ns": self.hist_sum_ns, "knocks": knocks, "spa": spa,
-                "tracked": self.engine.tracked_sources}
+                "guards": self.engine.guards, "tracked": self.engine.tracked_sources}
 
     def _timed_on_packet(self, pkt: Any) -> None:
         """:meth:`on_packet` timed with perf_counter_ns (``gatekeeper bench`` only)."""
@@ -301,6 +301,7 @@ class Worker:
         now = self.clock()
         old = self.engine
         self.engine = Engine(config)
+        self.engine.guards = old.guards  # counters: they carry on across reloads
         for address, door, expires in old.grants():
             if expires > now:
                 self.engine.restore_grant(address, door, expires)
