@@ -107,6 +107,8 @@ def test_defaults() -> None:
     assert config.path == "<config>"
     settings = config.settings
     assert (settings.queue, settings.interfaces, settings.public, settings.max_sources) == (0, (), (), 65536)
+    assert (settings.prefix_quota, settings.failure_limit, settings.prefix_failure_limit,
+            settings.failure_lockout) == (64, 10, 100, 300)
     (d,) = config.doors
     assert d == Door(name="a", sequence=(Step(TCP, 1000),), opens=(Step(TCP, 22),))
     assert d.sequence_timeout == 5.0
@@ -128,7 +130,8 @@ def test_empty_gatekeeper_table_and_empty_public_are_defaults() -> None:
 def test_all_settings() -> None:
     config = loads(toml(
         {"queue": 100, "interfaces": ["eth0", "wg0", "br-lan.10"], "public": ["80", "53:udp", 443],
-         "max_sources": 16},
+         "max_sources": 16, "prefix_quota": 0, "failure_limit": 3, "prefix_failure_limit": 0,
+         "failure_lockout": 86400},
         [door(sequence_timeout=0.5, open_for=604800, command_timeout=3600, tcp_flags="syn,!ack",
               close_sequence=["1:icmp", "0:icmp"], host="2001:db8::10")],
     ))
@@ -137,6 +140,8 @@ def test_all_settings() -> None:
     assert settings.interfaces == ("eth0", "wg0", "br-lan.10")
     assert settings.public == (Step(TCP, 80), Step(UDP, 53), Step(TCP, 443))
     assert settings.max_sources == 16
+    assert (settings.prefix_quota, settings.failure_limit, settings.prefix_failure_limit,
+            settings.failure_lockout) == (0, 3, 0, 86400)
     (d,) = config.doors
     assert d.sequence_timeout == 0.5 and isinstance(d.sequence_timeout, float)
     assert d.open_for == 604800
@@ -332,6 +337,11 @@ ERRORS: list[tuple[str, str, str, str]] = [
     ("max_sources small", toml({"max_sources": 15}), f"{S}.max_sources", "between 16 and 10000000"),
     ("max_sources big", toml({"max_sources": 10_000_001}), f"{S}.max_sources", "between 16 and 10000000"),
     ("max_sources bool", toml({"max_sources": True}), f"{S}.max_sources", "must be a whole number"),
+    ("prefix_quota negative", toml({"prefix_quota": -1}), f"{S}.prefix_quota", "between 0 and"),
+    ("failure_limit string", toml({"failure_limit": "10"}), f"{S}.failure_limit", "must be a whole number"),
+    ("prefix_failure_limit negative", toml({"prefix_failure_limit": -5}), f"{S}.prefix_failure_limit",
+     "between 0 and"),
+    ("failure_lockout 0", toml({"failure_lockout": 0}), f"{S}.failure_lockout", "between 1 and 86400"),
     # [[door]]: structure and name
     ("door not a table", "door = [1]\n", "door[0]", "must be a table"),
     ("unknown door key", toml(doors=[door(open_fro=5)]), "door[0].open_fro", "unknown key"),
