@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gatekeeper.config import Config, ConfigError, Door, Step, loads
+from gatekeeper.control import format_status
+from gatekeeper.effects.grantbook import GrantBook
 from gatekeeper.effects.onetime import mark_used
 from gatekeeper.engine import Engine, Granted, Reason, Verdict
 from gatekeeper.engine.doors import SequenceUsed, SpecialDoors
@@ -484,3 +487,54 @@ def test_worker_writes_reports_and_adopts_only_the_granted_ports(wide: Config) -
     # and a reload keeps the grant as it is
     again.reload(wide)
     assert is_accepted(again.engine, 22, 7.0) and not is_accepted(again.engine, 80, 7.0)
+
+
+# -- the supervisor's grant book ------------------------------------------------------------
+
+
+class Commands:
+    def __init__(self) -> None:
+        self.ran: list[tuple[str, str]] = []
+
+    def submit(self, what: str, argv: tuple[str, ...], address: str, timeout: float) -> None:
+        self.ran.append((what, address))
+
+
+def test_grant_book_logs_what_was_granted_and_ends_with_the_last_port(
+        wide: Config, caplog: pytest.LogCaptureFixture) -> None:
+    commands = Commands()
+    book = GrantBook(wide, commands)  # type: ignore[arg-type]
+    caplog.set_level(logging.INFO, "gatekeeper")
+    book.granted(CLIENT, "spa", 30.0, 0.0, opens=["22:tcp"])
+    book.granted(CLIENT, "spa", 30.0, 10.0, opens=["80:tcp"])
+    assert [r.getMessage() for r in caplog.records] == [
+        "grant door=spa address=203.0.113.10 open_for=30s opens=22:tcp",
+        "grant door=spa address=203.0.113.10 open_for=30s opens=80:tcp renewed"]
+    assert commands.ran == [("start_command", CLIENT)]
+    assert book.active(11.0) == [(CLIENT, "spa", ("22:tcp", "80:tcp"), 29.0)]
+    caplog.clear()
+    book.expire(30.0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "expire door=spa address=203.0.113.10 opens=22:tcp (still open: 80:tcp)"]
+    assert book.active(31.0) == [(CLIENT, "spa", ("80:tcp",), 9.0)]
+    assert commands.ran == [("start_command", CLIENT)]
+    book.expire(40.0)
+    assert book.active(40.0) == [] and commands.ran[-1] == ("stop_command", CLIENT)
+
+
+def test_grant_book_adopts_a_port_and_a_close_ends_the_grant(wide: Config) -> None:
+    commands = Commands()
+    book = GrantBook(wide, commands)  # type: ignore[arg-type]
+    assert book.adopt(CLIENT, "spa", 20, 0.0, "80:tcp")
+    assert not book.adopt(CLIENT, "nope", 20, 0.0, "80:tcp")
+    assert book.active(1.0) == [(CLIENT, "spa", ("80:tcp",), 19.0)]
+    book.revoked(CLIENT, "spa", "closed", opens=["80:tcp"])
+    assert book.active(1.0) == [] and commands.ran == [("stop_command", CLIENT)]
+
+
+def test_status_lists_the_ports_of_each_grant() -> None:
+    status = {"version": "x", "uptime": 1.0, "config": "c", "workers": [], "restarts": 0,
+              "reloads": {"ok": 0, "refused": 0}, "doors": [], "packets": {},
+              "grants": [{"address": CLIENT, "door": "spa", "opens": ["22:tcp"], "remaining": 9.5}]}
+    line = format_status(status).splitlines()[-2]
+    assert line.split() == [CLIENT, "spa", "9.5", "s", "left", "22:tcp"]
