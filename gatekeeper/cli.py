@@ -89,8 +89,14 @@ def _cmd_spa(args: argparse.Namespace) -> int:
         return 0
     if not args.host or not args.key_file or not args.access:
         raise GatekeeperError("spa: needs --key-file, -A PROTO/PORT and HOST (or --key-gen)")
-    spa.send(args.host, args.key_file, args.access, args.allow, args.source_any, args.port,
-             verbose=args.verbose)
+    packet = spa.send(args.host, args.key_file, args.access, args.allow, args.source_any,
+                      args.port, verbose=args.verbose)
+    if args.save_packet:
+        try:
+            with open(args.save_packet, "wb") as f:
+                f.write(packet)
+        except OSError as exc:
+            raise GatekeeperError(f"{args.save_packet}: cannot write: {exc.strerror}") from None
     return 0
 
 
@@ -189,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-s", "--source-any", action="store_true",
                    help="send 0.0.0.0: the gateway opens for the packet's source (fwknop -s)")
     p.add_argument("--port", type=int, default=62201, help="the SPA UDP port (default 62201)")
+    p.add_argument("--save-packet", metavar="FILE",
+                   help="also write the packet sent to FILE (to test a replay)")
     p.add_argument("--key-gen", action="store_true", help="print new keys for a key file")
     p.add_argument("--sequence", action="store_true",
                    help="with --key-gen: a key for an encrypted_sequence door instead")

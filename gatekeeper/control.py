@@ -108,7 +108,9 @@ def format_status(status: dict[str, Any]) -> str:
                      f"{' on ' + d['host'] if d['host'] else ''}, open_for {d['open_for']} s")
     lines.append(f"grants: {len(status['grants'])} active")
     for g in status["grants"]:
-        lines.append(f"  {g['address']:<40} {g['door']:<24} {g['remaining']:6.1f} s left")
+        opens = " ".join(g.get("opens", []))
+        lines.append(f"  {g['address']:<40} {g['door']:<24} {g['remaining']:6.1f} s left"
+                     f"{'  ' + opens if opens else ''}")
     lines.append("packets: " + ", ".join(f"{k} {v}" for k, v in status["packets"].items() if v)
                  if any(status["packets"].values()) else "packets: none yet")
     defences = status.get("defences", {})

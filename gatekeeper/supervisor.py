@@ -229,10 +229,12 @@ class Supervisor:
             self.stats.worker_snapshot(msg["pid"], msg)
             self._tracked[msg["pid"]] = int(msg.get("tracked", 0))
         elif kind == "grant":
-            self.book.granted(msg["address"], msg["door"], msg["seconds"], now, msg.get("error"))
+            self.book.granted(msg["address"], msg["door"], msg["seconds"], now, msg.get("error"),
+                              msg.get("opens"))
             self.stats.granted(msg["door"])
         elif kind == "revoke":
-            self.book.revoked(msg["address"], msg["door"], msg["cause"], msg.get("error"))
+            self.book.revoked(msg["address"], msg["door"], msg["cause"], msg.get("error"),
+                              msg.get("opens"))
         elif kind == "used":
             self._sequence_used(msg)
         elif kind == "reloaded":
@@ -316,7 +318,9 @@ class Supervisor:
         sets = GrantSets()
         try:
             now = time.monotonic()
-            adopted = sum(self.book.adopt(e.address, e.door, e.timeout, now) for e in sets.list())
+            adopted = sum(self.book.adopt(e.address, e.door, e.timeout, now,
+                                          None if e.step is None else str(e.step))
+                          for e in sets.list())
         finally:
             sets.close()
         if adopted:
@@ -331,7 +335,7 @@ class Supervisor:
 
         def active() -> dict[str, int]:
             counts: dict[str, int] = {}
-            for _, door, _ in self.book.active(time.monotonic()):
+            for _, door, _, _ in self.book.active(time.monotonic()):
                 counts[door] = counts.get(door, 0) + 1
             return counts
 
@@ -413,8 +417,8 @@ class Supervisor:
                  "host": str(d.host) if d.host else "", "open_for": d.open_for}
                 for d in self.config.doors
             ],
-            "grants": [{"address": a, "door": d, "remaining": round(r, 1)}
-                       for a, d, r in self.book.active(now)],
+            "grants": [{"address": a, "door": d, "opens": list(p), "remaining": round(r, 1)}
+                       for a, d, p, r in self.book.active(now)],
             "packets": {reason: n for (_, reason), n in zip(REASON_LABELS, total.counts, strict=True)},
             "defences": {g.name.lower(): n for g, n in zip(Guard, total.guards, strict=True)},
             "spa": {door: {stage: n for (d, stage), n in sorted(total.spa.items()) if d == door}

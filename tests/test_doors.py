@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gatekeeper.config import Config, ConfigError, Door, loads
+from gatekeeper.config import Config, ConfigError, Door, Step, loads
+from gatekeeper.control import format_status
+from gatekeeper.effects.grantbook import GrantBook
 from gatekeeper.effects.onetime import mark_used
 from gatekeeper.engine import Engine, Granted, Reason, Verdict
 from gatekeeper.engine.doors import SequenceUsed, SpecialDoors
@@ -283,11 +286,11 @@ class FakeGrants:
     def __init__(self) -> None:
         self.added: list[tuple[str, str]] = []
 
-    def add(self, address: str, door: Door, seconds: float) -> int:
+    def add(self, address: str, door: Door, seconds: float, steps: Any = None) -> int:
         self.added.append((address, door.name))
         return len(door.opens)
 
-    def remove(self, address: str, door: Door) -> None:
+    def remove(self, address: str, door: Door, steps: Any = None) -> None:
         pass
 
 
@@ -370,3 +373,168 @@ def config_text_static() -> str:
         }
         _STATIC["text"] = config_text(files)
     return _STATIC["text"]
+
+
+# -- what a grant opens: what the request asked for ---------------------------------------
+
+
+@pytest.fixture
+def wide(files: dict[str, str]) -> Config:
+    """The spa door opens 22 and 80, the enc door 8080 and 8443."""
+    text = config_text(files).replace('opens = ["22"]', 'opens = ["22", "80"]')
+    return loads(text.replace('opens = ["8080"]', 'opens = ["8080", "8443"]'), "t.toml")
+
+
+def granted_steps(decision: Any) -> list[list[str]]:
+    return [[str(s) for s in e.steps] for e in decision[2] if isinstance(e, Granted)]
+
+
+def is_accepted(engine: Engine, port: int, now: float) -> bool:
+    return engine.decide(CLIENT_B, GW_B, 6, port, 0x02, now)[0] is Verdict.ACCEPT
+
+
+def test_spa_grants_only_the_ports_it_asks_for(wide: Config) -> None:
+    engine, doors = specials(wide)
+    decision = doors.handle(CLIENT_B, GW_B, 17, 62201, 0, spa_packet(), 10.0, WALL)
+    assert granted_steps(decision) == [["22:tcp"]]
+    assert is_accepted(engine, 22, 11.0)
+    assert engine.decide(CLIENT_B, GW_B, 6, 80, 0x02, 11.0)[:2] == (Verdict.DROP, Reason.UNAUTHORISED)
+    # a second packet for the other port adds it; the first keeps its own expiry
+    decision = doors.handle(CLIENT_B, GW_B, 17, 62201, 0, spa_packet(access=("tcp", 80)), 20.0, WALL)
+    granted = [e for e in decision[2] if isinstance(e, Granted)]  # type: ignore[index]
+    assert granted_steps(decision) == [["80:tcp"]] and granted[0].renewed
+    assert is_accepted(engine, 22, 21.0) and is_accepted(engine, 80, 21.0)
+    assert not is_accepted(engine, 22, 40.5) and is_accepted(engine, 80, 40.5)
+
+
+def test_spa_asking_for_several_ports_grants_them_all(wide: Config) -> None:
+    engine, doors = specials(wide)
+    packet = fwknop.encode(KEYS, [("tcp", 80), ("tcp", 22)], CLIENT, WALL)
+    decision = doors.handle(CLIENT_B, GW_B, 17, 62201, 0, packet, 10.0, WALL)
+    assert granted_steps(decision) == [["22:tcp", "80:tcp"]]
+    assert is_accepted(engine, 22, 11.0) and is_accepted(engine, 80, 11.0)
+
+
+def test_spa_asking_for_one_port_too_many_grants_nothing(wide: Config) -> None:
+    engine, doors = specials(wide)
+    packet = fwknop.encode(KEYS, [("tcp", 22), ("tcp", 443)], CLIENT, WALL)
+    decision = doors.handle(CLIENT_B, GW_B, 17, 62201, 0, packet, 10.0, WALL)
+    assert decision is not None and decision[1] is Reason.WRONG and granted_steps(decision) == []
+    assert doors.counts == {("spa", "access"): 1} and list(engine.grants()) == []
+
+
+def test_spa_client_timeout_shortens_the_grant_only(wide: Config) -> None:
+    engine, doors = specials(wide)
+    for address, timeout, now in ((CLIENT, 5, 10.0), ("203.0.113.20", 3600, 10.0)):
+        packet = fwknop.encode(KEYS, [("tcp", 22)], address, WALL, client_timeout=timeout)
+        src = ipaddress.ip_address(address).packed
+        decision = doors.handle(src, GW_B, 17, 62201, 0, packet, now, WALL)
+        granted = [e for e in decision[2] if isinstance(e, Granted)]  # type: ignore[index]
+        assert granted[0].expires == now + min(timeout, 30), address
+    assert not is_accepted(engine, 22, 15.5)
+
+
+def test_encrypted_sequence_grants_its_port_only_and_may_shorten(wide: Config) -> None:
+    engine, doors = specials(wide)
+    decision = knock_all(doors, seqcodec.encode(CLIENT, 8443, 6, 0, WALL, SEQ_KEY), 1.0)
+    assert granted_steps(decision) == [["8443:tcp"]]
+    assert is_accepted(engine, 8443, 2.0) and not is_accepted(engine, 8080, 2.0)
+    decision = knock_all(doors, seqcodec.encode(CLIENT, 8080, 6, 4, WALL, SEQ_KEY), 3.0)
+    granted = [e for e in decision[2] if isinstance(e, Granted)]
+    assert granted_steps(decision) == [["8080:tcp"]] and granted[0].expires == pytest.approx(3.042 + 4)
+    assert is_accepted(engine, 8080, 5.0) and not is_accepted(engine, 8080, 8.0)
+    assert is_accepted(engine, 8443, 8.0)
+
+
+def test_one_time_sequence_grants_the_whole_door(files: dict[str, str]) -> None:
+    cfg = loads(config_text(files).replace('opens = ["3389"]', 'opens = ["3389", "3390"]'), "t.toml")
+    engine, doors = specials(cfg)
+    decision = None
+    for i, (proto, port) in enumerate([(6, 1001), (17, 1002), (6, 1003)]):
+        decision = doors.handle(CLIENT_B, GW_B, proto, port, 0x02, b"", 1.0 + i, WALL)
+    assert granted_steps(decision) == [["3389:tcp", "3390:tcp"]]
+    assert is_accepted(engine, 3389, 4.0) and is_accepted(engine, 3390, 4.0)
+
+
+class StepGrants:
+    """Kernel sets as the worker sees them: (address, door, port) -> seconds."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str, str], float] = {}
+
+    def add(self, address: str, door: Door, seconds: float, steps: Any = None) -> int:
+        for s in door.opens if steps is None else steps:
+            self.entries[(address, door.name, str(s))] = seconds
+        return len(door.opens if steps is None else steps)
+
+    def remove(self, address: str, door: Door, steps: Any = None) -> None:
+        for s in door.opens if steps is None else steps:
+            self.entries.pop((address, door.name, str(s)), None)
+
+
+def test_worker_writes_reports_and_adopts_only_the_granted_ports(wide: Config) -> None:
+    reports: list[dict[str, Any]] = []
+    grants = StepGrants()
+    worker = Worker(wide, grants, reports.append, clock=lambda: 5.0, wall=lambda: WALL)
+    worker.on_packet(Packet(udp(spa_packet())))
+    assert list(grants.entries) == [(CLIENT, "spa", "22:tcp")]
+    assert reports[0]["t"] == "grant" and reports[0]["opens"] == ["22:tcp"]
+    # a restarted worker finds that entry in the kernel set: only 22 is admitted
+    again = Worker(wide, StepGrants(), reports.append, clock=lambda: 6.0, wall=lambda: WALL)
+    entries = [(a, d, 29, Step(6, int(p.split(":")[0]))) for a, d, p in grants.entries]
+    assert again.adopt(entries) == 1
+    assert is_accepted(again.engine, 22, 7.0) and not is_accepted(again.engine, 80, 7.0)
+    # and a reload keeps the grant as it is
+    again.reload(wide)
+    assert is_accepted(again.engine, 22, 7.0) and not is_accepted(again.engine, 80, 7.0)
+
+
+# -- the supervisor's grant book ------------------------------------------------------------
+
+
+class Commands:
+    def __init__(self) -> None:
+        self.ran: list[tuple[str, str]] = []
+
+    def submit(self, what: str, argv: tuple[str, ...], address: str, timeout: float) -> None:
+        self.ran.append((what, address))
+
+
+def test_grant_book_logs_what_was_granted_and_ends_with_the_last_port(
+        wide: Config, caplog: pytest.LogCaptureFixture) -> None:
+    commands = Commands()
+    book = GrantBook(wide, commands)  # type: ignore[arg-type]
+    caplog.set_level(logging.INFO, "gatekeeper")
+    book.granted(CLIENT, "spa", 30.0, 0.0, opens=["22:tcp"])
+    book.granted(CLIENT, "spa", 30.0, 10.0, opens=["80:tcp"])
+    assert [r.getMessage() for r in caplog.records] == [
+        "grant door=spa address=203.0.113.10 open_for=30s opens=22:tcp",
+        "grant door=spa address=203.0.113.10 open_for=30s opens=80:tcp renewed"]
+    assert commands.ran == [("start_command", CLIENT)]
+    assert book.active(11.0) == [(CLIENT, "spa", ("22:tcp", "80:tcp"), 29.0)]
+    caplog.clear()
+    book.expire(30.0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "expire door=spa address=203.0.113.10 opens=22:tcp (still open: 80:tcp)"]
+    assert book.active(31.0) == [(CLIENT, "spa", ("80:tcp",), 9.0)]
+    assert commands.ran == [("start_command", CLIENT)]
+    book.expire(40.0)
+    assert book.active(40.0) == [] and commands.ran[-1] == ("stop_command", CLIENT)
+
+
+def test_grant_book_adopts_a_port_and_a_close_ends_the_grant(wide: Config) -> None:
+    commands = Commands()
+    book = GrantBook(wide, commands)  # type: ignore[arg-type]
+    assert book.adopt(CLIENT, "spa", 20, 0.0, "80:tcp")
+    assert not book.adopt(CLIENT, "nope", 20, 0.0, "80:tcp")
+    assert book.active(1.0) == [(CLIENT, "spa", ("80:tcp",), 19.0)]
+    book.revoked(CLIENT, "spa", "closed", opens=["80:tcp"])
+    assert book.active(1.0) == [] and commands.ran == [("stop_command", CLIENT)]
+
+
+def test_status_lists_the_ports_of_each_grant() -> None:
+    status = {"version": "x", "uptime": 1.0, "config": "c", "workers": [], "restarts": 0,
+              "reloads": {"ok": 0, "refused": 0}, "doors": [], "packets": {},
+              "grants": [{"address": CLIENT, "door": "spa", "opens": ["22:tcp"], "remaining": 9.5}]}
+    (line,) = [line for line in format_status(status).splitlines() if CLIENT in line]
+    assert line.split() == [CLIENT, "spa", "9.5", "s", "left", "22:tcp"]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatekeeper.config import ICMP, TCP, UDP, loads
+from gatekeeper.config import ICMP, TCP, UDP, Step, loads
 from gatekeeper.engine import Engine, Granted, Guard, Knocked, Outcome, Reason, Revoked, Verdict
 
 SYN, ACK, RST = 0x02, 0x10, 0x04
@@ -570,3 +570,93 @@ def test_guards_can_be_turned_off() -> None:
     now = brute_force(engine, A, 50, 1.0)
     knock(engine, A, SSH, start=now)
     assert ssh_open(engine, A, now + 0.5)
+
+
+# -- grants of some of a door's ports (SPA, encrypted sequences) -------------------------
+
+MULTI = (CONFIG + """
+[[door]]
+name = "web"
+sequence = ["5001", "5002", "5003"]
+opens = ["22:tcp", "80:tcp", "53:udp"]
+open_for = 30
+close_sequence = ["5003", "5002", "5001"]
+""").replace('public = ["80:tcp"]', "public = []")
+P22, P80, P53 = Step(TCP, 22), Step(TCP, 80), Step(UDP, 53)
+WEB_CLOSE = [(TCP, 5003), (TCP, 5002), (TCP, 5001)]
+
+
+@pytest.fixture
+def multi() -> Engine:
+    return Engine(loads(MULTI))
+
+
+def web(engine: Engine) -> int:
+    return next(i for i, d in enumerate(engine.config.doors) if d.name == "web")
+
+
+def test_a_grant_of_one_port_admits_that_port_only(multi: Engine) -> None:
+    done = multi.grant(A, web(multi), 1.0, [P22])
+    assert isinstance(done, Granted) and done.steps == (P22,) and not done.renewed
+    assert send(multi, A, TCP, 22, 2.0) == (Verdict.ACCEPT, Reason.GRANTED, ())
+    assert send(multi, A, TCP, 80, 2.0) == (Verdict.DROP, Reason.UNAUTHORISED, ())
+    assert send(multi, A, UDP, 53, 2.0) == (Verdict.DROP, Reason.UNAUTHORISED, ())
+    assert send(multi, B, TCP, 22, 2.0)[0] is Verdict.DROP
+    assert [(a, d, str(s)) for a, d, s, _ in multi.grants()] == [("203.0.113.10", "web", "22:tcp")]
+
+
+def test_a_grant_keeps_the_doors_order_and_leaves_out_what_the_door_does_not_open(
+        multi: Engine) -> None:
+    done = multi.grant(A, web(multi), 1.0, [P53, Step(TCP, 443), P22])
+    assert isinstance(done, Granted) and done.steps == (P22, P53)
+    with pytest.raises(ValueError, match="web opens none of"):
+        multi.grant(A, web(multi), 1.0, [Step(TCP, 443)])
+
+
+def test_a_second_request_adds_its_port_and_each_port_expires_on_its_own(multi: Engine) -> None:
+    multi.grant(A, web(multi), 0.0, [P22])
+    again = multi.grant(A, web(multi), 10.0, [P80])
+    assert isinstance(again, Granted) and again.renewed and again.steps == (P80,)
+    assert send(multi, A, TCP, 22, 11.0)[0] is Verdict.ACCEPT
+    assert send(multi, A, TCP, 80, 11.0)[0] is Verdict.ACCEPT
+    assert multi.tick(29.0) == []
+    revoked = multi.tick(30.0)
+    assert [(r.door.name, r.cause, r.steps) for r in revoked] == [("web", "expired", (P22,))]
+    assert send(multi, A, TCP, 22, 30.5)[1] is Reason.UNAUTHORISED
+    assert send(multi, A, TCP, 80, 30.5)[0] is Verdict.ACCEPT
+    assert [r.steps for r in multi.tick(40.0)] == [(P80,)]
+    assert list(multi.grants()) == []
+
+
+def test_a_request_may_shorten_a_grant_never_lengthen_it(multi: Engine) -> None:
+    short = multi.grant(A, web(multi), 0.0, [P22], open_for=5)
+    long = multi.grant(B, web(multi), 0.0, [P22], open_for=10_000)
+    default = multi.grant(A6, web(multi), 0.0, [P22], open_for=0)
+    assert isinstance(short, Granted) and short.expires == 5.0
+    assert isinstance(long, Granted) and long.expires == 30.0
+    assert isinstance(default, Granted) and default.expires == 30.0
+    assert send(multi, A, TCP, 22, 6.0)[0] is Verdict.DROP
+
+
+def test_a_knock_sequence_grants_all_of_its_doors_ports_and_a_close_revokes_what_is_open(
+        multi: Engine) -> None:
+    results = knock(multi, A, [(TCP, 5001), (TCP, 5002), (TCP, 5003)])
+    granted = [e for e in results[-1][2] if isinstance(e, Granted)]
+    assert [g.steps for g in granted] == [(P22, P80, P53)]
+    assert all(send(multi, A, *s, 1.0)[0] is Verdict.ACCEPT for s in ((TCP, 22), (TCP, 80), (UDP, 53)))
+    other = Engine(loads(MULTI))
+    other.grant(A, web(other), 0.0, [P80])
+    last = knock(other, A, WEB_CLOSE, start=1.0)[-1]
+    assert last[1] is Reason.CLOSED
+    assert [(r.cause, r.steps) for r in last[2] if isinstance(r, Revoked)] == [("closed", (P80,))]
+    assert send(other, A, TCP, 80, 2.0)[0] is Verdict.DROP
+
+
+def test_restore_grant_restores_the_ports_found(multi: Engine) -> None:
+    assert multi.restore_grant("203.0.113.10", "web", 12.0, [P80])
+    assert not multi.restore_grant("203.0.113.10", "web", 12.0, [Step(TCP, 443)])
+    assert send(multi, A, TCP, 80, 1.0)[0] is Verdict.ACCEPT
+    assert send(multi, A, TCP, 22, 1.0)[1] is Reason.UNAUTHORISED
+    assert multi.restore_grant("203.0.113.20", "web", 12.0)  # no port named: the whole door
+    assert {str(s) for a, _, s, _ in multi.grants() if a == "203.0.113.20"} == {
+        "22:tcp", "80:tcp", "53:udp"}

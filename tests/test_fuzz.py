@@ -76,10 +76,10 @@ class FakePacket:
 
 
 class NullGrants:
-    def add(self, address: str, door: Any, seconds: float) -> int:
+    def add(self, address: str, door: Any, seconds: float, steps: Any = None) -> int:
         return len(door.opens)
 
-    def remove(self, address: str, door: Any) -> None:
+    def remove(self, address: str, door: Any, steps: Any = None) -> None:
         return None
 
 

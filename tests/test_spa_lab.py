@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gatekeeper.control import request
-from gatekeeper.lab import CLIENT4, GW4, Lab
+from gatekeeper.lab import CLIENT4, CLIENT6, GW4, GW6, Lab
 from gatekeeper.spa import fwknop
 from tests.conftest import knock, probe
 from tests.test_lab import is_open
@@ -27,6 +27,7 @@ K = base64.b64encode(KEYS.encryption).decode()
 H = base64.b64encode(KEYS.hmac).decode()
 SEQ_KEY = base64.b64encode(bytes(range(7, 39))).decode()
 ONCE_PORT = 8443
+WEB_PORT = 80
 
 CONFIG = """
 [gatekeeper]
@@ -56,6 +57,7 @@ opens = ["{once_port}:tcp"]
 @pytest.fixture(scope="module")
 def served(lab: Lab) -> Lab:
     lab.serve_tcp("gw", ONCE_PORT)
+    lab.serve_tcp("gw", WEB_PORT)  # listening: a connect that fails there was dropped
     return lab
 
 
@@ -104,8 +106,8 @@ def wait_count(daemon: Any, stage: str, at_least: int, door: str = "spa") -> dic
 
 
 def fwknop_send(lab: Lab, home: str, *extra: str, allow: str = CLIENT4, save: str = "",
-                key: str = K, hmac_key: str = H) -> None:
-    argv = ["env", f"HOME={home}", "fwknop", "-A", "tcp/22", "-a", allow, "-D", GW4, "--use-hmac",
+                key: str = K, hmac_key: str = H, access: str = "tcp/22") -> None:
+    argv = ["env", f"HOME={home}", "fwknop", "-A", access, "-a", allow, "-D", GW4, "--use-hmac",
             "--key-base64-rijndael", key, "--key-base64-hmac", hmac_key, "--no-rc-file", *extra]
     if save:
         argv += ["--save-packet", save]
@@ -117,10 +119,11 @@ def grants(daemon: Any, door: str) -> int:
     return sum(1 for line in daemon.lines if f"grant door={door} " in line)
 
 
-def send_udp(lab: Lab, host: str, data: bytes, port: int = 62201) -> None:
-    code = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+def send_udp(lab: Lab, host: str, data: bytes, port: int = 62201, target: str = GW4) -> None:
+    family = "AF_INET6" if ":" in target else "AF_INET"
+    code = (f"import socket, sys; s = socket.socket(socket.{family}, socket.SOCK_DGRAM); "
             "s.sendto(bytes.fromhex(sys.argv[1]), (sys.argv[2], int(sys.argv[3])))")
-    lab.run(host, [sys.executable, "-c", code, data.hex(), GW4, str(port)])
+    lab.run(host, [sys.executable, "-c", code, data.hex(), target, str(port)])
 
 
 needs_fwknop = pytest.mark.skipif(shutil.which("fwknop") is None, reason="needs the fwknop client")
@@ -246,3 +249,103 @@ def test_a_replay_after_a_restart_is_still_a_replay(
     time.sleep(0.3)
     assert grants(again, "spa") == 0, again.lines
     assert not is_open(lab, "other", GW4)
+
+
+# -- a grant opens what the packet asks for -----------------------------------------------
+
+WIDE = """
+[gatekeeper]
+queue = 0
+workers = 2
+interfaces = ["eth0"]
+
+[[door]]
+name = "wide"
+spa = true
+key_file = "{spa_key}"
+opens = ["22:tcp", "{web_port}:tcp"]
+open_for = 30
+"""
+
+
+def set_entries(lab: Lab, name: str = "gatekeeper-in4") -> list[str]:
+    """The members of a kernel grant set, e.g. ``203.0.113.10,tcp:22``."""
+    text = lab.run("gw", ["ipset", "list", name]).stdout
+    members = text.split("Members:", 1)[1].strip().splitlines()
+    return sorted(line.split()[0] for line in members if line.strip())
+
+
+def status(daemon: Any) -> dict[str, Any]:
+    answer: dict[str, Any] = request(control(daemon))
+    return answer
+
+
+@needs_fwknop
+def test_fwknop_asking_for_one_port_opens_that_port_only_and_a_restart_adopts_exactly_it(
+        served: Lab, start_daemon: Any, files: dict[str, str]) -> None:
+    lab = served
+    text = WIDE.format(web_port=WEB_PORT, **files)
+    daemon = start_daemon(text)
+    fwknop_send(lab, files["home"], access="tcp/22")
+    assert is_open(lab, "client", GW4), "the first SYN right after the SPA packet"
+    web = probe(lab, "client", "connect", GW4, WEB_PORT)
+    assert not web["ok"] and "timed out" in web.get("error", ""), web  # dropped, not refused
+    daemon.wait_for(r"grant door=wide address=203\.0\.113\.10 open_for=30s opens=22:tcp$")
+    assert set_entries(lab) == ["203.0.113.10,tcp:22"]
+    assert [(g["door"], g["opens"]) for g in status(daemon)["grants"]] == [("wide", ["22:tcp"])]
+    assert daemon.stop(9) != 0  # killed: the kernel set and its entry stay
+    again = start_daemon(text)
+    again.wait_for("adopted 1 running grant")
+    assert set_entries(lab) == ["203.0.113.10,tcp:22"]
+    assert is_open(lab, "client", GW4)
+    assert not is_open(lab, "client", GW4, WEB_PORT), "the restart did not widen the grant"
+    assert [(g["door"], g["opens"]) for g in status(again)["grants"]] == [("wide", ["22:tcp"])]
+    # a second packet for the other port adds it to the running grant
+    fwknop_send(lab, files["home"], access=f"tcp/{WEB_PORT}")
+    assert is_open(lab, "client", GW4, WEB_PORT)
+    again.wait_for(rf"grant door=wide address=203\.0\.113\.10 open_for=30s opens={WEB_PORT}:tcp renewed")
+    assert set_entries(lab) == sorted(["203.0.113.10,tcp:22", f"203.0.113.10,tcp:{WEB_PORT}"])
+    assert not is_open(lab, "other", GW4) and not is_open(lab, "other", GW4, WEB_PORT)
+
+
+# -- IPv6: gatekeeper's own clients (fwknop 2.6 refuses -a with an IPv6 address) ----------
+
+
+def test_gatekeeper_spa_client_over_ipv6_grants_and_a_replay_grants_nothing(
+        served: Lab, daemon: Any, tmp_path: Path) -> None:
+    lab = served
+    saved = tmp_path / "packet6"
+    assert not is_open(lab, "client", GW6)
+    lab.run("client", [sys.executable, "-m", "gatekeeper", "spa", "--key-file",
+                       daemon.files["spa_key"], "-A", "tcp/22", "--save-packet", str(saved), GW6])
+    assert is_open(lab, "client", GW6), "the first SYN over IPv6 right after the SPA packet"
+    daemon.wait_for(r"grant door=spa address=2001:db8:1::10 open_for=30s opens=22:tcp$")
+    assert set_entries(lab, "gatekeeper-in6") == ["2001:db8:1::10,tcp:22"]
+    assert not is_open(lab, "other", GW6)
+    packet = saved.read_bytes()
+    send_udp(lab, "client", packet, target=GW6)
+    send_udp(lab, "other", packet, target=GW6)
+    counts = wait_count(daemon, "replay", 2)
+    assert counts.get("replay") == 2 and counts.get("ok") == 1, counts
+    time.sleep(0.3)
+    assert grants(daemon, "spa") == 1, daemon.lines
+    assert not is_open(lab, "other", GW6)
+
+
+def test_encrypted_sequence_over_ipv6_grants_and_its_replay_grants_nothing(
+        served: Lab, daemon: Any) -> None:
+    lab = served
+    assert not is_open(lab, "client", GW6, 8080)
+    out = lab.run("client", [sys.executable, "-m", "gatekeeper", "knock", "--encrypted", "-v",
+                             "--key-file", daemon.files["seq_key"], "--range", "745-1000",
+                             "-A", "tcp/8080", GW6]).stdout
+    assert is_open(lab, "client", GW6, 8080), "the first SYN over IPv6 after the last knock"
+    daemon.wait_for(r"grant door=enc address=2001:db8:1::10 open_for=30s opens=8080:tcp$")
+    assert not is_open(lab, "other", GW6, 8080)
+    ports = [line.rsplit(":", 1)[1] for line in out.splitlines() if line.startswith("hitting")]
+    assert len(ports) == 55  # an IPv6 address takes 55 knocks
+    knock(lab, "client", GW6, *ports)
+    assert wait_count(daemon, "replay", 1, "enc").get("replay") == 1
+    time.sleep(0.3)
+    assert grants(daemon, "enc") == 1, daemon.lines
+    assert status(daemon)["grants"][0]["address"] == CLIENT6

@@ -41,10 +41,10 @@ class _Packet:
 
 
 class _Grants:
-    def add(self, address: str, door: Door, seconds: float) -> int:
+    def add(self, address: str, door: Door, seconds: float, steps: Any = None) -> int:
         return 0
 
-    def remove(self, address: str, door: Door) -> None:
+    def remove(self, address: str, door: Door, steps: Any = None) -> None:
         pass
 
 

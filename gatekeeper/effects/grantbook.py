@@ -2,12 +2,17 @@
 
 Workers make grants inline and tell the supervisor; the book outlives any worker,
 so a worker crash loses no grant and no stop_command.
+
+A grant is an address and a door, and within it the ports granted (all of the door's
+``opens`` for a knock sequence, those asked for for SPA and encrypted sequences), each
+with its own expiry: the start_command runs when the first port opens, the
+stop_command when the last one closes.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gatekeeper.config import Config, Door
 from gatekeeper.effects.commands import CommandRunner
@@ -18,7 +23,11 @@ log = logging.getLogger("gatekeeper")
 @dataclass
 class Entry:
     door: Door
-    expires: float
+    ports: dict[str, float] = field(default_factory=dict)  # "22:tcp" -> expiry
+
+    @property
+    def expires(self) -> float:
+        return max(self.ports.values(), default=0.0)
 
 
 class GrantBook:
@@ -33,46 +42,78 @@ class GrantBook:
             if key[1] in self.doors:
                 entry.door = self.doors[key[1]]
 
-    def adopt(self, address: str, door_name: str, seconds: float, now: float) -> bool:
+    def _ports(self, door: Door, opens: list[str] | None) -> list[str]:
+        return [str(s) for s in door.opens] if opens is None else list(opens)
+
+    def adopt(self, address: str, door_name: str, seconds: float, now: float,
+              port: str | None = None) -> bool:
+        """A kernel set entry found at start-up: ``port`` ("22:tcp"; None: all the door's)."""
         door = self.doors.get(door_name)
         if door is None or seconds <= 0:
             return False
-        self.entries[(address, door_name)] = Entry(door, now + seconds)
+        entry = self.entries.setdefault((address, door_name), Entry(door))
+        for name in self._ports(door, None if port is None else [port]):
+            entry.ports[name] = max(now + seconds, entry.ports.get(name, 0.0))
         return True
 
     def granted(self, address: str, door_name: str, seconds: float, now: float,
-                error: str | None = None) -> None:
+                error: str | None = None, opens: list[str] | None = None) -> None:
+        """A worker granted ``opens`` ("22:tcp", ...; None: all of the door's ports)."""
         door = self.doors.get(door_name)
         if door is None:
             return
         key = (address, door_name)
-        renewed = key in self.entries
-        self.entries[key] = Entry(door, now + seconds)
+        entry = self.entries.get(key)
+        renewed = entry is not None
+        if entry is None:
+            entry = self.entries[key] = Entry(door)
+        ports = self._ports(door, opens)
+        for name in ports:
+            entry.ports[name] = now + seconds
         if error:
             log.error("grant door=%s address=%s: kernel set not updated (%s); "
                       "the worker admits it from the queue", door.name, address, error)
         log.info("grant door=%s address=%s open_for=%ds opens=%s%s%s", door.name, address,
-                 door.open_for, ",".join(map(str, door.opens)),
+                 round(seconds), ",".join(ports),
                  f" host={door.host}" if door.host else "", " renewed" if renewed else "")
         if not renewed:
             self.commands.submit("start_command", door.start_command, address, door.command_timeout)
 
-    def revoked(self, address: str, door_name: str, cause: str, error: str | None = None) -> None:
-        entry = self.entries.pop((address, door_name), None)
+    def revoked(self, address: str, door_name: str, cause: str, error: str | None = None,
+                opens: list[str] | None = None) -> None:
+        """A worker revoked ``opens`` (None: the whole grant)."""
+        key = (address, door_name)
+        entry = self.entries.get(key)
         if entry is None:
             return
         if error:
             log.error("revoke door=%s address=%s: kernel set not updated (%s)", door_name, address, error)
-        self._end(address, entry.door, cause)
+        for name in entry.door.opens if opens is None else opens:
+            entry.ports.pop(str(name), None)
+        if opens is None or not entry.ports:
+            del self.entries[key]
+            self._end(address, entry.door, cause)
 
     def expire(self, now: float) -> None:
-        for key in [k for k, e in self.entries.items() if e.expires <= now]:
-            entry = self.entries.pop(key)
-            self._end(key[0], entry.door, "expired")
+        for key in [k for k, e in self.entries.items() if min(e.ports.values(), default=0.0) <= now]:
+            entry = self.entries[key]
+            ended = [name for name, expires in entry.ports.items() if expires <= now]
+            for name in ended:
+                del entry.ports[name]
+            if entry.ports:
+                log.info("expire door=%s address=%s opens=%s (still open: %s)", key[1], key[0],
+                         ",".join(ended), ",".join(entry.ports))
+            else:
+                del self.entries[key]
+                self._end(key[0], entry.door, "expired")
 
     def _end(self, address: str, door: Door, cause: str) -> None:
         log.info("revoke door=%s address=%s cause=%s", door.name, address, cause)
         self.commands.submit("stop_command", door.stop_command, address, door.command_timeout)
 
-    def active(self, now: float) -> list[tuple[str, str, float]]:
-        return sorted((a, d, e.expires - now) for (a, d), e in self.entries.items() if e.expires > now)
+    def active(self, now: float) -> list[tuple[str, str, tuple[str, ...], float]]:
+        """Running grants: (address, door, ports still open, seconds left of the last)."""
+        return sorted(
+            (a, d, tuple(p for p, x in e.ports.items() if x > now), e.expires - now)
+            for (a, d), e in self.entries.items() if e.expires > now
+        )

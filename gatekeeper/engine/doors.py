@@ -7,8 +7,14 @@ its ``proto << 16 | port`` is in :attr:`SpecialDoors.keys` (and only when the co
 special doors at all), so the plain-knock hot path never pays for any of this.
 
 Grants go through :meth:`Engine.grant`, so they share the engine's grant bookkeeping
-(expiry, the in-queue accept path, the scanner lockout). A door is the unit of a grant:
-a request for any of a door's ``opens`` opens the door (all of its ``opens``).
+(expiry, the in-queue accept path, the scanner lockout). What is granted:
+
+* an SPA packet: exactly the ports it asks for (``-A tcp/22,udp/53``), each of which the
+  door must open (else nothing is granted); a type 3 message (``fwknop -f SECONDS``)
+  may shorten the door's ``open_for``, never lengthen it;
+* an encrypted sequence: the one port sealed in it (the door must open it); its
+  ``open_for`` field, when not 0, may shorten the door's ``open_for`` likewise;
+* a one-time sequence: all of the door's ``opens``, as a plain knock sequence does.
 
 State kept here, all bounded:
 
@@ -28,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from gatekeeper.config import PROTO_NAMES, TCP, UDP, Config, Door, step_key
+from gatekeeper.config import PROTO_NAMES, PROTO_NUMBERS, TCP, UDP, Config, Door, Step, step_key
 from gatekeeper.engine.engine import Engine, Event, Granted, Knocked, Outcome, Reason, Verdict
 from gatekeeper.spa import fwknop
 from gatekeeper.spa import sequence as seqcodec
@@ -137,9 +143,10 @@ class SpecialDoors:
         self.counts[k] = self.counts.get(k, 0) + 1
 
     def _grant(self, address: bytes, index: int, now: float,
-               extra: Iterable[SpecialEvent] = ()) -> SpecialDecision:
+               extra: Iterable[SpecialEvent] = (), steps: Iterable[Step] | None = None,
+               open_for: float = 0) -> SpecialDecision:
         door = self.config.doors[index]
-        done = self.engine.grant(address, index, now)
+        done = self.engine.grant(address, index, now, steps, open_for)
         if done.__class__ is Granted:
             return (_DROP, _R_COMPLETED, (Knocked(door.name, Outcome.COMPLETED), done, *extra))
         return (_DROP, _R_SCANNER, (Knocked(door.name, Outcome.COMPLETED), done, *extra))
@@ -158,8 +165,12 @@ class SpecialDoors:
             self._count(door.name, result.stage.name.lower())
             if result.stage is fwknop.Stage.HMAC or result.stage is fwknop.Stage.SIZE:
                 continue  # not this door's key: maybe the next door's
-            if result.ok and result.grant is not None:
-                return self._grant(ipaddress.ip_address(result.grant).packed, index, now)
+            message = result.message
+            if result.ok and result.grant is not None and message is not None:
+                # verify() checked every requested port is one the door opens
+                steps = [Step(PROTO_NUMBERS[name], port) for name, port in message.access]
+                return self._grant(ipaddress.ip_address(result.grant).packed, index, now,
+                                   steps=steps, open_for=message.client_timeout or 0)
             break  # this door's key made it: no other door's will
         return (_DROP, _R_WRONG, ())
 
@@ -207,7 +218,8 @@ class SpecialDoors:
             self._count(door.name, "source")
             return (_DROP, _R_WRONG, ())
         self._count(door.name, "ok")
-        return self._grant(src, index, now)
+        return self._grant(src, index, now, steps=(Step(grant.proto, grant.port),),
+                           open_for=grant.open_for)
 
     def _evict(self, table: dict[bytes, Any], now: float, timeout: float) -> None:
         """The collector is full: drop the expired, else the oldest 1/64."""

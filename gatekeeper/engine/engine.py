@@ -7,12 +7,12 @@ NFQUEUE worker, in an offline replay and in a unit test with a fake clock.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, NamedTuple
 
-from gatekeeper.config import ICMP, TCP, Config, Door, TcpFlags
+from gatekeeper.config import ICMP, TCP, Config, Door, Step, TcpFlags
 
 
 class Verdict(IntEnum):
@@ -52,17 +52,25 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Granted:
+    """``steps`` are the ports granted now, always spelled out: all of the door's
+    ``opens`` for a knock sequence, those the request asked for for SPA and encrypted
+    sequences. ``renewed``: the source already held a running grant of this door."""
+
     door: Door
     address: str
     expires: float
     renewed: bool
+    steps: tuple[Step, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Revoked:
+    """``steps``: the ports of the door whose grant ended (not always all of them)."""
+
     door: Door
     address: str
     cause: str  # "expired" or "closed"
+    steps: tuple[Step, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +133,15 @@ def _address(raw: bytes) -> str:
     return str(ipaddress.ip_address(raw))
 
 
+# A grant is held per door and port: the grant table's key of door ``i`` and step key
+# ``k`` (``proto << 16 | port``, 24 bits at most) is ``i << _SLOT | k``.
+_SLOT = 24
+
+
+def _slot_step(slot: int) -> Step:
+    return Step(slot >> 16 & 0xFF, slot & 0xFFFF)
+
+
 _OUTCOMES = (Outcome.ADVANCED, Outcome.RESET, Outcome.TIMEOUT, Outcome.COMPLETED, Outcome.DUPLICATE)
 _ADVANCED, _RESET, _TIMEOUT, _COMPLETED, _DUPLICATE = range(len(_OUTCOMES))
 _R_UNAUTHORISED, _R_WRONG, _R_IGNORED = Reason.UNAUTHORISED, Reason.WRONG, Reason.IGNORED
@@ -166,11 +183,12 @@ class Engine:
                                door.sequence_timeout, door.tcp_flags)
                     )
         self._knock_keys = frozenset(k for t in tracks for k in t.keys)
+        # step key -> (grant slot, host) of each door that opens it: see _SLOT
         protected: dict[int, list[tuple[int, bytes | None]]] = {}
         for i, door in enumerate(config.doors):
             host = door.host.packed if door.host is not None else None
             for step in door.opens:
-                protected.setdefault(step.key, []).append((i, host))
+                protected.setdefault(step.key, []).append((i << _SLOT | step.key, host))
         self._protected = {k: tuple(v) for k, v in protected.items()}
         # A source with no state: the decision by step, None for a knock step (_knock).
         self._stateless: dict[int, Decision | None] = dict.fromkeys(protected, _DROP_UNAUTHORISED)
@@ -213,6 +231,7 @@ class Engine:
         self._prefixes: dict[bytes, int] = {}
         self._no_room_until = 0.0
         self._next_purge = 0.0
+        # source -> grant slot (door and port, see _SLOT) -> expiry
         self._grants: dict[bytes, dict[int, float]] = {}
         # Scan detection: source -> (window start, last probed key, distinct probes, locked
         # out until). A probe is a packet to a port that is no knock of any door.
@@ -245,8 +264,8 @@ class Engine:
         key = proto << 16 | port
         grants = self._grants.get(src)
         if grants is not None:
-            for door_index, host in self._protected.get(key, ()):
-                expires = grants.get(door_index)
+            for slot, host in self._protected.get(key, ()):
+                expires = grants.get(slot)
                 if expires is not None and expires > now and (host is None or host == dst):
                     return _ACCEPT_GRANTED
         if key not in self._knock_keys:
@@ -529,27 +548,48 @@ class Engine:
         door = track.door
         grants = self._grants.get(src)
         if track.closes:
-            if grants is not None and grants.pop(track.door_index, None) is not None:
-                if not grants:
-                    del self._grants[src]
-                return Revoked(door, _address(src), "closed")
+            if grants is not None:
+                index = track.door_index
+                steps = tuple(_slot_step(slot) for slot in grants if slot >> _SLOT == index)
+                if steps:
+                    for step in steps:
+                        del grants[index << _SLOT | step.key]
+                    if not grants:
+                        del self._grants[src]
+                    return Revoked(door, _address(src), "closed", steps)
             return Knocked(door.name, Outcome.NOTHING_TO_CLOSE)
         return self.grant(src, track.door_index, now)
 
-    def grant(self, src: bytes, door_index: int, now: float) -> Granted | Knocked:
-        """Grant door ``door_index`` to ``src`` for its ``open_for`` (an SPA packet or an
-        encrypted or one-time sequence was accepted): Granted, or a LOCKED Knocked event
-        when the source is locked out as a scanner. Not on the plain-knock hot path."""
+    def grant(self, src: bytes, door_index: int, now: float, steps: Iterable[Step] | None = None,
+              open_for: float = 0) -> Granted | Knocked:
+        """Grant ``src`` the ports ``steps`` of door ``door_index`` (None: all of its
+        ``opens``; ports it does not open are left out, and asking for none of its ports
+        is a ValueError) for the door's ``open_for``, or for ``open_for`` seconds when
+        that is positive and shorter (a request may shorten a grant, never lengthen it).
+        Returns Granted, or a LOCKED Knocked event when the source is locked out as a
+        scanner. A port granted again gets the new expiry; others of the door keep theirs.
+        Called when a knock sequence completes, and for SPA packets and encrypted and
+        one-time sequences: never for a packet that does not complete a grant."""
         door = self.config.doors[door_index]
+        if steps is None:
+            granted = door.opens
+        else:
+            wanted = set(steps)
+            granted = tuple(s for s in door.opens if s in wanted)
+            if not granted:
+                raise ValueError(f"door {door.name} opens none of {sorted(map(str, wanted))}")
         if self.locked_out(src, now):
             return Knocked(door.name, Outcome.LOCKED)
         grants = self._grants.get(src)
         if grants is None:
             grants = self._grants[src] = {}
-        renewed = door_index in grants and grants[door_index] > now
-        expires = now + door.open_for
-        grants[door_index] = expires
-        return Granted(door, _address(src), expires, renewed)
+        renewed = any(slot >> _SLOT == door_index and expires > now for slot, expires in grants.items())
+        seconds = min(open_for, door.open_for) if open_for > 0 else door.open_for
+        expires = now + seconds
+        base = door_index << _SLOT
+        for step in granted:
+            grants[base | step.key] = expires
+        return Granted(door, _address(src), expires, renewed, granted)
 
     # -- time and state -----------------------------------------------------------------
 
@@ -565,31 +605,46 @@ class Engine:
             for key in [k for k, e in table.items() if now - e[0] > window and e[2] <= now]:
                 del table[key]
         expired: list[Revoked] = []
+        doors = self.config.doors
         for src in [s for s, g in self._grants.items() if min(g.values()) <= now]:
             grants = self._grants[src]
-            for door_index, expires in list(grants.items()):
-                if expires <= now:
-                    del grants[door_index]
-                    expired.append(Revoked(self.config.doors[door_index], _address(src), "expired"))
+            ended: dict[int, list[Step]] = {}  # door index -> its ports that expired
+            for slot in [slot for slot, expires in grants.items() if expires <= now]:
+                del grants[slot]
+                ended.setdefault(slot >> _SLOT, []).append(_slot_step(slot))
+            address = _address(src)
+            for door_index, steps in ended.items():
+                expired.append(Revoked(doors[door_index], address, "expired", tuple(steps)))
             if not grants:
                 del self._grants[src]
         return expired
 
-    def restore_grant(self, address: str, door_name: str, expires: float) -> bool:
-        """Adopt a grant found in the kernel set (after a restart); False if no such door."""
+    def restore_grant(self, address: str, door_name: str, expires: float,
+                      steps: Iterable[Step] | None = None) -> bool:
+        """Adopt a grant found in the kernel set (after a restart) or kept over a reload:
+        ports ``steps`` of the door (None: all of its ``opens``; ports the door no longer
+        opens are left out). False if there is no such door or it opens none of them."""
         for i, door in enumerate(self.config.doors):
             if door.name == door_name:
+                wanted = None if steps is None else set(steps)
+                keys = [s.key for s in door.opens if wanted is None or s in wanted]
+                if not keys:
+                    return False
                 src = ipaddress.ip_address(address).packed
                 grants = self._grants.setdefault(src, {})
-                grants[i] = max(expires, grants.get(i, 0.0))
+                for key in keys:
+                    slot = i << _SLOT | key
+                    grants[slot] = max(expires, grants.get(slot, 0.0))
                 return True
         return False
 
-    def grants(self) -> Iterator[tuple[str, str, float]]:
-        """Active grants as (address, door name, expiry)."""
+    def grants(self) -> Iterator[tuple[str, str, Step, float]]:
+        """Active grants, a port at a time: (address, door name, port, expiry)."""
+        doors = self.config.doors
         for src, grants in self._grants.items():
-            for door_index, expires in grants.items():
-                yield _address(src), self.config.doors[door_index].name, expires
+            address = _address(src)
+            for slot, expires in grants.items():
+                yield address, doors[slot >> _SLOT].name, _slot_step(slot), expires
 
     @property
     def tracked_sources(self) -> int:

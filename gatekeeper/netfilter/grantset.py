@@ -2,8 +2,9 @@
 
 The worker adds a grant here *before* it verdicts the knock that completed the
 sequence, so the client's first SYN already matches the set in the kernel.
-Each entry carries the door's name as its ipset comment, so a restarted worker can
-adopt the grants that are still running.
+Each entry (an address and one port, and the door's host for a forwarded door) carries
+the door's name as its ipset comment, so a restarted worker or daemon can adopt exactly
+the grants (the ports of them) that are still running.
 
 Adding is on the worker's hot path, so it is one netlink message built here with
 ``struct`` (about 20 us); pyroute2 spends 300-450 us an add (an asyncio loop a call)
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pyroute2 import IPSet
 from pyroute2.ipset import PortEntry
 
-from gatekeeper.config import Door
+from gatekeeper.config import PROTO_NAMES, Door, Step
 from gatekeeper.netfilter.render import SET_FWD, SET_IN
 
 
@@ -31,6 +32,7 @@ class SetEntry:
     address: str
     door: str
     timeout: int
+    step: Step | None = None  # the entry's port (None if the kernel did not say)
 
 
 def _family(address: str) -> int:
@@ -122,11 +124,12 @@ class GrantSets:
         self._adder.close()
         self._ipset.close()
 
-    def _entries(self, address: str, door: Door) -> list[tuple[str, tuple[object, ...], str, int]]:
+    def _entries(self, address: str, door: Door,
+                 steps: tuple[Step, ...]) -> list[tuple[str, tuple[object, ...], str, int]]:
         family = _family(address)
         af = socket.AF_INET if family == 4 else socket.AF_INET6
         out: list[tuple[str, tuple[object, ...], str, int]] = []
-        for step in door.opens:
+        for step in steps:
             port = PortEntry(step.port, protocol=step.proto)
             if door.host is None:
                 out.append((SET_IN[family], (address, port), "ip,port", af))
@@ -134,13 +137,15 @@ class GrantSets:
                 out.append((SET_FWD[family], (address, port, str(door.host)), "ip,port,ip", af))
         return out
 
-    def add(self, address: str, door: Door, seconds: float) -> int:
-        """Add or refresh the door's entries for ``address``; returns how many."""
+    def add(self, address: str, door: Door, seconds: float,
+            steps: tuple[Step, ...] | None = None) -> int:
+        """Add or refresh entries for ``address``: a port of ``steps`` each (None: all
+        of the door's ``opens``); returns how many."""
         timeout = max(1, math.ceil(seconds))
         family = _family(address)
         packed = ipaddress.ip_address(address).packed
         count = 0
-        for step in door.opens:
+        for step in door.opens if steps is None else steps:
             if door.host is None:
                 self._adder.add(SET_IN[family], packed, step.proto, step.port, None, timeout, door.name)
             elif door.host.version == family:
@@ -151,8 +156,10 @@ class GrantSets:
             count += 1
         return count
 
-    def remove(self, address: str, door: Door) -> None:
-        for name, entry, etype, af in self._entries(address, door):
+    def remove(self, address: str, door: Door, steps: tuple[Step, ...] | None = None) -> None:
+        """Remove the entries of ``steps`` (None: all of the door's ``opens``)."""
+        for name, entry, etype, af in self._entries(address, door,
+                                                    door.opens if steps is None else steps):
             try:
                 self._ipset.delete(name, entry, etype=etype, family=af, exclusive=False)
             except Exception:  # pyroute2 raises NetlinkError when the entry has expired already
@@ -173,5 +180,11 @@ class GrantSets:
                     )
                     comment = data.get_attr("IPSET_ATTR_COMMENT") or ""
                     timeout = data.get_attr("IPSET_ATTR_TIMEOUT") or 0
-                    found.append(SetEntry(address, comment, int(timeout)))
+                    port = data.get_attr("IPSET_ATTR_PORT_FROM")
+                    if port is None:
+                        port = data.get_attr("IPSET_ATTR_PORT")
+                    proto = data.get_attr("IPSET_ATTR_PROTO")
+                    step = (Step(int(proto), int(port))
+                            if port is not None and proto in PROTO_NAMES else None)
+                    found.append(SetEntry(address, comment, int(timeout), step))
         return found

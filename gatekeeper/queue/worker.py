@@ -16,11 +16,11 @@ import signal
 import time
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from gatekeeper import config as config_mod
-from gatekeeper.config import Config, Door
+from gatekeeper.config import Config, Door, Step
 from gatekeeper.engine import Engine, Event, Granted, Knocked, Reason, Revoked, Verdict
 from gatekeeper.engine.doors import SequenceUsed, SpecialDoors, SpecialEvent, has_special
 from gatekeeper.errors import GatekeeperError
@@ -59,8 +59,12 @@ _COMPLETED, _CLOSED = Reason.COMPLETED, Reason.CLOSED
 
 
 class Grants(Protocol):
-    def add(self, address: str, door: Door, seconds: float) -> int: ...
-    def remove(self, address: str, door: Door) -> None: ...
+    """The kernel grant sets (netfilter.grantset.GrantSets); ``steps`` None: all of the
+    door's ``opens``."""
+
+    def add(self, address: str, door: Door, seconds: float,
+            steps: tuple[Step, ...] | None = None) -> int: ...
+    def remove(self, address: str, door: Door, steps: tuple[Step, ...] | None = None) -> None: ...
 
 
 Report = Callable[[dict[str, Any]], None]
@@ -239,11 +243,12 @@ class Worker:
         door = event.door
         error = None
         try:
-            self.grants.add(event.address, door, event.expires - now)
+            self.grants.add(event.address, door, event.expires - now, event.steps)
         except Exception as exc:  # the engine still admits the address from the queue
             error = str(exc)
         self.report({"t": "grant", "door": door.name, "address": event.address,
-                     "seconds": event.expires - now, "renewed": event.renewed, "error": error})
+                     "seconds": event.expires - now, "renewed": event.renewed,
+                     "opens": [str(s) for s in event.steps], "error": error})
 
     def _revoke(self, event: Revoked, now: float) -> None:
         if event.cause != "closed":
@@ -251,16 +256,17 @@ class Worker:
         door = event.door
         error = None
         try:
-            self.grants.remove(event.address, door)
+            self.grants.remove(event.address, door, event.steps)
             # Another door may still cover some of the same ports for this address.
-            for address, name, expires in self.engine.grants():
-                if address == event.address:
+            for address, name, step, expires in self.engine.grants():
+                if address == event.address and step in event.steps:
                     other = next(d for d in self.engine.config.doors if d.name == name)
-                    self.grants.add(address, other, expires - now)
+                    self.grants.add(address, other, expires - now, (step,))
         except Exception as exc:
             error = str(exc)
         self.report({"t": "revoke", "door": door.name, "address": event.address,
-                     "cause": event.cause, "error": error})
+                     "cause": event.cause, "opens": [str(s) for s in event.steps],
+                     "error": error})
 
     def tick(self, now: float) -> None:
         self._next_tick = now + TICK_SECONDS
@@ -270,12 +276,14 @@ class Worker:
         if self.report_stats:
             self.report(self.snapshot())
 
-    def adopt(self, entries: list[tuple[str, str, int]]) -> int:
-        """Take over grants found in the kernel set: (address, door, seconds left)."""
+    def adopt(self, entries: Iterable[tuple[str, str, int, Step | None]]) -> int:
+        """Take over grants found in the kernel set, an entry a port: (address, door,
+        seconds left, port; None: all of the door's ports). Returns how many entries."""
         now = self.clock()
         return sum(
-            1 for address, door, seconds in entries
-            if seconds > 0 and self.engine.restore_grant(address, door, now + seconds)
+            1 for address, door, seconds, step in entries
+            if seconds > 0 and self.engine.restore_grant(
+                address, door, now + seconds, None if step is None else (step,))
         )
 
     def journal_replays(self, state_dir: str) -> int:
@@ -302,9 +310,9 @@ class Worker:
         old = self.engine
         self.engine = Engine(config)
         self.engine.guards = old.guards  # counters: they carry on across reloads
-        for address, door, expires in old.grants():
+        for address, door, step, expires in old.grants():
             if expires > now:
-                self.engine.restore_grant(address, door, expires)
+                self.engine.restore_grant(address, door, expires, (step,))
         specials = (SpecialDoors(config, self.engine, self.spa_counts)
                     if has_special(config) else None)
         if specials is not None and self.specials is not None:
@@ -364,7 +372,7 @@ def worker_process(index: int, queue: int, config: Config, report_fd: int, contr
         entries = grants.list()
     except Exception:  # the sets do not exist yet: a fresh start has nothing to adopt
         entries = []
-    adopted = worker.adopt([(e.address, e.door, e.timeout) for e in entries])
+    adopted = worker.adopt((e.address, e.door, e.timeout, e.step) for e in entries)
     report({"t": "ready", "adopted": adopted})
 
     buffer = b""
