@@ -566,8 +566,8 @@ class Engine:
         ``opens``; ports it does not open are left out, and asking for none of its ports
         is a ValueError) for the door's ``open_for``, or for ``open_for`` seconds when
         that is positive and shorter (a request may shorten a grant, never lengthen it).
-        Returns Granted, or a LOCKED Knocked event when the source is locked out as a
-        scanner. A port granted again gets the new expiry; others of the door keep theirs.
+        Returns Granted, or a LOCKED Knocked event when the source is locked out (a
+        scanner, or too many failed sequences). A port granted again gets the new expiry; others of the door keep theirs.
         Called when a knock sequence completes, and for SPA packets and encrypted and
         one-time sequences: never for a packet that does not complete a grant."""
         door = self.config.doors[door_index]
