@@ -414,6 +414,16 @@ class Engine:
         grants[door_index] = expires
         return Granted(door, _address(src), expires, renewed)
 
+    def revoke(self, src: bytes, door_index: int) -> bool:
+        """Forget the grant of door ``door_index`` to ``src`` (a close sequence completed
+        on another gateway); False if there was none."""
+        grants = self._grants.get(src)
+        if grants is None or grants.pop(door_index, None) is None:
+            return False
+        if not grants:
+            del self._grants[src]
+        return True
+
     # -- time and state -----------------------------------------------------------------
 
     def tick(self, now: float) -> list[Revoked]:
