@@ -17,7 +17,6 @@ from gatekeeper.config import TCP, UDP, ConfigError, loads
 from gatekeeper.engine import Engine, Granted, Knocked, Outcome, Reason, Revoked, Verdict
 from gatekeeper.lab_cluster import free_port, start_redis
 
-
 SYN = 0x02
 GW = ipaddress.ip_address("203.0.113.1").packed
 GW2 = ipaddress.ip_address("203.0.113.2").packed
