@@ -111,4 +111,13 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"  {g['address']:<40} {g['door']:<24} {g['remaining']:6.1f} s left")
     lines.append("packets: " + ", ".join(f"{k} {v}" for k, v in status["packets"].items() if v)
                  if any(status["packets"].values()) else "packets: none yet")
+    cluster = status.get("cluster", {"state": "off"})
+    if cluster["state"] != "off":
+        state = "UP" if cluster["state"] == "up" else "DOWN"
+        lines.append(f"cluster: store {cluster['store']} {state} for {cluster['since']:.0f} s"
+                     + (f" ({cluster['error']})" if cluster.get("error") else "")
+                     + f"; mirrored {cluster['mirrored']} grant(s), resyncs {cluster['resyncs']}, "
+                     f"failed calls {cluster['errors']}, fallbacks "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(cluster["fallbacks"].items()))
+                     + f", workers up {cluster['workers_up']}")
     return "\n".join(lines)

@@ -12,7 +12,9 @@ to anyone without a grant in the kernel set.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import socket
 import time
 from bisect import bisect_left
 from collections.abc import Callable
@@ -33,6 +35,11 @@ LOOKUPS_PER_SECOND = 2000.0  # a SYN flood from spoofed sources asks the store a
 _ACCEPT_GRANTED: Decision = (Verdict.ACCEPT, Reason.GRANTED, ())
 _DROP_DOWN: Decision = (Verdict.DROP, Reason.ERROR, ())  # a knock the store could not take
 _UNAUTHORISED = Reason.UNAUTHORISED
+
+
+def node_name(supervisor_pid: int) -> str:
+    """This gateway in published messages (its own are not mirrored back to it)."""
+    return f"{socket.gethostname()}:{supervisor_pid}"
 
 
 class ClusterGate:
@@ -59,6 +66,7 @@ class ClusterGate:
         self.hist = [0] * (len(BUCKETS_NS) + 1)
         self.hist_sum_ns = 0
         self._negative: dict[bytes, float] = {}
+        self._found: Granted | None = None  # the last grant found in the store (not re-shared)
         self._tokens = LOOKUPS_PER_SECOND
         self._refilled = 0.0
 
@@ -167,7 +175,8 @@ class ClusterGate:
         self._timed(start)
         for door_index, ttl in zip(doors, ttls, strict=True):
             if int(ttl) > 0:
-                self.apply((self.shared.found(src, door_index, int(ttl) / 1000, now),), now)
+                found = self._found = self.shared.found(src, door_index, int(ttl) / 1000, now)
+                self.apply((found,), now)
                 return _ACCEPT_GRANTED
         if len(negative) >= NEGATIVE_MAX:
             negative.clear()
@@ -179,7 +188,7 @@ class ClusterGate:
     def share(self, event: Granted, now: float) -> None:
         """Publish a grant that an SPA, encrypted or one-time door made here (a plain
         knock's grant was made and published by the knock script itself)."""
-        if event.door.kind == "sequence" or now < self.open_until:
+        if event.door.kind == "sequence" or event is self._found or now < self.open_until:
             return
         ms = max(1, round((event.expires - now) * 1000))
         start = time.perf_counter_ns()
@@ -207,6 +216,27 @@ class ClusterGate:
             return None
         self._timed(start)
         return bool(int(fresh))
+
+    def share_replays(self, specials: Any) -> None:
+        """Make every SPA/encrypted door's replay cache ask the store too: a packet seen by
+        any gateway is a replay on all. With the store down, a door with cluster_fallback
+        "local" trusts its own cache, a "closed" one admits nothing."""
+        if specials is None:
+            return
+        doors = {d.name: d for d in self.config.doors}
+        for name, cache in specials.replay.items():
+            door = doors.get(name)
+            if door is not None:
+                cache.shared = self._replay_check(door)
+
+    def _replay_check(self, door: Door) -> Callable[[bytes, float], bool]:
+        local = door.cluster_fallback == "local"
+
+        def check(key: bytes, ttl: float) -> bool:
+            fresh = self.first_use(door, hashlib.sha256(key).hexdigest()[:40], ttl)
+            return local if fresh is None else fresh
+
+        return check
 
     def snapshot(self) -> dict[str, Any]:
         return {"hist": self.hist, "hist_sum_ns": self.hist_sum_ns, "errors": self.errors,

@@ -41,7 +41,7 @@ class GrantBook:
         return True
 
     def granted(self, address: str, door_name: str, seconds: float, now: float,
-                error: str | None = None) -> None:
+                error: str | None = None, mirrored: bool = False) -> None:
         door = self.doors.get(door_name)
         if door is None:
             return
@@ -51,9 +51,10 @@ class GrantBook:
         if error:
             log.error("grant door=%s address=%s: kernel set not updated (%s); "
                       "the worker admits it from the queue", door.name, address, error)
-        log.info("grant door=%s address=%s open_for=%ds opens=%s%s%s", door.name, address,
+        log.info("grant door=%s address=%s open_for=%ds opens=%s%s%s%s", door.name, address,
                  door.open_for, ",".join(map(str, door.opens)),
-                 f" host={door.host}" if door.host else "", " renewed" if renewed else "")
+                 f" host={door.host}" if door.host else "", " renewed" if renewed else "",
+                 " mirrored" if mirrored else "")
         if not renewed:
             self.commands.submit("start_command", door.start_command, address, door.command_timeout)
 
