@@ -72,6 +72,12 @@ CONTRACT: dict[str, Metric] = {
     "gatekeeper_workers": Metric("gauge", {}),
     "gatekeeper_config_reloads_total": Metric("counter", {"result": RELOAD_RESULTS}),
     "gatekeeper_build_info": Metric("gauge", {"version": None}),
+    # [cluster]; exported without it too (state "off", the rest at 0)
+    "gatekeeper_cluster_state": Metric("gauge", {"state": _one_of("off", "up", "down")}),
+    "gatekeeper_cluster_seconds": Metric("histogram", {}),
+    "gatekeeper_cluster_errors_total": Metric("counter", {}),
+    "gatekeeper_cluster_fallbacks_total": Metric("counter", {"mode": _one_of("closed", "local")}),
+    "gatekeeper_cluster_mirrored_total": Metric("counter", {}),
 }
 # The buckets of gatekeeper_verdict_seconds, in seconds (one boundary at the 100 us target).
 VERDICT_BUCKETS = (0.000005, 0.00001, 0.000025, 0.00005, 0.000075, 0.0001, 0.00025, 0.0005, 0.001,
