@@ -280,12 +280,26 @@ def test_unauthorised_lookups_are_cached_and_rate_limited(store: Store) -> None:
     assert one.gate.lookups <= 1 + 2001, "a flood of new sources asks at most the rate limit"
 
 
-def test_shared_replay_check_and_published_special_grants(store: Store) -> None:
+def test_replay_caches_are_shared_and_fail_by_the_doors_fallback(store: Store) -> None:
+    from types import SimpleNamespace
+
+    from gatekeeper.spa.replay import Admission, ReplayCache
+
     one, two = Box(store.url, "one"), Box(store.url, "two")
-    door = one.config.doors[0]
-    assert one.gate.first_use(door, "abc123", 60) is True
-    assert two.gate.first_use(door, "abc123", 60) is False
-    assert 59_000 < store.client().pttl("t:r:ssh:abc123") <= 60_000
+    caches = {}
+    for box in (one, two):  # each gateway's replay caches, as its SPA doors hold them
+        caches[box] = {"ssh": ReplayCache(), "web": ReplayCache()}
+        box.gate.share_replays(SimpleNamespace(replay=caches[box]))
+    assert caches[one]["ssh"].admit(b"captured", 1.0, 240) is Admission.NEW
+    # the same packet replayed at the other gateway: seen there already
+    assert caches[two]["ssh"].admit(b"captured", 1.0, 240) is Admission.REPLAY
+    assert caches[two]["ssh"].admit(b"fresh", 1.0, 240) is Admission.NEW
+    keys = store.client().keys("t:r:ssh:*")
+    assert len(keys) == 2 and all(230_000 < store.client().pttl(k) <= 240_000 for k in keys)
+    store.kill()
+    # store down: a "closed" door admits nothing new, a "local" one trusts its own cache
+    assert caches[one]["ssh"].admit(b"new while down", 2.0, 240) is Admission.REPLAY
+    assert caches[one]["web"].admit(b"new while down", 2.0, 240) is Admission.NEW
 
 
 # -- the mirror ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from tests.conftest import Daemon, knock, need_root, probe
 pytestmark = pytest.mark.lab
 
 SSH = ["7000:udp", "8000:tcp", "9000:udp"]
+CLOSE = ["9000:tcp", "8000:udp", "7000:tcp"]
 GATEWAYS = {"gw": GW4, "gw2": GW2_4}
 # A grant made through one gateway is in the other's kernel set within this long (README).
 MIRROR_SECONDS = 1.0
@@ -45,6 +46,7 @@ sequence = {ssh}
 sequence_timeout = 5
 opens = ["22:tcp"]
 open_for = 60
+close_sequence = {close}
 """
 
 
@@ -62,7 +64,8 @@ def start(lab: ClusterLab, host: str, tmp: Path) -> Daemon:
     where.mkdir(exist_ok=True)
     path = where / "gatekeeper.toml"
     path.write_text(CONFIG.format(control=where / "control.sock", state=where / "state",
-                                  url=lab.redis_url(), ssh=str(SSH).replace("'", '"')))
+                                  url=lab.redis_url(), ssh=str(SSH).replace("'", '"'),
+                                  close=str(CLOSE).replace("'", '"')))
     daemon = Daemon(lab, path, host=host)
     daemon.wait_for("gatekeeper running", timeout=20)
     return daemon
@@ -92,7 +95,7 @@ def status(lab: ClusterLab, gateway: str, daemon: Daemon) -> str:
                              str(control)]).stdout
 
 
-def test_two_gateways_share_knocks_grants_and_survive_the_store(clab: ClusterLab,
+def test_two_gateways_share_knocks_grants_survive_the_store_and_close(clab: ClusterLab,
                                                                tmp_path: Path) -> None:
     redis_proc = clab.start_redis()
     daemons: list[Daemon] = []
@@ -146,6 +149,14 @@ def test_two_gateways_share_knocks_grants_and_survive_the_store(clab: ClusterLab
         assert 'gatekeeper_cluster_state{state="up"} 1.0' in metrics
         assert re.search(r"^gatekeeper_cluster_fallbacks_total\{mode=\"closed\"\} [1-9]", metrics, re.M)
         assert re.search(r"^gatekeeper_cluster_errors_total [1-9]", metrics, re.M)
+
+        # 5. a close sequence completed through the other box shuts both (gw2 made the grant:
+        # its engine must forget it too, or it would admit from the queue)
+        for step, target in zip(CLOSE, (GW2_4, GW2_4, GW4), strict=True):
+            knock(clab, "other", target, step)
+        daemons[1].wait_for(r"revoke door=ssh address=203\.0\.113\.20 cause=closed", timeout=5)
+        assert not is_open(clab, "other", GW4) and not is_open(clab, "other", GW2_4)
+        assert is_open(clab, "client", GW4), "the client's grant is its own"
     finally:
         for daemon in daemons:
             daemon.stop()
