@@ -86,14 +86,23 @@ def redis_argv(bind: str, port: int, workdir: str) -> list[str]:
             "--protected-mode", "no", "--daemonize", "no", "--dir", workdir, "--logfile", ""]
 
 
-def start_redis(lab: Lab | None, host: str, bind: str, port: int,
-                timeout: float = 10.0) -> subprocess.Popen[Any]:
+def start_redis(lab: Lab | None, host: str, bind: str, port: int, timeout: float = 10.0,
+                sentinel_of: tuple[str, str, int] | None = None) -> subprocess.Popen[Any]:
     """Start a redis-server (in ``lab``'s namespace ``host``, or here without a lab) and
-    wait until it accepts connections. The caller stops it (``Lab.stop``, or kill)."""
+    wait until it accepts connections. The caller stops it (``Lab.stop``, or kill).
+    ``sentinel_of=(service, host, port)``: a Sentinel monitoring that master instead."""
     if shutil.which("redis-server") is None:
         raise LabError("redis-server not found (Debian package redis-server; scripts/setup.sh)")
     workdir = tempfile.mkdtemp(prefix="gk-redis-")
     argv = redis_argv(bind, port, workdir)
+    marker = b"Ready to accept connections"
+    if sentinel_of is not None:
+        conf = os.path.join(workdir, "sentinel.conf")  # (sentinel rewrites it: its own file)
+        with open(conf, "w", encoding="utf-8") as f:
+            f.write(f"port {port}\nbind {bind}\ndir {workdir}\nsentinel monitor {sentinel_of[0]} "
+                    f"{sentinel_of[1]} {sentinel_of[2]} 1\n")
+        argv = ["redis-server", conf, "--sentinel"]
+        marker = b"+monitor master"
     if lab is not None:
         proc = lab.popen(host, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=False)
     else:
@@ -110,7 +119,7 @@ def start_redis(lab: Lab | None, host: str, bind: str, port: int,
             if not chunk:
                 break
             seen += chunk
-            if b"Ready to accept connections" in seen:
+            if marker in seen:
                 # keep reading its log, or a full pipe would stall it
                 threading.Thread(target=_drain, args=(fd,), daemon=True).start()
                 return proc

@@ -261,6 +261,10 @@ class Supervisor:
 
     def run(self) -> int:
         self.installer.preflight()
+        if self.config.cluster is not None:
+            from gatekeeper.cluster.store import require_client
+
+            require_client()
         signal.set_wakeup_fd(self._wake_w)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, self._on_signal)

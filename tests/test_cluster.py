@@ -302,6 +302,27 @@ def test_replay_caches_are_shared_and_fail_by_the_doors_fallback(store: Store) -
     assert caches[one]["web"].admit(b"new while down", 2.0, 240) is Admission.NEW
 
 
+def test_sentinel_finds_the_master(store: Store) -> None:
+    sentinel_port = free_port()
+    sentinel = start_redis(None, "", "127.0.0.1", sentinel_port,
+                           sentinel_of=("gk", "127.0.0.1", store.port))
+    try:
+        text = config_text("").replace('redis = ""', f'sentinels = ["127.0.0.1:{sentinel_port}"]\n'
+                                       'service = "gk"')
+        config = loads(text, "sentinel.toml")
+        from gatekeeper.cluster.gate import ClusterGate
+
+        engine = Engine(config)
+        gate = ClusterGate(config, engine, "one", lambda events, now: None)
+        for i, step in enumerate(SSH):
+            _, reason, _ = gate.decide(A, GW, *step, SYN if step[0] == TCP else 0, 1.0 + i)
+        assert reason is Reason.COMPLETED
+        assert store.client().exists("t:{203.0.113.10}:g:ssh") == 1
+    finally:
+        sentinel.kill()
+        sentinel.wait(10)
+
+
 # -- the mirror ---------------------------------------------------------------------------
 
 

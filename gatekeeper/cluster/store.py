@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any
 
 from gatekeeper.config import Cluster
+from gatekeeper.errors import GatekeeperError
 
 
 def script(name: str) -> str:
@@ -50,6 +51,15 @@ def where(cluster: Cluster) -> str:
     if cluster.redis:
         return cluster.redis.split("@")[-1].split("://")[-1]
     return f"sentinel {cluster.service} via {','.join(f'{h}:{p}' for h, p in cluster.sentinels)}"
+
+
+def require_client() -> None:
+    """[cluster] needs the redis client library (the optional extra ``cluster``)."""
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        raise GatekeeperError("[cluster] needs the redis client library: pip install "
+                              "'gatekeeper[cluster]' (or remove [cluster])") from None
 
 
 def connect(cluster: Cluster, timeout: float) -> Any:
