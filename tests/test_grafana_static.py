@@ -87,6 +87,7 @@ HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 SCRAPE_SERIES = frozenset({"up"})  # made by Prometheus itself for every target
 TARGET_LABELS = frozenset({"job", "instance"})  # added by Prometheus to every scraped series
 ALERTS = frozenset({"GatekeeperDown", "GatekeeperQueueDropping", "GatekeeperVerdictLatencyHigh",
+                    "GatekeeperClusterStoreDown",
                     "GatekeeperKnockBruteForce", "GatekeeperWorkerRestartLoop"})
 
 
