@@ -11,6 +11,7 @@ ping within :data:`DEAD_SECONDS`) is reconnected to, with a short pause between 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
@@ -157,6 +158,11 @@ class Mirror:
         parts = data.split("|")
         if len(parts) < 4 or parts[1] == self.node:
             return  # (made here: the worker wrote its own kernel set first)
+        try:
+            parts[2] = str(ipaddress.ip_address(parts[2]))
+        except ValueError:
+            log.error("cluster: unreadable message on %s: %r", self.keys.channel, data[:200])
+            return
         if parts[0] == "g" and len(parts) == 5 and parts[4].isdigit():
             self._grant(parts[2], parts[3], int(parts[4]) / 1000)
         elif parts[0] == "r" and len(parts) == 4:
@@ -173,6 +179,11 @@ class Mirror:
         door = self.doors.get(door_name)
         if door is None:
             return 0  # a door this gateway does not run
+        try:
+            address = str(ipaddress.ip_address(address))
+        except ValueError:
+            log.error("cluster: a grant key for %r is no address: ignored", address[:100])
+            return 0
         try:
             self.sets.add(address, door, seconds)
         except Exception as exc:
