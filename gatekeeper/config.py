@@ -97,6 +97,9 @@ class Door:
     spa: SpaDoor | None = None
     encrypted: EncryptedDoor | None = None
     one_time: OneTimeDoor | None = None
+    # With [cluster]: what a knock does while the shared store is unreachable. "closed":
+    # it is dropped and counts for nothing; "local": this gateway alone tracks it.
+    cluster_fallback: str = "closed"
 
     @property
     def special(self) -> bool:
@@ -188,6 +191,27 @@ class Metrics:
     listen: str = DEFAULT_METRICS_LISTEN  # "" turns the exporter off
 
 
+CLUSTER_FALLBACKS = ("closed", "local")
+DEFAULT_CLUSTER_PREFIX = "gatekeeper"
+DEFAULT_CLUSTER_TIMEOUT_MS = 50
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Cluster:
+    """``[cluster]``: knock progress and grants shared by several gateways on Redis/Valkey."""
+
+    redis: str = ""  # redis://[user:password@]host:port[/db] or rediss://...
+    sentinels: tuple[tuple[str, int], ...] = ()  # or Sentinel: these, and the service name
+    service: str = ""
+    prefix: str = DEFAULT_CLUSTER_PREFIX
+    timeout_ms: int = DEFAULT_CLUSTER_TIMEOUT_MS
+    password: str = ""  # for Sentinel's master (a URL carries its own)
+
+    def __repr__(self) -> str:  # never print a password
+        where = self.redis.split("@")[-1] if self.redis else f"sentinel {self.service}"
+        return f"Cluster({where!r}, prefix={self.prefix!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     settings: Settings
@@ -195,6 +219,7 @@ class Config:
     path: str = "<config>"
     protected: frozenset[int] = field(default=frozenset())
     metrics: Metrics = Metrics()
+    cluster: Cluster | None = None  # None: a single gateway, state in process
     seed: int = 0  # HMARK hash seed: from the config's text, so stable yet not guessable
     text: str = ""
 
@@ -394,7 +419,7 @@ class _Parser:
                 "close_sequence", "start_command", "stop_command", "command_timeout", "host",
                 "wrong_knock",
                 "spa", "key_file", "spa_port", "spa_window", "spa_other_source",
-                "encrypted_sequence", "one_time_sequences",
+                "encrypted_sequence", "one_time_sequences", "cluster_fallback",
             },
         )
         if "name" not in data:
@@ -441,6 +466,11 @@ class _Parser:
             if mode not in ("reset", "ignore"):
                 raise self.fail(f"{where}.wrong_knock", f"{mode!r}: use \"reset\" or \"ignore\"")
             kwargs["wrong_knock"] = mode
+        if "cluster_fallback" in data:
+            mode = self._str(data["cluster_fallback"], f"{where}.cluster_fallback")
+            if mode not in CLUSTER_FALLBACKS:
+                raise self.fail(f"{where}.cluster_fallback", f"{mode!r}: use \"closed\" or \"local\"")
+            kwargs["cluster_fallback"] = mode
         if "command_timeout" in data:
             kwargs["command_timeout"] = self._number(
                 data["command_timeout"], f"{where}.command_timeout", 0, 3600
@@ -577,7 +607,7 @@ class _Parser:
         return OneTimeDoor(path, tuple(lines))
 
     def config(self, data: dict[str, Any]) -> Config:
-        self._table(data, "", {"gatekeeper", "door", "metrics"})
+        self._table(data, "", {"gatekeeper", "door", "metrics", "cluster"})
         settings = self.settings(data.get("gatekeeper", {}))
         raw_doors = data.get("door")
         if raw_doors is None or raw_doors == []:
@@ -586,8 +616,48 @@ class _Parser:
         self._cross_check(settings, doors)
         protected = frozenset(s.key for d in doors for s in d.opens)
         metrics = self.metrics(data.get("metrics", {}))
+        cluster = self.cluster(data["cluster"]) if "cluster" in data else None
         return Config(settings=settings, doors=doors, path=self.name, protected=protected,
-                      metrics=metrics)
+                      metrics=metrics, cluster=cluster)
+
+    def cluster(self, raw: Any) -> Cluster:
+        data = self._table(raw, "cluster", {"redis", "sentinels", "service", "prefix", "timeout_ms",
+                                            "password"})
+        url = self._str(data.get("redis", ""), "cluster.redis")
+        sentinels: list[tuple[str, int]] = []
+        for i, item in enumerate(self._list(data.get("sentinels", []), "cluster.sentinels")):
+            text = self._str(item, f"cluster.sentinels[{i}]")
+            host, colon, port = text.rpartition(":")
+            host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+            if not colon or not host or not port.isascii() or not port.isdigit() \
+                    or not 1 <= int(port) <= 65535:
+                raise self.fail(f"cluster.sentinels[{i}]", f"{text!r}: expected HOST:PORT, "
+                                "e.g. 192.0.2.10:26379")
+            sentinels.append((host, int(port)))
+        service = self._str(data.get("service", ""), "cluster.service")
+        if url and sentinels:
+            raise self.fail("cluster.sentinels", "give either redis or sentinels (with service), "
+                            "not both")
+        if url:
+            if not url.startswith(("redis://", "rediss://", "unix://")):
+                raise self.fail("cluster.redis", f"{url.split('@')[-1]!r}: expected a URL "
+                                "redis://HOST:PORT[/DB], rediss://... or unix://PATH")
+            if service:
+                raise self.fail("cluster.service", "only with sentinels")
+        elif sentinels:
+            if not service:
+                raise self.fail("cluster.service", "is required with sentinels (the name of the "
+                                "master the sentinels monitor)")
+        else:
+            raise self.fail("cluster.redis", "is required: a redis:// URL, or sentinels and service")
+        prefix = self._str(data.get("prefix", DEFAULT_CLUSTER_PREFIX), "cluster.prefix")
+        if not _NAME_RE.match(prefix):
+            raise self.fail("cluster.prefix", f"{prefix!r}: use 1-24 letters, digits, '-' or '_'")
+        timeout = self._int(data.get("timeout_ms", DEFAULT_CLUSTER_TIMEOUT_MS), "cluster.timeout_ms",
+                            1, 10_000)
+        password = self._str(data.get("password", ""), "cluster.password")
+        return Cluster(redis=url, sentinels=tuple(sentinels), service=service, prefix=prefix,
+                       timeout_ms=timeout, password=password)
 
     def metrics(self, raw: Any) -> Metrics:
         data = self._table(raw, "metrics", {"listen"})

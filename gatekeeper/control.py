@@ -116,4 +116,13 @@ def format_status(status: dict[str, Any]) -> str:
     defences = status.get("defences", {})
     lines.append("defences: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in defences.items() if v)
                  if any(defences.values()) else "defences: nothing locked out, refused or evicted")
+    cluster = status.get("cluster", {"state": "off"})
+    if cluster["state"] != "off":
+        state = "UP" if cluster["state"] == "up" else "DOWN"
+        lines.append(f"cluster: store {cluster['store']} {state} for {cluster['since']:.0f} s"
+                     + (f" ({cluster['error']})" if cluster.get("error") else "")
+                     + f"; mirrored {cluster['mirrored']} grant(s), resyncs {cluster['resyncs']}, "
+                     f"failed calls {cluster['errors']}, fallbacks "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(cluster["fallbacks"].items()))
+                     + f", workers up {cluster['workers_up']}")
     return "\n".join(lines)

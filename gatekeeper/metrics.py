@@ -24,6 +24,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from gatekeeper import __version__
+from gatekeeper.config import CLUSTER_FALLBACKS
 from gatekeeper.engine import Guard, Outcome, Reason
 
 # Verdict latency buckets (seconds): microseconds, with a boundary exactly at 100 µs.
@@ -36,6 +37,7 @@ KNOCK_OUTCOMES = (Outcome.ADVANCED, Outcome.RESET, Outcome.TIMEOUT, Outcome.COMP
 LOCKOUT_CAUSES = {Guard.LOCKOUT_SCAN: "scan", Guard.LOCKOUT_SOURCE: "source_failures",
                   Guard.LOCKOUT_PREFIX: "prefix_failures"}
 REFUSED_CAUSES = {Guard.REFUSED_QUOTA: "prefix_quota", Guard.REFUSED_FULL: "table_full"}
+CLUSTER_STATES = ("off", "up", "down")
 REASON_LABELS = [(("accept" if r is Reason.GRANTED else "drop"), r.name.lower()) for r in Reason]
 
 
@@ -50,6 +52,12 @@ class Snapshot:
     spa: dict[tuple[str, str], int] = field(default_factory=dict)  # (door, stage)
     guards: list[int] = field(default_factory=lambda: [0] * len(Guard))  # engine defences
     tracked: int = 0  # sources part-way through a sequence (a level, not a count)
+    # [cluster]: the store's round trips on the hot path, failed calls, fallbacks by mode
+    cluster_hist: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    cluster_sum_ns: int = 0
+    cluster_errors: int = 0
+    cluster_fallbacks: dict[str, int] = field(default_factory=dict)
+    cluster_workers_up: int = 0  # live workers whose last call to the store succeeded
 
     def add(self, other: Snapshot) -> None:
         self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
@@ -60,6 +68,12 @@ class Snapshot:
         for key, n in other.spa.items():
             self.spa[key] = self.spa.get(key, 0) + n
         self.guards = [a + b for a, b in zip(self.guards, other.guards, strict=True)]
+        self.cluster_hist = [a + b for a, b in zip(self.cluster_hist, other.cluster_hist, strict=True)]
+        self.cluster_sum_ns += other.cluster_sum_ns
+        self.cluster_errors += other.cluster_errors
+        for mode, n in other.cluster_fallbacks.items():
+            self.cluster_fallbacks[mode] = self.cluster_fallbacks.get(mode, 0) + n
+        self.cluster_workers_up += other.cluster_workers_up
 
     @classmethod
     def from_message(cls, msg: dict[str, Any]) -> Snapshot:
@@ -68,8 +82,16 @@ class Snapshot:
         spa = {(door, stage): int(n) for door, stages in msg.get("spa", {}).items()
                for stage, n in stages.items()}
         guards = [int(n) for n in msg.get("guards", ())] or [0] * len(Guard)
-        return cls(list(msg["counts"]), list(msg["hist"]), int(msg["hist_sum_ns"]), knocks, spa,
+        snap = cls(list(msg["counts"]), list(msg["hist"]), int(msg["hist_sum_ns"]), knocks, spa,
                    guards, int(msg.get("tracked", 0)))
+        cluster = msg.get("cluster")
+        if cluster:
+            snap.cluster_hist = list(cluster["hist"])
+            snap.cluster_sum_ns = int(cluster["hist_sum_ns"])
+            snap.cluster_errors = int(cluster["errors"])
+            snap.cluster_fallbacks = {str(k): int(v) for k, v in cluster["fallbacks"].items()}
+            snap.cluster_workers_up = 1 if cluster["up"] else 0
+        return snap
 
 
 def read_queues(path: str = PROC_QUEUES) -> dict[int, dict[str, int]]:
@@ -96,6 +118,7 @@ class Stats:
         self.restarts = 0
         self.reloads = {"ok": 0, "refused": 0}
         self.grants_total: dict[str, int] = {}
+        self.cluster_mirrored = 0  # grants of other gateways written into the kernel sets
         # kernel queue counters: current instance (by portid) and what earlier ones counted
         self._queue_seen: dict[int, dict[str, int]] = {}
         self._queue_base: dict[tuple[int, str], int] = {}
@@ -172,12 +195,14 @@ class Stats:
 class GatekeeperCollector(Collector):
     def __init__(self, stats: Stats, grants_active: Callable[[], dict[str, int]],
                  workers: Callable[[], int], doors: Callable[[], list[str]],
-                 spa_doors: Callable[[], dict[str, tuple[str, ...]]] = dict) -> None:
+                 spa_doors: Callable[[], dict[str, tuple[str, ...]]] = dict,
+                 cluster_state: Callable[[], str] = lambda: "off") -> None:
         self.stats = stats
         self.grants_active = grants_active
         self.workers = workers
         self.doors = doors
         self.spa_doors = spa_doors  # SPA and encrypted-sequence doors -> their stage labels
+        self.cluster_state = cluster_state  # "off", "up" or "down"
 
     def collect(self) -> Iterator[Metric]:
         total = self.stats.total()
@@ -263,9 +288,39 @@ class GatekeeperCollector(Collector):
         for result, n in sorted(self.stats.reloads.items()):
             reloads.add_metric([result], n)
         yield reloads
+        yield from self._cluster(total)
         info = GaugeMetricFamily("gatekeeper_build_info", "Build information", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
+
+
+    def _cluster(self, total: Snapshot) -> Iterator[Metric]:
+        """[cluster]: every series exists (at 0) without it too, state "off"."""
+        state = self.cluster_state()
+        states = GaugeMetricFamily("gatekeeper_cluster_state", "The shared store ([cluster]): 1 for "
+                                   "the current state (off: a single gateway)", labels=["state"])
+        for name in CLUSTER_STATES:
+            states.add_metric([name], 1 if name == state else 0)
+        yield states
+        hist = HistogramMetricFamily("gatekeeper_cluster_seconds",
+                                     "Round trips to the shared store on the hot path (knocks, "
+                                     "first packets to protected ports)")
+        cumulative, buckets = 0, []
+        for bound, n in zip((*map(str, BUCKETS), "+Inf"), total.cluster_hist, strict=True):
+            cumulative += n
+            buckets.append((bound, cumulative))
+        hist.add_metric([], buckets, total.cluster_sum_ns / 1e9)
+        yield hist
+        yield CounterMetricFamily("gatekeeper_cluster_errors", "Calls to the shared store that "
+                                  "failed or timed out", value=total.cluster_errors)
+        fallbacks = CounterMetricFamily("gatekeeper_cluster_fallbacks", "Knocks decided without "
+                                        "the shared store, by the door's cluster_fallback",
+                                        labels=["mode"])
+        for mode in CLUSTER_FALLBACKS:
+            fallbacks.add_metric([mode], total.cluster_fallbacks.get(mode, 0))
+        yield fallbacks
+        yield CounterMetricFamily("gatekeeper_cluster_mirrored", "Grants of other gateways "
+                                  "written into this one's kernel sets", value=self.stats.cluster_mirrored)
 
 
 def serve(collector: GatekeeperCollector, listen: str) -> CollectorRegistry:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import select
 import signal
 import time
@@ -79,6 +80,8 @@ class Supervisor:
         self._tracked: dict[int, int] = {}  # per worker pid, from its snapshots
         self._failed_seen: dict[tuple[str, str], int] = {}
         self._next_burst = time.monotonic() + BURST_SECONDS
+        self.mirror: Any = None  # [cluster]: gatekeeper.cluster.mirror.Mirror (a thread)
+        self._notes: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
 
     # -- workers ------------------------------------------------------------------------
 
@@ -260,6 +263,10 @@ class Supervisor:
 
     def run(self) -> int:
         self.installer.preflight()
+        if self.config.cluster is not None:
+            from gatekeeper.cluster.store import require_client
+
+            require_client()
         signal.set_wakeup_fd(self._wake_w)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, self._on_signal)
@@ -278,6 +285,7 @@ class Supervisor:
                 self.installer.install(ruleset, self.config)
                 installed = self._running = True
                 self._adopt()
+                self._start_mirror()
                 log.info("gatekeeper running: queues=%s pids=%s interfaces=%s doors=%s metrics=%s",
                          ",".join(map(str, self.config.settings.queues)),
                          ",".join(str(self.workers[q].pid) for q in self.config.settings.queues),
@@ -290,6 +298,8 @@ class Supervisor:
             finally:
                 self._stopping = True
                 systemd.notify("STOPPING=1")
+                if self.mirror is not None:
+                    self.mirror.stop()
                 self._stop_workers(list(self.workers.values()))
                 if installed:
                     self.installer.remove()
@@ -326,6 +336,54 @@ class Supervisor:
         if adopted:
             log.info("adopted %d running grant(s) from the kernel set", adopted)
 
+    # -- [cluster] ------------------------------------------------------------------------
+
+    def _start_mirror(self) -> None:
+        """Mirror the grants of every gateway into this one's kernel sets (a thread with
+        its own netlink sockets; what it mirrored reaches the book through _notes)."""
+        if self.config.cluster is None:
+            return
+        from gatekeeper.cluster.gate import node_name
+        from gatekeeper.cluster.mirror import Mirror
+        from gatekeeper.netfilter.grantset import GrantSets
+
+        def notify(note: tuple[Any, ...]) -> None:
+            self._notes.put(note)
+            try:
+                os.write(self._wake_w, b"m")
+            except OSError:
+                pass
+
+        self.mirror = Mirror(self.config, node_name(os.getpid()), GrantSets(), notify)
+        self.mirror.start()
+
+    def _mirrored(self) -> None:
+        """Grants and revocations the mirror wrote into the kernel sets: into the book,
+        and a revocation to every worker (whose engine may hold that grant too)."""
+        now = time.monotonic()
+        while True:
+            try:
+                note = self._notes.get_nowait()
+            except queue.Empty:
+                return
+            if note[0] == "grant":
+                _, address, door, seconds = note
+                entry = self.book.entries.get((address, door))
+                if entry is not None and entry.expires >= now + seconds - 1.0:
+                    continue  # already known here (made by a worker of this gateway)
+                self.book.granted(address, door, seconds, now, mirrored=True)
+                self.stats.cluster_mirrored += 1
+            elif note[0] == "revoke":
+                _, address, door = note
+                self.book.revoked(address, door, "closed")
+                for handle in self.workers.values():
+                    self.send(handle, {"t": "revoke", "address": address, "door": door})
+
+    def _cluster_state(self) -> str:
+        if self.mirror is None:
+            return "off"
+        return "up" if self.mirror.up else "down"
+
     def _serve_metrics(self) -> None:
         from gatekeeper import metrics
 
@@ -341,7 +399,7 @@ class Supervisor:
 
         collector = GatekeeperCollector(
             self.stats, active, lambda: len(self.workers), lambda: [d.name for d in self.config.doors],
-            self._spa_doors,
+            self._spa_doors, self._cluster_state,
         )
         try:
             metrics.serve(collector, listen)
@@ -358,6 +416,7 @@ class Supervisor:
     def _loop(self) -> None:
         while True:
             self._wait(EXPIRE_SECONDS)
+            self._mirrored()
             while self._signals:
                 sig = self._signals.pop(0)
                 if sig in (signal.SIGTERM, signal.SIGINT):
@@ -423,7 +482,15 @@ class Supervisor:
             "defences": {g.name.lower(): n for g, n in zip(Guard, total.guards, strict=True)},
             "spa": {door: {stage: n for (d, stage), n in sorted(total.spa.items()) if d == door}
                     for door in sorted({d for d, _ in total.spa})},
+            "cluster": self._cluster_status(total),
         }
+
+    def _cluster_status(self, total: Any) -> dict[str, Any]:
+        if self.mirror is None:
+            return {"state": "off"}
+        return {"state": self._cluster_state(), **self.mirror.status(),
+                "errors": total.cluster_errors, "fallbacks": dict(total.cluster_fallbacks),
+                "workers_up": total.cluster_workers_up}
 
     # -- one-time sequences -------------------------------------------------------------
 
@@ -482,6 +549,8 @@ class Supervisor:
         self._stop_workers(removed)
         self.config = new
         self.book.set_config(new)
+        if self.mirror is not None:
+            self.mirror.set_config(new)
         self.stats.reloads["ok"] += 1
         log.info("reloaded %s: queues=%s doors=%s", self.path, ",".join(map(str, new_queues)),
                  ",".join(d.name for d in new.doors))

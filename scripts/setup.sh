@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 / Ubuntu machine for gatekeeper, as root: the system packages
 # (netfilter tools, the libnetfilter_queue headers NetfilterQueue builds against, Debian's
-# knockd for its stock knock client) and a virtualenv at .venv in the repo root with
-# gatekeeper installed editable, test extras included.
+# knockd for its stock knock client, redis-server for the cluster tests) and a virtualenv
+# at .venv in the repo root with gatekeeper installed editable, test extras included.
 #
 # Idempotent and fast on a rerun: apt is skipped when every package is installed, pip
 # when the virtualenv already holds this checkout's install for the same pyproject.toml.
-# Installing knockd never starts a knockd daemon: service starts are forbidden for the
-# duration of the install (policy-rc.d), and a knockd.service that the install enabled
-# is disabled again.
+# Installing knockd or redis-server never starts their daemons: service starts are
+# forbidden for the duration of the install (policy-rc.d), and a service that the install
+# enabled is disabled again.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,7 +18,7 @@ POLICY=/usr/sbin/policy-rc.d
 PACKAGES=(
     python3 python3-venv python3-dev gcc libnetfilter-queue-dev libnfnetlink-dev
     iptables ipset nftables conntrack iproute2 knockd procps prometheus systemd
-    fwknop-client fwknop-server vagrant vagrant-libvirt nmap
+    fwknop-client fwknop-server vagrant vagrant-libvirt nmap redis-server
 )
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -59,7 +59,7 @@ else
     # services whose packages we need only for a binary (knock, promtool, the lab's
     # prometheus): if this install enables them, they are disabled again below
     newly=()
-    for svc in knockd prometheus fwknop-server; do installed "$svc" || newly+=("$svc"); done
+    for svc in knockd prometheus fwknop-server redis-server; do installed "$svc" || newly+=("$svc"); done
     if [[ ! -e $POLICY ]]; then
         # 101 = "action forbidden": invoke-rc.d and deb-systemd-invoke start nothing.
         printf '#!/bin/sh\n# gatekeeper scripts/setup.sh: no service starts during its apt-get install\nexit 101\n' \
@@ -72,8 +72,10 @@ else
     apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends "${missing[@]}"
     remove_policy
     if [[ ${#newly[@]} -gt 0 && -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
-        # knockd.service ignores START_KNOCKD in /etc/default/knockd, and prometheus.service
-        # would scrape from the next boot on: neither is wanted on a machine that only tests.
+        # knockd.service ignores START_KNOCKD in /etc/default/knockd, prometheus.service
+        # would scrape from the next boot on, redis-server.service would listen on 6379
+        # (the cluster tests start their own redis-server): none is wanted on a machine
+        # that only tests.
         for svc in "${newly[@]}"; do
             if systemctl is-enabled --quiet "$svc.service" 2>/dev/null; then
                 say "disabling $svc.service, which its install enabled"

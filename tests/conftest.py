@@ -69,12 +69,12 @@ class Daemon:
     """The real ``gatekeeper run`` in the gateway namespace, its log read as it comes."""
 
     def __init__(self, lab: Lab, config: Path, extra_env: dict[str, str] | None = None,
-                 argv: list[str] | None = None) -> None:
+                 argv: list[str] | None = None, host: str = "gw") -> None:
         self.lab = lab
         self.config = config
         env = {**os.environ, **(extra_env or {})}
         argv = argv or [sys.executable, "-m", "gatekeeper", "run", "-c", str(config)]
-        self.proc = lab.popen("gw", [a.replace("{config}", str(config)) for a in argv],
+        self.proc = lab.popen(host, [a.replace("{config}", str(config)) for a in argv],
                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
         self.lines: list[str] = []
         self._done = threading.Event()

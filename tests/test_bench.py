@@ -69,3 +69,20 @@ def test_quick_bench_prints_every_figure() -> None:
     table = re.search(r"max_sources = ([\d,]+): ([\d,]+) tracked", out)
     assert table is not None and table[1] == table[2], "an overfed table holds max_sources"
     assert "FAILED" not in out + result.stderr
+
+
+@pytest.mark.lab
+def test_quick_cluster_bench_prints_local_beside_cluster() -> None:
+    need_root()
+    result = subprocess.run([sys.executable, "-m", "gatekeeper", "bench", "--cluster", "--quick"],
+                            capture_output=True, text=True, timeout=180, check=False)
+    out = result.stdout
+    assert result.returncode == 0, result.stderr + out
+    for mode in ("local", "cluster"):
+        assert re.search(rf"^\s+{mode}\s+{NUMBER} verdicts/s", out, re.M), out
+        found = re.search(rf"^\s+{mode}\s+first-SYN (\d+)/(\d+); knock->connected median {NUMBER}",
+                          out, re.M)
+        assert found is not None and int(found[1]) >= 1, out
+    assert re.search(rf"store round trip per hot-path call .*: mean {NUMBER} us over [1-9]", out), out
+    assert re.search(rf"in gw2's kernel set after median {NUMBER} ms", out), out
+    assert "FAILED" not in out + result.stderr

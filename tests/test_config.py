@@ -304,7 +304,7 @@ ERRORS: list[tuple[str, str, str, str]] = [
      "port must be 1-65535"),
     ("metrics unknown key", toml(top='[metrics]\nport = 1'), "metrics.port", "unknown key"),
     ("unknown top-level key", toml(top="doors = 1"), "doors",
-     "unknown key (allowed: door, gatekeeper, metrics)"),
+     "unknown key (allowed: cluster, door, gatekeeper, metrics)"),
     ("unprintable unknown key", toml(top='"a\\nb" = 1'), "'a\\nb'", "unknown key"),
     ("no door", "[gatekeeper]\nqueue = 1\n", "door", "no [[door]] defined"),
     ("empty door list", "door = []\n", "door", "no [[door]] defined"),

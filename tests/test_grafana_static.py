@@ -78,6 +78,12 @@ CONTRACT: dict[str, Metric] = {
     "gatekeeper_lockouts_total": Metric("counter", {"cause": LOCKOUT_CAUSES}),
     "gatekeeper_sources_refused_total": Metric("counter", {"cause": REFUSED_CAUSES}),
     "gatekeeper_sources_evicted_total": Metric("counter", {}),
+    # [cluster]; exported without it too (state "off", the rest at 0)
+    "gatekeeper_cluster_state": Metric("gauge", {"state": _one_of("off", "up", "down")}),
+    "gatekeeper_cluster_seconds": Metric("histogram", {}),
+    "gatekeeper_cluster_errors_total": Metric("counter", {}),
+    "gatekeeper_cluster_fallbacks_total": Metric("counter", {"mode": _one_of("closed", "local")}),
+    "gatekeeper_cluster_mirrored_total": Metric("counter", {}),
 }
 # The buckets of gatekeeper_verdict_seconds, in seconds (one boundary at the 100 us target).
 VERDICT_BUCKETS = (0.000005, 0.00001, 0.000025, 0.00005, 0.000075, 0.0001, 0.00025, 0.0005, 0.001,
@@ -87,6 +93,7 @@ HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 SCRAPE_SERIES = frozenset({"up"})  # made by Prometheus itself for every target
 TARGET_LABELS = frozenset({"job", "instance"})  # added by Prometheus to every scraped series
 ALERTS = frozenset({"GatekeeperDown", "GatekeeperQueueDropping", "GatekeeperVerdictLatencyHigh",
+                    "GatekeeperClusterStoreDown",
                     "GatekeeperKnockBruteForce", "GatekeeperWorkerRestartLoop"})
 
 

@@ -82,6 +82,7 @@ ALERT_LABELS = {
     "GatekeeperVerdictLatencyHigh": {"job", "instance"},
     "GatekeeperKnockBruteForce": {"job", "instance", "door"},
     "GatekeeperWorkerRestartLoop": {"job", "instance"},
+    "GatekeeperClusterStoreDown": {"job", "instance"},
 }
 DOORS = {"ssh", "rdp", "ping", "spa"}
 KNOCK_DOORS = ("ssh", "rdp", "ping")

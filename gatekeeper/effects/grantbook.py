@@ -57,8 +57,10 @@ class GrantBook:
         return True
 
     def granted(self, address: str, door_name: str, seconds: float, now: float,
-                error: str | None = None, opens: list[str] | None = None) -> None:
-        """A worker granted ``opens`` ("22:tcp", ...; None: all of the door's ports)."""
+                error: str | None = None, opens: list[str] | None = None,
+                mirrored: bool = False) -> None:
+        """A worker granted ``opens`` ("22:tcp", ...; None: all of the door's ports);
+        ``mirrored``: another gateway did, and this one copied it into its kernel set."""
         door = self.doors.get(door_name)
         if door is None:
             return
@@ -73,9 +75,10 @@ class GrantBook:
         if error:
             log.error("grant door=%s address=%s: kernel set not updated (%s); "
                       "the worker admits it from the queue", door.name, address, error)
-        log.info("grant door=%s address=%s open_for=%ds opens=%s%s%s", door.name, address,
+        log.info("grant door=%s address=%s open_for=%ds opens=%s%s%s%s", door.name, address,
                  round(seconds), ",".join(ports),
-                 f" host={door.host}" if door.host else "", " renewed" if renewed else "")
+                 f" host={door.host}" if door.host else "", " renewed" if renewed else "",
+                 " mirrored" if mirrored else "")
         if not renewed:
             self.commands.submit("start_command", door.start_command, address, door.command_timeout)
 

@@ -309,6 +309,15 @@ class Engine:
         """Whether ``src`` may not complete a sequence now: a scanner, or too many failures."""
         return self._scan_locked(src, now) or self._failure_locked(src, now)
 
+    def doors_opening(self, key: int, dst: bytes) -> tuple[int, ...]:
+        """The doors (indexes) whose grant would admit a packet to ``key`` at ``dst``."""
+        return tuple(slot >> _SLOT for slot, host in self._protected.get(key, ())
+                     if host is None or host == dst)
+
+    def lock_reason(self, src: bytes, now: float) -> Reason:
+        """Why a completed sequence of a locked-out ``src`` made no grant."""
+        return _R_SCANNER if self._scan_locked(src, now) else _R_LOCKED
+
     def _scan_locked(self, src: bytes, now: float) -> bool:
         entry = self._scans.get(src)
         return entry is not None and entry[3] > now
@@ -390,7 +399,7 @@ class Engine:
                     events.append(done)
                     reason = (_R_CLOSED if track.closes
                               else _R_COMPLETED if done.__class__ is Granted
-                              else _R_SCANNER if self._scan_locked(src, now) else _R_LOCKED)
+                              else self.lock_reason(src, now))
                 else:
                     events.append(knocked[_ADVANCED])
                     if reason is not _R_COMPLETED and reason is not _R_CLOSED:
@@ -546,17 +555,10 @@ class Engine:
 
     def _complete(self, track: _Track, src: bytes, now: float) -> Event:
         door = track.door
-        grants = self._grants.get(src)
         if track.closes:
-            if grants is not None:
-                index = track.door_index
-                steps = tuple(_slot_step(slot) for slot in grants if slot >> _SLOT == index)
-                if steps:
-                    for step in steps:
-                        del grants[index << _SLOT | step.key]
-                    if not grants:
-                        del self._grants[src]
-                    return Revoked(door, _address(src), "closed", steps)
+            steps = self.revoke(src, track.door_index)
+            if steps:
+                return Revoked(door, _address(src), "closed", steps)
             return Knocked(door.name, Outcome.NOTHING_TO_CLOSE)
         return self.grant(src, track.door_index, now)
 
@@ -567,7 +569,8 @@ class Engine:
         is a ValueError) for the door's ``open_for``, or for ``open_for`` seconds when
         that is positive and shorter (a request may shorten a grant, never lengthen it).
         Returns Granted, or a LOCKED Knocked event when the source is locked out (a
-        scanner, or too many failed sequences). A port granted again gets the new expiry; others of the door keep theirs.
+        scanner, or too many failed sequences). A port granted again gets the new
+        expiry; others of the door keep theirs.
         Called when a knock sequence completes, and for SPA packets and encrypted and
         one-time sequences: never for a packet that does not complete a grant."""
         door = self.config.doors[door_index]
@@ -590,6 +593,20 @@ class Engine:
         for step in granted:
             grants[base | step.key] = expires
         return Granted(door, _address(src), expires, renewed, granted)
+
+    def revoke(self, src: bytes, door_index: int) -> tuple[Step, ...]:
+        """Forget every port of door ``door_index`` granted to ``src`` (a close sequence,
+        here or on another gateway); returns the ports that were granted (none: nothing
+        to close)."""
+        grants = self._grants.get(src)
+        if grants is None:
+            return ()
+        steps = tuple(_slot_step(slot) for slot in grants if slot >> _SLOT == door_index)
+        for step in steps:
+            del grants[door_index << _SLOT | step.key]
+        if not grants:
+            del self._grants[src]
+        return steps
 
     # -- time and state -----------------------------------------------------------------
 

@@ -8,6 +8,7 @@ belongs to the supervisor, which hears of grants over a pipe and outlives worker
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -83,6 +84,9 @@ class Worker:
         self.spa_counts: dict[tuple[str, str], int] = {}  # (door, stage): over reloads
         self.specials = (SpecialDoors(config, self.engine, self.spa_counts)
                          if has_special(config) else None)
+        # [cluster]: gatekeeper.cluster.gate.ClusterGate (knocks and grants shared with other
+        # gateways), set by worker_process; None (one attribute test a packet) without
+        self.cluster: Any = None
         self._journals: dict[str, Any] = {}  # door -> replaylog.Journal (worker process only)
         self.wall = wall
         self.grants = grants
@@ -158,6 +162,8 @@ class Worker:
                 specials = self.specials
                 if specials is not None and proto << 16 | port in specials.keys:
                     decision = self._special(specials, pkt, src, dst, proto, port, flags, now)
+                elif self.cluster is not None:
+                    decision = self.cluster.decide(src, dst, proto, port, flags, now)
                 else:
                     decision = self.engine.decide(src, dst, proto, port, flags, now)
                 verdict, reason, events = decision
@@ -212,9 +218,12 @@ class Worker:
         spa: dict[str, dict[str, int]] = {}
         for (door, stage), n in self.spa_counts.items():
             spa.setdefault(door, {})[stage] = n
-        return {"t": "stats", "counts": self.counts, "hist": self.hist,
-                "hist_sum_ns": self.hist_sum_ns, "knocks": knocks, "spa": spa,
-                "guards": self.engine.guards, "tracked": self.engine.tracked_sources}
+        out = {"t": "stats", "counts": self.counts, "hist": self.hist,
+               "hist_sum_ns": self.hist_sum_ns, "knocks": knocks, "spa": spa,
+               "guards": self.engine.guards, "tracked": self.engine.tracked_sources}
+        if self.cluster is not None:
+            out["cluster"] = self.cluster.snapshot()
+        return out
 
     def _timed_on_packet(self, pkt: Any) -> None:
         """:meth:`on_packet` timed with perf_counter_ns (``gatekeeper bench`` only)."""
@@ -249,6 +258,8 @@ class Worker:
         self.report({"t": "grant", "door": door.name, "address": event.address,
                      "seconds": event.expires - now, "renewed": event.renewed,
                      "opens": [str(s) for s in event.steps], "error": error})
+        if self.cluster is not None:
+            self.cluster.share(event, now)  # an SPA/encrypted/one-time grant: to the others
 
     def _revoke(self, event: Revoked, now: float) -> None:
         if event.cause != "closed":
@@ -286,6 +297,13 @@ class Worker:
                 address, door, now + seconds, None if step is None else (step,))
         )
 
+    def forget(self, address: str, door_name: str) -> None:
+        """A grant closed on another gateway: the engine stops admitting it from the queue
+        (the supervisor's mirror took it out of the kernel set)."""
+        for index, door in enumerate(self.engine.config.doors):
+            if door.name == door_name:
+                self.engine.revoke(ipaddress.ip_address(address).packed, index)
+
     def journal_replays(self, state_dir: str) -> int:
         """Give every SPA/encrypted door's replay cache a file under ``state_dir``: what
         it held before a restart is taken back, and new entries are appended. Returns
@@ -318,6 +336,9 @@ class Worker:
         if specials is not None and self.specials is not None:
             specials.adopt(self.specials)
         self.specials = specials
+        if self.cluster is not None:
+            self.cluster.rebind(config, self.engine)
+            self.cluster.share_replays(specials)
 
 
 # -- the worker process ---------------------------------------------------------------
@@ -354,6 +375,11 @@ def worker_process(index: int, queue: int, config: Config, report_fd: int, contr
     grants = GrantSets()
     worker = Worker(config, grants, report)
     worker.report_stats = True
+    if config.cluster is not None:
+        from gatekeeper.cluster.gate import ClusterGate, node_name
+
+        worker.cluster = ClusterGate(config, worker.engine, node_name(os.getppid()), worker.apply)
+        worker.cluster.share_replays(worker.specials)
     try:
         worker.journal_replays(config.settings.state_dir)
     except OSError as exc:
@@ -395,6 +421,8 @@ def worker_process(index: int, queue: int, config: Config, report_fd: int, contr
                 except OSError as exc:
                     log.error("state_dir %s: %s", new.settings.state_dir, exc.strerror)
                 report({"t": "reloaded"})
+            elif message["t"] == "revoke":  # closed on another gateway (mirrored)
+                worker.forget(message["address"], message["door"])
             elif message["t"] == "counts":
                 report({"t": "counts", "counts": worker.counts,
                         "tracked": worker.engine.tracked_sources})

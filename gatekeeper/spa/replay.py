@@ -44,6 +44,9 @@ class ReplayCache:
         self.max_entries = max_entries
         self.overflows = 0
         self.journal = journal  # told of every new entry (key, expiry), to outlive a restart
+        # [cluster]: asked about every entry new here, (key, ttl) -> may it be admitted (no
+        # other gateway saw it)? Set by the worker; None on a single gateway.
+        self.shared: Callable[[bytes, float], bool] | None = None
         self._now = 0.0
         self._cache: TLRUCache[bytes, float] = TLRUCache(
             max_entries, ttu=lambda _key, expires, _now: expires, timer=self._clock
@@ -73,6 +76,9 @@ class ReplayCache:
         if len(self._cache) >= self.max_entries:
             self.overflows += 1
             return Admission.FULL
+        if self.shared is not None and not self.shared(key, ttl):
+            self._cache[key] = now + ttl  # seen elsewhere: a replay here too
+            return Admission.REPLAY
         self._cache[key] = now + ttl
         if self.journal is not None:
             self.journal(key, now + ttl)

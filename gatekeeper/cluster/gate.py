@@ -1,0 +1,243 @@
+"""The worker's side of ``[cluster]``: knocks run on the shared store, inline.
+
+Only two kinds of packet consult the store: a packet to a knock port (the knock script,
+one round trip, which also makes and publishes the grant when the sequence completes)
+and a first packet to a protected port from a source with no grant here (did another
+gateway grant it? its mirror may not have landed yet). Everything else is verdicted by
+the local engine as on a single gateway. A call that fails or takes longer than
+``timeout_ms`` opens a circuit breaker: for :data:`BREAKER_SECONDS` no packet waits on
+the store, knocks take their door's ``cluster_fallback`` and protected ports stay shut
+to anyone without a grant in the kernel set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import socket
+import time
+from bisect import bisect_left
+from collections.abc import Callable
+from typing import Any
+
+from gatekeeper.cluster.store import Keys, connect, script, where
+from gatekeeper.config import Config, Door
+from gatekeeper.engine import Decision, Engine, Event, Granted, Reason, Verdict
+from gatekeeper.engine.shared import SharedKnocks, Step
+from gatekeeper.metrics import BUCKETS_NS
+
+log = logging.getLogger("gatekeeper")
+
+BREAKER_SECONDS = 1.0  # after a failed call, no call for this long
+NEGATIVE_SECONDS = 0.25  # a source the store had no grant for is not asked again for this long
+NEGATIVE_MAX = 65536
+LOOKUPS_PER_SECOND = 2000.0  # a SYN flood from spoofed sources asks the store at most this often
+_ACCEPT_GRANTED: Decision = (Verdict.ACCEPT, Reason.GRANTED, ())
+_DROP_DOWN: Decision = (Verdict.DROP, Reason.ERROR, ())  # a knock the store could not take
+_UNAUTHORISED = Reason.UNAUTHORISED
+
+
+def node_name(supervisor_pid: int) -> str:
+    """This gateway in published messages (its own are not mirrored back to it)."""
+    return f"{socket.gethostname()}:{supervisor_pid}"
+
+
+class ClusterGate:
+    def __init__(self, config: Config, engine: Engine, node: str,
+                 apply: Callable[[tuple[Event, ...], float], None], client: Any = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        assert config.cluster is not None
+        self.cluster = config.cluster
+        self.keys = Keys(self.cluster.prefix)
+        self.client = client if client is not None else connect(self.cluster,
+                                                                self.cluster.timeout_ms / 1000)
+        self._knock = self.client.register_script(script("knock.lua"))
+        self._publish = self.client.register_script(script("publish.lua"))
+        self._replay = self.client.register_script(script("replay.lua"))
+        self.node = node
+        self.apply = apply
+        self.clock = clock
+        self.rebind(config, engine)
+        self.open_until = 0.0  # circuit breaker: open (no calls) until then
+        self.up = True
+        self.errors = 0
+        self.fallbacks = {"closed": 0, "local": 0}
+        self.lookups = 0
+        self.hist = [0] * (len(BUCKETS_NS) + 1)
+        self.hist_sum_ns = 0
+        self._negative: dict[bytes, float] = {}
+        self._found: Granted | None = None  # the last grant found in the store (not re-shared)
+        self._tokens = LOOKUPS_PER_SECOND
+        self._refilled = 0.0
+
+    def rebind(self, config: Config, engine: Engine) -> None:
+        """A reload: the new engine and doors (the connection stays)."""
+        self.config = config
+        self.engine = engine
+        self.shared = SharedKnocks(engine)
+        self.knock_keys = self.shared.knock_keys
+
+    # -- the hot path -------------------------------------------------------------------
+
+    def decide(self, src: bytes, dst: bytes, proto: int, port: int, flags: int,
+               now: float) -> Decision:
+        key = proto << 16 | port
+        if port >= 0 and key in self.knock_keys:
+            step = self.shared.step(src, key, proto, flags, now)
+            if step.__class__ is not Step:
+                return step  # type: ignore[return-value]
+            assert isinstance(step, Step)
+            if now < self.open_until:
+                return self._fallback(step, src, dst, proto, port, flags, now)
+            try:
+                outcomes = self._run(step)
+            except Exception as exc:
+                self._failed(exc, now)
+                return self._fallback(step, src, dst, proto, port, flags, now)
+            return self.shared.result(step, outcomes, now)
+        decision = self.engine.decide(src, dst, proto, port, flags, now)
+        if decision[1] is _UNAUTHORISED and now >= self.open_until:
+            return self._lookup(src, dst, key, now) or decision
+        return decision
+
+    def _run(self, step: Step) -> list[int]:
+        keys = self.keys
+        address = step.address
+        names: list[str] = []
+        args: list[str] = [str(step.key), "1" if step.locked else "0", keys.channel,
+                           f"{self.node}|{address}"]
+        for track in step.tracks:
+            names.append(keys.progress(address, track.ident))
+            names.append(keys.grant(address, track.args[4]))
+            args.extend(track.args)
+        start = time.perf_counter_ns()
+        outcomes = self._knock(keys=names, args=args)
+        self._timed(start)
+        return [int(o) for o in outcomes]
+
+    def _timed(self, start: int) -> None:
+        elapsed = time.perf_counter_ns() - start
+        self.hist[bisect_left(BUCKETS_NS, elapsed)] += 1
+        self.hist_sum_ns += elapsed
+        if not self.up:
+            self.up = True
+            log.warning("cluster: the store %s answers again; knocks are shared again",
+                        where(self.cluster))
+
+    def _fallback(self, step: Step, src: bytes, dst: bytes, proto: int, port: int, flags: int,
+                  now: float) -> Decision:
+        if step.fallback_local:
+            self.fallbacks["local"] += 1
+            return self.engine.decide(src, dst, proto, port, flags, now)
+        self.fallbacks["closed"] += 1
+        return _DROP_DOWN
+
+    def _failed(self, exc: Exception, now: float) -> None:
+        self.errors += 1
+        self.open_until = now + BREAKER_SECONDS
+        if self.up:
+            self.up = False
+            log.error("cluster: the store %s failed (%s: %s); grants already made keep working, "
+                      "protected ports stay shut to everyone else, knocks take their door's "
+                      "cluster_fallback until it answers again", where(self.cluster),
+                      type(exc).__name__, exc)
+
+    def _lookup(self, src: bytes, dst: bytes, key: int, now: float) -> Decision | None:
+        """A first packet to a protected port: did another gateway grant it?"""
+        doors = self.shared.lookup(key, dst)
+        if not doors:
+            return None
+        negative = self._negative
+        until = negative.get(src)
+        if until is not None and until > now:
+            return None
+        self._tokens = min(LOOKUPS_PER_SECOND,
+                           self._tokens + (now - self._refilled) * LOOKUPS_PER_SECOND)
+        self._refilled = now
+        if self._tokens < 1.0:
+            return None
+        self._tokens -= 1.0
+        self.lookups += 1
+        address = self.shared.step_address(src)
+        door_list = self.config.doors
+        start = time.perf_counter_ns()
+        try:
+            if len(doors) == 1:
+                ttls = [self.client.pttl(self.keys.grant(address, door_list[doors[0]].name))]
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for i in doors:
+                    pipe.pttl(self.keys.grant(address, door_list[i].name))
+                ttls = pipe.execute()
+        except Exception as exc:
+            self._failed(exc, now)
+            return None
+        self._timed(start)
+        for door_index, ttl in zip(doors, ttls, strict=True):
+            if int(ttl) > 0:
+                found = self._found = self.shared.found(src, door_index, int(ttl) / 1000, now)
+                self.apply((found,), now)
+                return _ACCEPT_GRANTED
+        if len(negative) >= NEGATIVE_MAX:
+            negative.clear()
+        negative[src] = now + NEGATIVE_SECONDS
+        return None
+
+    # -- grants made here by other doors, shared replay checks ---------------------------
+
+    def share(self, event: Granted, now: float) -> None:
+        """Publish a grant that an SPA, encrypted or one-time door made here (a plain
+        knock's grant was made and published by the knock script itself)."""
+        if event.door.kind == "sequence" or event is self._found or now < self.open_until:
+            return
+        ms = max(1, round((event.expires - now) * 1000))
+        start = time.perf_counter_ns()
+        try:
+            self._publish(keys=[self.keys.grant(event.address, event.door.name)],
+                          args=[self.keys.channel, f"{self.node}|{event.address}", event.door.name,
+                                str(ms)])
+        except Exception as exc:
+            self._failed(exc, self.clock())
+            return
+        self._timed(start)
+
+    def first_use(self, door: Door, digest: str, seconds: float) -> bool | None:
+        """Shared replay check: True if no gateway saw ``digest`` before (now it is
+        remembered for ``seconds``), False if one did, None if the store did not answer."""
+        now = self.clock()
+        if now < self.open_until:
+            return None
+        start = time.perf_counter_ns()
+        try:
+            fresh = self._replay(keys=[self.keys.replay(door.name, digest)],
+                                 args=[str(max(1, round(seconds * 1000)))])
+        except Exception as exc:
+            self._failed(exc, now)
+            return None
+        self._timed(start)
+        return bool(int(fresh))
+
+    def share_replays(self, specials: Any) -> None:
+        """Make every SPA/encrypted door's replay cache ask the store too: a packet seen by
+        any gateway is a replay on all. With the store down, a door with cluster_fallback
+        "local" trusts its own cache, a "closed" one admits nothing."""
+        if specials is None:
+            return
+        doors = {d.name: d for d in self.config.doors}
+        for name, cache in specials.replay.items():
+            door = doors.get(name)
+            if door is not None:
+                cache.shared = self._replay_check(door)
+
+    def _replay_check(self, door: Door) -> Callable[[bytes, float], bool]:
+        local = door.cluster_fallback == "local"
+
+        def check(key: bytes, ttl: float) -> bool:
+            fresh = self.first_use(door, hashlib.sha256(key).hexdigest()[:40], ttl)
+            return local if fresh is None else fresh
+
+        return check
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"hist": self.hist, "hist_sum_ns": self.hist_sum_ns, "errors": self.errors,
+                "fallbacks": self.fallbacks, "lookups": self.lookups, "up": self.up}

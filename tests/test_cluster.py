@@ -1,0 +1,382 @@
+"""[cluster]: config errors, and the knock script, the worker's gate and the mirror
+against a real redis-server on loopback (started and stopped by these tests)."""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from gatekeeper.config import TCP, UDP, ConfigError, loads
+from gatekeeper.engine import Engine, Granted, Knocked, Outcome, Reason, Revoked, Verdict
+from gatekeeper.lab_cluster import free_port, start_redis
+
+SYN = 0x02
+GW = ipaddress.ip_address("203.0.113.1").packed
+GW2 = ipaddress.ip_address("203.0.113.2").packed
+A = ipaddress.ip_address("203.0.113.10").packed
+B = ipaddress.ip_address("203.0.113.20").packed
+A6 = ipaddress.ip_address("2001:db8:1::10").packed
+
+DOORS = """
+[[door]]
+name = "ssh"
+sequence = ["7000:udp", "8000:tcp", "9000:udp"]
+sequence_timeout = {timeout}
+opens = ["22:tcp"]
+open_for = 30
+close_sequence = ["9000:tcp", "8000:udp", "7000:tcp"]
+
+[[door]]
+name = "web"
+sequence = ["5001:tcp", "5002:tcp"]
+opens = ["8443:tcp"]
+open_for = 20
+cluster_fallback = "local"
+"""
+SSH = [(UDP, 7000), (TCP, 8000), (UDP, 9000)]
+SSH_CLOSE = [(TCP, 9000), (UDP, 8000), (TCP, 7000)]
+WEB = [(TCP, 5001), (TCP, 5002)]
+
+
+def need_redis() -> None:
+    if shutil.which("redis-server") is None:
+        if __import__("os").environ.get("CI"):
+            pytest.fail("redis-server is missing (scripts/setup.sh installs it)")
+        pytest.skip("redis-server not installed (scripts/setup.sh installs it)")
+
+
+class Store:
+    """A redis-server on loopback that a test may kill and start again (same port)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[Any] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = start_redis(None, "", "127.0.0.1", self.port)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> Any:
+        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=2)
+
+
+@pytest.fixture
+def store() -> Iterator[Store]:
+    need_redis()
+    s = Store()
+    try:
+        yield s
+    finally:
+        s.kill()
+
+
+def config_text(url: str, timeout: float = 5, extra: str = "") -> str:
+    return (f'[cluster]\nredis = "{url}"\ntimeout_ms = 200\nprefix = "t"\n{extra}\n'
+            + DOORS.replace("{timeout}", str(timeout)))
+
+
+class Box:
+    """One gateway's worker side: an engine and its gate, with the effects recorded."""
+
+    def __init__(self, url: str, node: str, timeout: float = 5) -> None:
+        from gatekeeper.cluster.gate import ClusterGate
+
+        self.config = loads(config_text(url, timeout), f"{node}.toml")
+        self.engine = Engine(self.config)
+        self.applied: list[object] = []
+        self.gate = ClusterGate(self.config, self.engine, node,
+                                lambda events, now: self.applied.extend(events))
+
+    def send(self, src: bytes, proto: int, port: int, now: float, dst: bytes = GW) -> Any:
+        return self.gate.decide(src, dst, proto, port, SYN if proto == TCP else 0, now)
+
+
+def next_message(pubsub: Any, timeout: float = 5.0) -> str | None:
+    """The next published message's data (subscribe confirmations skipped), or None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.1)
+        if message is not None and message["type"] == "message":
+            return str(message["data"])
+    return None
+
+
+# -- config ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("cluster", "message"), [
+    ("", "cluster.redis: is required"),
+    ('redis = "http://example"', "cluster.redis: 'http://example': expected a URL"),
+    ('sentinels = ["192.0.2.1:26379"]', "cluster.service: is required with sentinels"),
+    ('sentinels = ["192.0.2.1"]\nservice = "m"', "cluster.sentinels[0]: '192.0.2.1': expected HOST:PORT"),
+    ('redis = "redis://x"\nsentinels = ["a:1"]\nservice = "m"', "cluster.sentinels: give either"),
+    ('redis = "redis://x"\nservice = "m"', "cluster.service: only with sentinels"),
+    ('redis = "redis://x"\ntimeout_ms = 0', "cluster.timeout_ms: must be between 1 and 10000"),
+    ('redis = "redis://x"\nprefix = "a b"', "cluster.prefix: 'a b'"),
+    ('redis = "redis://x"\nnodes = 2', "cluster.nodes: unknown key"),
+])
+def test_cluster_config_errors_name_the_key(cluster: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        loads(f"[cluster]\n{cluster}\n" + DOORS.replace("{timeout}", "5"), "gk.toml")
+    text = str(info.value)
+    assert "\n" not in text and text.startswith("gk.toml: ") and message in text, text
+
+
+def test_cluster_fallback_must_be_closed_or_local() -> None:
+    with pytest.raises(ConfigError, match=r"door\[0\] \(ssh\)\.cluster_fallback: 'open'"):
+        loads(DOORS.replace("{timeout}", "5").replace("open_for = 30", 'open_for = 30\n'
+                                                       'cluster_fallback = "open"', 1))
+
+
+def test_cluster_defaults_and_password_never_printed() -> None:
+    cfg = loads(config_text("redis://:s3cret@192.0.2.5:6379/2"))
+    assert cfg.cluster is not None and cfg.cluster.timeout_ms == 200
+    assert "s3cret" not in repr(cfg.cluster)
+    assert [d.cluster_fallback for d in cfg.doors] == ["closed", "local"]
+    assert loads(DOORS.replace("{timeout}", "5")).cluster is None
+    sentinel = loads('[cluster]\nsentinels = ["192.0.2.1:26379", "[2001:db8::1]:26379"]\n'
+                     'service = "gk"\n' + DOORS.replace("{timeout}", "5"))
+    assert sentinel.cluster is not None
+    assert sentinel.cluster.sentinels == (("192.0.2.1", 26379), ("2001:db8::1", 26379))
+
+
+# -- the knock script and the gate ----------------------------------------------------
+
+
+def test_knocks_alternating_between_gateways_complete_and_grant(store: Store) -> None:
+    one, two = Box(store.url, "one"), Box(store.url, "two")
+    r = store.client()
+    pubsub = r.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe("t:grants")
+    assert one.send(A, *SSH[0], 100.0)[1] is Reason.KNOCK
+    assert two.send(A, *SSH[1], 100.1)[1] is Reason.KNOCK
+    # a retransmit of the second knock, through the first box, keeps progress
+    assert one.send(A, *SSH[1], 100.2)[1] is Reason.DUPLICATE
+    verdict, reason, events = one.send(A, *SSH[2], 100.3)
+    assert (verdict, reason) == (Verdict.DROP, Reason.COMPLETED)
+    granted = [e for e in events if isinstance(e, Granted)]
+    assert [(g.door.name, g.address) for g in granted] == [("ssh", "203.0.113.10")]
+    assert 29_000 < r.pttl("t:{203.0.113.10}:g:ssh") <= 30_000
+    assert r.keys("t:*:p:*") == []  # progress gone once complete
+    assert next_message(pubsub) == "g|one|203.0.113.10|ssh|30000"
+    # the box that completed it admits at once; another source is still shut out
+    assert one.send(A, TCP, 22, 100.4)[:2] == (Verdict.ACCEPT, Reason.GRANTED)
+    assert one.send(B, TCP, 22, 100.4)[:2] == (Verdict.DROP, Reason.UNAUTHORISED)
+
+
+def test_other_gateway_admits_a_grant_made_elsewhere_before_any_mirror(store: Store) -> None:
+    one, two = Box(store.url, "one"), Box(store.url, "two")
+    for i, step in enumerate(SSH):
+        one.send(A6, *step, 10.0 + i)
+    assert two.send(A6, TCP, 22, 13.0)[:2] == (Verdict.ACCEPT, Reason.GRANTED)
+    adopted = [e for e in two.applied if isinstance(e, Granted)]
+    assert len(adopted) == 1 and adopted[0].address == "2001:db8:1::10"
+    assert 25 < adopted[0].expires - 13.0 <= 30
+    # other ports and other sources stay shut on the second box
+    assert two.send(A6, TCP, 8443, 13.1)[:2] == (Verdict.DROP, Reason.UNAUTHORISED)
+    assert two.send(B, TCP, 22, 13.1)[:2] == (Verdict.DROP, Reason.UNAUTHORISED)
+
+
+def test_wrong_knock_resets_timeout_expires_and_sources_are_apart(store: Store) -> None:
+    one, two = Box(store.url, "one", timeout=0.3), Box(store.url, "two", timeout=0.3)
+    one.send(A, *SSH[0], 1.0)
+    two.send(B, *SSH[0], 1.0)
+    # a knock of another door, out of order, resets A's ssh progress (wrong_knock = reset)
+    _, reason, events = two.send(A, *WEB[1], 1.1)
+    assert Knocked("ssh", Outcome.RESET) in events and reason is Reason.WRONG
+    assert one.send(A, *SSH[1], 1.2)[1] is Reason.WRONG
+    # B's progress was its own; it expires by the store's clock
+    assert one.send(B, *SSH[1], 1.2)[1] is Reason.KNOCK
+    time.sleep(0.4)
+    assert two.send(B, *SSH[2], 1.3)[1] is Reason.WRONG
+    assert store.client().keys("t:*") == []
+
+
+def test_close_sequence_revokes_everywhere_and_publishes(store: Store) -> None:
+    one, two = Box(store.url, "one"), Box(store.url, "two")
+    for i, step in enumerate(SSH):
+        one.send(A, *step, float(i))
+    r = store.client()
+    pubsub = r.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe("t:grants")
+    for i, step in enumerate(SSH_CLOSE[:-1]):
+        two.send(A, *step, 5.0 + i)
+    _, reason, events = one.send(A, *SSH_CLOSE[-1], 8.0)
+    assert reason is Reason.CLOSED and any(isinstance(e, Revoked) for e in events)
+    assert r.exists("t:{203.0.113.10}:g:ssh") == 0
+    assert next_message(pubsub) == "r|one|203.0.113.10|ssh"
+    assert one.send(A, TCP, 22, 9.0)[:2] == (Verdict.DROP, Reason.UNAUTHORISED)
+    # closing again: nothing to close
+    for i, step in enumerate(SSH_CLOSE):
+        _, reason, events = two.send(A, *step, 10.0 + i)
+    assert Knocked("ssh", Outcome.NOTHING_TO_CLOSE) in events
+
+
+def test_scanner_locked_out_on_its_gateway_gets_no_shared_grant(store: Store) -> None:
+    one = Box(store.url, "one")
+    for port in range(100, 110):  # more distinct ports than any door needs: a scan
+        one.send(A, TCP, port, 1.0)
+    assert one.engine.locked_out(A, 1.0)
+    for i, step in enumerate(SSH):
+        _, reason, events = one.send(A, *step, 2.0 + i / 10)
+    assert reason is Reason.SCANNER and Knocked("ssh", Outcome.LOCKED) in events
+    assert store.client().exists("t:{203.0.113.10}:g:ssh") == 0
+
+
+def test_store_down_closed_door_drops_local_door_knocks_alone_and_recovers(store: Store) -> None:
+    one = Box(store.url, "one")
+    for i, step in enumerate(SSH):
+        one.send(A, *step, 1.0 + i / 10)
+    assert one.send(A, TCP, 22, 2.0)[0] is Verdict.ACCEPT
+    store.kill()
+    # knocks of a "closed" door: dropped and counted for nothing, the breaker opens
+    t0 = time.monotonic()
+    assert one.send(B, *SSH[0], 3.0)[:2] == (Verdict.DROP, Reason.ERROR)
+    assert one.gate.errors == 1 and not one.gate.up
+    for i, step in enumerate(SSH[1:]):
+        assert one.send(B, *step, 3.1 + i / 10)[:2] == (Verdict.DROP, Reason.ERROR)
+    assert one.gate.errors == 1, "the open breaker keeps the dead store off the hot path"
+    assert time.monotonic() - t0 < 5
+    # the grant this box already has still admits; nobody else is let in
+    assert one.send(A, TCP, 22, 3.5)[0] is Verdict.ACCEPT
+    assert one.send(B, TCP, 22, 3.5)[:2] == (Verdict.DROP, Reason.UNAUTHORISED)
+    # a "local" door knocks on this box alone meanwhile
+    one.send(B, *WEB[0], 3.6)
+    _, reason, _ = one.send(B, *WEB[1], 3.7)
+    assert reason is Reason.COMPLETED and one.gate.fallbacks == {"closed": 3, "local": 2}
+    store.start()
+    # after the breaker's pause the store is asked again, and knocks are shared again
+    for i, step in enumerate(SSH):
+        _, reason, _ = one.send(B, *step, 5.0 + i / 10)
+    assert reason is Reason.COMPLETED and one.gate.up
+    assert store.client().exists("t:{203.0.113.20}:g:ssh") == 1
+
+
+def test_unauthorised_lookups_are_cached_and_rate_limited(store: Store) -> None:
+    one = Box(store.url, "one")
+    for _ in range(5):
+        assert one.send(B, TCP, 22, 1.0)[1] is Reason.UNAUTHORISED
+    assert one.gate.lookups == 1, "a negative answer is cached for a moment"
+    spoofed = [ipaddress.ip_address(0xCB007100 + i).packed for i in range(5000)]
+    for src in spoofed:
+        one.send(src, TCP, 22, 2.0)
+    assert one.gate.lookups <= 1 + 2001, "a flood of new sources asks at most the rate limit"
+
+
+def test_replay_caches_are_shared_and_fail_by_the_doors_fallback(store: Store) -> None:
+    from types import SimpleNamespace
+
+    from gatekeeper.spa.replay import Admission, ReplayCache
+
+    one, two = Box(store.url, "one"), Box(store.url, "two")
+    caches = {}
+    for box in (one, two):  # each gateway's replay caches, as its SPA doors hold them
+        caches[box] = {"ssh": ReplayCache(), "web": ReplayCache()}
+        box.gate.share_replays(SimpleNamespace(replay=caches[box]))
+    assert caches[one]["ssh"].admit(b"captured", 1.0, 240) is Admission.NEW
+    # the same packet replayed at the other gateway: seen there already
+    assert caches[two]["ssh"].admit(b"captured", 1.0, 240) is Admission.REPLAY
+    assert caches[two]["ssh"].admit(b"fresh", 1.0, 240) is Admission.NEW
+    keys = store.client().keys("t:r:ssh:*")
+    assert len(keys) == 2 and all(230_000 < store.client().pttl(k) <= 240_000 for k in keys)
+    store.kill()
+    # store down: a "closed" door admits nothing new, a "local" one trusts its own cache
+    assert caches[one]["ssh"].admit(b"new while down", 2.0, 240) is Admission.REPLAY
+    assert caches[one]["web"].admit(b"new while down", 2.0, 240) is Admission.NEW
+
+
+def test_sentinel_finds_the_master(store: Store) -> None:
+    sentinel_port = free_port()
+    sentinel = start_redis(None, "", "127.0.0.1", sentinel_port,
+                           sentinel_of=("gk", "127.0.0.1", store.port))
+    try:
+        text = config_text("").replace('redis = ""', f'sentinels = ["127.0.0.1:{sentinel_port}"]\n'
+                                       'service = "gk"')
+        config = loads(text, "sentinel.toml")
+        from gatekeeper.cluster.gate import ClusterGate
+
+        engine = Engine(config)
+        gate = ClusterGate(config, engine, "one", lambda events, now: None)
+        for i, step in enumerate(SSH):
+            _, reason, _ = gate.decide(A, GW, *step, SYN if step[0] == TCP else 0, 1.0 + i)
+        assert reason is Reason.COMPLETED
+        assert store.client().exists("t:{203.0.113.10}:g:ssh") == 1
+    finally:
+        sentinel.kill()
+        sentinel.wait(10)
+
+
+# -- the mirror ---------------------------------------------------------------------------
+
+
+class FakeSets:
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], float] = {}
+
+    def add(self, address: str, door: Any, seconds: float) -> int:
+        self.entries[(address, door.name)] = seconds
+        return 1
+
+    def remove(self, address: str, door: Any) -> None:
+        self.entries.pop((address, door.name), None)
+
+
+def wait_until(check: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return bool(check())
+
+
+def test_mirror_resyncs_follows_and_reconnects(store: Store) -> None:
+    from gatekeeper.cluster.mirror import Mirror
+
+    one = Box(store.url, "one")
+    for i, step in enumerate(SSH):  # made before the mirror starts: found by the resync
+        one.send(A, *step, float(i))
+    sets, notes = FakeSets(), []
+    mirror = Mirror(loads(config_text(store.url), "two.toml"), "two", sets, notes.append)
+    mirror.start()
+    try:
+        assert wait_until(lambda: ("203.0.113.10", "ssh") in sets.entries)
+        assert 25 < sets.entries[("203.0.113.10", "ssh")] <= 30 and mirror.up
+        for i, step in enumerate(SSH):  # made while it listens: mirrored from the channel
+            one.send(B, *step, 10.0 + i)
+        assert wait_until(lambda: ("203.0.113.20", "ssh") in sets.entries)
+        assert ("grant", "203.0.113.20", "ssh", 30.0) in notes
+        mine = Box(store.url, "two")  # a grant made by the mirror's own gateway is skipped
+        for i, step in enumerate(WEB):
+            mine.send(A6, *step, 20.0 + i)
+        for i, step in enumerate(SSH_CLOSE):
+            one.send(A, *step, 30.0 + i)
+        assert wait_until(lambda: ("203.0.113.10", "ssh") not in sets.entries)
+        assert ("2001:db8:1::10", "web") not in sets.entries
+        store.kill()
+        assert wait_until(lambda: not mirror.up)
+        assert "no answer" in mirror.status()["error"] or mirror.status()["error"]
+        store.start()
+        for i, step in enumerate(WEB):  # made while the mirror is still away
+            one.send(A, *step, 40.0 + i)
+        assert wait_until(lambda: mirror.up and ("203.0.113.10", "web") in sets.entries, 10)
+        assert mirror.resyncs >= 2
+    finally:
+        mirror.stop()
