@@ -367,11 +367,12 @@ class Supervisor:
             except queue.Empty:
                 return
             if note[0] == "grant":
-                _, address, door, seconds = note
+                _, address, door, seconds, opens = note
                 entry = self.book.entries.get((address, door))
-                if entry is not None and entry.expires >= now + seconds - 1.0:
+                if entry is not None and all(entry.ports.get(p, 0.0) >= now + seconds - 1.0
+                                             for p in opens):
                     continue  # already known here (made by a worker of this gateway)
-                self.book.granted(address, door, seconds, now, mirrored=True)
+                self.book.granted(address, door, seconds, now, opens=opens, mirrored=True)
                 self.stats.cluster_mirrored += 1
             elif note[0] == "revoke":
                 _, address, door = note

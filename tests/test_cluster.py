@@ -8,14 +8,16 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from gatekeeper.config import TCP, UDP, ConfigError, loads
+from gatekeeper.config import TCP, UDP, ConfigError, Step, loads
 from gatekeeper.engine import Engine, Granted, Knocked, Outcome, Reason, Revoked, Verdict
 from gatekeeper.lab_cluster import free_port, start_redis
+from gatekeeper.spa import fwknop
 
 SYN = 0x02
 GW = ipaddress.ip_address("203.0.113.1").packed
@@ -23,13 +25,14 @@ GW2 = ipaddress.ip_address("203.0.113.2").packed
 A = ipaddress.ip_address("203.0.113.10").packed
 B = ipaddress.ip_address("203.0.113.20").packed
 A6 = ipaddress.ip_address("2001:db8:1::10").packed
+P22, P80, P2222 = Step(TCP, 22), Step(TCP, 80), Step(TCP, 2222)
 
 DOORS = """
 [[door]]
 name = "ssh"
 sequence = ["7000:udp", "8000:tcp", "9000:udp"]
 sequence_timeout = {timeout}
-opens = ["22:tcp"]
+opens = ["22:tcp", "2222:tcp"]
 open_for = 30
 close_sequence = ["9000:tcp", "8000:udp", "7000:tcp"]
 
@@ -87,18 +90,27 @@ def store() -> Iterator[Store]:
         s.kill()
 
 
-def config_text(url: str, timeout: float = 5, extra: str = "") -> str:
+def config_text(url: str, timeout: float = 5, extra: str = "", doors: str = "") -> str:
     return (f'[cluster]\nredis = "{url}"\ntimeout_ms = 200\nprefix = "t"\n{extra}\n'
-            + DOORS.replace("{timeout}", str(timeout)))
+            + DOORS.replace("{timeout}", str(timeout)) + doors)
+
+
+def spa_door(tmp_path: Path) -> str:
+    """An SPA door opening two ports (a request may ask for either or both)."""
+    key_file = tmp_path / "spa.key"
+    key_file.write_text(fwknop.format_key_file(fwknop.generate_keys()))
+    key_file.chmod(0o600)
+    return (f'\n[[door]]\nname = "spa"\nspa = true\nkey_file = "{key_file}"\n'
+            'opens = ["22:tcp", "80:tcp"]\nopen_for = 30\n')
 
 
 class Box:
     """One gateway's worker side: an engine and its gate, with the effects recorded."""
 
-    def __init__(self, url: str, node: str, timeout: float = 5) -> None:
+    def __init__(self, url: str, node: str, timeout: float = 5, doors: str = "") -> None:
         from gatekeeper.cluster.gate import ClusterGate
 
-        self.config = loads(config_text(url, timeout), f"{node}.toml")
+        self.config = loads(config_text(url, timeout, doors=doors), f"{node}.toml")
         self.engine = Engine(self.config)
         self.applied: list[object] = []
         self.gate = ClusterGate(self.config, self.engine, node,
@@ -106,6 +118,19 @@ class Box:
 
     def send(self, src: bytes, proto: int, port: int, now: float, dst: bytes = GW) -> Any:
         return self.gate.decide(src, dst, proto, port, SYN if proto == TCP else 0, now)
+
+    def spa_grant(self, src: bytes, ports: list[Step], now: float, open_for: float = 0) -> Granted:
+        """What an accepted SPA packet does on a worker: the engine grants the ports it
+        asked for, the worker writes them (recorded here) and shares them."""
+        index = next(i for i, d in enumerate(self.config.doors) if d.name == "spa")
+        event = self.engine.grant(src, index, now, ports, open_for)
+        assert isinstance(event, Granted)
+        self.gate.share(event, now)
+        return event
+
+    def adopted(self) -> list[tuple[str, str, tuple[Step, ...]]]:
+        """The grants this box took from the store: (address, door, ports)."""
+        return [(e.address, e.door.name, e.steps) for e in self.applied if isinstance(e, Granted)]
 
 
 def next_message(pubsub: Any, timeout: float = 5.0) -> str | None:
@@ -173,9 +198,11 @@ def test_knocks_alternating_between_gateways_complete_and_grant(store: Store) ->
     assert (verdict, reason) == (Verdict.DROP, Reason.COMPLETED)
     granted = [e for e in events if isinstance(e, Granted)]
     assert [(g.door.name, g.address) for g in granted] == [("ssh", "203.0.113.10")]
-    assert 29_000 < r.pttl("t:{203.0.113.10}:g:ssh") <= 30_000
+    # a knock's completion grants every port of the door: a key each
+    for port in ("22:tcp", "2222:tcp"):
+        assert 29_000 < r.pttl(f"t:{{203.0.113.10}}:g:ssh:{port}") <= 30_000
     assert r.keys("t:*:p:*") == []  # progress gone once complete
-    assert next_message(pubsub) == "g|one|203.0.113.10|ssh|30000"
+    assert next_message(pubsub) == "g|one|203.0.113.10|ssh|30000|22:tcp,2222:tcp"
     # the box that completed it admits at once; another source is still shut out
     assert one.send(A, TCP, 22, 100.4)[:2] == (Verdict.ACCEPT, Reason.GRANTED)
     assert one.send(B, TCP, 22, 100.4)[:2] == (Verdict.DROP, Reason.UNAUTHORISED)
@@ -188,10 +215,60 @@ def test_other_gateway_admits_a_grant_made_elsewhere_before_any_mirror(store: St
     assert two.send(A6, TCP, 22, 13.0)[:2] == (Verdict.ACCEPT, Reason.GRANTED)
     adopted = [e for e in two.applied if isinstance(e, Granted)]
     assert len(adopted) == 1 and adopted[0].address == "2001:db8:1::10"
+    assert adopted[0].steps == (P22,), "a lookup adopts the packet's own port"
     assert 25 < adopted[0].expires - 13.0 <= 30
     # other ports and other sources stay shut on the second box
     assert two.send(A6, TCP, 8443, 13.1)[:2] == (Verdict.DROP, Reason.UNAUTHORISED)
     assert two.send(B, TCP, 22, 13.1)[:2] == (Verdict.DROP, Reason.UNAUTHORISED)
+    # the door's other port was granted too (a knock grants the whole door): its own lookup
+    assert two.send(A6, TCP, 2222, 14.0)[:2] == (Verdict.ACCEPT, Reason.GRANTED)
+    assert [e.steps for e in two.applied if isinstance(e, Granted)] == [(P22,), (P2222,)]
+
+
+def test_spa_grant_of_one_port_is_that_port_alone_on_every_gateway(store: Store,
+                                                                   tmp_path: Path) -> None:
+    doors = spa_door(tmp_path)
+    one, two = Box(store.url, "one", doors=doors), Box(store.url, "two", doors=doors)
+    r = store.client()
+    pubsub = r.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe("t:grants")
+    one.spa_grant(A, [P22], 1.0)  # an SPA packet asking for tcp/22 only
+    assert next_message(pubsub) == "g|one|203.0.113.10|spa|30000|22:tcp"
+    assert r.keys("t:{203.0.113.10}:g:*") == ["t:{203.0.113.10}:g:spa:22:tcp"]
+    # the other gateway: 80 stays shut (the store holds no grant of it), 22 is admitted
+    assert two.send(A, TCP, 80, 2.0)[:2] == (Verdict.DROP, Reason.UNAUTHORISED)
+    assert two.send(A, TCP, 22, 3.0)[:2] == (Verdict.ACCEPT, Reason.GRANTED)
+    assert two.adopted() == [("203.0.113.10", "spa", (P22,))]
+    lookups = two.gate.lookups
+    assert two.send(A, TCP, 80, 4.0)[:2] == (Verdict.DROP, Reason.UNAUTHORISED)
+    assert two.gate.lookups == lookups + 1, "80 was asked of the store, and refused"
+    # a second request, for 80 with a shorter time: 22 keeps its key and its own expiry
+    one.spa_grant(A, [P80], 5.0, open_for=5)
+    assert next_message(pubsub) == "g|one|203.0.113.10|spa|5000|80:tcp"
+    assert 25_000 < r.pttl("t:{203.0.113.10}:g:spa:22:tcp") <= 30_000
+    assert 0 < r.pttl("t:{203.0.113.10}:g:spa:80:tcp") <= 5_000
+    three = Box(store.url, "three", doors=doors)
+    assert three.send(A, TCP, 80, 6.0)[:2] == (Verdict.ACCEPT, Reason.GRANTED)
+    assert three.send(A, TCP, 22, 6.1)[:2] == (Verdict.ACCEPT, Reason.GRANTED)
+    assert [ports for _, _, ports in three.adopted()] == [(P80,), (P22,)]
+    expires = [e.expires for e in three.applied if isinstance(e, Granted)]
+    assert 4 < expires[0] - 6.0 <= 5 and 25 < expires[1] - 6.1 <= 30
+    # another source, either port: shut
+    assert three.send(B, TCP, 22, 6.2)[:2] == (Verdict.DROP, Reason.UNAUTHORISED)
+
+
+def test_close_through_a_gateway_holding_one_port_revokes_every_port(store: Store) -> None:
+    one, two = Box(store.url, "one"), Box(store.url, "two")
+    for i, step in enumerate(SSH):
+        one.send(A, *step, float(i))
+    assert two.send(A, TCP, 22, 4.0)[0] is Verdict.ACCEPT  # two holds 22 alone (adopted)
+    for i, step in enumerate(SSH_CLOSE):
+        _, reason, events = two.send(A, *step, 5.0 + i)
+    assert reason is Reason.CLOSED
+    revoked = [e for e in events if isinstance(e, Revoked)]
+    assert [e.steps for e in revoked] == [(P22, P2222)], "the kernel set loses both ports"
+    assert store.client().keys("t:{203.0.113.10}:g:*") == []
+    assert two.send(A, TCP, 22, 9.0)[:2] == (Verdict.DROP, Reason.UNAUTHORISED)
 
 
 def test_wrong_knock_resets_timeout_expires_and_sources_are_apart(store: Store) -> None:
@@ -220,7 +297,7 @@ def test_close_sequence_revokes_everywhere_and_publishes(store: Store) -> None:
         two.send(A, *step, 5.0 + i)
     _, reason, events = one.send(A, *SSH_CLOSE[-1], 8.0)
     assert reason is Reason.CLOSED and any(isinstance(e, Revoked) for e in events)
-    assert r.exists("t:{203.0.113.10}:g:ssh") == 0
+    assert r.keys("t:{203.0.113.10}:g:*") == []
     assert next_message(pubsub) == "r|one|203.0.113.10|ssh"
     assert one.send(A, TCP, 22, 9.0)[:2] == (Verdict.DROP, Reason.UNAUTHORISED)
     # closing again: nothing to close
@@ -237,7 +314,7 @@ def test_scanner_locked_out_on_its_gateway_gets_no_shared_grant(store: Store) ->
     for i, step in enumerate(SSH):
         _, reason, events = one.send(A, *step, 2.0 + i / 10)
     assert reason is Reason.SCANNER and Knocked("ssh", Outcome.LOCKED) in events
-    assert store.client().exists("t:{203.0.113.10}:g:ssh") == 0
+    assert store.client().keys("t:{203.0.113.10}:g:*") == []
 
 
 def test_store_down_closed_door_drops_local_door_knocks_alone_and_recovers(store: Store) -> None:
@@ -266,7 +343,7 @@ def test_store_down_closed_door_drops_local_door_knocks_alone_and_recovers(store
     for i, step in enumerate(SSH):
         _, reason, _ = one.send(B, *step, 5.0 + i / 10)
     assert reason is Reason.COMPLETED and one.gate.up
-    assert store.client().exists("t:{203.0.113.20}:g:ssh") == 1
+    assert store.client().exists("t:{203.0.113.20}:g:ssh:22:tcp") == 1
 
 
 def test_unauthorised_lookups_are_cached_and_rate_limited(store: Store) -> None:
@@ -317,7 +394,7 @@ def test_sentinel_finds_the_master(store: Store) -> None:
         for i, step in enumerate(SSH):
             _, reason, _ = gate.decide(A, GW, *step, SYN if step[0] == TCP else 0, 1.0 + i)
         assert reason is Reason.COMPLETED
-        assert store.client().exists("t:{203.0.113.10}:g:ssh") == 1
+        assert store.client().exists("t:{203.0.113.10}:g:ssh:22:tcp") == 1
     finally:
         sentinel.kill()
         sentinel.wait(10)
@@ -327,15 +404,23 @@ def test_sentinel_finds_the_master(store: Store) -> None:
 
 
 class FakeSets:
-    def __init__(self) -> None:
-        self.entries: dict[tuple[str, str], float] = {}
+    """The kernel grant sets as the mirror writes them: (address, door) -> port -> seconds."""
 
-    def add(self, address: str, door: Any, seconds: float) -> int:
-        self.entries[(address, door.name)] = seconds
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], dict[str, float]] = {}
+
+    def add(self, address: str, door: Any, seconds: float, steps: Any = None) -> int:
+        ports = self.entries.setdefault((address, door.name), {})
+        for step in door.opens if steps is None else steps:
+            ports[str(step)] = seconds
         return 1
 
-    def remove(self, address: str, door: Any) -> None:
-        self.entries.pop((address, door.name), None)
+    def remove(self, address: str, door: Any, steps: Any = None) -> None:
+        ports = self.entries.get((address, door.name), {})
+        for step in door.opens if steps is None else steps:
+            ports.pop(str(step), None)
+        if not ports:
+            self.entries.pop((address, door.name), None)
 
 
 def wait_until(check: Any, timeout: float = 5.0) -> bool:
@@ -358,11 +443,13 @@ def test_mirror_resyncs_follows_and_reconnects(store: Store) -> None:
     mirror.start()
     try:
         assert wait_until(lambda: ("203.0.113.10", "ssh") in sets.entries)
-        assert 25 < sets.entries[("203.0.113.10", "ssh")] <= 30 and mirror.up
+        ports = sets.entries[("203.0.113.10", "ssh")]
+        assert set(ports) == {"22:tcp", "2222:tcp"}, "a knock's grant: every port of the door"
+        assert all(25 < seconds <= 30 for seconds in ports.values()) and mirror.up
         for i, step in enumerate(SSH):  # made while it listens: mirrored from the channel
             one.send(B, *step, 10.0 + i)
         assert wait_until(lambda: ("203.0.113.20", "ssh") in sets.entries)
-        assert ("grant", "203.0.113.20", "ssh", 30.0) in notes
+        assert ("grant", "203.0.113.20", "ssh", 30.0, ["22:tcp", "2222:tcp"]) in notes
         mine = Box(store.url, "two")  # a grant made by the mirror's own gateway is skipped
         for i, step in enumerate(WEB):
             mine.send(A6, *step, 20.0 + i)
@@ -378,5 +465,43 @@ def test_mirror_resyncs_follows_and_reconnects(store: Store) -> None:
             one.send(A, *step, 40.0 + i)
         assert wait_until(lambda: mirror.up and ("203.0.113.10", "web") in sets.entries, 10)
         assert mirror.resyncs >= 2
+    finally:
+        mirror.stop()
+
+
+def test_mirror_writes_exactly_the_ports_granted_live_and_on_resync(store: Store,
+                                                                     tmp_path: Path) -> None:
+    from gatekeeper.cluster.mirror import Mirror
+
+    doors = spa_door(tmp_path)
+    one = Box(store.url, "one", doors=doors)
+    one.spa_grant(A, [P22], 1.0)  # made before the mirror starts: found by the resync
+    config = loads(config_text(store.url, doors=doors), "two.toml")
+    sets, notes = FakeSets(), []
+    mirror = Mirror(config, "two", sets, notes.append)
+    mirror.start()
+    try:
+        assert wait_until(lambda: ("203.0.113.10", "spa") in sets.entries and mirror.up)
+        assert list(sets.entries[("203.0.113.10", "spa")]) == ["22:tcp"]
+        assert [n[4] for n in notes] == [["22:tcp"]]
+        # a second request, for 80 alone and shorter: written alone, 22 keeps its time
+        one.spa_grant(A, [P80], 2.0, open_for=5)
+        assert wait_until(lambda: "80:tcp" in sets.entries[("203.0.113.10", "spa")])
+        ports = sets.entries[("203.0.113.10", "spa")]
+        assert 25 < ports["22:tcp"] <= 30 and ports["80:tcp"] == 5.0
+        assert notes[-1] == ("grant", "203.0.113.10", "spa", 5.0, ["80:tcp"])
+    finally:
+        mirror.stop()
+    # a gateway (re)connecting resyncs each port with its own time left
+    again, notes_again = FakeSets(), []
+    mirror = Mirror(config, "three", again, notes_again.append)
+    mirror.start()
+    try:
+        assert wait_until(lambda: len(again.entries.get(("203.0.113.10", "spa"), {})) == 2)
+        ports = again.entries[("203.0.113.10", "spa")]
+        assert 25 < ports["22:tcp"] <= 30 and 0 < ports["80:tcp"] <= 5
+        assert sorted(n[4] for n in notes_again) == [["22:tcp"], ["80:tcp"]]
+        # B was never granted: nothing of it anywhere
+        assert all(key[0] == "203.0.113.10" for key in again.entries)
     finally:
         mirror.stop()

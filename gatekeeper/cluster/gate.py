@@ -108,7 +108,8 @@ class ClusterGate:
                            f"{self.node}|{address}"]
         for track in step.tracks:
             names.append(keys.progress(address, track.ident))
-            names.append(keys.grant(address, track.args[4]))
+            door = track.args[4]
+            names.extend(keys.grant(address, door, port) for port in track.opens)
             args.extend(track.args)
         start = time.perf_counter_ns()
         outcomes = self._knock(keys=names, args=args)
@@ -159,15 +160,17 @@ class ClusterGate:
         self._tokens -= 1.0
         self.lookups += 1
         address = self.shared.step_address(src)
+        port = self.shared.port(key)
+        name = str(port)
         door_list = self.config.doors
         start = time.perf_counter_ns()
-        try:
+        try:  # only this packet's port: another of the door may not be granted
             if len(doors) == 1:
-                ttls = [self.client.pttl(self.keys.grant(address, door_list[doors[0]].name))]
+                ttls = [self.client.pttl(self.keys.grant(address, door_list[doors[0]].name, name))]
             else:
                 pipe = self.client.pipeline(transaction=False)
                 for i in doors:
-                    pipe.pttl(self.keys.grant(address, door_list[i].name))
+                    pipe.pttl(self.keys.grant(address, door_list[i].name, name))
                 ttls = pipe.execute()
         except Exception as exc:
             self._failed(exc, now)
@@ -175,7 +178,8 @@ class ClusterGate:
         self._timed(start)
         for door_index, ttl in zip(doors, ttls, strict=True):
             if int(ttl) > 0:
-                found = self._found = self.shared.found(src, door_index, int(ttl) / 1000, now)
+                found = self._found = self.shared.found(src, door_index, int(ttl) / 1000, now,
+                                                        (port,))
                 self.apply((found,), now)
                 return _ACCEPT_GRANTED
         if len(negative) >= NEGATIVE_MAX:
@@ -186,16 +190,19 @@ class ClusterGate:
     # -- grants made here by other doors, shared replay checks ---------------------------
 
     def share(self, event: Granted, now: float) -> None:
-        """Publish a grant that an SPA, encrypted or one-time door made here (a plain
-        knock's grant was made and published by the knock script itself)."""
+        """Publish a grant that an SPA, encrypted or one-time door made here, of the ports
+        it granted (a plain knock's grant was made and published by the knock script
+        itself)."""
         if event.door.kind == "sequence" or event is self._found or now < self.open_until:
             return
         ms = max(1, round((event.expires - now) * 1000))
+        door = event.door.name
+        ports = [str(s) for s in event.steps]  # the ports granted now, not the whole door
         start = time.perf_counter_ns()
         try:
-            self._publish(keys=[self.keys.grant(event.address, event.door.name)],
-                          args=[self.keys.channel, f"{self.node}|{event.address}", event.door.name,
-                                str(ms)])
+            self._publish(keys=[self.keys.grant(event.address, door, p) for p in ports],
+                          args=[self.keys.channel, f"{self.node}|{event.address}", door, str(ms),
+                                ",".join(ports)])
         except Exception as exc:
             self._failed(exc, self.clock())
             return

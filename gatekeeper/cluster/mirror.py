@@ -2,8 +2,9 @@
 gateway's kernel sets.
 
 A thread owned by the supervisor (it outlives workers) subscribes to the grants channel
-and writes each grant published by another gateway into the kernel sets, then hands it
-to the supervisor's grant book (log line, commands, status). On every (re)connection it
+and writes each grant published by another gateway into the kernel sets (the ports it
+granted, no others of the door), then hands it to the supervisor's grant book (log line,
+commands, status). On every (re)connection it
 subscribes first and then scans the grant keys with their remaining time (PTTL), so a
 grant made while it was away is not missed. A store that stops answering (no reply to a
 ping within :data:`DEAD_SECONDS`) is reconnected to, with a short pause between tries.
@@ -26,7 +27,8 @@ log = logging.getLogger("gatekeeper")
 PING_SECONDS = 0.5
 DEAD_SECONDS = 2.0
 RETRY_SECONDS = 0.5
-# what the mirror tells the supervisor: ("grant", address, door, seconds) or ("revoke", address, door)
+# what the mirror tells the supervisor: ("grant", address, door, seconds, ["22:tcp", ...]: the
+# ports granted) or ("revoke", address, door: every port of the door)
 Note = tuple[Any, ...]
 
 
@@ -144,15 +146,18 @@ class Mirror:
         return count
 
     def _adopt(self, client: Any, keys: list[str]) -> int:
+        """Grant what these keys hold (a port each): the ports of one address and door
+        with the same time left together. Returns how many grants were written."""
         pipe = client.pipeline(transaction=False)
         for key in keys:
             pipe.pttl(key)
-        count = 0
+        found: dict[tuple[str, str, int], list[str]] = {}
         for key, ttl in zip(keys, pipe.execute(), strict=True):
             parsed = self.keys.parse_grant(key)
             if parsed is not None and int(ttl) > 0:
-                count += self._grant(parsed[0], parsed[1], int(ttl) / 1000)
-        return count
+                found.setdefault((parsed[0], parsed[1], int(ttl)), []).append(parsed[2])
+        return sum(self._grant(address, door, ms / 1000, ports)
+                   for (address, door, ms), ports in found.items())
 
     def _on_message(self, data: str) -> None:
         parts = data.split("|")
@@ -163,8 +168,8 @@ class Mirror:
         except ValueError:
             log.error("cluster: unreadable message on %s: %r", self.keys.channel, data[:200])
             return
-        if parts[0] == "g" and len(parts) == 5 and parts[4].isdigit():
-            self._grant(parts[2], parts[3], int(parts[4]) / 1000)
+        if parts[0] == "g" and len(parts) == 6 and parts[4].isdigit():
+            self._grant(parts[2], parts[3], int(parts[4]) / 1000, parts[5].split(","))
         elif parts[0] == "r" and len(parts) == 4:
             door = self.doors.get(parts[3])
             if door is not None:
@@ -175,21 +180,28 @@ class Mirror:
                               door.name, parts[2], exc)
                 self.notify(("revoke", parts[2], door.name))
 
-    def _grant(self, address: str, door_name: str, seconds: float) -> int:
+    def _grant(self, address: str, door_name: str, seconds: float, ports: list[str]) -> int:
+        """Write ``ports`` ("22:tcp", ...) of a door into the kernel sets, those alone (the
+        door's other ports keep what they had); ports the door does not open here are
+        left out."""
         door = self.doors.get(door_name)
         if door is None:
             return 0  # a door this gateway does not run
+        wanted = set(ports)
+        steps = tuple(s for s in door.opens if str(s) in wanted)
+        if not steps:
+            return 0
         try:
             address = str(ipaddress.ip_address(address))
         except ValueError:
             log.error("cluster: a grant key for %r is no address: ignored", address[:100])
             return 0
         try:
-            self.sets.add(address, door, seconds)
+            self.sets.add(address, door, seconds, steps)
         except Exception as exc:
             log.error("cluster: grant door=%s address=%s: kernel set not updated (%s)",
                       door_name, address, exc)
             return 0
         self.mirrored += 1
-        self.notify(("grant", address, door_name, seconds))
+        self.notify(("grant", address, door_name, seconds, [str(s) for s in steps]))
         return 1

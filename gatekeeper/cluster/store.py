@@ -4,9 +4,16 @@ Keys (``P`` = ``[cluster] prefix``; the address in braces is a Redis Cluster has
 every key of one source lives on one shard)::
 
     P:{203.0.113.10}:p:<door>.open.<digest>   knock progress, PX = sequence_timeout
-    P:{203.0.113.10}:g:<door>                 a grant, PX = open_for
+    P:{203.0.113.10}:g:<door>:<port>          a grant of one port ("22:tcp"), PX = open_for
     P:r:<door>:<digest>                       an SPA/encrypted-sequence replay entry
-    P:grants                                  channel: "g|node|address|door|ms", "r|node|address|door"
+    P:grants                                  channel: "g|node|address|door|ms|ports" (ports
+                                              "22:tcp,80:tcp", the ports granted now),
+                                              "r|node|address|door" (every port of the door)
+
+A grant is a key per port, each with its own expiry, as the engine holds it: an SPA
+packet asking for 80 while 22 is open sets 80's key and leaves 22's alone; a plain
+knock's completion sets one for every port of the door's ``opens``, a close sequence
+deletes them all. Door names never contain ``:`` (config), so a key parses back.
 """
 
 from __future__ import annotations
@@ -31,19 +38,21 @@ class Keys:
     def progress(self, address: str, ident: str) -> str:
         return f"{self.prefix}:{{{address}}}:p:{ident}"
 
-    def grant(self, address: str, door: str) -> str:
-        return f"{self.prefix}:{{{address}}}:g:{door}"
+    def grant(self, address: str, door: str, port: str) -> str:
+        """The grant key of one port (``port`` as a door's ``opens`` spells it: "22:tcp")."""
+        return f"{self.prefix}:{{{address}}}:g:{door}:{port}"
 
     def replay(self, door: str, digest: str) -> str:
         return f"{self.prefix}:r:{door}:{digest}"
 
-    def parse_grant(self, key: str) -> tuple[str, str] | None:
-        """(address, door) of a grant key, or None if it is not one."""
+    def parse_grant(self, key: str) -> tuple[str, str, str] | None:
+        """(address, door, port) of a grant key, or None if it is not one."""
         head = f"{self.prefix}:{{"
         if not key.startswith(head):
             return None
         address, sep, rest = key[len(head):].partition("}:g:")
-        return (address, rest) if sep and address and rest else None
+        door, colon, port = rest.partition(":")
+        return (address, door, port) if sep and address and door and colon and port else None
 
 
 def where(cluster: Cluster) -> str:

@@ -20,6 +20,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from gatekeeper.config import TCP
+from gatekeeper.config import Step as Port
 from gatekeeper.engine.engine import (
     _ADVANCED,
     _COMPLETED,
@@ -48,8 +49,10 @@ class SharedTrack:
     n: int  # the engine's track number
     door_index: int
     ident: str  # "<door>.open.<digest>" or "<door>.close.<digest>"
-    args: tuple[str, str, str, str, str]  # steps, timeout ms, ignore, open_for ms (0: closes), door
+    # steps, timeout ms, ignore, open_for ms (0: closes), door, its opens ("22:tcp,80:tcp")
+    args: tuple[str, str, str, str, str, str]
     fallback_local: bool
+    opens: tuple[str, ...]  # the door's ports, one grant key each ("22:tcp")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +80,13 @@ class SharedKnocks:
         tracks = []
         for plan in engine._plan:
             t = plan.track
+            opens = tuple(str(s) for s in t.door.opens)
             tracks.append(SharedTrack(
                 plan.n, t.door_index, track_ident(t.door.name, t.closes, t.keys),
                 (",".join(map(str, t.keys)), str(max(1, round(t.timeout * 1000))),
                  "1" if t.door.ignore_wrong else "0",
-                 "0" if t.closes else str(t.door.open_for * 1000), t.door.name),
-                t.door.cluster_fallback == "local"))
+                 "0" if t.closes else str(t.door.open_for * 1000), t.door.name, ",".join(opens)),
+                t.door.cluster_fallback == "local", opens))
         self.tracks = tuple(tracks)
         self.knock_keys = engine._knock_keys
         self._mismatch = engine._mismatch
@@ -134,8 +138,10 @@ class SharedKnocks:
                 reason = Reason.SCANNER
             elif outcome in (CLOSED, NOTHING):
                 events.append(knocked[_COMPLETED])
-                closed = engine.revoke(step.src, track.door_index)
-                events.append(Revoked(door, step.address, "closed", closed or door.opens)
+                engine.revoke(step.src, track.door_index)
+                # the store held every port of the door, wherever granted: close them all
+                # (this engine may hold only some, e.g. one adopted from the store)
+                events.append(Revoked(door, step.address, "closed", door.opens)
                               if outcome == CLOSED else Knocked(door.name, Outcome.NOTHING_TO_CLOSE))
                 reason = Reason.CLOSED
         return (Verdict.DROP, reason, tuple(events))
@@ -144,13 +150,20 @@ class SharedKnocks:
     def step_address(src: bytes) -> str:
         return str(ipaddress.ip_address(src))
 
+    @staticmethod
+    def port(key: int) -> Port:
+        """The port a packet's ``proto << 16 | port`` key is to (as a door's ``opens``)."""
+        return Port(key >> 16, key & 0xFFFF)
+
     def lookup(self, key: int, dst: bytes) -> tuple[int, ...]:
         """The doors (indexes) whose grant would admit a packet to ``key`` at ``dst``."""
         return self.engine.doors_opening(key, dst)
 
-    def found(self, src: bytes, door_index: int, seconds: float, now: float) -> Granted:
-        """A grant the store holds (made on another gateway): adopt it here."""
+    def found(self, src: bytes, door_index: int, seconds: float, now: float,
+              ports: tuple[Port, ...]) -> Granted:
+        """A grant of ``ports`` of a door that the store holds (made on another gateway):
+        adopt those ports here, and only those."""
         door = self.engine.config.doors[door_index]
         address = str(ipaddress.ip_address(src))
-        self.engine.restore_grant(address, door.name, now + seconds)
-        return Granted(door, address, now + seconds, False, door.opens)
+        self.engine.restore_grant(address, door.name, now + seconds, ports)
+        return Granted(door, address, now + seconds, False, ports)
