@@ -18,6 +18,7 @@ import pytest
 
 from gatekeeper.lab import CLIENT4, GW4, OTHER4
 from gatekeeper.lab_cluster import GW2_4, ClusterLab
+from gatekeeper.spa import fwknop
 from tests.conftest import Daemon, knock, need_root, probe
 
 pytestmark = pytest.mark.lab
@@ -47,6 +48,15 @@ sequence_timeout = 5
 opens = ["22:tcp"]
 open_for = 60
 close_sequence = {close}
+{extra}"""
+# An SPA door opening two ports: a request asks for one or both.
+SPA_DOOR = """
+[[door]]
+name = "spa"
+spa = true
+key_file = "{key_file}"
+opens = ["22:tcp", "80:tcp"]
+open_for = 60
 """
 
 
@@ -56,37 +66,39 @@ def clab() -> Iterator[ClusterLab]:
     with ClusterLab(f"gkc{os.getpid() % 10000}") as built:
         for host in GATEWAYS:
             built.serve_tcp(host, 22)
+            built.serve_tcp(host, 80)
         yield built
 
 
-def start(lab: ClusterLab, host: str, tmp: Path) -> Daemon:
+def start(lab: ClusterLab, host: str, tmp: Path, extra: str = "") -> Daemon:
     where = tmp / host
     where.mkdir(exist_ok=True)
     path = where / "gatekeeper.toml"
     path.write_text(CONFIG.format(control=where / "control.sock", state=where / "state",
                                   url=lab.redis_url(), ssh=str(SSH).replace("'", '"'),
-                                  close=str(CLOSE).replace("'", '"')))
+                                  close=str(CLOSE).replace("'", '"'), extra=extra))
     daemon = Daemon(lab, path, host=host)
     daemon.wait_for("gatekeeper running", timeout=20)
     return daemon
 
 
-def is_open(lab: ClusterLab, host: str, target: str) -> bool:
-    return bool(probe(lab, host, "connect", target, 22)["ok"])
+def is_open(lab: ClusterLab, host: str, target: str, port: int = 22) -> bool:
+    return bool(probe(lab, host, "connect", target, port)["ok"])
 
 
-def in_set(lab: ClusterLab, gateway: str, address: str) -> bool:
+def in_set(lab: ClusterLab, gateway: str, address: str, port: int = 22) -> bool:
     text = lab.run(gateway, ["ipset", "list", "gatekeeper-in4"]).stdout
-    return re.search(rf"^{re.escape(address)},tcp:22 ", text, re.M) is not None
+    return re.search(rf"^{re.escape(address)},tcp:{port} ", text, re.M) is not None
 
 
-def wait_in_set(lab: ClusterLab, gateway: str, address: str, timeout: float) -> bool:
+def wait_in_set(lab: ClusterLab, gateway: str, address: str, timeout: float,
+                port: int = 22) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if in_set(lab, gateway, address):
+        if in_set(lab, gateway, address, port):
             return True
         time.sleep(0.02)
-    return in_set(lab, gateway, address)
+    return in_set(lab, gateway, address, port)
 
 
 def status(lab: ClusterLab, gateway: str, daemon: Daemon) -> str:
@@ -157,6 +169,50 @@ def test_two_gateways_share_knocks_grants_survive_the_store_and_close(clab: Clus
         daemons[1].wait_for(r"revoke door=ssh address=203\.0\.113\.20 cause=closed", timeout=5)
         assert not is_open(clab, "other", GW4) and not is_open(clab, "other", GW2_4)
         assert is_open(clab, "client", GW4), "the client's grant is its own"
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+        for host in GATEWAYS:
+            clab.run(host, [sys.executable, "-c", "from gatekeeper.netfilter.install import "
+                            "Installer; Installer().remove()"], check=False)
+        clab.stop(redis_proc, 9)
+
+
+def test_spa_grant_through_one_gateway_opens_the_asked_port_alone_on_both(
+        clab: ClusterLab, tmp_path: Path) -> None:
+    key_file = tmp_path / "spa.key"
+    key_file.write_text(fwknop.format_key_file(fwknop.generate_keys()))
+    key_file.chmod(0o600)
+    extra = SPA_DOOR.format(key_file=key_file)
+
+    def spa(access: str, target: str) -> None:
+        clab.run("client", [sys.executable, "-m", "gatekeeper", "spa", "--key-file",
+                            str(key_file), "-A", access, target])
+
+    redis_proc = clab.start_redis()
+    daemons: list[Daemon] = []
+    try:
+        daemons = [start(clab, host, tmp_path, extra) for host in GATEWAYS]
+        for daemon in daemons:
+            daemon.wait_for("cluster: connected to the store", timeout=10)
+        # an SPA packet through gw asking for tcp/22 on a door that opens 22 and 80
+        spa("tcp/22", GW4)
+        assert is_open(clab, "client", GW4) and not is_open(clab, "client", GW4, 80)
+        assert wait_in_set(clab, "gw2", CLIENT4, MIRROR_SECONDS)
+        daemons[1].wait_for(r"grant door=spa address=203\.0\.113\.10 open_for=\d+s "
+                            r"opens=22:tcp mirrored$")
+        assert is_open(clab, "client", GW2_4)
+        # gw2 opens 22 alone too: 80 is neither mirrored nor admitted by the store lookup
+        assert not in_set(clab, "gw2", CLIENT4, 80)
+        assert not is_open(clab, "client", GW2_4, 80)
+        # a second request, for 80 through gw2: both gateways open it, 22 stays open
+        spa("tcp/80", GW2_4)
+        assert is_open(clab, "client", GW2_4, 80)
+        assert wait_in_set(clab, "gw", CLIENT4, MIRROR_SECONDS, 80)
+        assert is_open(clab, "client", GW4, 80)
+        assert is_open(clab, "client", GW4) and is_open(clab, "client", GW2_4)
+        assert in_set(clab, "gw", CLIENT4) and in_set(clab, "gw2", CLIENT4)
+        assert not is_open(clab, "other", GW4) and not is_open(clab, "other", GW2_4, 80)
     finally:
         for daemon in daemons:
             daemon.stop()
