@@ -317,6 +317,18 @@ def test_scanner_locked_out_on_its_gateway_gets_no_shared_grant(store: Store) ->
     assert store.client().keys("t:{203.0.113.10}:g:*") == []
 
 
+def test_a_brute_forcer_through_the_store_is_locked_out_on_its_gateway(store: Store) -> None:
+    one = Box(store.url, "one")
+    for i in range(11):  # the right first step, then a wrong knock port: a reset each
+        one.send(A, *SSH[0], 1.0 + i / 10)
+        one.send(A, *SSH_CLOSE[0], 1.05 + i / 10)
+    assert one.engine.locked_out(A, 3.0), "failure_limit (10) counts on this gateway"
+    for i, step in enumerate(SSH):
+        _, reason, events = one.send(A, *step, 3.0 + i / 10)
+    assert reason is Reason.LOCKED and Knocked("ssh", Outcome.LOCKED) in events
+    assert store.client().keys("t:{203.0.113.10}:g:*") == []
+
+
 def test_store_down_closed_door_drops_local_door_knocks_alone_and_recovers(store: Store) -> None:
     one = Box(store.url, "one")
     for i, step in enumerate(SSH):

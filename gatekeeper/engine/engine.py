@@ -329,7 +329,7 @@ class Engine:
         entry = self._prefix_failures.get(prefix(src))
         return entry is not None and entry[2] > now
 
-    def _failed(self, src: bytes, now: float) -> None:
+    def count_failure(self, src: bytes, now: float) -> None:
         """Count a failed sequence of ``src`` (one a packet, however many tracks it broke)
         against the source's and its prefix's limits."""
         if self._fail_limit:
@@ -423,7 +423,7 @@ class Engine:
                 active &= ~bit
                 cur[3 + n] = 0.0  # keep no float alive for a track not in progress
         if failed:
-            self._failed(src, now)
+            self.count_failure(src, now)
         table = self._state
         if not active:
             if not fresh:

@@ -113,6 +113,7 @@ class SharedKnocks:
         plans = engine._plan
         reason = Reason.IGNORED if len(step.tracks) < len(self.tracks) else Reason.WRONG
         events: list[Event] = []
+        failed = False
         for track, outcome in zip(step.tracks, outcomes, strict=True):
             knocked = plans[track.n].knocked
             door = plans[track.n].track.door
@@ -126,6 +127,7 @@ class SharedKnocks:
                     reason = Reason.DUPLICATE
             elif outcome == RESET:
                 events.append(knocked[_RESET])
+                failed = True
             elif outcome == COMPLETED:
                 events.append(knocked[_COMPLETED])
                 done = engine.grant(step.src, track.door_index, now)
@@ -135,7 +137,7 @@ class SharedKnocks:
             elif outcome == LOCKED:
                 events.append(knocked[_COMPLETED])
                 events.append(Knocked(door.name, Outcome.LOCKED))
-                reason = Reason.SCANNER
+                reason = engine.lock_reason(step.src, now)
             elif outcome in (CLOSED, NOTHING):
                 events.append(knocked[_COMPLETED])
                 engine.revoke(step.src, track.door_index)
@@ -144,6 +146,8 @@ class SharedKnocks:
                 events.append(Revoked(door, step.address, "closed", door.opens)
                               if outcome == CLOSED else Knocked(door.name, Outcome.NOTHING_TO_CLOSE))
                 reason = Reason.CLOSED
+        if failed:  # failure limits count on this gateway, like the scanner lockout
+            engine.count_failure(step.src, now)
         return (Verdict.DROP, reason, tuple(events))
 
     @staticmethod
