@@ -2,6 +2,10 @@
 
 It never touches a socket, netfilter, metrics or logging, so it runs the same in the
 NFQUEUE worker, in an offline replay and in a unit test with a fake clock.
+
+Compiled with mypyc at install time (setup.py; ``gatekeeper.native`` says whether it is):
+keep it mypy-strict, never patch its classes or functions at run time, give class-level
+constants ``Final``, and see "Compiled modules" in README.md before editing.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from gatekeeper.config import ICMP, TCP, Config, Door, TcpFlags
 
@@ -39,13 +43,13 @@ class Reason(IntEnum):
 class Outcome:
     """Per-door knock outcomes."""
 
-    ADVANCED = "advanced"
-    RESET = "reset"
-    TIMEOUT = "timeout"
-    COMPLETED = "completed"
-    DUPLICATE = "duplicate"
-    NOTHING_TO_CLOSE = "nothing-to-close"
-    LOCKED = "locked"  # completed, but the source is locked out as a scanner
+    ADVANCED: Final = "advanced"
+    RESET: Final = "reset"
+    TIMEOUT: Final = "timeout"
+    COMPLETED: Final = "completed"
+    DUPLICATE: Final = "duplicate"
+    NOTHING_TO_CLOSE: Final = "nothing-to-close"
+    LOCKED: Final = "locked"  # completed, but the source is locked out as a scanner
 
 
 @dataclass(frozen=True, slots=True)
