@@ -33,6 +33,8 @@ interfaces = ["eth0"]
 public = ["80:tcp"]
 queue_maxlen = {maxlen}
 max_sources = {max_sources}
+# no control socket: the bench does not use one, and another daemon may hold the default
+control = ""
 
 [[door]]
 name = "ssh"
