@@ -4,8 +4,8 @@ It never touches a socket, netfilter, metrics or logging, so it runs the same in
 NFQUEUE worker, in an offline replay and in a unit test with a fake clock.
 
 Compiled with mypyc at install time (setup.py; ``gatekeeper.native`` says whether it is):
-keep it mypy-strict, never patch its classes or functions at run time, give class-level
-constants ``Final``, and see "Compiled modules" in README.md before editing.
+keep it mypy-strict, never patch its classes or functions at run time (compiled callers
+would not see it), give class-level constants ``Final``; see "Compiled modules" in README.md.
 """
 
 from __future__ import annotations
@@ -71,6 +71,9 @@ class Revoked:
 class Knocked:
     door: str
     outcome: str
+
+    def __hash__(self) -> int:  # the generated one's value; written out, mypyc compiles it
+        return hash((self.door, self.outcome))
 
 
 Event = Granted | Revoked | Knocked

@@ -8,8 +8,8 @@ anything richer (payloads, pcap replay, tests), and ``tests/test_decode.py`` che
 the two agree on random and malformed packets.
 
 Compiled with mypyc at install time (setup.py; ``gatekeeper.native`` says whether it is):
-keep it mypy-strict, never patch its classes or functions at run time, give class-level
-constants ``Final``, and see "Compiled modules" in README.md before editing.
+keep it mypy-strict, never patch its classes or functions at run time (compiled callers
+would not see it), give class-level constants ``Final``; see "Compiled modules" in README.md.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ is accepted by the kernel. Everything slower (logging, commands, expiry bookkeep
 belongs to the supervisor, which hears of grants over a pipe and outlives workers.
 
 Compiled with mypyc at install time (setup.py; ``gatekeeper.native`` says whether it is):
-keep it mypy-strict, never patch its classes or functions at run time, give class-level
-constants ``Final``, and see "Compiled modules" in README.md before editing.
+keep it mypy-strict, never patch its classes or functions at run time (compiled callers
+would not see it), give class-level constants ``Final``; see "Compiled modules" in README.md.
 """
 
 from __future__ import annotations
