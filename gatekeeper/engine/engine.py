@@ -278,6 +278,7 @@ class Engine:
                 self._insert(src, now, todo, progress, slots)
                 return decision
         fresh = state is None
+        stamp: Any = now  # one float object for every slot (compiled, each store would box anew)
         cur: list[Any] = list(self._fresh if state is None else state)
         active: int = cur[1]
         packed: int = cur[2]  # progress of track n: packed >> shift & mask
@@ -293,7 +294,7 @@ class Engine:
             if key == keys[progress]:
                 progress += 1
                 if progress == 1:
-                    cur[3 + n] = now
+                    cur[3 + n] = stamp
                     restarted = True
                 if progress == length:
                     progress = 0
@@ -315,7 +316,7 @@ class Engine:
                 progress = 0
                 if key == keys[0]:
                     progress = 1
-                    cur[3 + n] = now
+                    cur[3 + n] = stamp
                     restarted = True
             packed = packed & ~(mask << shift) | progress << shift
             if progress:
@@ -331,7 +332,7 @@ class Engine:
             cur[1] = active
             cur[2] = packed
             if fresh or restarted:
-                cur[0] = now  # (re)starts the entry's time to live: to the table's end
+                cur[0] = stamp  # (re)starts the entry's time to live: to the table's end
                 if table.pop(src, None) is None and len(table) >= self._max_sources:
                     self._make_room(now)
             table[src] = tuple(cur)  # else in the same place: its time to live runs on
@@ -354,9 +355,10 @@ class Engine:
     def _insert(self, src: bytes, now: float, todo: int, packed: int, slots: tuple[int, ...]) -> None:
         """Track a new source that has just started the tracks in ``todo``."""
         cur: list[Any] = list(self._fresh)
-        cur[0], cur[1], cur[2] = now, todo, packed
+        stamp: Any = now  # one float object for every slot (compiled, each store would box anew)
+        cur[0], cur[1], cur[2] = stamp, todo, packed
         for slot in slots:
-            cur[slot] = now
+            cur[slot] = stamp
         table = self._state
         if table.pop(src, None) is None and len(table) >= self._max_sources:
             self._make_room(now)
