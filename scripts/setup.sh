@@ -2,10 +2,12 @@
 # Prepare a Debian 12 / Ubuntu machine for gatekeeper, as root: the system packages
 # (netfilter tools, the libnetfilter_queue headers NetfilterQueue builds against, Debian's
 # knockd for its stock knock client, redis-server for the cluster tests) and a virtualenv
-# at .venv in the repo root with gatekeeper installed editable, test extras included.
+# at .venv in the repo root with gatekeeper installed editable, test extras included, its
+# hot path compiled with mypyc (GATEKEEPER_PURE=1 bash scripts/setup.sh: pure Python).
 #
 # Idempotent and fast on a rerun: apt is skipped when every package is installed, pip
-# when the virtualenv already holds this checkout's install for the same pyproject.toml.
+# when the virtualenv already holds this checkout's install for the same pyproject.toml
+# and the same sources of the compiled modules.
 # Installing knockd or redis-server never starts their daemons: service starts are
 # forbidden for the duration of the install (policy-rc.d), and a service that the install
 # enabled is disabled again.
@@ -97,7 +99,14 @@ if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c '' 2>/dev/null; then
     "$PYTHON" -m venv --clear "$VENV"
 fi
 
-want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) $ROOT $("$VENV/bin/python" -V 2>&1)"
+# The hot path is compiled with mypyc (setup.py; GATEKEEPER_PURE=1 builds pure Python). In
+# this editable install the compiled modules sit next to their sources and win on import,
+# so a change to one of those sources (or to the build) means a rebuild.
+read -r -a compiled < <("$PYTHON" -c 'import runpy, sys; print(*runpy.run_path(sys.argv[1])["COMPILED"])' \
+    "$ROOT/gatekeeper/native.py")
+sources="$(cd "$ROOT" && cat pyproject.toml setup.py gatekeeper/native.py "${compiled[@]}" \
+    | sha256sum | cut -d' ' -f1)"
+want="$sources pure=${GATEKEEPER_PURE:-0} $ROOT $("$VENV/bin/python" -V 2>&1)"
 if [[ -f $STAMP && "$(cat "$STAMP")" == "$want" && -x $VENV/bin/gatekeeper ]] \
     && "$VENV/bin/python" -c 'import gatekeeper, netfilterqueue, pyroute2, dpkt, pytest' 2>/dev/null; then
     say "virtualenv: gatekeeper already installed (editable) in $VENV"
@@ -107,4 +116,7 @@ else
     (cd "$ROOT" && "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e '.[test]')
     printf '%s\n' "$want" >"$STAMP"
 fi
-say "done: $VENV/bin/gatekeeper"
+# from / : the install itself (not this checkout's directory) must find every module
+hot="$(cd / && "$VENV/bin/python" -c 'from gatekeeper import native; print(native.describe())')" \
+    || die "the install cannot import gatekeeper's hot path"
+say "done: $VENV/bin/gatekeeper (hot path: $hot)"

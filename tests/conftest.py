@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from gatekeeper import native
 from gatekeeper.lab import Lab
 
 TESTS = Path(__file__).parent
@@ -30,6 +31,18 @@ ADMIN_RULES_V4 = [
     ["-A", "FORWARD", "-p", "tcp", "--dport", "25", "-j", "DROP"],
 ]
 ADMIN_RULES_V6 = [["-A", "INPUT", "-s", "2001:db8:2::/64", "-j", "ACCEPT"]]
+
+
+def pytest_report_header() -> str:
+    return f"gatekeeper hot path: {native.describe()}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The compiled modules win on import: tests of an edited source must not run the old build."""
+    old = native.stale()
+    if old:
+        pytest.exit(f"{', '.join(old)}: the source changed after its mypyc build; rebuild with "
+                    "`bash scripts/setup.sh` (or GATEKEEPER_PURE=1 bash scripts/setup.sh)", returncode=4)
 
 
 def need_root() -> None:

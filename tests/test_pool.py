@@ -157,15 +157,32 @@ def test_reload_changes_the_number_of_workers(lab: Lab, start_daemon: Any) -> No
     assert is_open(lab, "client", GW4), "grants live in the kernel set, not in a worker"
 
 
+# A fault inside the worker's callback, for packets to port 6666: the packet's
+# get_payload() raises. (The hot path may be compiled with mypyc, whose classes cannot
+# be patched, so the fault comes in with the packet: NetfilterQueue, which the worker
+# imports when it binds, is swapped for one that hands the callback a faulty packet.)
 _FAULTY = """
-import sys
-from gatekeeper.engine import engine
-real = engine.Engine.decide
-def decide(self, *args):
-    if args[3] == 6666:
-        raise RuntimeError("injected fault")
-    return real(self, *args)
-engine.Engine.decide = decide
+import struct, sys
+import netfilterqueue
+
+class FaultyPacket:
+    def __init__(self, pkt):
+        self.pkt = pkt
+    def get_payload(self):
+        payload = self.pkt.get_payload()
+        if payload[0] >> 4 == 4 and struct.unpack_from("!H", payload, (payload[0] & 15) * 4 + 2)[0] == 6666:
+            raise RuntimeError("injected fault")
+        return payload
+    def accept(self):
+        self.pkt.accept()
+    def drop(self):
+        self.pkt.drop()
+
+class FaultyQueue(netfilterqueue.NetfilterQueue):
+    def bind(self, queue, callback, **kwargs):
+        super().bind(queue, lambda pkt: callback(FaultyPacket(pkt)), **kwargs)
+
+netfilterqueue.NetfilterQueue = FaultyQueue
 from gatekeeper.cli import main
 sys.exit(main(["run", "-c", sys.argv[1]]))
 """

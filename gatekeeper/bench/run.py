@@ -47,6 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from gatekeeper import native
 from gatekeeper.bench import memory, overhead, traffic
 from gatekeeper.lab import GW4, GW6, Lab, LabError, Terminated, sigterm_unwinds
 from gatekeeper.queue.worker import TIMING_ENV
@@ -571,6 +572,7 @@ def report(opts: Options, res: Results, lab: Lab, out: Callable[[str], None]) ->
     out(f"gatekeeper bench: {os.cpu_count()} CPUs ({platform.machine()}), Linux {platform.release()}, "
         f"Python {platform.python_version()}; load average {res.load:.2f} at the start, "
         f"{load:.2f} at the end")
+    out(f"hot path (decode, engine, worker): {native.describe()}")
     if opts.quick:
         out("--quick: a smoke test; its drains last milliseconds, so its figures mean little")
     out(f"traffic a round: {res.mix[0].describe()}")
@@ -734,8 +736,8 @@ def main(args: argparse.Namespace) -> int:
         print("gatekeeper bench: --workers 1-8, --rounds 1-20, --knocks 1-1000", file=sys.stderr)
         return 2
     print(f"gatekeeper bench: {opts.rounds} round(s) of {opts.packets:,} packets, "
-          f"{opts.workers} workers for scaling, {opts.knocks} knocks; nothing leaves the lab",
-          flush=True)
+          f"{opts.workers} workers for scaling, {opts.knocks} knocks; nothing leaves the lab; "
+          f"hot path: {native.describe()}", flush=True)
     res = Results(load=os.getloadavg()[0])
     try:
         with sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="gatekeeper-bench-") as tmp, \

@@ -37,6 +37,8 @@ max_sources = {max_sources}
 # which the per-network defences would rightly take for one hostile network: off here.
 prefix_quota = 0
 prefix_failure_limit = 0
+# no control socket: the bench does not use one, and another daemon may hold the default
+control = ""
 
 [[door]]
 name = "ssh"

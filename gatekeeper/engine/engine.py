@@ -2,6 +2,10 @@
 
 It never touches a socket, netfilter, metrics or logging, so it runs the same in the
 NFQUEUE worker, in an offline replay and in a unit test with a fake clock.
+
+Compiled with mypyc at install time (setup.py; ``gatekeeper.native`` says whether it is):
+keep it mypy-strict, never patch its classes or functions at run time (compiled callers
+would not see it), give class-level constants ``Final``; see "Compiled modules" in README.md.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import ipaddress
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from gatekeeper.config import ICMP, TCP, Config, Door, Step, TcpFlags
 
@@ -41,13 +45,13 @@ class Reason(IntEnum):
 class Outcome:
     """Per-door knock outcomes."""
 
-    ADVANCED = "advanced"
-    RESET = "reset"
-    TIMEOUT = "timeout"
-    COMPLETED = "completed"
-    DUPLICATE = "duplicate"
-    NOTHING_TO_CLOSE = "nothing-to-close"
-    LOCKED = "locked"  # completed, but the source is locked out as a scanner
+    ADVANCED: Final = "advanced"
+    RESET: Final = "reset"
+    TIMEOUT: Final = "timeout"
+    COMPLETED: Final = "completed"
+    DUPLICATE: Final = "duplicate"
+    NOTHING_TO_CLOSE: Final = "nothing-to-close"
+    LOCKED: Final = "locked"  # completed, but the source is locked out as a scanner
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +81,9 @@ class Revoked:
 class Knocked:
     door: str
     outcome: str
+
+    def __hash__(self) -> int:  # the generated one's value; written out, mypyc compiles it
+        return hash((self.door, self.outcome))
 
 
 Event = Granted | Revoked | Knocked
@@ -374,6 +381,7 @@ class Engine:
                     return decision
                 return _DROP_REFUSED
         fresh = state is None
+        stamp: Any = now  # one float object for every slot (compiled, each store would box anew)
         cur: list[Any] = list(self._fresh if state is None else state)
         active: int = cur[1]
         packed: int = cur[2]  # progress of track n: packed >> shift & mask
@@ -390,7 +398,7 @@ class Engine:
             if key == keys[progress]:
                 progress += 1
                 if progress == 1:
-                    cur[3 + n] = now
+                    cur[3 + n] = stamp
                     restarted = True
                 if progress == length:
                     progress = 0
@@ -414,7 +422,7 @@ class Engine:
                 failed = True
                 if key == keys[0]:
                     progress = 1
-                    cur[3 + n] = now
+                    cur[3 + n] = stamp
                     restarted = True
             packed = packed & ~(mask << shift) | progress << shift
             if progress:
@@ -433,7 +441,7 @@ class Engine:
             cur[1] = active
             cur[2] = packed
             if fresh or restarted:
-                cur[0] = now  # (re)starts the entry's time to live: to the table's end
+                cur[0] = stamp  # (re)starts the entry's time to live: to the table's end
                 if table.pop(src, None) is None and not self._admit(src, now):
                     if reason is _R_KNOCK:
                         return _DROP_REFUSED
@@ -459,9 +467,10 @@ class Engine:
         """Track a new source that has just started the tracks in ``todo``; False if it
         was refused (see :meth:`_admit`)."""
         cur: list[Any] = list(self._fresh)
-        cur[0], cur[1], cur[2] = now, todo, packed
+        stamp: Any = now  # one float object for every slot (compiled, each store would box anew)
+        cur[0], cur[1], cur[2] = stamp, todo, packed
         for slot in slots:
-            cur[slot] = now
+            cur[slot] = stamp
         table = self._state
         if table.pop(src, None) is None and not self._admit(src, now):
             return False

@@ -6,6 +6,10 @@ packet takes the general path, which walks options and extension headers. Nothin
 built but the two address bytes and the result. dpkt stays the decoder of record for
 anything richer (payloads, pcap replay, tests), and ``tests/test_decode.py`` checks that
 the two agree on random and malformed packets.
+
+Compiled with mypyc at install time (setup.py; ``gatekeeper.native`` says whether it is):
+keep it mypy-strict, never patch its classes or functions at run time (compiled callers
+would not see it), give class-level constants ``Final``; see "Compiled modules" in README.md.
 """
 
 from __future__ import annotations

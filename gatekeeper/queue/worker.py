@@ -4,6 +4,10 @@ decode -> engine.decide -> (grant into the kernel set) -> verdict. A grant is wr
 to the kernel set before the completing knock is verdicted, so the client's first SYN
 is accepted by the kernel. Everything slower (logging, commands, expiry bookkeeping)
 belongs to the supervisor, which hears of grants over a pipe and outlives workers.
+
+Compiled with mypyc at install time (setup.py; ``gatekeeper.native`` says whether it is):
+keep it mypy-strict, never patch its classes or functions at run time (compiled callers
+would not see it), give class-level constants ``Final``; see "Compiled modules" in README.md.
 """
 
 from __future__ import annotations
@@ -388,7 +392,11 @@ def worker_process(index: int, queue: int, config: Config, report_fd: int, contr
     timing = os.environ.get(TIMING_ENV)
     if timing:
         worker.samples = array("q")
-    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+
+    def on_term(_signum: int, _frame: Any) -> None:  # (mypyc miscompiles `lambda *_:`)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_term)
     try:
         worker.bind(queue, config.settings.queue_maxlen)
     except GatekeeperError as exc:
