@@ -39,11 +39,12 @@ from gatekeeper.bench.run import (
     Drain,
     Target,
     drain,
+    guarded,
     options,
     start_gatekeeper,
     stop,
 )
-from gatekeeper.lab import GW4, LabError, Terminated, sigterm_unwinds
+from gatekeeper.lab import GW4, sigterm_unwinds
 from gatekeeper.lab_cluster import STORE4, STORE_PORT, ClusterLab
 
 MODES = ("local", "cluster")
@@ -236,7 +237,8 @@ def main(args: argparse.Namespace) -> int:
     knocks = opts.knocks if args.knocks else (6 if opts.quick else 50)
     print(f"gatekeeper bench --cluster: {rounds} round(s) of {packets:,} packets, {knocks} knocks, "
           "local and cluster in turns; nothing leaves the lab", flush=True)
-    try:
+
+    def body() -> None:
         lab = ClusterLab(f"gkcb{os.getpid() % 10000}")
         with sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="gatekeeper-bench-") as tmp, lab:
             lab.start_redis()
@@ -247,14 +249,6 @@ def main(args: argparse.Namespace) -> int:
             b.knock_trials(knocks)
             b.mirror(min(knocks, 20))
             report(b)
-    except BenchFailure as exc:
-        print(f"gatekeeper bench: FAILED: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except (LabError, subprocess.TimeoutExpired, OSError) as exc:
-        print(f"gatekeeper bench: FAILED: lab: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt as exc:
-        print("gatekeeper bench: interrupted; the lab was removed", file=sys.stderr, flush=True)
-        return 143 if isinstance(exc, Terminated) else 130
-    return 0
+
+    return guarded(body)
 

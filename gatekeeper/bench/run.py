@@ -739,7 +739,8 @@ def main(args: argparse.Namespace) -> int:
           f"{opts.workers} workers for scaling, {opts.knocks} knocks; nothing leaves the lab; "
           f"hot path: {native.describe()}", flush=True)
     res = Results(load=os.getloadavg()[0])
-    try:
+
+    def body() -> None:
         with sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="gatekeeper-bench-") as tmp, \
                 Lab(f"gkb{os.getpid() % 10000}") as lab:
             lab.serve_tcp("gw", KNOCK_PORT)
@@ -754,6 +755,15 @@ def main(args: argparse.Namespace) -> int:
             report(opts, res, lab, print)
             if opts.profile:
                 print(f"\nPROFILE  py-spy samples of one worker draining every round: {opts.profile}")
+
+    return guarded(body)
+
+
+def guarded(body: Callable[[], None]) -> int:
+    """Run a bench in its lab: 0, or 1 with one line on stderr when it failed (the lab
+    is removed either way), 130/143 when interrupted."""
+    try:
+        body()
     except BenchFailure as exc:
         print(f"gatekeeper bench: FAILED: {exc}", file=sys.stderr, flush=True)
         return 1
