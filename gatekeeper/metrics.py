@@ -192,6 +192,17 @@ class Stats:
             return out
 
 
+def _histogram(name: str, doc: str, counts: list[int], sum_ns: int) -> HistogramMetricFamily:
+    """A histogram family from per-bucket counts (BUCKETS, then +Inf) and a sum in ns."""
+    hist = HistogramMetricFamily(name, doc)
+    cumulative, buckets = 0, []
+    for bound, n in zip((*map(str, BUCKETS), "+Inf"), counts, strict=True):
+        cumulative += n
+        buckets.append((bound, cumulative))
+    hist.add_metric([], buckets, sum_ns / 1e9)
+    return hist
+
+
 class GatekeeperCollector(Collector):
     def __init__(self, stats: Stats, grants_active: Callable[[], dict[str, int]],
                  workers: Callable[[], int], doors: Callable[[], list[str]],
@@ -206,14 +217,8 @@ class GatekeeperCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         total = self.stats.total()
-        hist = HistogramMetricFamily("gatekeeper_verdict_seconds",
-                                     "Time from reading a queued packet to its verdict")
-        cumulative, buckets = 0, []
-        for bound, n in zip((*map(str, BUCKETS), "+Inf"), total.hist, strict=True):
-            cumulative += n
-            buckets.append((bound, cumulative))
-        hist.add_metric([], buckets, total.hist_sum_ns / 1e9)
-        yield hist
+        yield _histogram("gatekeeper_verdict_seconds",
+                         "Time from reading a queued packet to its verdict", total.hist, total.hist_sum_ns)
 
         packets = CounterMetricFamily("gatekeeper_packets", "Queued packets by verdict and reason",
                                       labels=["verdict", "reason"])
@@ -302,15 +307,9 @@ class GatekeeperCollector(Collector):
         for name in CLUSTER_STATES:
             states.add_metric([name], 1 if name == state else 0)
         yield states
-        hist = HistogramMetricFamily("gatekeeper_cluster_seconds",
-                                     "Round trips to the shared store on the hot path (knocks, "
-                                     "first packets to protected ports)")
-        cumulative, buckets = 0, []
-        for bound, n in zip((*map(str, BUCKETS), "+Inf"), total.cluster_hist, strict=True):
-            cumulative += n
-            buckets.append((bound, cumulative))
-        hist.add_metric([], buckets, total.cluster_sum_ns / 1e9)
-        yield hist
+        yield _histogram("gatekeeper_cluster_seconds", "Round trips to the shared store on the hot "
+                         "path (knocks, first packets to protected ports)", total.cluster_hist,
+                         total.cluster_sum_ns)
         yield CounterMetricFamily("gatekeeper_cluster_errors", "Calls to the shared store that "
                                   "failed or timed out", value=total.cluster_errors)
         fallbacks = CounterMetricFamily("gatekeeper_cluster_fallbacks", "Knocks decided without "
