@@ -78,8 +78,8 @@ class Bench:
         for mode, text in (("local", local), ("cluster", cluster)):
             path = os.path.join(tmp, f"{mode}.toml")
             with open(path, "w", encoding="utf-8") as f:
-                f.write(text.replace("[gatekeeper]\n", "[gatekeeper]\ncontrol = \"\"\n"
-                                     "state_dir = \"\"\n", 1))
+                # (the bench's config already turns the control socket off)
+                f.write(text.replace("[gatekeeper]\n", "[gatekeeper]\nstate_dir = \"\"\n", 1))
             self.configs[mode] = path
         self.drains: dict[str, list[Drain]] = {m: [] for m in MODES}
         self.knocks: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
