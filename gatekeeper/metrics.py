@@ -177,9 +177,12 @@ class Stats:
                 total.add(snap)
             return total
 
-    def tracked(self) -> int:
-        """Sources part-way through a sequence, in the workers running now."""
+    def tracked(self, pid: int | None = None) -> int:
+        """Sources part-way through a sequence: in the workers running now, or in ``pid``."""
         with self._lock:
+            if pid is not None:
+                snap = self.live.get(pid)
+                return snap.tracked if snap is not None else 0
             return sum(snap.tracked for snap in self.live.values())
 
     def queue_dropped(self) -> dict[tuple[int, str], int]:

@@ -77,7 +77,6 @@ class Supervisor:
         self._running = False
         self._started = time.monotonic()
         self.control: ControlServer | None = None
-        self._tracked: dict[int, int] = {}  # per worker pid, from its snapshots
         self._failed_seen: dict[tuple[str, str], int] = {}
         self._next_burst = time.monotonic() + BURST_SECONDS
         self.mirror: Any = None  # [cluster]: gatekeeper.cluster.mirror.Mirror (a thread)
@@ -230,7 +229,6 @@ class Supervisor:
             handle.error = msg["message"]
         elif kind == "stats":
             self.stats.worker_snapshot(msg["pid"], msg)
-            self._tracked[msg["pid"]] = int(msg.get("tracked", 0))
         elif kind == "grant":
             self.book.granted(msg["address"], msg["door"], msg["seconds"], now, msg.get("error"),
                               msg.get("opens"))
@@ -469,7 +467,7 @@ class Supervisor:
             "workers": [
                 {"index": h.index, "pid": h.pid, "queue": q,
                  "waiting": queues.get(q, {}).get("waiting", 0),
-                 "tracked": self._tracked.get(h.pid, 0)}
+                 "tracked": self.stats.tracked(h.pid)}
                 for q, h in sorted(self.workers.items())
             ],
             "doors": [
