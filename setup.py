@@ -4,6 +4,9 @@ Everything else about the package is in pyproject.toml. ``GATEKEEPER_PURE=1`` bu
 pure Python: nothing is compiled, and the extension modules an earlier editable build
 left next to the sources are removed (they would win on import). A failed compile fails
 the install: the modules must stay compilable (see CONTRIBUTING in README.md).
+
+The batched NFQUEUE reader (gatekeeper/queue/_nfq.c) is plain C and always built, like
+NetfilterQueue itself: the worker needs it in either build.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import os
 import runpy
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 ROOT = Path(__file__).resolve().parent
 native = runpy.run_path(str(ROOT / "gatekeeper" / "native.py"))  # stdlib only, not yet installed
@@ -29,11 +32,15 @@ def _leftovers() -> list[Path]:
     return found
 
 
+NFQ = Extension("gatekeeper.queue._nfq", ["gatekeeper/queue/_nfq.c"],
+                extra_compile_args=["-O2", "-Wall", "-Werror"])
+
+
 def ext_modules() -> list[object]:
     if os.environ.get(native["PURE_ENV"], "") not in ("", "0"):
         for path in [*_leftovers(), MANIFEST]:
             path.unlink(missing_ok=True)
-        return []
+        return [NFQ]
     from mypyc.build import mypycify
 
     # Type-checked with the repository's [tool.mypy] (strict); the modules they import
@@ -45,7 +52,7 @@ def ext_modules() -> list[object]:
     )
     MANIFEST.write_text(json.dumps(
         {p: native["digest"](ROOT / p) for p in COMPILED}, indent=1, sort_keys=True) + "\n")
-    return extensions
+    return [*extensions, NFQ]
 
 
 setup(ext_modules=ext_modules())
