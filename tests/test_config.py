@@ -109,6 +109,7 @@ def test_defaults() -> None:
     assert (settings.queue, settings.interfaces, settings.public, settings.max_sources) == (0, (), (), 65536)
     assert (settings.prefix_quota, settings.failure_limit, settings.prefix_failure_limit,
             settings.failure_lockout) == (64, 10, 100, 300)
+    assert settings.batch == 4
     (d,) = config.doors
     assert d == Door(name="a", sequence=(Step(TCP, 1000),), opens=(Step(TCP, 22),))
     assert d.sequence_timeout == 5.0
@@ -131,7 +132,7 @@ def test_all_settings() -> None:
     config = loads(toml(
         {"queue": 100, "interfaces": ["eth0", "wg0", "br-lan.10"], "public": ["80", "53:udp", 443],
          "max_sources": 16, "prefix_quota": 0, "failure_limit": 3, "prefix_failure_limit": 0,
-         "failure_lockout": 86400},
+         "failure_lockout": 86400, "batch": 1024},
         [door(sequence_timeout=0.5, open_for=604800, command_timeout=3600, tcp_flags="syn,!ack",
               close_sequence=["1:icmp", "0:icmp"], host="2001:db8::10")],
     ))
@@ -139,7 +140,7 @@ def test_all_settings() -> None:
     assert settings.queue == 100
     assert settings.interfaces == ("eth0", "wg0", "br-lan.10")
     assert settings.public == (Step(TCP, 80), Step(UDP, 53), Step(TCP, 443))
-    assert settings.max_sources == 16
+    assert settings.max_sources == 16 and settings.batch == 1024
     assert (settings.prefix_quota, settings.failure_limit, settings.prefix_failure_limit,
             settings.failure_lockout) == (0, 3, 0, 86400)
     (d,) = config.doors
@@ -335,6 +336,8 @@ ERRORS: list[tuple[str, str, str, str]] = [
     ("public port 65536", toml({"public": ["65536:udp"]}), f"{S}.public[0]", "port must be 1-65535"),
     ("public twice", toml({"public": ["80", "443", "80:tcp"]}), f"{S}.public", "lists a port twice"),
     ("max_sources small", toml({"max_sources": 15}), f"{S}.max_sources", "between 16 and 10000000"),
+    ("batch zero", toml({"batch": 0}), f"{S}.batch", "between 1 and 1024"),
+    ("batch big", toml({"batch": 1025}), f"{S}.batch", "between 1 and 1024"),
     ("max_sources big", toml({"max_sources": 10_000_001}), f"{S}.max_sources", "between 16 and 10000000"),
     ("max_sources bool", toml({"max_sources": True}), f"{S}.max_sources", "must be a whole number"),
     ("prefix_quota negative", toml({"prefix_quota": -1}), f"{S}.prefix_quota", "between 0 and"),

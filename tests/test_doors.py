@@ -294,21 +294,6 @@ class FakeGrants:
         pass
 
 
-class Packet:
-    def __init__(self, raw: bytes) -> None:
-        self.raw = raw
-        self.verdict = ""
-
-    def get_payload(self) -> bytes:
-        return self.raw
-
-    def accept(self) -> None:
-        self.verdict = "accept"
-
-    def drop(self) -> None:
-        self.verdict = "drop"
-
-
 def udp(payload: bytes, dport: int = 62201, src: str = CLIENT) -> bytes:
     u = dpkt.udp.UDP(sport=40000, dport=dport, data=payload)
     u.ulen = len(u)
@@ -328,12 +313,11 @@ def test_worker_grants_from_spa_before_the_verdict_and_counts_stages(cfg: Config
     reports: list[dict[str, Any]] = []
     grants = FakeGrants()
     worker = Worker(cfg, grants, reports.append, clock=lambda: 5.0, wall=lambda: WALL)
-    pkt = Packet(udp(spa_packet()))
-    worker.on_packet(pkt)
-    assert pkt.verdict == "drop" and grants.added == [(CLIENT, "spa")]
+    assert not worker.on_packet(udp(spa_packet()), 5.0), "an SPA packet is dropped"
+    assert grants.added == [(CLIENT, "spa")]
     assert reports[0]["t"] == "grant" and reports[0]["door"] == "spa"
-    worker.on_packet(Packet(udp(spa_packet())[:-3]))  # truncated: never raises
-    worker.on_packet(Packet(udp(b"junk")))
+    assert not worker.on_packet(udp(spa_packet())[:-3], 5.0)  # truncated: never raises
+    assert not worker.on_packet(udp(b"junk"), 5.0)
     assert worker.counts[Reason.ERROR] == 0
     snap = worker.snapshot()
     assert snap["spa"] == {"spa": {"ok": 1, "size": 1}} or snap["spa"]["spa"]["ok"] == 1
@@ -341,7 +325,7 @@ def test_worker_grants_from_spa_before_the_verdict_and_counts_stages(cfg: Config
     for proto, port in ((17, 7000), (6, 8000), (17, 9000)):
         raw = udp(b"", port) if proto == 17 else bytes(dpkt.ip.IP(
             src=CLIENT_B, dst=GW_B, p=6, data=dpkt.tcp.TCP(dport=port, flags=0x02)))
-        worker.on_packet(Packet(raw))
+        assert not worker.on_packet(raw, 5.0)
     assert (CLIENT, "ssh") in grants.added
 
 
@@ -352,9 +336,7 @@ def test_worker_never_raises_on_random_packets(data: bytes) -> None:
     worker = Worker(loads(text, "t.toml"), FakeGrants(), lambda m: None, clock=lambda: 1.0,
                     wall=lambda: WALL)
     for raw in (data, udp(data), udp(data)[: len(data) // 2 + 20]):
-        pkt = Packet(raw)
-        worker.on_packet(pkt)
-        assert pkt.verdict == "drop"
+        assert not worker.on_packet(raw, 1.0)
     assert worker.counts[Reason.ERROR] == 0
 
 
@@ -476,7 +458,7 @@ def test_worker_writes_reports_and_adopts_only_the_granted_ports(wide: Config) -
     reports: list[dict[str, Any]] = []
     grants = StepGrants()
     worker = Worker(wide, grants, reports.append, clock=lambda: 5.0, wall=lambda: WALL)
-    worker.on_packet(Packet(udp(spa_packet())))
+    worker.on_packet(udp(spa_packet()), 5.0)
     assert list(grants.entries) == [(CLIENT, "spa", "22:tcp")]
     assert reports[0]["t"] == "grant" and reports[0]["opens"] == ["22:tcp"]
     # a restarted worker finds that entry in the kernel set: only 22 is admitted

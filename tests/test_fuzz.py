@@ -12,6 +12,7 @@ CI runs a bounded pass; a longer run is one command:
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Any
@@ -52,29 +53,6 @@ host = "2001:db8:2::10"
 """
 
 
-class FakePacket:
-    """Stands in for netfilterqueue.Packet (the one part that needs a kernel queue):
-    it records every verdict, and refuses a second one as the real one does."""
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-        self.verdicts: list[str] = []
-
-    def get_payload(self) -> bytes:
-        return self.payload
-
-    def _verdict(self, kind: str) -> None:
-        if self.verdicts:
-            raise RuntimeError("Verdict already given for this packet")
-        self.verdicts.append(kind)
-
-    def accept(self) -> None:
-        self._verdict("accept")
-
-    def drop(self) -> None:
-        self._verdict("drop")
-
-
 class NullGrants:
     def add(self, address: str, door: Any, seconds: float, steps: Any = None) -> int:
         return len(door.opens)
@@ -83,18 +61,14 @@ class NullGrants:
         return None
 
 
-def make_worker() -> Worker:
-    clock = iter(range(10**9))
-    return Worker(loads(CONFIG), NullGrants(), lambda _msg: None, clock=lambda: next(clock) * 0.001)
-
-
-WORKER = make_worker()
+WORKER = Worker(loads(CONFIG), NullGrants(), lambda _msg: None)
+CLOCK = itertools.count()
 
 
 def verdict_once(data: bytes) -> None:
-    pkt = FakePacket(data)
-    WORKER.on_packet(pkt)
-    assert len(pkt.verdicts) == 1, pkt.verdicts
+    """One packet as the worker's drain takes it: a batch, then a verdict for each."""
+    verdicts = WORKER.decide_batch([data, data], next(CLOCK) * 0.001)
+    assert len(verdicts) == 2 and set(verdicts) <= {0, 1}, verdicts
 
 
 def test_corpus_is_there() -> None:

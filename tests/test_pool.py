@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from gatekeeper.lab import GW4, GW6, Lab
+from gatekeeper.spa import fwknop
 from tests.conftest import PROBE, knock, probe, queue_stats, snapshot
 from tests.test_lab import SSH, config, is_open
 
@@ -157,44 +158,38 @@ def test_reload_changes_the_number_of_workers(lab: Lab, start_daemon: Any) -> No
     assert is_open(lab, "client", GW4), "grants live in the kernel set, not in a worker"
 
 
-# A fault inside the worker's callback, for packets to port 6666: the packet's
-# get_payload() raises. (The hot path may be compiled with mypyc, whose classes cannot
-# be patched, so the fault comes in with the packet: NetfilterQueue, which the worker
-# imports when it binds, is swapped for one that hands the callback a faulty packet.)
+# A fault while the worker decides a packet, for SPA datagrams to port 6666: the SPA
+# door's handler raises. (The hot path may be compiled with mypyc, whose classes cannot
+# be patched, and whose bytes operations ignore a bytes subclass's overrides; the SPA
+# doors' module is plain Python, called through its attribute, so the fault goes there.)
 _FAULTY = """
-import struct, sys
-import netfilterqueue
+import sys
+from gatekeeper.engine import doors
 
-class FaultyPacket:
-    def __init__(self, pkt):
-        self.pkt = pkt
-    def get_payload(self):
-        payload = self.pkt.get_payload()
-        if payload[0] >> 4 == 4 and struct.unpack_from("!H", payload, (payload[0] & 15) * 4 + 2)[0] == 6666:
-            raise RuntimeError("injected fault")
-        return payload
-    def accept(self):
-        self.pkt.accept()
-    def drop(self):
-        self.pkt.drop()
+def handle(*args, **kwargs):
+    raise RuntimeError("injected fault")
 
-class FaultyQueue(netfilterqueue.NetfilterQueue):
-    def bind(self, queue, callback, **kwargs):
-        super().bind(queue, lambda pkt: callback(FaultyPacket(pkt)), **kwargs)
-
-netfilterqueue.NetfilterQueue = FaultyQueue
+doors.SpecialDoors.handle = handle
 from gatekeeper.cli import main
 sys.exit(main(["run", "-c", sys.argv[1]]))
 """
 
 
-def test_exception_in_the_callback_still_gives_a_verdict(lab: Lab, start_daemon: Any) -> None:
-    daemon = start_daemon(config(), argv=[sys.executable, "-c", _FAULTY, "{config}"])
+def test_exception_in_the_callback_still_gives_a_verdict(
+    lab: Lab, start_daemon: Any, tmp_path: Path
+) -> None:
+    key = tmp_path / "spa.key"
+    key.write_text(fwknop.format_key_file(fwknop.SpaKeys(bytes(range(32)), bytes(64), "t")))
+    key.chmod(0o600)
+    spa = f'[[door]]\nname = "spa"\nspa = true\nspa_port = 6666\nkey_file = "{key}"\nopens = ["2222"]\n'
+    daemon = start_daemon(config() + spa, argv=[sys.executable, "-c", _FAULTY, "{config}"])
     stats = queue_stats(lab)
     for _ in range(5):
-        assert not probe(lab, "client", "connect", GW4, 6666)["ok"]
+        knock(lab, "client", GW4, "6666:udp")
     daemon.wait_for("worker failed on a packet; dropped it")
     after = queue_stats(lab)
+    assert sum(after[q]["id_sequence"] - stats[q]["id_sequence"] for q in after) >= 5, \
+        "the datagrams were queued"
     assert all(after[q]["waiting"] == 0 for q in after), "no packet is left without a verdict"
     assert {q: after[q]["portid"] for q in after} == {q: stats[q]["portid"] for q in stats}, \
         "the worker did not die"

@@ -1,9 +1,15 @@
 """The NFQUEUE worker: every queued packet gets exactly one verdict, inline.
 
-decode -> engine.decide -> (grant into the kernel set) -> verdict. A grant is written
-to the kernel set before the completing knock is verdicted, so the client's first SYN
-is accepted by the kernel. Everything slower (logging, commands, expiry bookkeeping)
-belongs to the supervisor, which hears of grants over a pipe and outlives workers.
+read a batch -> for each packet: decode -> engine.decide -> (grant into the kernel set)
+-> the batch's verdicts, in one system call. A grant is written to the kernel set
+before the completing knock is verdicted, so the client's first SYN is accepted by the
+kernel (and a SYN already queued behind the knock, in the same batch, is accepted by
+the engine). Everything slower (logging, commands, expiry bookkeeping) belongs to the
+supervisor, which hears of grants over a pipe and outlives workers.
+
+NetfilterQueue binds and configures the queue; :mod:`gatekeeper.queue._nfq` then reads
+up to ``[gatekeeper] batch`` packets a ``recvmmsg`` and sends their verdicts in one ``send``
+(see README "Speed"). A packet left without a verdict is dropped, never accepted.
 
 Compiled with mypyc at install time (setup.py; ``gatekeeper.native`` says whether it is):
 keep it mypy-strict, never patch its classes or functions at run time (compiled callers
@@ -25,7 +31,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from gatekeeper import config as config_mod
-from gatekeeper.config import Config, Door, Step
+from gatekeeper.config import DEFAULT_BATCH, Config, Door, Step
 from gatekeeper.engine import Engine, Event, Granted, Knocked, Reason, Revoked, Verdict
 from gatekeeper.engine.doors import SequenceUsed, SpecialDoors, SpecialEvent, has_special
 from gatekeeper.errors import GatekeeperError
@@ -50,9 +56,17 @@ def socket_buffer(maxlen: int) -> int:
     return min(SOCK_MAX, max(SOCK_MIN, maxlen * SOCK_BYTES_PER_PACKET))
 
 
+# Packets a read takes at most, by default ([gatekeeper] batch). A packet's verdict
+# waits for the rest of its batch, kernel work included (~4 us a packet), so this
+# bounds latency under a backlog; with no backlog a read takes what is there.
+BATCH = DEFAULT_BATCH
+# Batches one wake-up drains before the worker looks at its other fds again (control,
+# signals): a flood cannot keep a reload or a SIGTERM waiting (~1,000 packets, ~4 ms).
+DRAIN_BATCHES = 256
+
 # Opt-in timing for ``gatekeeper bench``: with this variable naming a directory, each
-# worker times every callback and writes the nanoseconds to latency-<pid>.bin there when
-# it stops. Unset (always, outside the bench), the plain callback is bound: no cost.
+# worker writes every packet's read-to-verdict time (ns) to latency-<pid>.bin there
+# when it stops. Unset (always, outside the bench): nothing is kept.
 TIMING_ENV = "GATEKEEPER_BENCH_TIMING"
 MAX_SAMPLES = 1 << 23
 
@@ -75,8 +89,9 @@ class Grants(Protocol):
 Report = Callable[[dict[str, Any]], None]
 
 
-class _Stop(Exception):
-    """Raised from the callback, after the verdict, to leave NetfilterQueue.run()."""
+def _never_called(pkt: Any) -> None:
+    """NetfilterQueue's callback: the worker reads the socket itself (_nfq.Batch)."""
+    pkt.drop()
 
 
 class Worker:
@@ -98,10 +113,11 @@ class Worker:
         self.clock = clock
         self.counts = [0] * len(Reason)
         self._nfq: Any = None
+        self._batch: Any = None  # gatekeeper.queue._nfq.Batch on the bound queue
         self._stopping = False
         self._next_tick = 0.0
-        self.samples: array[int] | None = None  # set by the bench only: callback times in ns
-        self.metered = bool(config.metrics.listen)  # time every verdict for the histogram
+        self.samples: array[int] | None = None  # set by the bench only: read-to-verdict ns
+        self.metered = bool(config.metrics.listen)  # time every batch for the histogram
         self.report_stats = False  # the worker process turns it on: snapshots each tick
         self.hist = [0] * (len(BUCKETS_NS) + 1)
         self.hist_sum_ns = 0
@@ -109,23 +125,25 @@ class Worker:
 
     # -- queue --------------------------------------------------------------------------
 
-    def bind(self, queue: int, maxlen: int) -> None:
+    def bind(self, queue: int, maxlen: int, batch: int = BATCH) -> None:
         from netfilterqueue import NetfilterQueue
 
+        from gatekeeper.queue._nfq import Batch
+
         nfq = NetfilterQueue()
-        callback = (self._timed_on_packet if self.samples is not None
-                    else self._metered_on_packet if self.metered else self.on_packet)
         try:
-            nfq.bind(queue, callback, max_len=maxlen, sock_len=socket_buffer(maxlen))
+            nfq.bind(queue, _never_called, max_len=maxlen, sock_len=socket_buffer(maxlen))
         except OSError as exc:
             raise GatekeeperError(
                 f"NFQUEUE {queue}: cannot bind ({exc}); another program (another gatekeeper?) "
                 "may hold it: choose another [gatekeeper] queue, or stop that program"
             ) from None
         self._nfq = nfq
+        self._batch = Batch(nfq.get_fd(), queue, batch)
 
     def unbind(self) -> None:
         if self._nfq is not None:
+            self._batch = None
             self._nfq.unbind()
             self._nfq = None
 
@@ -143,76 +161,93 @@ class Worker:
                 self.tick(now)
             ready, _, _ = select.select(fds, [], [], max(0.0, self._next_tick - self.clock()))
             for fd in ready:
-                if fd != nfq_fd:
+                if fd == nfq_fd:
+                    self.drain()
+                else:
                     handlers[fd]()
-                    continue
-                try:
-                    self._nfq.run(block=False)
-                except _Stop:
+                if self._stopping:
                     return
+
+    def drain(self) -> None:
+        """Read and verdict what is queued, up to :data:`DRAIN_BATCHES` batches."""
+        batch = self._batch
+        for _ in range(DRAIN_BATCHES):
+            payloads: list[bytes] = batch.read()
+            if not payloads:
+                return
+            start = time.perf_counter_ns()
+            now = self.clock()
+            verdicts = bytearray()  # should anything escape below: the whole batch is dropped
+            try:
+                verdicts = self.decide_batch(payloads, now)
+            finally:
+                batch.verdict(verdicts)
+            if self.metered or self.samples is not None:
+                self.record(len(payloads), time.perf_counter_ns() - start)
+            if self._stopping:
+                return
+            if now >= self._next_tick:
+                self.tick(now)
+
+    def record(self, packets: int, elapsed_ns: int) -> None:
+        """A batch's read-to-verdict time, which each of its ``packets`` waited."""
+        if self.metered:
+            self.hist[bisect_left(BUCKETS_NS, elapsed_ns)] += packets
+            self.hist_sum_ns += elapsed_ns * packets
+        samples = self.samples
+        if samples is not None and len(samples) < MAX_SAMPLES:
+            samples.extend([elapsed_ns] * packets)
 
     # -- the hot path -------------------------------------------------------------------
 
-    def on_packet(self, pkt: Any) -> None:
-        """NetfilterQueue callback: never returns without a verdict on ``pkt``."""
-        now = self.clock()
+    def decide_batch(self, payloads: list[bytes], now: float) -> bytearray:
+        """The verdicts of a read's packets: 1 accept, 0 drop."""
+        verdicts = bytearray(len(payloads))
+        for i, payload in enumerate(payloads):
+            if self.on_packet(payload, now):
+                verdicts[i] = 1
+        return verdicts
+
+    def on_packet(self, payload: bytes, now: float) -> bool:
+        """Accept (True) or drop one packet (its IP header on): never raises."""
         try:
-            facts = decode(pkt.get_payload())
+            facts = decode(payload)
             if facts is None:
                 self.counts[_MALFORMED] += 1
-                pkt.drop()
+                return False
+            src, dst, proto, port, flags = facts
+            specials = self.specials
+            if specials is not None and proto << 16 | port in specials.keys:
+                decision = self._special(specials, payload, src, dst, proto, port, flags, now)
+            elif self.cluster is not None:
+                decision = self.cluster.decide(src, dst, proto, port, flags, now)
             else:
-                src, dst, proto, port, flags = facts
-                specials = self.specials
-                if specials is not None and proto << 16 | port in specials.keys:
-                    decision = self._special(specials, pkt, src, dst, proto, port, flags, now)
-                elif self.cluster is not None:
-                    decision = self.cluster.decide(src, dst, proto, port, flags, now)
-                else:
-                    decision = self.engine.decide(src, dst, proto, port, flags, now)
-                verdict, reason, events = decision
-                if events:
-                    knocks = self.knocks
-                    for event in events:  # Knocked events are shared objects: cheap keys
-                        if event.__class__ is Knocked:
-                            knocks[event] = knocks.get(event, 0) + 1
-                    if reason is _COMPLETED or reason is _CLOSED:
-                        self.apply(events, now)
-                if verdict is _ACCEPT:
-                    pkt.accept()
-                else:
-                    pkt.drop()
-                self.counts[reason] += 1
+                decision = self.engine.decide(src, dst, proto, port, flags, now)
+            verdict, reason, events = decision
+            if events:
+                knocks = self.knocks
+                for event in events:  # Knocked events are shared objects: cheap keys
+                    if event.__class__ is Knocked:
+                        knocks[event] = knocks.get(event, 0) + 1
+                if reason is _COMPLETED or reason is _CLOSED:
+                    self.apply(events, now)
+            self.counts[reason] += 1
+            return verdict is _ACCEPT
         except Exception:
             self.counts[_ERROR] += 1
             log.exception("worker failed on a packet; dropped it")
-            try:
-                pkt.drop()
-            except RuntimeError:  # the verdict was already given
-                pass
-        if self._stopping:
-            raise _Stop
-        if now >= self._next_tick:
-            self.tick(now)
+            return False
 
-    def _special(self, specials: SpecialDoors, pkt: Any, src: bytes, dst: bytes, proto: int,
+    def _special(self, specials: SpecialDoors, packet: bytes, src: bytes, dst: bytes, proto: int,
                  port: int, flags: int, now: float) -> tuple[Verdict, Reason, tuple[Any, ...]]:
         """A packet to an SPA port, an encrypted range or a one-time sequence's port."""
         payload = b""
         if proto << 16 | port in specials.spa_keys:
-            payload = udp_payload(pkt.get_payload()) or b""
+            payload = udp_payload(packet) or b""
         decision = specials.handle(src, dst, proto, port, flags, payload, now, self.wall())
         if decision is None:
             return self.engine.decide(src, dst, proto, port, flags, now)
         return decision
-
-    def _metered_on_packet(self, pkt: Any) -> None:
-        """:meth:`on_packet` with its time into the latency histogram (metrics on)."""
-        start = time.perf_counter_ns()
-        self.on_packet(pkt)
-        elapsed = time.perf_counter_ns() - start
-        self.hist[bisect_left(BUCKETS_NS, elapsed)] += 1
-        self.hist_sum_ns += elapsed
 
     def snapshot(self) -> dict[str, Any]:
         """Everything counted since this worker started (the supervisor keeps the sums)."""
@@ -228,17 +263,6 @@ class Worker:
         if self.cluster is not None:
             out["cluster"] = self.cluster.snapshot()
         return out
-
-    def _timed_on_packet(self, pkt: Any) -> None:
-        """:meth:`on_packet` timed with perf_counter_ns (``gatekeeper bench`` only)."""
-        samples = self.samples
-        assert samples is not None
-        start = time.perf_counter_ns()
-        try:
-            self.on_packet(pkt)
-        finally:
-            if len(samples) < MAX_SAMPLES:
-                samples.append(time.perf_counter_ns() - start)
 
     # -- effects ------------------------------------------------------------------------
 
@@ -398,7 +422,7 @@ def worker_process(index: int, queue: int, config: Config, report_fd: int, contr
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        worker.bind(queue, config.settings.queue_maxlen)
+        worker.bind(queue, config.settings.queue_maxlen, config.settings.batch)
     except GatekeeperError as exc:
         report({"t": "error", "message": str(exc)})
         return 2
