@@ -229,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=0, metavar="N", help="drain rounds (default 7)")
     p.add_argument("--workers", type=int, default=2, metavar="N",
                    help="workers for the scaling run (default 2; 1 skips it)")
+    p.add_argument("--batch", type=int, default=0, metavar="N",
+                   help="[gatekeeper] batch for every run: packets a worker reads and verdicts at "
+                   "once (default: the config default, 4)")
     p.add_argument("--knocks", type=int, default=0, metavar="N",
                    help="knock-to-connected trials (default 100)")
     p.add_argument("--seconds", type=float, default=0.0, metavar="S",

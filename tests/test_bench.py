@@ -43,12 +43,14 @@ def test_quick_bench_prints_every_figure() -> None:
     assert result.returncode == 0, result.stderr + out
     expect = [
         rf"bare drop-only NetfilterQueue loop, 1 queue\s+{NUMBER}",
+        rf"bare drop-only batch loop \(_nfq\), 1 queue\s+{NUMBER}",
         rf"gatekeeper, 1 worker\s+{NUMBER}",
         r"gatekeeper 1 worker / bare loop\s+\d+\.\d\d",
+        r"gatekeeper 1 worker / bare batch loop\s+\d+\.\d\d",
         rf"gatekeeper, 1 worker, metrics off\s+{NUMBER}",
         # with metrics against without: printed, never judged here (it depends on the machine)
         r"instrumentation cost: -?\d+\.\d% of throughput \(target < 15%\)",
-        rf"in process, without the kernel: on_packet {NUMBER} us, timed {NUMBER} us a verdict",
+        rf"in process, without the kernel: decide_batch {NUMBER} us, timed {NUMBER} us a verdict",
         rf"gatekeeper, 2 workers \(aggregate\)\s+{NUMBER}",
         r"gatekeeper 2 workers / 1 worker\s+\d+\.\d\d",
         r"bare loop 2 queues / 1 queue \(the machine\)\s+\d+\.\d\d",

@@ -1,12 +1,17 @@
-"""The baseline: drop-only NetfilterQueue loops on gatekeeper's queues and rules.
+"""The baselines: drop-only loops on gatekeeper's queues and rules.
 
-    python -m gatekeeper.bench.bare CONFIG
+    python -m gatekeeper.bench.bare CONFIG [--batch]
 
 One process a queue of the config (forked, as gatekeeper forks its workers), each bound
 with the same queue length and socket buffer as a gatekeeper worker; then the same rules
 are installed, so the same packets reach the same queues. Prints ``ready pids=P,...``
-(in queue order) and drops every packet until SIGTERM, then removes the rules. The
-callback does nothing but ``pkt.drop()``: the most a Python NFQUEUE program can do.
+(in queue order) and drops every packet until SIGTERM, then removes the rules.
+
+Without ``--batch`` it is NetfilterQueue's own loop, whose callback does nothing but
+``pkt.drop()``: the most a Python program can do a packet at a time, and the issue's
+yardstick. With ``--batch`` it reads and drops with gatekeeper's reader
+(:mod:`gatekeeper.queue._nfq`, batches of the config's ``[gatekeeper] batch``):
+the floor of the reader the worker uses, with no decisions at all.
 """
 
 from __future__ import annotations
@@ -30,7 +35,21 @@ def _on_term(_signum: int, _frame: FrameType | None) -> None:
     raise _Stop
 
 
-def _serve(queue: int, maxlen: int, ready_fd: int) -> int:
+def _drop_batches(nfq: Any, queue: int, size: int) -> None:
+    import select
+
+    from gatekeeper.queue._nfq import Batch
+
+    batch = Batch(nfq.get_fd(), queue, size)
+    fd = nfq.get_fd()
+    read, verdict, none = batch.read, batch.verdict, b""
+    while True:
+        select.select([fd], [], [])
+        while read():
+            verdict(none)
+
+
+def _serve(queue: int, maxlen: int, ready_fd: int, batch: int) -> int:
     """A child: bind ``queue``, say so on ``ready_fd``, drop until SIGTERM."""
     from netfilterqueue import NetfilterQueue
 
@@ -45,7 +64,10 @@ def _serve(queue: int, maxlen: int, ready_fd: int) -> int:
     os.write(ready_fd, f"ok {os.getpid()}\n".encode())
     os.close(ready_fd)
     try:
-        nfq.run()
+        if batch:
+            _drop_batches(nfq, queue, batch)
+        else:
+            nfq.run()
     except _Stop:
         pass
     finally:
@@ -59,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     from gatekeeper.netfilter.render import render
 
     args = sys.argv[1:] if argv is None else argv
-    config = config_mod.load(args[0])
+    batched = "--batch" in args
+    config = config_mod.load(next(a for a in args if a != "--batch"))
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGINT, _on_term)
     children: list[int] = []
@@ -73,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                 code = 1
                 try:
                     os.close(ready_r)
-                    code = _serve(queue, config.settings.queue_maxlen, ready_w)
+                    code = _serve(queue, config.settings.queue_maxlen, ready_w,
+                                  config.settings.batch if batched else 0)
                 finally:
                     os._exit(code)
             children.append(pid)

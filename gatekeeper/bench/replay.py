@@ -1,28 +1,25 @@
-"""A fixed replay of the bench's traffic through ``Worker.on_packet``, for instruction counts.
+"""A fixed replay of the bench's traffic through ``Worker.decide_batch``, for instruction counts.
 
     python -m gatekeeper.bench.replay PASSES
 
-Round 1's packets of ``gatekeeper bench`` go through a fresh worker's callback PASSES
-times, with stand-ins implemented in C (the packet's ``get_payload``, ``accept`` and
-``drop``; a clock that advances 10 us a packet), so the replay adds no Python frames
-of its own and is the same on every run. ``scripts/callgrind.sh`` runs it under
-valgrind with 0 and 2 passes: the difference over the verdicts is the instructions a
-verdict costs, a figure that load on a shared machine does not move (wall-clock
-times do). Prints the fastest pass's ns a verdict and the reasons' counts to stderr.
+Round 1's packets of ``gatekeeper bench`` go through a fresh worker PASSES times, in
+batches of :data:`~gatekeeper.queue.worker.BATCH` (the default ``[gatekeeper] batch``)
+as a read brings them, each batch at a clock 10 us a packet later, so the replay is the
+same on every run. ``scripts/callgrind.sh`` runs it under valgrind with 0 and 2 passes:
+the difference over the verdicts is the instructions a verdict costs, a figure that
+load on a shared machine does not move (wall-clock times do). Prints the fastest pass's
+ns a verdict and the reasons' counts to stderr.
 """
 
 from __future__ import annotations
 
-import itertools
 import sys
 import time
-from types import SimpleNamespace
-from typing import Any
 
 from gatekeeper import config as config_mod
 from gatekeeper import native
 from gatekeeper.bench import overhead, traffic
-from gatekeeper.queue.worker import Worker
+from gatekeeper.queue.worker import BATCH, Worker
 
 PACKETS = 60_000
 
@@ -31,19 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     passes = int(args[0]) if args else 1
     config = config_mod.loads(traffic.config_text())
-    packets: list[Any] = [
-        SimpleNamespace(get_payload=itertools.repeat(p).__next__, accept=int, drop=int)
-        for p in traffic.build(PACKETS, round_=0).packets
-    ]
+    packets = traffic.build(PACKETS, round_=0).packets
+    batches = [(packets[i:i + BATCH], i * 1e-5) for i in range(0, len(packets), BATCH)]
     best = float("inf")
     counts: list[int] = []
     for _ in range(passes):
-        worker = Worker(config, overhead._Grants(), overhead._ignore,
-                        clock=itertools.count(0.0, 1e-5).__next__)
-        callback = worker.on_packet
+        worker = Worker(config, overhead._Grants(), overhead._ignore)
+        decide = worker.decide_batch
         start = time.perf_counter_ns()
-        for pkt in packets:
-            callback(pkt)
+        for batch, now in batches:
+            decide(batch, now)
         best = min(best, (time.perf_counter_ns() - start) / len(packets))
         counts = worker.counts
     if passes:

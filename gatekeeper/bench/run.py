@@ -5,10 +5,12 @@ the queue is filled with a known number of packets from the client namespace, th
 they are resumed (SIGCONT) and timed until the kernel's queue is empty again. Sending
 150k+ packets a second from Python on two cores would measure the sender; a full queue
 measures the reader alone. The baseline is the same drain into a drop-only
-NetfilterQueue loop on the same queue and rules (:mod:`gatekeeper.bench.bare`).
+NetfilterQueue loop on the same queue and rules (:mod:`gatekeeper.bench.bare`); a
+second one drains with gatekeeper's own batched reader and no decisions, the floor of
+that reader.
 
 The default config exports metrics, so the worker times every verdict for the latency
-histogram (``Worker._metered_on_packet``). The same drain with ``[metrics] listen = ""``,
+histogram (``Worker.record``, once a batch). The same drain with ``[metrics] listen = ""``,
 run back to back with it on the same packets, gives the cost of that instrumentation as
 a share of throughput; the same packets through both callbacks in process
 (:mod:`gatekeeper.bench.overhead`) give it without the machine's noise.
@@ -49,6 +51,7 @@ from typing import IO, Any
 
 from gatekeeper import native
 from gatekeeper.bench import memory, overhead, traffic
+from gatekeeper.config import DEFAULT_BATCH
 from gatekeeper.lab import GW4, GW6, Lab, LabError, Terminated, sigterm_unwinds
 from gatekeeper.queue.worker import TIMING_ENV
 
@@ -216,9 +219,9 @@ def start_gatekeeper(lab: Lab, config: str, env: dict[str, str] | None = None) -
     return Target("gatekeeper", proc, log, dict(zip(queues, pids, strict=True)))
 
 
-def start_bare(lab: Lab, config: str, queues: Sequence[int]) -> Target:
+def start_bare(lab: Lab, config: str, queues: Sequence[int], batched: bool = False) -> Target:
     proc: subprocess.Popen[str] = lab.popen(
-        "gw", [sys.executable, "-m", "gatekeeper.bench.bare", config],
+        "gw", [sys.executable, "-m", "gatekeeper.bench.bare", config, *(["--batch"] if batched else [])],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env(),
     )
     assert proc.stdout is not None
@@ -353,12 +356,14 @@ class Options:
     workers: int
     quick: bool
     profile: str = ""
+    batch: int = DEFAULT_BATCH
 
 
 @dataclass
 class Results:
     mix: list[traffic.Mix] = field(default_factory=list)
     bare: list[Drain] = field(default_factory=list)
+    bare_batch: list[Drain] = field(default_factory=list)
     one: list[Drain] = field(default_factory=list)  # metrics on: the default config
     one_off: list[Drain] = field(default_factory=list)  # the same with [metrics] listen = ""
     bare_many: list[Drain] = field(default_factory=list)
@@ -376,10 +381,11 @@ def _say(text: str) -> None:
     print(f"  .. {text}", file=sys.stderr, flush=True)
 
 
-def _write_config(tmp: str, name: str, workers: int, maxlen: int, metrics: bool = True) -> str:
+def _write_config(tmp: str, name: str, workers: int, maxlen: int, metrics: bool = True,
+                  batch: int = DEFAULT_BATCH) -> str:
     path = os.path.join(tmp, name)
     with open(path, "w", encoding="utf-8") as f:
-        f.write(traffic.config_text(workers=workers, maxlen=maxlen, metrics=metrics))
+        f.write(traffic.config_text(workers=workers, maxlen=maxlen, metrics=metrics, batch=batch))
     return path
 
 
@@ -397,9 +403,9 @@ def _drain_with(lab: Lab, start: Callable[[], Target], path: str) -> Drain:
 
 def run_throughput(lab: Lab, opts: Options, tmp: str, res: Results) -> None:
     maxlen = min(1_000_000, max(4096, int(opts.packets * 1.25)))
-    cfg1 = _write_config(tmp, "one.toml", 1, maxlen)
-    cfg1_off = _write_config(tmp, "one-nometrics.toml", 1, maxlen, metrics=False)
-    cfgn = _write_config(tmp, "many.toml", opts.workers, maxlen)
+    cfg1 = _write_config(tmp, "one.toml", 1, maxlen, batch=opts.batch)
+    cfg1_off = _write_config(tmp, "one-nometrics.toml", 1, maxlen, metrics=False, batch=opts.batch)
+    cfgn = _write_config(tmp, "many.toml", opts.workers, maxlen, batch=opts.batch)
     many = list(range(opts.workers))
     for r in range(opts.rounds):
         mix = traffic.build(opts.packets, round_=r)
@@ -413,6 +419,7 @@ def run_throughput(lab: Lab, opts: Options, tmp: str, res: Results) -> None:
         # default) sits between the bare loop and itself with metrics off, whatever the order
         groups: list[list[tuple[str, list[Drain], Callable[[], Target]]]] = [[
             ("bare loop", res.bare, lambda: start_bare(lab, cfg1, [0])),
+            ("bare batch loop", res.bare_batch, lambda: start_bare(lab, cfg1, [0], batched=True)),
             ("gatekeeper, 1 worker", res.one, lambda: start_gatekeeper(lab, cfg1)),
             ("gatekeeper, 1 worker, metrics off", res.one_off, lambda: start_gatekeeper(lab, cfg1_off)),
         ]]
@@ -429,7 +436,7 @@ def run_throughput(lab: Lab, opts: Options, tmp: str, res: Results) -> None:
 
 
 def run_overhead(opts: Options, res: Results) -> None:
-    _say("instrumentation in process: round 1's packets through on_packet and _metered_on_packet")
+    _say("instrumentation in process: round 1's packets through decide_batch, plain and timed")
     passes = 3 if opts.quick else 7
     res.in_process = overhead.measure(res.mix[0].packets, traffic.config_text(), passes=passes)
 
@@ -469,7 +476,7 @@ def run_latency(lab: Lab, opts: Options, tmp: str, res: Results) -> None:
     timing = os.path.join(tmp, "timing")
     os.mkdir(timing)
     os.chmod(timing, 0o700)
-    cfg = _write_config(tmp, "latency.toml", 1, max(4096, int(opts.packets * 1.25)))
+    cfg = _write_config(tmp, "latency.toml", 1, max(4096, int(opts.packets * 1.25)), batch=opts.batch)
     _say(f"latency: paced at {rate:,.0f} packets/s for {opts.latency_seconds:g} s")
     gk = start_gatekeeper(lab, cfg, {TIMING_ENV: timing})
     backlog = [0]
@@ -523,7 +530,7 @@ def run_knocks(lab: Lab, opts: Options, tmp: str, res: Results) -> None:
         lab.add_address("client", str(ipaddress.IPv4Address(KNOCK_V4) + i))
     for i in range(n6):
         lab.add_address("client", str(ipaddress.IPv6Address(KNOCK_V6) + i))
-    cfg = _write_config(tmp, "knock.toml", opts.workers, 4096)
+    cfg = _write_config(tmp, "knock.toml", opts.workers, 4096, batch=opts.batch)
     _say(f"knock -> connect from {opts.knocks} sources ({n4} IPv4, {n6} IPv6)")
     gk = start_gatekeeper(lab, cfg)
     try:
@@ -572,7 +579,8 @@ def report(opts: Options, res: Results, lab: Lab, out: Callable[[str], None]) ->
     out(f"gatekeeper bench: {os.cpu_count()} CPUs ({platform.machine()}), Linux {platform.release()}, "
         f"Python {platform.python_version()}; load average {res.load:.2f} at the start, "
         f"{load:.2f} at the end")
-    out(f"hot path (decode, engine, worker): {native.describe()}")
+    out(f"hot path (decode, engine, worker): {native.describe()}; batch = {opts.batch} "
+        "(packets a worker reads and verdicts at once)")
     if opts.quick:
         out("--quick: a smoke test; its drains last milliseconds, so its figures mean little")
     out(f"traffic a round: {res.mix[0].describe()}")
@@ -588,6 +596,8 @@ def report(opts: Options, res: Results, lab: Lab, out: Callable[[str], None]) ->
     rows: list[tuple[str, str, str]] = [
         ("bare drop-only NetfilterQueue loop, 1 queue", _spread([d.rate for d in res.bare], ",.0f"),
          _spread([d.cpu_per_packet_us() for d in res.bare], ".2f")),
+        ("bare drop-only batch loop (_nfq), 1 queue", _spread([d.rate for d in res.bare_batch], ",.0f"),
+         _spread([d.cpu_per_packet_us() for d in res.bare_batch], ".2f")),
         ("gatekeeper, 1 worker", _spread([d.rate for d in res.one], ",.0f"),
          _spread([d.cpu_per_packet_us() for d in res.one], ".2f")),
         ("gatekeeper, 1 worker, metrics off", _spread([d.rate for d in res.one_off], ",.0f"),
@@ -620,6 +630,10 @@ def report(opts: Options, res: Results, lab: Lab, out: Callable[[str], None]) ->
             + "; ".join(parts))
     out("")
     out(f"  {'gatekeeper 1 worker / bare loop':<46} {_spread(_ratios(res.one, res.bare), '.2f')}")
+    out(f"  {'gatekeeper 1 worker / bare batch loop':<46} "
+        f"{_spread(_ratios(res.one, res.bare_batch), '.2f')}")
+    out("    (the first is the yardstick: NetfilterQueue's own loop, a packet at a time; the second "
+        f"is the same reader the worker uses, batches of {opts.batch}, deciding nothing)")
     # metrics on against off, per round (they ran back to back on the same packets)
     cost = [100.0 * (1.0 - x) for x in _ratios(res.one, res.one_off)]
     extra_cpu = [a.cpu_per_packet_us() - b.cpu_per_packet_us()
@@ -632,7 +646,8 @@ def report(opts: Options, res: Results, lab: Lab, out: Callable[[str], None]) ->
     if res.in_process is not None:
         extra = res.in_process.extra_us
         off_cpu = _median([d.cpu_per_packet_us() for d in res.one_off])
-        out(f"    in process, without the kernel: on_packet {res.in_process.plain_ns / 1000:.2f} us, timed "
+        out(f"    in process, without the kernel: decide_batch {res.in_process.plain_ns / 1000:.2f} us, "
+            "timed "
             f"{res.in_process.metered_ns / 1000:.2f} us a verdict ({extra:+.2f} us): "
             f"{100 * extra / (off_cpu + extra):.1f}% of throughput when a verdict costs the drained "
             f"{off_cpu:.2f} us CPU without metrics")
@@ -660,7 +675,8 @@ def report(opts: Options, res: Results, lab: Lab, out: Callable[[str], None]) ->
     out(f"  (one Python raw-socket sender filled the queue at {fill:,.0f} packets/s)")
     out("")
     lat = res.latency
-    out("LATENCY  the callback's own time (perf_counter_ns around on_packet), 1 worker, paced load")
+    out("LATENCY  each packet's read-to-verdict time (perf_counter_ns from the recvmmsg that brought it "
+        "to the send that carried its verdict), 1 worker, paced load")
     short = " - as fast as one Python sender goes here" if lat["offered"] < 0.95 * lat["target"] else ""
     out(f"  offered {lat['offered']:,.0f} packets/s (target {lat['target']:,.0f}/s: half the 1-worker "
         f"median{short}), {lat['timed']:,.0f} verdicts timed, queue backlog max {lat['backlog']:,.0f}")
@@ -690,7 +706,8 @@ def report(opts: Options, res: Results, lab: Lab, out: Callable[[str], None]) ->
     out("")
     out("QUEUE DROPS  /proc/net/netfilter/nfnetlink_queue: queue_dropped (queue full), "
         "queue_user_dropped (socket full)")
-    runs = [("bare loop, 1 queue", res.bare), ("gatekeeper, 1 worker", res.one),
+    runs = [("bare loop, 1 queue", res.bare), ("bare batch loop, 1 queue", res.bare_batch),
+            ("gatekeeper, 1 worker", res.one),
             ("gatekeeper, 1 worker, metrics off", res.one_off),
             (f"bare loop, {w} queues", res.bare_many), (f"gatekeeper, {w} workers", res.many)]
     width = max(len(name) for name, _ in runs)
@@ -723,6 +740,7 @@ def options(args: argparse.Namespace) -> Options:
         memory_sources=args.sources or (5000 if quick else 100_000),
         workers=args.workers,
         quick=quick,
+        batch=getattr(args, "batch", 0) or DEFAULT_BATCH,
         profile=os.path.abspath(args.profile) if getattr(args, "profile", None) else "",
     )
 

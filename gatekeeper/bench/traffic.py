@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from gatekeeper.config import DEFAULT_BATCH
 from gatekeeper.lab import GW4, GW6
 
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
@@ -32,6 +33,7 @@ workers = {workers}
 interfaces = ["eth0"]
 public = ["80:tcp"]
 queue_maxlen = {maxlen}
+batch = {batch}
 max_sources = {max_sources}
 # The load's sources crowd one /24 and one /64 (the documentation ranges the lab owns),
 # which the per-network defences would rightly take for one hostile network: off here.
@@ -80,10 +82,11 @@ def v6_source(round_: int, n: int) -> bytes:
 
 
 def config_text(*, workers: int = 1, maxlen: int = 4096, max_sources: int = 65536, queue: int = 0,
-                metrics: bool = True) -> str:
+                metrics: bool = True, batch: int = DEFAULT_BATCH) -> str:
     """The bench's config; ``metrics=False`` turns the exporter off (``[metrics] listen = ""``),
-    and with it the worker's timing of every verdict for the latency histogram."""
-    text = CONFIG.format(workers=workers, maxlen=maxlen, max_sources=max_sources, queue=queue)
+    and with it the worker's timing of every batch for the latency histogram."""
+    text = CONFIG.format(workers=workers, maxlen=maxlen, max_sources=max_sources, queue=queue,
+                         batch=batch)
     return text if metrics else text + '\n[metrics]\nlisten = ""\n'
 
 
