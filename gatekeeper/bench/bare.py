@@ -8,10 +8,10 @@ are installed, so the same packets reach the same queues. Prints ``ready pids=P,
 (in queue order) and drops every packet until SIGTERM, then removes the rules.
 
 Without ``--batch`` it is NetfilterQueue's own loop, whose callback does nothing but
-``pkt.drop()``: the most a Python program can do a packet at a time, and the issue's
-yardstick. With ``--batch`` it reads and drops with gatekeeper's reader
-(:mod:`gatekeeper.queue._nfq`, batches of the config's ``[gatekeeper] batch``):
-the floor of the reader the worker uses, with no decisions at all.
+``pkt.drop()``: the most a Python program can do a packet at a time, and the
+yardstick the speed targets are set against. With ``--batch`` it reads and drops with
+gatekeeper's reader (:mod:`gatekeeper.queue._nfq`, batches of the config's
+``[gatekeeper] batch``): the floor of the reader the worker uses, deciding nothing.
 """
 
 from __future__ import annotations

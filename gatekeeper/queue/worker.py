@@ -9,7 +9,7 @@ supervisor, which hears of grants over a pipe and outlives workers.
 
 NetfilterQueue binds and configures the queue; :mod:`gatekeeper.queue._nfq` then reads
 up to ``[gatekeeper] batch`` packets a ``recvmmsg`` and sends their verdicts in one ``send``
-(see README "Speed"). A packet left without a verdict is dropped, never accepted.
+(see "Speed work" in README.md). A packet left without a verdict is dropped, never accepted.
 
 Compiled with mypyc at install time (setup.py; ``gatekeeper.native`` says whether it is):
 keep it mypy-strict, never patch its classes or functions at run time (compiled callers
