@@ -160,7 +160,7 @@ def default_workers() -> int:
 
 MAX_WORKERS = 64
 MAX_BATCH = 1024  # gatekeeper.queue._nfq's MAX_SIZE
-DEFAULT_BATCH = 4  # measured: see README "Figures" (batch sizes 1-64)
+DEFAULT_BATCH = 4  # measured: see "Speed work" in README.md (batch sizes 1-64)
 
 
 @dataclass(frozen=True, slots=True)
