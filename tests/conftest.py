@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -43,6 +44,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if old:
         pytest.exit(f"{', '.join(old)}: the source changed after its mypyc build; rebuild with "
                     "`bash scripts/setup.sh` (or GATEKEEPER_PURE=1 bash scripts/setup.sh)", returncode=4)
+
+
+def need_tool(tool: str, why: str) -> str:
+    """The path of ``tool``. Without it a test fails under CI, whose setup installs it
+    (a skip there would hide a missing install step), and is skipped elsewhere."""
+    path = shutil.which(tool)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{tool} must be installed in CI ({why})")
+        pytest.skip(f"{tool} is not installed ({why})")
+    return path
 
 
 def need_root() -> None:

@@ -4,7 +4,6 @@ against a real redis-server on loopback (started and stopped by these tests)."""
 from __future__ import annotations
 
 import ipaddress
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from gatekeeper.config import TCP, UDP, ConfigError, Step, loads
 from gatekeeper.engine import Engine, Granted, Knocked, Outcome, Reason, Revoked, Verdict
 from gatekeeper.lab_cluster import free_port, start_redis
 from gatekeeper.spa import fwknop
+from tests.conftest import need_tool
 
 SYN = 0x02
 GW = ipaddress.ip_address("203.0.113.1").packed
@@ -48,13 +48,6 @@ SSH_CLOSE = [(TCP, 9000), (UDP, 8000), (TCP, 7000)]
 WEB = [(TCP, 5001), (TCP, 5002)]
 
 
-def need_redis() -> None:
-    if shutil.which("redis-server") is None:
-        if __import__("os").environ.get("CI"):
-            pytest.fail("redis-server is missing (scripts/setup.sh installs it)")
-        pytest.skip("redis-server not installed (scripts/setup.sh installs it)")
-
-
 class Store:
     """A redis-server on loopback that a test may kill and start again (same port)."""
 
@@ -82,7 +75,7 @@ class Store:
 
 @pytest.fixture
 def store() -> Iterator[Store]:
-    need_redis()
+    need_tool("redis-server", "scripts/setup.sh installs it")
     s = Store()
     try:
         yield s

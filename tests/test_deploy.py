@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from gatekeeper.deploy import unit_text
-
-
-def need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{tool} must be installed in CI (Debian's systemd package)")
-        pytest.skip(f"{tool} is not installed")
-    return path
+from tests.conftest import need_tool
 
 
 @pytest.fixture
@@ -44,7 +35,7 @@ def test_unit_names_this_installation_and_the_systemd_contract(unit: Path) -> No
 
 
 def test_systemd_analyze_verify(unit: Path) -> None:
-    tool = need("systemd-analyze")
+    tool = need_tool("systemd-analyze", "Debian's systemd package")
     result = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True,
                             check=False, env={**os.environ, "SYSTEMD_LOG_LEVEL": "warning"})
     problems = [ln for ln in result.stderr.splitlines()
@@ -54,7 +45,7 @@ def test_systemd_analyze_verify(unit: Path) -> None:
 
 
 def test_systemd_analyze_security_scores_it_well(unit: Path) -> None:
-    tool = need("systemd-analyze")
+    tool = need_tool("systemd-analyze", "Debian's systemd package")
     result = subprocess.run([tool, "security", "--offline=yes", "--no-pager", str(unit)],
                             capture_output=True, text=True, check=False)
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\S+)", result.stdout)

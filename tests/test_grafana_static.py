@@ -14,15 +14,15 @@ promtool is a failure, never a skip.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
+
+from tests.conftest import need_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "grafana"
@@ -228,13 +228,7 @@ def test_contract_check_catches_what_the_exporter_does_not_export(expr: str, pro
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        why = "promtool not found: apt-get install prometheus (scripts/setup.sh does)"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
-    return path
+    return need_tool("promtool", "apt-get install prometheus; scripts/setup.sh does")
 
 
 def run_promtool(promtool: str, *args: str) -> str:

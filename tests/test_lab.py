@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from gatekeeper.lab import CLIENT4, GW4, GW6, OTHER4, SERVER4, Lab
-from tests.conftest import PROBE, knock, probe, snapshot
+from tests.conftest import PROBE, knock, need_tool, probe, snapshot
 
 pytestmark = pytest.mark.lab
 
@@ -126,10 +126,7 @@ def test_first_syn_is_accepted_straight_after_the_last_knock(lab: Lab, start_dae
 
 
 def test_stock_knock_client_from_knockd(lab: Lab, start_daemon: Any) -> None:
-    if shutil.which("knock") is None:
-        if os.environ.get("CI"):
-            pytest.fail("Debian's knockd package (the knock client) must be installed in CI")
-        pytest.skip("the knock client from Debian's knockd package is not installed")
+    need_tool("knock", "the client in Debian's knockd package")
     daemon = start_daemon(config())
     lab.run("client", ["knock", GW4, *SSH])
     assert is_open(lab, "client", GW4)

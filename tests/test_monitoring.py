@@ -49,6 +49,7 @@ from typing import Any
 import pytest
 
 from gatekeeper.lab import GW4, GW6, SERVER4, Lab
+from tests.conftest import need_tool
 from tests.test_grafana_static import (
     ALERTS,
     CONTRACT,
@@ -359,12 +360,7 @@ class Prometheus:
 
 @pytest.fixture
 def prometheus(lab: Lab, tmp_path: Path) -> Iterator[Prometheus]:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        why = "prometheus not found: apt-get install prometheus (Debian's package; scripts/setup.sh does)"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+    binary = need_tool("prometheus", "apt-get install prometheus; scripts/setup.sh does")
     home = tmp_path / "prometheus"
     home.mkdir()
     server = Prometheus(lab, binary, home)

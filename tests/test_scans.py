@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import time
 from typing import Any
 
 import pytest
 
 from gatekeeper.lab import GW4, Lab
+from tests.conftest import need_tool
 from tests.test_lab import config, is_open
 
 pytestmark = pytest.mark.lab
@@ -34,17 +33,10 @@ opens = ["2203:tcp"]
 """
 
 
-def need_nmap() -> None:
-    if subprocess.run(["which", "nmap"], capture_output=True, check=False).returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail("nmap must be installed in CI")
-        pytest.skip("nmap is not installed")
-
-
 @pytest.mark.parametrize("kind", ["-sS", "-sT", "-sU"])
 @pytest.mark.parametrize("order", ["ordered", "random"])
 def test_full_range_scans_make_no_grant(lab: Lab, start_daemon: Any, kind: str, order: str) -> None:
-    need_nmap()
+    need_tool("nmap", "scripts/setup.sh installs it")
     daemon = start_daemon(config() + SCAN_DOORS)
     flags = ["-r"] if order == "ordered" else []
     for host in ("client", "other"):

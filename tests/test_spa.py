@@ -46,6 +46,7 @@ from gatekeeper.spa.fwknop import (
     verify,
 )
 from gatekeeper.spa.replay import Admission, ReplayCache
+from tests.conftest import need_tool
 
 CLIENT = "203.0.113.10"
 OTHER = "198.51.100.7"
@@ -113,11 +114,7 @@ class Fwknop:
 
 @pytest.fixture(scope="module")
 def fwknop(tmp_path_factory: pytest.TempPathFactory) -> Fwknop:
-    exe = shutil.which("fwknop")
-    if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("Debian's fwknop-client (the fwknop command) must be installed in CI")
-        pytest.skip("the fwknop client (Debian's fwknop-client) is not installed")
+    exe = need_tool("fwknop", "Debian's fwknop-client")
     return Fwknop(exe, tmp_path_factory.mktemp("fwknop-home"))
 
 
@@ -454,11 +451,8 @@ def test_replay_cache_unit() -> None:
 
 def fwknopd_decodes(tmp: Path, keys: SpaKeys, packets: list[bytes], open_ports: str) -> str:
     """fwknopd --test reading the packets from a pcap file: its log (stderr and stdout)."""
-    fwknopd, unshare = shutil.which("fwknopd"), shutil.which("unshare")
-    if fwknopd is None:
-        if os.environ.get("CI"):
-            pytest.fail("fwknopd (Debian's fwknop-server) must be installed in CI")
-        pytest.skip("fwknopd (Debian's fwknop-server) is not installed: no cross-check with the server")
+    fwknopd = need_tool("fwknopd", "Debian's fwknop-server: the cross-check with the server")
+    unshare = shutil.which("unshare")
     if os.geteuid() != 0 or unshare is None:
         pytest.skip("fwknopd runs in a network namespace of its own, which needs root and unshare")
     pcap = tmp / "spa.pcap"

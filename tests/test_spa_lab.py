@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ import pytest
 from gatekeeper.control import request
 from gatekeeper.lab import CLIENT4, CLIENT6, GW4, GW6, Lab
 from gatekeeper.spa import fwknop
-from tests.conftest import knock, probe
+from tests.conftest import knock, need_tool, probe
 from tests.test_lab import is_open
 
 pytestmark = pytest.mark.lab
@@ -126,7 +125,12 @@ def send_udp(lab: Lab, host: str, data: bytes, port: int = 62201, target: str = 
     lab.run(host, [sys.executable, "-c", code, data.hex(), target, str(port)])
 
 
-needs_fwknop = pytest.mark.skipif(shutil.which("fwknop") is None, reason="needs the fwknop client")
+@pytest.fixture
+def fwknop_client() -> str:
+    return need_tool("fwknop", "Debian's fwknop-client")
+
+
+needs_fwknop = pytest.mark.usefixtures("fwknop_client")
 
 
 @needs_fwknop

@@ -10,25 +10,16 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from gatekeeper.cli import main
+from tests.conftest import need_tool
 
 VAGRANT = Path(__file__).parent.parent / "vagrant"
 SCRIPTS = sorted([*VAGRANT.glob("*.sh"), *(VAGRANT / "provision").glob("*.sh")])
-
-
-def need(tool: str, why: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{tool} must be installed in CI ({why})")
-        pytest.skip(f"{tool} is not installed ({why})")
-    return path
 
 
 def test_the_scripts_are_there() -> None:
@@ -68,7 +59,7 @@ def test_gateway_guards_only_the_private_interface(tmp_path: Path) -> None:
 
 
 def _validate(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    vagrant = need("vagrant", "Debian 12's vagrant package; scripts/setup.sh installs it")
+    vagrant = need_tool("vagrant", "Debian 12's vagrant package; scripts/setup.sh installs it")
     home = tmp_path / "vagrant.d"
     home.mkdir(exist_ok=True)
     full_env = {
@@ -111,7 +102,7 @@ def test_vagrant_validate_virtualbox_block(tmp_path: Path) -> None:
 
 def test_vagrant_validate_libvirt_block(tmp_path: Path) -> None:
     """With Debian's vagrant-libvirt plugin (no libvirt daemon needed to validate)."""
-    vagrant = need("vagrant", "Debian 12's vagrant package; scripts/setup.sh installs it")
+    vagrant = need_tool("vagrant", "Debian 12's vagrant package; scripts/setup.sh installs it")
     plugins = subprocess.run([vagrant, "plugin", "list"], capture_output=True, text=True,
                              timeout=120, check=False,
                              env={**os.environ, "VAGRANT_HOME": str(tmp_path / "vagrant.d"),
