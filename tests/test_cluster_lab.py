@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,6 +109,16 @@ def status(lab: ClusterLab, gateway: str, daemon: Daemon) -> str:
                              str(control)]).stdout
 
 
+def stop_all(clab: ClusterLab, daemons: list[Daemon], redis_proc: subprocess.Popen[Any]) -> None:
+    """Stop the daemons, remove what any of them left installed, kill the store."""
+    for daemon in daemons:
+        daemon.stop()
+    for host in GATEWAYS:
+        clab.run(host, [sys.executable, "-c", "from gatekeeper.netfilter.install import "
+                        "Installer; Installer().remove()"], check=False)
+    clab.stop(redis_proc, 9)
+
+
 def test_two_gateways_share_knocks_grants_survive_the_store_and_close(clab: ClusterLab,
                                                                tmp_path: Path) -> None:
     redis_proc = clab.start_redis()
@@ -170,12 +182,7 @@ def test_two_gateways_share_knocks_grants_survive_the_store_and_close(clab: Clus
         assert not is_open(clab, "other", GW4) and not is_open(clab, "other", GW2_4)
         assert is_open(clab, "client", GW4), "the client's grant is its own"
     finally:
-        for daemon in daemons:
-            daemon.stop()
-        for host in GATEWAYS:
-            clab.run(host, [sys.executable, "-c", "from gatekeeper.netfilter.install import "
-                            "Installer; Installer().remove()"], check=False)
-        clab.stop(redis_proc, 9)
+        stop_all(clab, daemons, redis_proc)
 
 
 def test_spa_grant_through_one_gateway_opens_the_asked_port_alone_on_both(
@@ -214,9 +221,4 @@ def test_spa_grant_through_one_gateway_opens_the_asked_port_alone_on_both(
         assert in_set(clab, "gw", CLIENT4) and in_set(clab, "gw2", CLIENT4)
         assert not is_open(clab, "other", GW4) and not is_open(clab, "other", GW2_4, 80)
     finally:
-        for daemon in daemons:
-            daemon.stop()
-        for host in GATEWAYS:
-            clab.run(host, [sys.executable, "-c", "from gatekeeper.netfilter.install import "
-                            "Installer; Installer().remove()"], check=False)
-        clab.stop(redis_proc, 9)
+        stop_all(clab, daemons, redis_proc)
