@@ -227,6 +227,19 @@ def test_forward_door_opens_only_its_host(engine: Engine) -> None:
     assert send(engine, A, TCP, 3389, 0.5, dst=GW)[0] is Verdict.DROP
 
 
+def test_a_gateway_door_opens_the_gateway_only_never_a_host_behind_it(engine: Engine) -> None:
+    """The ssh door has no ``host``: its grant admits port 22 on the gateway (INPUT), and
+    not port 22 of the host that the rdp door guards behind it (FORWARD)."""
+    knock(engine, A, SSH)
+    assert ssh_open(engine, A, 0.5)
+    assert not ssh_open(engine, A, 0.5, dst=SERVER)
+    assert send(engine, A, TCP, 22, 0.5, dst=SERVER)[1] is Reason.UNAUTHORISED
+    assert engine.doors_opening(TCP << 16 | 22, GW) == (0,)
+    assert engine.doors_opening(TCP << 16 | 22, SERVER) == (), "the cluster lookup too"
+    assert engine.doors_opening(TCP << 16 | 3389, SERVER) == (1,)
+    assert engine.doors_opening(TCP << 16 | 3389, GW) == ()
+
+
 def test_tcp_packets_without_the_door_flags_are_not_knocks(engine: Engine) -> None:
     send(engine, A, *SSH[0], 0.0)
     _, reason, events = send(engine, A, TCP, 8000, 0.1, flags=ACK)

@@ -145,6 +145,20 @@ def test_forward_door_for_a_server_behind_the_gateway(lab: Lab, start_daemon: An
     assert not is_open(lab, "client", GW4, 3389), "the grant is for the host, not the gateway"
 
 
+def test_a_gateway_door_never_opens_the_same_port_on_a_host_behind_it(
+        lab: Lab, start_daemon: Any) -> None:
+    """The ssh door has no host: knocking it opens port 22 of the gateway, and port 22 of
+    198.51.100.10 (the rdp door's host, whose new packets are all verdicted) stays shut."""
+    lab.serve_tcp("server", 22)
+    start_daemon(config())
+    knock(lab, "client", GW4, *SSH)
+    assert is_open(lab, "client", GW4, 22)
+    assert not is_open(lab, "client", SERVER4, 22), "a gateway door's grant reached a host behind it"
+    knock(lab, "client", GW4, "4001", "4002:udp", "4003")
+    assert is_open(lab, "client", SERVER4, 3389)
+    assert not is_open(lab, "client", SERVER4, 22)
+
+
 def test_knocks_to_the_gateway_open_the_host_behind_it(lab: Lab, start_daemon: Any) -> None:
     start_daemon(config())
     knock(lab, "other", GW4, "4001", "4002:udp", "4003")
