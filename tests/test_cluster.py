@@ -218,6 +218,20 @@ def test_other_gateway_admits_a_grant_made_elsewhere_before_any_mirror(store: St
     assert [e.steps for e in two.applied if isinstance(e, Granted)] == [(P22,), (P2222,)]
 
 
+def test_a_gateway_doors_grant_is_not_looked_up_for_a_host_behind_the_gateway(store: Store) -> None:
+    """The ssh door has no host: another gateway's lookup admits its grant on the gateway,
+    never for the same port of a host that another door guards behind it."""
+    rdp = '\n[[door]]\nname = "rdp"\nsequence = ["4001", "4002"]\nopens = ["3389:tcp"]\nhost = "198.51.100.10"\n'
+    one, two = Box(store.url, "one", doors=rdp), Box(store.url, "two", doors=rdp)
+    server = ipaddress.ip_address("198.51.100.10").packed
+    for i, step in enumerate(SSH):
+        one.send(A, *step, 10.0 + i)
+    lookups = two.gate.lookups
+    assert two.send(A, TCP, 22, 13.0, dst=server)[:2] == (Verdict.DROP, Reason.UNAUTHORISED)
+    assert two.gate.lookups == lookups, "no door opens 22 on that host: nothing to ask the store"
+    assert two.send(A, TCP, 22, 13.1)[:2] == (Verdict.ACCEPT, Reason.GRANTED)
+
+
 def test_spa_grant_of_one_port_is_that_port_alone_on_every_gateway(store: Store,
                                                                    tmp_path: Path) -> None:
     doors = spa_door(tmp_path)

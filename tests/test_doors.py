@@ -529,3 +529,19 @@ def test_status_lists_the_ports_of_each_grant() -> None:
               "grants": [{"address": CLIENT, "door": "spa", "opens": ["22:tcp"], "remaining": 9.5}]}
     (line,) = [line for line in format_status(status).splitlines() if CLIENT in line]
     assert line.split() == [CLIENT, "spa", "9.5", "s", "left", "22:tcp"]
+
+
+def test_special_doors_grants_open_the_gateway_never_a_host_behind_it(files: dict[str, str]) -> None:
+    """SPA, encrypted and one-time doors without ``host`` open their ports on the gateway;
+    the same ports of the host another door guards behind it stay shut."""
+    behind = '[[door]]\nname = "fwd"\nsequence = ["4001", "4002"]\nopens = ["9999"]\nhost = "198.51.100.10"\n'
+    engine, doors = specials(loads(config_text(files) + behind, "t.toml"))
+    server = ipaddress.ip_address("198.51.100.10").packed
+    assert doors.handle(CLIENT_B, GW_B, 17, 62201, 0, spa_packet(), 10.0, WALL)[1] is Reason.COMPLETED  # type: ignore[index]
+    assert knock_all(doors, seqcodec.encode(CLIENT, 8080, 6, 0, WALL, SEQ_KEY), 11.0)[1] is Reason.COMPLETED
+    for i, (proto, port) in enumerate([(6, 1001), (17, 1002), (6, 1003)]):
+        decision = doors.handle(CLIENT_B, GW_B, proto, port, 0x02, b"", 12.0 + i, WALL)
+    assert decision is not None and decision[1] is Reason.COMPLETED
+    for port in (22, 8080, 3389):
+        assert engine.decide(CLIENT_B, GW_B, 6, port, 0x02, 20.0)[0] is Verdict.ACCEPT
+        assert engine.decide(CLIENT_B, server, 6, port, 0x02, 20.0)[:2] == (Verdict.DROP, Reason.UNAUTHORISED)

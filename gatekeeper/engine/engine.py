@@ -190,13 +190,17 @@ class Engine:
                                door.sequence_timeout, door.tcp_flags)
                     )
         self._knock_keys = frozenset(k for t in tracks for k in t.keys)
-        # step key -> (grant slot, host) of each door that opens it: see _SLOT
+        # step key -> (grant slot, host) of each door that opens it: see _SLOT. A door
+        # without ``host`` opens the gateway itself: the only forwarded packets queued are
+        # those to a door's host (render.py), so a packet to one of these addresses is
+        # forwarded and no gateway door admits it.
         protected: dict[int, list[tuple[int, bytes | None]]] = {}
         for i, door in enumerate(config.doors):
             host = door.host.packed if door.host is not None else None
             for step in door.opens:
                 protected.setdefault(step.key, []).append((i << _SLOT | step.key, host))
         self._protected = {k: tuple(v) for k, v in protected.items()}
+        self._hosts = frozenset(d.host.packed for d in config.doors if d.host is not None)
         # A source with no state: the decision by step, None for a knock step (_knock).
         self._stateless: dict[int, Decision | None] = dict.fromkeys(protected, _DROP_UNAUTHORISED)
         self._stateless.update(dict.fromkeys(self._knock_keys))
@@ -273,7 +277,7 @@ class Engine:
         if grants is not None:
             for slot, host in self._protected.get(key, ()):
                 expires = grants.get(slot)
-                if expires is not None and expires > now and (host is None or host == dst):
+                if expires is not None and expires > now and self._admits(host, dst):
                     return _ACCEPT_GRANTED
         if key not in self._knock_keys:
             self._probe(src, key, now)
@@ -319,7 +323,11 @@ class Engine:
     def doors_opening(self, key: int, dst: bytes) -> tuple[int, ...]:
         """The doors (indexes) whose grant would admit a packet to ``key`` at ``dst``."""
         return tuple(slot >> _SLOT for slot, host in self._protected.get(key, ())
-                     if host is None or host == dst)
+                     if self._admits(host, dst))
+
+    def _admits(self, host: bytes | None, dst: bytes) -> bool:
+        """Whether a grant of a door with ``host`` (None: the gateway) admits a packet to ``dst``."""
+        return dst not in self._hosts if host is None else host == dst
 
     def lock_reason(self, src: bytes, now: float) -> Reason:
         """Why a completed sequence of a locked-out ``src`` made no grant."""
