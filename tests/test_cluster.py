@@ -221,7 +221,8 @@ def test_other_gateway_admits_a_grant_made_elsewhere_before_any_mirror(store: St
 def test_a_gateway_doors_grant_is_not_looked_up_for_a_host_behind_the_gateway(store: Store) -> None:
     """The ssh door has no host: another gateway's lookup admits its grant on the gateway,
     never for the same port of a host that another door guards behind it."""
-    rdp = '\n[[door]]\nname = "rdp"\nsequence = ["4001", "4002"]\nopens = ["3389:tcp"]\nhost = "198.51.100.10"\n'
+    rdp = ('\n[[door]]\nname = "rdp"\nsequence = ["4001", "4002"]\nopens = ["3389:tcp"]\n'
+           'host = "198.51.100.10"\n')
     one, two = Box(store.url, "one", doors=rdp), Box(store.url, "two", doors=rdp)
     server = ipaddress.ip_address("198.51.100.10").packed
     for i, step in enumerate(SSH):
