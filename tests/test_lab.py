@@ -251,6 +251,53 @@ def test_fail_closed_after_a_crash_and_clean_restart(lab: Lab, start_daemon: Any
     assert snapshot(lab) == before
 
 
+def failing_restore(tmp_path: Path, tool: str = "iptables-restore") -> dict[str, str]:
+    """An environment whose ``tool`` rejects every ruleset that queues (as a kernel without
+    NFQUEUE would) and passes anything else (a removal) to the real one."""
+    fake = tmp_path / "bin"
+    fake.mkdir(exist_ok=True)
+    real = shutil.which(tool)
+    (fake / tool).write_text(
+        "#!/bin/sh\n"
+        'input=$(cat)\n'
+        f'case "$input" in *NFQUEUE*) echo "{tool}: line 9 failed: '
+        "Couldn't load target \\`NFQUEUE':No such file or directory\" >&2; exit 2;; esac\n"
+        f'printf "%s\\n" "$input" | exec {real} "$@"\n'
+    )
+    (fake / tool).chmod(0o755)
+    return {"PATH": f"{fake}:{os.environ['PATH']}"}
+
+
+def test_no_connection_gets_in_through_a_crash_a_failed_restart_and_a_restart(
+        lab: Lab, start_daemon: Any, tmp_path: Path) -> None:
+    """A SYN to the protected port every 1.5 ms through kill -9 of the daemon, a restart whose
+    install fails, and a good restart: the rules of the crashed run stay until the new ones
+    replace them in one step, and a failed install leaves them in force."""
+    before = snapshot(lab)
+    daemon = start_daemon(config())
+    flood = lab.popen("other", [sys.executable, PROBE, "syns", GW4, "22", "7", "1.5"],
+                      stdout=subprocess.PIPE)
+    time.sleep(0.5)
+    daemon.stop(9)
+    time.sleep(0.3)
+    path = tmp_path / "again.toml"
+    path.write_text(private(config(), path.parent))
+    argv = [sys.executable, "-m", "gatekeeper", "run", "-c", str(path)]
+    line = run_expect_error(lab, argv, env=failing_restore(tmp_path))
+    assert "iptables-restore rejected the ruleset" in line
+    assert "rules of the earlier run stay in force" in line
+    again = start_daemon(config())
+    again.wait_for("replaced the rules left by an earlier gatekeeper run")
+    out, _ = flood.communicate(timeout=30)
+    result = json.loads(out)
+    assert result["made"] > 2000, result
+    assert result["connected"] == 0, f"{result['connected']} connections got in: {result}"
+    knock(lab, "client", GW4, *SSH)
+    assert is_open(lab, "client", GW4), "the restarted daemon guards and grants"
+    assert again.stop() == 0
+    assert snapshot(lab) == before
+
+
 def test_restart_adopts_running_grants(lab: Lab, start_daemon: Any) -> None:
     daemon = start_daemon(config(open_for=20))
     knock(lab, "client", GW4, *SSH)
@@ -313,21 +360,10 @@ def test_missing_kernel_feature_rolls_back_the_other_family(lab: Lab, tmp_path: 
     """The kernel here has NFQUEUE, so a restore tool that reports it missing stands in for
     a kernel without it: IPv4 went in, IPv6 failed, and everything must come out again."""
     before = snapshot(lab)
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    real = shutil.which("ip6tables-restore")
-    (fake / "ip6tables-restore").write_text(
-        "#!/bin/sh\n"
-        'input=$(cat)\n'
-        'case "$input" in *NFQUEUE*) echo "ip6tables-restore: line 9 failed: '
-        "Couldn't load target \\`NFQUEUE':No such file or directory\" >&2; exit 2;; esac\n"
-        f'printf "%s\\n" "$input" | exec {real} "$@"\n'
-    )
-    (fake / "ip6tables-restore").chmod(0o755)
     path = tmp_path / "ok.toml"
     path.write_text(private(config(), path.parent))
     line = run_expect_error(lab, [sys.executable, "-m", "gatekeeper", "run", "-c", str(path)],
-                            env={"PATH": f"{fake}:{os.environ['PATH']}"})
+                            env=failing_restore(tmp_path, "ip6tables-restore"))
     assert "ip6tables-restore rejected the ruleset" in line and "NFQUEUE" in line
     assert snapshot(lab) == before
 
