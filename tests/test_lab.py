@@ -246,7 +246,7 @@ def test_fail_closed_after_a_crash_and_clean_restart(lab: Lab, start_daemon: Any
     time.sleep(3.2)
     assert not is_open(lab, "client", GW4), "...and only until its own timeout"
     again = start_daemon(config())
-    again.wait_for("removed rules left by an earlier gatekeeper run")
+    again.wait_for("replaced the rules left by an earlier gatekeeper run")
     assert again.stop() == 0
     assert snapshot(lab) == before
 

@@ -158,6 +158,29 @@ def test_reload_changes_the_number_of_workers(lab: Lab, start_daemon: Any) -> No
     assert is_open(lab, "client", GW4), "grants live in the kernel set, not in a worker"
 
 
+def test_reloads_that_change_the_ruleset_let_no_connection_in(lab: Lab, start_daemon: Any) -> None:
+    """A SYN to the protected port every 1.5 ms through reloads that change the workers (the
+    shard rules), the interfaces and the public ports: each swap is one transaction."""
+    daemon = start_daemon(config())
+    flood = lab.popen("other", [sys.executable, PROBE, "syns", GW4, "22", "5", "1.5"],
+                      stdout=subprocess.PIPE)
+    changes = [('workers = 2', 'workers = 3'), ('workers = 2', 'workers = 1'),
+               ('public = ["80:tcp"]', 'public = ["80:tcp", "443:tcp"]'),
+               ('interfaces = ["eth0"]', 'interfaces = []')]
+    for old, new in changes:
+        since = len(daemon.lines)
+        daemon.config.write_text(config().replace(old, new, 1))
+        os.kill(daemon_pid(daemon), signal.SIGHUP)
+        daemon.wait_for("reloaded", since=since)
+        time.sleep(0.3)
+    out, _ = flood.communicate(timeout=30)
+    result = json.loads(out)
+    assert result["made"] > 1500, result
+    assert result["connected"] == 0, f"{result['connected']} connections got in: {result}"
+    knock(lab, "client", GW4, *SSH)
+    assert is_open(lab, "client", GW4)
+
+
 # A fault while the worker decides a packet, for SPA datagrams to port 6666: the SPA
 # door's handler raises. (The hot path may be compiled with mypyc, whose classes cannot
 # be patched, and whose bytes operations ignore a bytes subclass's overrides; the SPA

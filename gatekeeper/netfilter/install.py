@@ -1,10 +1,12 @@
 """Install and remove the rendered ruleset: atomically per table, completely on removal.
 
-Rules go in with ``iptables-restore --noflush`` (one transaction per family); if the
-IPv6 part fails the IPv4 part and the sets are taken out again, so a failed start
-leaves nothing behind. Removal reads back what is installed and deletes every jump to
-our chains, then the chains, then the sets: a leftover of a killed daemon is found
-and removed the same way.
+Rules go in with ``iptables-restore --noflush``, one transaction per family that
+swaps our chains and jumps for the new ones: at start (over the leftovers of a killed
+run) and on reload alike, a guarded packet meets either the old rules or the new,
+never neither. A failed first start takes out what went in, so it leaves nothing
+behind; a failed start over leftovers leaves them in force (they queue to no reader:
+guarded traffic is dropped) and says so. Removal reads back what is installed and
+deletes every jump to our chains, then the chains, then the sets.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import subprocess
 from gatekeeper.config import Config
 from gatekeeper.errors import GatekeeperError
 from gatekeeper.netfilter.audit import audit_text
-from gatekeeper.netfilter.render import CHAINS, SET_FWD, SET_IN, Ruleset, render_removal
+from gatekeeper.netfilter.render import CHAINS, SET_FWD, SET_IN, Ruleset, render_removal, render_swap
 
 log = logging.getLogger(__name__)
 
@@ -90,29 +92,41 @@ class Installer:
             raise GatekeeperError(f"refusing to run: {problems[0]}")
 
     def install(self, ruleset: Ruleset, config: Config | None = None) -> None:
-        """Install sets, then IPv4 and IPv6 rules, then audit them (when ``config`` is
-        given); on any failure remove what went in."""
-        leftovers = self.remove_rules()
-        if leftovers:
-            log.warning("removed rules left by an earlier gatekeeper run that did not stop cleanly")
+        """Install sets, then IPv4 and IPv6 rules, each family in one swap over whatever
+        an earlier run left, then audit them (when ``config`` is given). On failure a
+        first start removes what went in; over leftovers, the rules stay (fail closed)."""
+        saved = {family: self.saved(family, table=False) for family in (4, 6)}
+        leftovers = any(f":{c} " in text for text in saved.values() for c in CHAINS)
         for family in (4, 6):
             self._created_table[family] = not any(
-                line.startswith("*filter") for line in self.saved(family, table=False).splitlines()
+                line.startswith("*filter") for line in saved[family].splitlines()
             )
         try:
-            result = _run(["ipset", "restore", "-exist"], ruleset.ipset)
-            if result.returncode != 0:
-                raise GatekeeperError(
-                    f"ipset: cannot create the grant sets ({_first_line(result.stderr)}); "
-                    "is the ip_set kernel module available?"
-                )
-            self._restore(4, ruleset.ipv4)
-            self._restore(6, ruleset.ipv6)
+            self._create_sets(ruleset)
+            self._swap(4, ruleset.ipv4)
+            self._swap(6, ruleset.ipv6)
             if config is not None:
                 self.verify(config)
-        except GatekeeperError:
-            self.remove()
-            raise
+        except GatekeeperError as exc:
+            if not leftovers:
+                self.remove()
+                raise
+            raise GatekeeperError(
+                f"{exc}; the rules of the earlier run stay in force (guarded traffic is "
+                "dropped until gatekeeper runs again; stopping a gatekeeper run removes them)"
+            ) from None
+        if leftovers:
+            log.warning("replaced the rules left by an earlier gatekeeper run that did not stop "
+                        "cleanly, in one transaction per family")
+
+    def _create_sets(self, ruleset: Ruleset) -> None:
+        """Create the grant sets; existing ones keep their entries (running grants)."""
+        result = _run(["ipset", "restore", "-exist"], ruleset.ipset)
+        if result.returncode != 0:
+            raise GatekeeperError(
+                f"ipset: cannot create the grant sets ({_first_line(result.stderr)}); "
+                "is the ip_set kernel module available?"
+            )
 
     def queue_counters(self) -> dict[int, int]:
         """Packets each queue's NFQUEUE rules have sent (both families, all our chains).
@@ -130,35 +144,20 @@ class Installer:
     def replace(self, ruleset: Ruleset) -> None:
         """Swap in a new ruleset (a reload), one transaction per family: the old rules
         stay in force until the new ones are, and a rejected ruleset changes nothing."""
-        result = _run(["ipset", "restore", "-exist"], ruleset.ipset)
-        if result.returncode != 0:
-            raise GatekeeperError(f"ipset: cannot create the grant sets ({_first_line(result.stderr)})")
-        for family, text in ((4, ruleset.ipv4), (6, ruleset.ipv6)):
-            saved = self.saved(family)
-            removal = render_removal(saved) or ""
-            present = {c for c in CHAINS if f":{c} " in saved}
-            wanted = {c for c in CHAINS if f":{c} " in text}
-            lines = ["*filter"]
-            lines += [ln for ln in removal.splitlines() if ln.startswith("-D ")]
-            lines += [f"-F {c}" for c in sorted(present)]
-            lines += [f"-X {c}" for c in sorted(present - wanted)]
-            for line in text.splitlines():
-                if line.startswith(":") and line[1:].split(" ", 1)[0] in present:
-                    continue  # exists already, flushed above
-                if line not in ("*filter", "COMMIT"):
-                    lines.append(line)
-            lines.append("COMMIT")
-            self._restore(family, "\n".join(lines) + "\n")
+        self._create_sets(ruleset)
+        self._swap(4, ruleset.ipv4)
+        self._swap(6, ruleset.ipv6)
 
-    def remove_rules(self) -> bool:
-        """Remove every jump to our chains and the chains; True if anything was there."""
-        found = False
+    def _swap(self, family: int, text: str) -> None:
+        """One transaction: delete our jumps, flush (or drop) our chains, add the new ones."""
+        self._restore(family, render_swap(self.saved(family), text))
+
+    def remove_rules(self) -> None:
+        """Remove every jump to our chains and the chains."""
         for family in (4, 6):
             removal = render_removal(self.saved(family))
             if removal is not None:
-                found = True
                 self._restore(family, removal)
-        return found
 
     def remove(self) -> None:
         """Remove rules, then sets, then a filter table that only we brought into being."""

@@ -165,3 +165,23 @@ def render_removal(saved: str) -> str | None:
     lines += [f"-X {c}" for c in ours]
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
+
+
+def render_swap(saved: str, text: str) -> str:
+    """Given ``iptables-save -t filter`` output and a family's rendered rules, one restore
+    transaction that replaces whatever of ours is installed with the new rules (a plain
+    install when nothing is): no moment where a guarded packet meets neither."""
+    removal = render_removal(saved) or ""
+    present = {c for c in CHAINS if f":{c} " in saved}
+    wanted = {c for c in CHAINS if f":{c} " in text}
+    lines = ["*filter"]
+    lines += [ln for ln in removal.splitlines() if ln.startswith("-D ")]
+    lines += [f"-F {c}" for c in sorted(present)]
+    lines += [f"-X {c}" for c in sorted(present - wanted)]
+    for line in text.splitlines():
+        if line.startswith(":") and line[1:].split(" ", 1)[0] in present:
+            continue  # exists already, flushed above
+        if line not in ("*filter", "COMMIT"):
+            lines.append(line)
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
