@@ -35,6 +35,7 @@ DEFAULT_SPA_PORT = 62201  # fwknop's default (UDP)
 DEFAULT_SPA_WINDOW = 120.0
 SPA_KINDS = ("sequence", "spa", "encrypted_sequence", "one_time_sequences")
 MAX_ONE_TIME_LINES = 100_000
+ONE_TIME_USED = "#used# "  # how a used line of a one-time sequences file starts
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,24}\Z")
 _IFACE_RE = re.compile(r"^[A-Za-z0-9_.@][^\s/:!]{0,14}\Z")
 
@@ -147,11 +148,14 @@ class OneTimeDoor:
     """``one_time_sequences = "PATH"``: knockd's one-time sequences file.
 
     ``lines`` holds each unused sequence with its line number in the file (1-based);
-    used lines are commented out in the file (``#used# ...``) and so absent here.
+    used lines are commented out in the file (``#used# ...``) and so absent there, but
+    their ports are in ``used`` (the ruleset keeps sending them to the worker that
+    knows they were used, see render.py).
     """
 
     path: str
     lines: tuple[tuple[int, tuple[Step, ...]], ...]
+    used: frozenset[Step] = frozenset()
 
 
 def default_workers() -> int:
@@ -601,14 +605,33 @@ class _Parser:
         except (OSError, UnicodeDecodeError) as exc:
             raise self.fail(key, f"{path}: cannot read: {exc}") from None
         lines: list[tuple[int, tuple[Step, ...]]] = []
+        used: set[Step] = set()
         for number, line in enumerate(text.splitlines()[:MAX_ONE_TIME_LINES], 1):
+            if line.startswith(ONE_TIME_USED):
+                try:
+                    used.update(self.steps(line[len(ONE_TIME_USED):].split("#", 1)[0]
+                                           .replace(",", " ").split(), key, sequence=True))
+                except GatekeeperError:
+                    pass  # a used line is never knocked again; its ports only route
+                continue
             body = line.split("#", 1)[0].strip()
             if not body:
                 continue
             steps = self.steps(body.replace(",", " ").split(), f"{key} ({path}:{number})",
                                sequence=True)
             lines.append((number, steps))
-        return OneTimeDoor(path, tuple(lines))
+        self._writable(path, key)
+        return OneTimeDoor(path, tuple(lines), frozenset(used))
+
+    def _writable(self, path: str, key: str) -> None:
+        """A used line is marked in the file (a new copy beside it, then a rename) before its
+        grant is given: a file the daemon cannot rewrite would grant nothing, so refuse it."""
+        directory = os.path.dirname(path) or "/"
+        for what, target in (("file", path), ("directory", directory)):
+            if not os.access(target, os.W_OK):
+                raise self.fail(key, f"{path}: the daemon cannot write its {what} {target} "
+                                "(a used line is marked there before its grant); keep the "
+                                "file where it may write, e.g. under state_dir")
 
     def config(self, data: dict[str, Any]) -> Config:
         self._table(data, "", {"gatekeeper", "door", "metrics", "cluster"})

@@ -494,25 +494,16 @@ class Supervisor:
     # -- one-time sequences -------------------------------------------------------------
 
     def _sequence_used(self, msg: dict[str, Any]) -> None:
-        """A worker used a one-time sequence: mark its line used in the file (atomically:
-        a restart never revives it), then reload so every worker moves on."""
-        from gatekeeper.effects.onetime import mark_used
-
-        door = next((d for d in self.config.doors if d.name == msg["door"]), None)
-        if door is None or door.one_time is None or door.one_time.path != msg["path"]:
-            log.error("one-time sequence used on door %s, which no longer reads %s: not marked",
-                      msg["door"], msg["path"])
+        """A worker used a one-time sequence and marked its line in the file (before the
+        grant: a restart never revives it); reload, so the file is read again."""
+        if msg.get("error"):
+            log.error("door %s: one-time sequence completed but line %s of %s could not be "
+                      "marked used: %s; no grant made", msg["door"], msg["line"], msg["path"],
+                      msg["error"])
             return
-        try:
-            marked = mark_used(msg["path"], int(msg["line"]), msg["steps"])
-        except OSError as exc:
-            log.error("door %s: cannot mark line %s of %s used: %s; the sequence stays used "
-                      "until the daemon restarts", msg["door"], msg["line"], msg["path"], exc)
-            return
-        if marked:
-            log.info("one-time sequence used: door=%s file=%s line=%s", msg["door"], msg["path"],
-                     msg["line"])
-            self.reload()
+        log.info("one-time sequence used: door=%s file=%s line=%s", msg["door"], msg["path"],
+                 msg["line"])
+        self.reload()
 
     # -- reload -------------------------------------------------------------------------
 

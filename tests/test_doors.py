@@ -545,3 +545,47 @@ def test_special_doors_grants_open_the_gateway_never_a_host_behind_it(files: dic
     for port in (22, 8080, 3389):
         assert engine.decide(CLIENT_B, GW_B, 6, port, 0x02, 20.0)[0] is Verdict.ACCEPT
         assert engine.decide(CLIENT_B, server, 6, port, 0x02, 20.0)[:2] == (Verdict.DROP, Reason.UNAUTHORISED)
+
+
+def tcp_syn(port: int) -> bytes:
+    return bytes(dpkt.ip.IP(src=CLIENT_B, dst=GW_B, p=6, data=dpkt.tcp.TCP(dport=port, flags=0x02)))
+
+
+def one_time_knocks(worker: Worker, now: float) -> None:
+    for proto, port in ((6, 1001), (17, 1002), (6, 1003)):
+        assert not worker.on_packet(udp(b"", port) if proto == 17 else tcp_syn(port), now)
+
+
+def test_worker_marks_a_one_time_line_used_before_it_grants(cfg: Config, files: dict[str, str]) -> None:
+    class Recording(FakeGrants):
+        """Notes the file's line as it is when the grant goes into the kernel set."""
+
+        def add(self, address: str, door: Door, seconds: float, steps: Any = None) -> int:
+            marked.append(Path(files["once"]).read_text().splitlines()[1])
+            return super().add(address, door, seconds, steps)
+
+    reports: list[dict[str, Any]] = []
+    marked: list[str] = []
+    grants = Recording()
+    worker = Worker(cfg, grants, reports.append, clock=lambda: 5.0, wall=lambda: WALL)
+    one_time_knocks(worker, 5.0)
+    assert grants.added == [(CLIENT, "once")]
+    assert marked == ["#used# 1001,1002:udp,1003"], "the line was marked before the grant"
+    assert next(r for r in reports if r["t"] == "used")["error"] == ""
+    assert worker.on_packet(tcp_syn(3389), 5.1)
+
+
+def test_worker_grants_nothing_for_a_one_time_line_it_cannot_mark(cfg: Config,
+                                                                  files: dict[str, str]) -> None:
+    reports: list[dict[str, Any]] = []
+    grants = FakeGrants()
+    worker = Worker(cfg, grants, reports.append, clock=lambda: 5.0, wall=lambda: WALL)
+    Path(files["once"]).unlink()  # stands in for a file system that refuses the write
+    one_time_knocks(worker, 5.0)
+    assert grants.added == [], "no grant without the mark"
+    used = [r for r in reports if r["t"] == "used"]
+    assert len(used) == 1 and "No such file" in used[0]["error"]
+    assert not [r for r in reports if r["t"] == "grant"]
+    assert not worker.on_packet(tcp_syn(3389), 5.1), "the engine holds no grant either"
+    one_time_knocks(worker, 6.0)
+    assert grants.added == [], "and the line stays used"

@@ -3,6 +3,7 @@ against the real daemon in the namespace lab (gateway 203.0.113.1 guarding eth0)
 
 from __future__ import annotations
 
+import itertools
 import shlex
 import subprocess
 import sys
@@ -66,18 +67,19 @@ def test_a_line_used_on_one_worker_is_refused_on_every_worker_at_once(
     once = once_file(tmp_path)
     daemon = start_daemon(CONFIG.format(once=once))
     shards = {a: shard(lab, a) for a in CANDIDATES}
-    victim = next(a for a, b in zip(CANDIDATES, CANDIDATES[1:], strict=False) if shards[a] != shards[b])
+    victim = next(a for a, b in itertools.pairwise(CANDIDATES) if shards[a] != shards[b])
     results = probe(lab, "client", "trials", GW4, PORT, 2, victim, LINE)
-    assert results[0]["ok"], f"the victim gets in: {results}"
+    assert results[0]["ok"], f"the victim gets in: {results} {daemon.lines}"
     assert not results[1]["ok"], "the line replayed from another worker's source got in"
     assert sum("grant door=once " in line for line in daemon.lines) == 1, daemon.lines
     assert Path(once).read_text().splitlines()[1] == f"#used# {LINE}"
     daemon.stop()
     lab.run("gw", ["ipset", "destroy"], check=False)  # no grant to adopt after the restart
-    start_daemon(CONFIG.format(once=once))
+    again = start_daemon(CONFIG.format(once=once))
     attacker = str(next(a for a in CANDIDATES if a != victim))
     assert not probe(lab, "client", "trials", GW4, PORT, 1, attacker, LINE)[0]["ok"]
-    assert probe(lab, "client", "trials", GW4, PORT, 1, attacker, "6001,6002:udp,6003")[0]["ok"]
+    assert probe(lab, "client", "trials", GW4, PORT, 1, attacker, "6001,6002:udp,6003")[0]["ok"], \
+        "\n".join(again.lines)
 
 
 def read_only(argv: list[str], directory: Path) -> list[str]:

@@ -7,6 +7,7 @@ No iptables here: a small model of a filter table applies restore input the way
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -420,3 +421,33 @@ def test_install_then_remove_leaves_the_admin_rules_as_they_were(family: int, cf
     table.restore(removal)
     assert table.save() == before
     assert render_removal(table.save()) is None
+
+
+def test_one_time_ports_and_the_ports_they_open_go_to_the_first_worker(tmp_path: Path) -> None:
+    """Whatever a source's shard: the one worker that marks a line used sees every replay
+    of it, used lines included, and the client's first SYN queues behind its last knock."""
+    once = tmp_path / "once.txt"
+    once.write_text("#used# 4001,4002:udp\n5001,5002:udp\n6001 6002:icmp\n")
+    cfg = loads(f"""
+[gatekeeper]
+queue = 3
+workers = 2
+[[door]]
+name = "ssh"
+sequence = ["7000:udp", "8000"]
+opens = ["22"]
+[[door]]
+name = "once"
+one_time_sequences = "{once}"
+opens = ["3389", "22"]
+""", "t.toml")
+    v4 = render_family(cfg, 4).splitlines()
+    first = [ln for ln in v4 if ln.endswith("-j NFQUEUE --queue-num 3") and "-m mark" not in ln]
+    assert first == [
+        f"-A {CHAIN_IN} -p tcp -m multiport --dports 3389,4001,5001,6001 -j NFQUEUE --queue-num 3",
+        f"-A {CHAIN_IN} -p udp -m multiport --dports 4002,5002 -j NFQUEUE --queue-num 3",
+        f"-A {CHAIN_IN} -p icmp -m icmp --icmp-type echo-request -j NFQUEUE --queue-num 3",
+    ], "22 is opened by the ssh door too: it keeps to the source's worker"
+    assert v4.index(first[-1]) < next(i for i, ln in enumerate(v4) if "HMARK" in ln)
+    v6 = render_family(cfg, 6)
+    assert "-p ipv6-icmp -m icmp6 --icmpv6-type echo-request -j NFQUEUE --queue-num 3" in v6

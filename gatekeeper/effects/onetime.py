@@ -1,4 +1,4 @@
-"""Mark a line of a one-time sequences file used, atomically (the supervisor's job).
+"""Mark a line of a one-time sequences file used, atomically (the worker does, before the grant).
 
 knockd's format: a sequence a line, ``#`` comments. A used line is commented out in
 place (``#used# <the line>``), so line numbers never move and a restart (which reads the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-USED = "#used# "
+from gatekeeper.config import ONE_TIME_USED as USED
 
 
 def _normal(body: str) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gatekeeper.config import PROTO_NAMES, TCP, UDP, Config, Step
+from gatekeeper.config import ICMP, PROTO_NAMES, TCP, UDP, Config, Step
 
 CHAIN_IN = "GATEKEEPER-IN"
 CHAIN_FWD = "GATEKEEPER-FWD"
@@ -85,8 +85,9 @@ def _queue_rules(config: Config, family: int, chain: str, match: str = "") -> li
     # then sees them all, so a captured packet replayed from another address (to another
     # worker's shard) is still a replay.
     spa_ports = sorted({d.spa.port for d in config.doors if d.spa is not None})
-    lines = [f"{a} -p udp -m udp --dport {port} -j NFQUEUE --queue-num {settings.queue}"
-             for port in spa_ports]
+    first = f"-j NFQUEUE --queue-num {settings.queue}"
+    lines = [f"{a} -p udp -m udp --dport {port} {first}" for port in spa_ports]
+    lines += [f"{a} {m} {first}" for m in _one_time_matches(config, family)]
     lines += [
         f"{a} -j HMARK --hmark-src-prefix {prefix} --hmark-rnd 0x{config.seed:08x} "
         f"--hmark-mod {settings.workers} --hmark-offset {SHARD_MARK}"
@@ -97,6 +98,28 @@ def _queue_rules(config: Config, family: int, chain: str, match: str = "") -> li
     ]
     lines.append(f"{a} -j DROP")
     return lines
+
+
+def _one_time_matches(config: Config, family: int) -> list[str]:
+    """The ports of every one-time line, used ones too, go to the first worker: the one
+    worker that marks a line used then refuses it at once, whichever source replays it
+    (a used line's ports stay routed, so that no worker that has not reloaded yet sees
+    it). So do the ports the door opens: the client's first SYN then waits in the same
+    queue behind its last knock, which is granted (after the line is marked) first.
+    Ports another door knocks or opens keep to the source's worker."""
+    others = {s.key for d in config.doors if d.one_time is None
+              for s in (*d.sequence, *d.close_sequence, *d.opens)}
+    steps = {s for d in config.doors if d.one_time is not None
+             for s in (*(s for _, line in d.one_time.lines for s in line), *d.one_time.used,
+                       *d.opens)
+             if s.key not in others}
+    ports = sorted(steps, key=lambda s: (s.proto, s.port))
+    out = [f"-p {PROTO_NAMES[proto]} -m multiport --dports {chunk}"
+           for proto in (TCP, UDP) for chunk in _multiport(_ports(ports, proto))]
+    if any(s.proto == ICMP for s in steps):
+        out.append("-p icmp -m icmp --icmp-type echo-request" if family == 4
+                   else "-p ipv6-icmp -m icmp6 --icmpv6-type echo-request")
+    return out
 
 
 def render_family(config: Config, family: int) -> str:

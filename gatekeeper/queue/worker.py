@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from gatekeeper import config as config_mod
 from gatekeeper.config import DEFAULT_BATCH, Config, Door, Step
+from gatekeeper.effects.onetime import mark_used
 from gatekeeper.engine import Engine, Event, Granted, Knocked, Reason, Revoked, Verdict
 from gatekeeper.engine.doors import SequenceUsed, SpecialDoors, SpecialEvent, has_special
 from gatekeeper.errors import GatekeeperError
@@ -267,14 +268,37 @@ class Worker:
     # -- effects ------------------------------------------------------------------------
 
     def apply(self, events: tuple[Event, ...] | tuple[SpecialEvent, ...], now: float) -> None:
+        unmarked = self._mark_used(events)
         for event in events:
             if isinstance(event, Granted):
-                self._grant(event, now)
+                if event.door.name not in unmarked:
+                    self._grant(event, now)
             elif isinstance(event, Revoked):
                 self._revoke(event, now)
-            elif isinstance(event, SequenceUsed):  # the supervisor owns the file
-                self.report({"t": "used", "door": event.door, "path": event.path,
-                             "line": event.line, "steps": event.steps})
+
+    def _mark_used(self, events: tuple[Event, ...] | tuple[SpecialEvent, ...]) -> set[str]:
+        """Mark each one-time line used in its file before its grant is given (a restart
+        must never revive it); the doors whose line could not be marked, which grant
+        nothing: their grant is taken back from the engine, and the supervisor says so."""
+        unmarked: set[str] = set()
+        for event in events:
+            if not isinstance(event, SequenceUsed):
+                continue
+            error = ""
+            try:
+                if not mark_used(event.path, event.line, event.steps):
+                    error = "the line is no longer in the file as it was read"
+            except OSError as exc:
+                error = f"{exc.strerror or exc} ({exc.filename or event.path})"
+            if error:
+                unmarked.add(event.door)
+                for granted in events:
+                    if isinstance(granted, Granted) and granted.door.name == event.door:
+                        index = self.engine.config.doors.index(granted.door)
+                        self.engine.revoke(ipaddress.ip_address(granted.address).packed, index)
+            self.report({"t": "used", "door": event.door, "path": event.path,
+                         "line": event.line, "steps": event.steps, "error": error})
+        return unmarked
 
     def _grant(self, event: Granted, now: float) -> None:
         door = event.door
