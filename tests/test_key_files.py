@@ -1,0 +1,199 @@
+"""Key files: one format written by every generator, every spelling read by every loader.
+
+The loaders are the daemon's (the SPA door and the encrypted-sequence door, through the
+config) and the clients' (``gatekeeper spa --key-file``, ``gatekeeper knock --encrypted
+--key-file``). The spellings are what fwknop prints (``KEY_BASE64: ...``), the
+``KEY_BASE64=...`` older gatekeeper releases documented and printed, and fwknop's
+``access.conf`` spelling (``KEY_BASE64     ...``).
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from gatekeeper.cli import main
+from gatekeeper.client import spa as client
+from gatekeeper.client.knock import Target
+from gatekeeper.config import ConfigError, loads
+from gatekeeper.engine import Engine, Granted, Reason, Verdict
+from gatekeeper.engine.doors import SpecialDoors
+from gatekeeper.errors import GatekeeperError
+from gatekeeper.spa import fwknop
+from gatekeeper.spa import sequence as seqcodec
+from gatekeeper.spa.replay import ReplayCache
+from tests.conftest import need_tool
+from tests.test_spa import Fwknop
+
+CLIENT = "203.0.113.10"
+CLIENT_B = ipaddress.ip_address(CLIENT).packed
+GW_B = ipaddress.ip_address("203.0.113.1").packed
+KEYS = fwknop.SpaKeys(bytes(range(32)), bytes(range(100, 164)), "test")
+K = base64.b64encode(KEYS.encryption).decode()
+H = base64.b64encode(KEYS.hmac).decode()
+SEQ_KEY = bytes(range(50, 82))
+S = base64.b64encode(SEQ_KEY).decode()
+RC_LINE = "[*] Creating initial rc file: /home/alice/.fwknoprc."
+
+# Each spelling of the same two SPA keys; the sequence key in the same spellings below.
+SPA_SPELLINGS = {
+    "fwknop --key-gen": f"KEY_BASE64: {K}\nHMAC_KEY_BASE64: {H}\n",
+    "equals": f"KEY_BASE64={K}\nHMAC_KEY_BASE64={H}\n",
+    "equals, spaced": f"KEY_BASE64 = {K}\nHMAC_KEY_BASE64 = {H}\n",
+    "access.conf": f"KEY_BASE64                  {K}\nHMAC_KEY_BASE64\t{H}\n",
+    "comments, blanks, CRLF, no padding": f"# keys\r\n\r\n  HMAC_KEY_BASE64:{H.rstrip('=')}  \r\n"
+                                          f"KEY_BASE64: {K}\r\n",
+    "first run of fwknop --key-gen": f"{RC_LINE}\nKEY_BASE64: {K}\nHMAC_KEY_BASE64: {H}\n",
+}
+SEQ_SPELLINGS = {
+    "documented": f"KEY_BASE64: {S}\n",
+    "equals": f"KEY_BASE64={S}\n",
+    "access.conf": f"KEY_BASE64     {S}\n",
+    "comments": f"# sealed door\n\nKEY_BASE64 = {S.rstrip('=')}\n",
+}
+
+
+def write_key(path: Path, text: str) -> str:
+    path.write_text(text)
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+def door_config(spa_key: str, seq_key: str) -> str:
+    return f"""
+[gatekeeper]
+control = ""
+[metrics]
+listen = ""
+[[door]]
+name = "spa"
+spa = true
+key_file = "{spa_key}"
+opens = ["22"]
+[[door]]
+name = "enc"
+encrypted_sequence = {{ key_file = "{seq_key}", ports = "745-1000" }}
+opens = ["8080"]
+"""
+
+
+def load(tmp_path: Path, spa_text: str = SPA_SPELLINGS["fwknop --key-gen"],
+         seq_text: str = SEQ_SPELLINGS["documented"]) -> tuple[fwknop.SpaKeys, bytes]:
+    """What the daemon's config makes of these key files."""
+    cfg = loads(door_config(write_key(tmp_path / "spa.key", spa_text),
+                            write_key(tmp_path / "seq.key", seq_text)), "t.toml")
+    spa, enc = cfg.doors[0].spa, cfg.doors[1].encrypted
+    assert spa is not None and enc is not None
+    return spa.keys, enc.key
+
+
+def client_sequence_key(path: str) -> bytes:
+    """The key ``gatekeeper knock --encrypted --key-file PATH`` seals with (SEQ_KEY, or the
+    assertion fails): what it knocks must decode with it."""
+    steps = client.encrypted_steps(Target(2, "127.0.0.1"), path, "745-1000", "tcp/8080", CLIENT)
+    ports = [port for _, port in steps]
+    assert seqcodec.decode(ports, SEQ_KEY, time.time(), replay=ReplayCache()).ok
+    return SEQ_KEY
+
+
+@pytest.mark.parametrize("spelling", SPA_SPELLINGS)
+def test_every_spelling_of_spa_keys_loads_the_same_keys(tmp_path: Path, spelling: str) -> None:
+    text = SPA_SPELLINGS[spelling]
+    keys, _ = load(tmp_path, spa_text=text)
+    assert (keys.encryption, keys.hmac) == (KEYS.encryption, KEYS.hmac)
+    parsed = fwknop.parse_key_file(text, "k")  # what gatekeeper spa --key-file reads
+    assert (parsed.encryption, parsed.hmac) == (KEYS.encryption, KEYS.hmac)
+
+
+@pytest.mark.parametrize("spelling", SEQ_SPELLINGS)
+def test_every_spelling_of_a_sequence_key_loads_the_same_key(tmp_path: Path, spelling: str) -> None:
+    text = SEQ_SPELLINGS[spelling]
+    _, key = load(tmp_path, seq_text=text)
+    assert key == SEQ_KEY
+    assert client_sequence_key(write_key(tmp_path / "client.key", text)) == SEQ_KEY
+
+
+@pytest.mark.parametrize(("which", "text", "line", "expected"), [
+    ("spa", f"KEY_BASE64: {K}\n[*] Something else\nHMAC_KEY_BASE64: {H}\n", 2,
+     "expected 'KEY_BASE64: ...' or 'HMAC_KEY_BASE64: ...'"),
+    ("spa", f"KEY_BASE64: {K}\nHMAC_KEY: {H}\n", 2, "expected 'KEY_BASE64: ...'"),
+    ("spa", f"KEY_BASE64: {K} {H}\n", 1, "expected 'KEY_BASE64: ...'"),
+    ("spa", f"KEY_BASE64={K}\nKEY_BASE64: {K}\nHMAC_KEY_BASE64={H}\n", 2, "KEY_BASE64 given twice"),
+    ("seq", f"KEY_BASE64: {S}\nHMAC_KEY_BASE64: {H}\n", 2, "expected 'KEY_BASE64: ...'"),
+    ("seq", f"KEY_BASE64: {S}\nKEY_BASE64: {S}\n", 2, "KEY_BASE64 given twice"),
+    ("seq", f"{RC_LINE}\nKEY_BASE64 {S}!\n", 2, "KEY_BASE64 is not valid base64"),
+    ("seq", "KEY_BASE64=AAAA\n", 1, "KEY_BASE64 decodes to 3 bytes, must be 16, 24 or 32"),
+])
+def test_a_bad_line_is_one_error_naming_the_file_and_line(
+        tmp_path: Path, which: str, text: str, line: int, expected: str) -> None:
+    args = {"spa_text": text} if which == "spa" else {"seq_text": text}
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, **args)
+    message = str(info.value)
+    assert "\n" not in message and K not in message and H not in message and S not in message
+    assert f"{tmp_path / f'{which}.key'}:{line}: {expected}" in message, message
+    if "expected" in expected:  # how to fix it: which command writes a good file
+        assert "--key-gen" in message, message
+
+
+def test_the_client_names_the_line_of_a_bad_sequence_key(tmp_path: Path) -> None:
+    path = write_key(tmp_path / "seq.key", f"KEY_BASE64: {S}\nwhat is this\n")
+    with pytest.raises(GatekeeperError, match=rf"^{path}:2: expected 'KEY_BASE64: \.\.\.'"):
+        client.encrypted_steps(Target(2, "127.0.0.1"), path, "745-1000", "tcp/8080", CLIENT)
+
+
+# -- the generators -----------------------------------------------------------------------
+
+
+def key_gen(capsys: pytest.CaptureFixture[str], *extra: str) -> str:
+    assert main(["spa", "--key-gen", *extra]) == 0
+    return capsys.readouterr().out
+
+
+def test_every_generator_writes_the_documented_format_and_it_loads(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spa_text = key_gen(capsys)
+    seq_text = key_gen(capsys, "--sequence")
+    formatted = fwknop.format_key_file(KEYS)
+    for text, names in ((spa_text, ["KEY_BASE64", "HMAC_KEY_BASE64"]), (seq_text, ["KEY_BASE64"]),
+                        (formatted, ["KEY_BASE64", "HMAC_KEY_BASE64"])):
+        lines = text.splitlines()
+        assert [line.split(": ", 1)[0] for line in lines] == names, text
+        assert all(line.count(" ") == 1 for line in lines), text
+    keys, key = load(tmp_path, spa_text=spa_text, seq_text=seq_text)
+    assert (len(keys.encryption), len(keys.hmac), len(key)) == (32, 64, 32)
+    assert fwknop.parse_key_file(spa_text, "stdout").hmac == keys.hmac
+    assert load(tmp_path, spa_text=formatted)[0].hmac == KEYS.hmac
+    assert client_sequence_key(write_key(tmp_path / "c.key", seq_text)) == key
+
+
+# -- the real fwknop client --------------------------------------------------------------
+
+
+def test_first_run_of_fwknop_key_gen_loads_and_its_packet_is_granted(tmp_path: Path) -> None:
+    exe = need_tool("fwknop", "Debian's fwknop-client")
+    home = tmp_path / "home"
+    home.mkdir()
+    out = subprocess.run([exe, "--key-gen"], env={**os.environ, "HOME": str(home)},
+                         capture_output=True, text=True, check=True, timeout=30).stdout
+    assert "[*] Creating initial rc file" in out.splitlines()[0], out  # a first run
+    keys, _ = load(tmp_path, spa_text=out)
+    assert (len(keys.encryption), len(keys.hmac)) == (32, 64)
+    (tmp_path / "client").mkdir()
+    sender = Fwknop(exe, tmp_path / "client")  # keys and packets from a home of its own
+    packet = sender.packet(key_b64=base64.b64encode(keys.encryption).decode(),
+                           hmac_b64=base64.b64encode(keys.hmac).decode())
+    cfg = loads(door_config(str(tmp_path / "spa.key"), str(tmp_path / "seq.key")), "t.toml")
+    engine = Engine(cfg)
+    doors = SpecialDoors(cfg, engine)
+    now = time.time()
+    decision = doors.handle(CLIENT_B, GW_B, 17, 62201, 0, packet, 10.0, now)
+    assert decision is not None and decision[1] is Reason.COMPLETED, doors.counts
+    assert [e.address for e in decision[2] if isinstance(e, Granted)] == [CLIENT]
+    assert engine.decide(CLIENT_B, GW_B, 6, 22, 0x02, 11.0)[0] is Verdict.ACCEPT
