@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,12 +39,14 @@ from itertools import pairwise
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gatekeeper.spa.keyfile import KEY, format_keys, read_keys
 from gatekeeper.spa.replay import Admission, ReplayCache
 
 DEFAULT_RANGE = (745, 1000)
 DEFAULT_WINDOW = 120.0
 SPAN = 256  # ports in a knock range
 MAX_OPEN_FOR = (1 << 24) - 1  # three bytes of seconds
+KEY_SIZES = (16, 24, 32)  # AES-128/192/256
 
 _NONCE = 12
 _TAG = 16
@@ -113,8 +116,22 @@ def _check_range(port_range: tuple[int, int]) -> int:
     return start
 
 
+def parse_key_file(text: str, name: str) -> bytes:
+    """The key of a key file: one ``KEY_BASE64`` line (:mod:`gatekeeper.spa.keyfile`)."""
+    return read_keys(text, name, {KEY: KEY_SIZES}, "gatekeeper spa --key-gen --sequence")[KEY]
+
+
+def format_key_file(key: bytes) -> str:
+    _check_key(key)
+    return format_keys({KEY: key})
+
+
+def generate_key() -> bytes:
+    return os.urandom(32)
+
+
 def _check_key(key: bytes) -> None:
-    if len(key) not in (16, 24, 32):
+    if len(key) not in KEY_SIZES:
         raise ValueError("the sequence key must be 16, 24 or 32 bytes (AES-128/192/256)")
 
 
