@@ -46,6 +46,7 @@ from enum import IntEnum
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from gatekeeper.spa.hosts import host_ip
 from gatekeeper.spa.keyfile import HMAC_KEY, KEY, KeyFileError, b64decode, format_keys, read_keys
 from gatekeeper.spa.replay import Admission, ReplayCache
 
@@ -423,15 +424,6 @@ def _normalise(data: bytes) -> bytes:
     return data
 
 
-def _same_host(a: str, b: str) -> bool:
-    ip_a, ip_b = ipaddress.ip_address(a), ipaddress.ip_address(b)
-    if isinstance(ip_a, ipaddress.IPv6Address) and ip_a.ipv4_mapped is not None:
-        ip_a = ip_a.ipv4_mapped
-    if isinstance(ip_b, ipaddress.IPv6Address) and ip_b.ipv4_mapped is not None:
-        ip_b = ip_b.ipv4_mapped
-    return ip_a == ip_b
-
-
 def verify(
     data: bytes,
     keys: SpaKeys,
@@ -452,7 +444,9 @@ def verify(
     ``allowed`` and the message an access request (type 1 or 3); the address in the
     message equal to ``source`` (the packet's source address, text or packed) unless
     ``other_source``. With ``other_source`` the message's address is granted, or
-    ``source`` when the client sent ``0.0.0.0`` (``fwknop -s``).
+    ``source`` when the client sent ``0.0.0.0`` (``fwknop -s``). An IPv4-mapped address
+    (``::ffff:a.b.c.d``, in the message or as ``source``) is the IPv4 host: the grant is
+    always for the IPv4 form, the one its packets come from.
 
     For several keys on one port call this once per key: a wrong key fails at ``HMAC``,
     so the first result past ``HMAC`` belongs to the key that made the packet.
@@ -482,12 +476,12 @@ def verify(
     if message.message_type not in _GRANTABLE_TYPES or not all(a in allowed for a in message.access):
         return SpaResult(Stage.ACCESS, message)
     try:
-        sender = str(ipaddress.ip_address(source))
+        sender = host_ip(source)
     except ValueError:
         return SpaResult(Stage.SOURCE, message)
-    if _same_host(message.address, sender):
-        return SpaResult(Stage.OK, message, message.address)
+    asked = host_ip(message.address)  # ::ffff:a.b.c.d is a.b.c.d, granted as such
+    if asked == sender:
+        return SpaResult(Stage.OK, message, str(sender))
     if not other_source:
         return SpaResult(Stage.SOURCE, message)
-    unspecified = ipaddress.ip_address(message.address).is_unspecified
-    return SpaResult(Stage.OK, message, sender if unspecified else message.address)
+    return SpaResult(Stage.OK, message, str(sender if asked.is_unspecified else asked))

@@ -9,7 +9,8 @@ Pure and I/O-free. The request is sealed into a *blob*::
 all integers big-endian, ``time`` in Unix seconds (unsigned, good until 2106), ``proto``
 an IP protocol number. The associated data binds the scheme and the port range, so a
 sequence made for another range or another scheme never authenticates. The blob is 42
-bytes for an IPv4 address and 54 for IPv6.
+bytes for an IPv4 address (an IPv4-mapped ``::ffff:a.b.c.d`` is sealed as IPv4) and 54
+for IPv6.
 
 **Ports.** A knock range must span exactly 256 ports (``745``-``1000`` by default). The
 blob, read as one big-endian number, is written in base 255 with a fixed number of digits
@@ -39,6 +40,7 @@ from itertools import pairwise
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gatekeeper.spa.hosts import host_ip
 from gatekeeper.spa.keyfile import KEY, format_keys, read_keys
 from gatekeeper.spa.replay import Admission, ReplayCache
 
@@ -73,7 +75,7 @@ _KNOCKS_FOR_BLOB = {BLOB_V4: KNOCKS_V4, BLOB_V6: KNOCKS_V6}
 
 def knocks_for(address: str) -> int:
     """How many knocks a sequence granting ``address`` takes."""
-    return KNOCKS_V4 if ipaddress.ip_address(address).version == 4 else KNOCKS_V6
+    return KNOCKS_V4 if host_ip(address).version == 4 else KNOCKS_V6
 
 
 class SequenceStage(IntEnum):
@@ -184,7 +186,7 @@ def encode(
     """
     _check_key(key)
     start = _check_range(port_range)
-    packed = ipaddress.ip_address(address).packed
+    packed = host_ip(address).packed  # ::ffff:a.b.c.d is sealed as the IPv4 a.b.c.d
     if not 0 <= proto <= 255:
         raise ValueError(f"proto {proto}: must be 0-255")
     if not 0 <= port <= 65535:
