@@ -10,7 +10,6 @@ config) and the clients' (``gatekeeper spa --key-file``, ``gatekeeper knock --en
 from __future__ import annotations
 
 import base64
-import ipaddress
 import os
 import subprocess
 import time
@@ -22,22 +21,17 @@ from gatekeeper.cli import main
 from gatekeeper.client import spa as client
 from gatekeeper.client.knock import Target
 from gatekeeper.config import ConfigError, loads
-from gatekeeper.engine import Engine, Granted, Reason, Verdict
-from gatekeeper.engine.doors import SpecialDoors
+from gatekeeper.engine import Granted, Reason, Verdict
 from gatekeeper.errors import GatekeeperError
 from gatekeeper.spa import fwknop
 from gatekeeper.spa import sequence as seqcodec
 from gatekeeper.spa.replay import ReplayCache
 from tests.conftest import need_tool
+from tests.test_doors import CLIENT, CLIENT_B, GW_B, KEYS, SEQ_KEY, config_text, specials, write_key
 from tests.test_spa import Fwknop
 
-CLIENT = "203.0.113.10"
-CLIENT_B = ipaddress.ip_address(CLIENT).packed
-GW_B = ipaddress.ip_address("203.0.113.1").packed
-KEYS = fwknop.SpaKeys(bytes(range(32)), bytes(range(100, 164)), "test")
 K = base64.b64encode(KEYS.encryption).decode()
 H = base64.b64encode(KEYS.hmac).decode()
-SEQ_KEY = bytes(range(50, 82))
 S = base64.b64encode(SEQ_KEY).decode()
 RC_LINE = "[*] Creating initial rc file: /home/alice/.fwknoprc."
 
@@ -59,36 +53,17 @@ SEQ_SPELLINGS = {
 }
 
 
-def write_key(path: Path, text: str) -> str:
-    path.write_text(text)
-    os.chmod(path, 0o600)
-    return str(path)
-
-
-def door_config(spa_key: str, seq_key: str) -> str:
-    return f"""
-[gatekeeper]
-control = ""
-[metrics]
-listen = ""
-[[door]]
-name = "spa"
-spa = true
-key_file = "{spa_key}"
-opens = ["22"]
-[[door]]
-name = "enc"
-encrypted_sequence = {{ key_file = "{seq_key}", ports = "745-1000" }}
-opens = ["8080"]
-"""
+def key_files(where: Path, spa_text: str, seq_text: str) -> dict[str, str]:
+    return {"spa": write_key(where / "spa.key", spa_text),
+            "seq": write_key(where / "seq.key", seq_text),
+            "once": write_key(where / "once.txt", "1001,1002,1003\n", 0o644)}
 
 
 def load(tmp_path: Path, spa_text: str = SPA_SPELLINGS["fwknop --key-gen"],
          seq_text: str = SEQ_SPELLINGS["documented"]) -> tuple[fwknop.SpaKeys, bytes]:
-    """What the daemon's config makes of these key files."""
-    cfg = loads(door_config(write_key(tmp_path / "spa.key", spa_text),
-                            write_key(tmp_path / "seq.key", seq_text)), "t.toml")
-    spa, enc = cfg.doors[0].spa, cfg.doors[1].encrypted
+    """What the daemon's config (tests.test_doors's) makes of these key files."""
+    cfg = loads(config_text(key_files(tmp_path, spa_text, seq_text)), "t.toml")
+    spa, enc = cfg.doors[1].spa, cfg.doors[2].encrypted
     assert spa is not None and enc is not None
     return spa.keys, enc.key
 
@@ -181,15 +156,15 @@ def test_first_run_of_fwknop_key_gen_loads_and_its_packet_is_granted(tmp_path: P
     out = subprocess.run([exe, "--key-gen"], env={**os.environ, "HOME": str(home)},
                          capture_output=True, text=True, check=True, timeout=30).stdout
     assert "[*] Creating initial rc file" in out.splitlines()[0], out  # a first run
-    keys, _ = load(tmp_path, spa_text=out)
+    cfg = loads(config_text(key_files(tmp_path, out, SEQ_SPELLINGS["documented"])), "t.toml")
+    assert cfg.doors[1].spa is not None
+    keys = cfg.doors[1].spa.keys
     assert (len(keys.encryption), len(keys.hmac)) == (32, 64)
     (tmp_path / "client").mkdir()
     sender = Fwknop(exe, tmp_path / "client")  # keys and packets from a home of its own
     packet = sender.packet(key_b64=base64.b64encode(keys.encryption).decode(),
                            hmac_b64=base64.b64encode(keys.hmac).decode())
-    cfg = loads(door_config(str(tmp_path / "spa.key"), str(tmp_path / "seq.key")), "t.toml")
-    engine = Engine(cfg)
-    doors = SpecialDoors(cfg, engine)
+    engine, doors = specials(cfg)
     now = time.time()
     decision = doors.handle(CLIENT_B, GW_B, 17, 62201, 0, packet, 10.0, now)
     assert decision is not None and decision[1] is Reason.COMPLETED, doors.counts
