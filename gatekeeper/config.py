@@ -129,8 +129,9 @@ class SpaDoor:
 class EncryptedDoor:
     """``encrypted_sequence = { key_file, ports }``: a sealed request knocked as ports.
 
-    The key file holds one line ``KEY_BASE64=...`` (or ``KEY_BASE64: ...``): an AES key of
-    16, 24 or 32 bytes, base64; blank lines and ``#`` comments are allowed.
+    The key file holds one line ``KEY_BASE64: ...`` (``gatekeeper spa --key-gen
+    --sequence``; the spellings of :mod:`gatekeeper.spa.keyfile` are read): an AES key of
+    16, 24 or 32 bytes, base64.
     """
 
     key_file: str
@@ -511,7 +512,8 @@ class _Parser:
                 raise self.fail(f"{where}.key_file", "is required with spa = true")
             path = self._str(data["key_file"], f"{where}.key_file")
             text = self.key_file(path, f"{where}.key_file")
-            from gatekeeper.spa.fwknop import KeyFileError, parse_key_file
+            from gatekeeper.spa.fwknop import parse_key_file
+            from gatekeeper.spa.keyfile import KeyFileError
 
             try:
                 keys = parse_key_file(text, path)
@@ -569,29 +571,14 @@ class _Parser:
             raise self.fail(key, f"{path}: cannot read: {exc}") from None
 
     def sequence_key(self, path: str, key: str) -> bytes:
-        """The AES key of an encrypted sequence: one ``KEY_BASE64=...`` line."""
-        import base64
-        import binascii
+        """The AES key of an encrypted sequence: a ``KEY_BASE64: ...`` line."""
+        from gatekeeper.spa.keyfile import KeyFileError
+        from gatekeeper.spa.sequence import parse_key_file
 
-        found: bytes | None = None
-        for number, line in enumerate(self.key_file(path, key).splitlines(), 1):
-            stripped = line.strip()
-            if not stripped or stripped.startswith("#"):
-                continue
-            m = re.fullmatch(r"KEY_BASE64\s*[:=]\s*(\S+)", stripped)
-            if m is None or found is not None:
-                raise self.fail(key, f"{path}:{number}: expected one line KEY_BASE64=... "
-                                "(gatekeeper spa --key-gen --sequence)")
-            try:
-                found = base64.b64decode(m.group(1), validate=True)
-            except (binascii.Error, ValueError):
-                raise self.fail(key, f"{path}:{number}: KEY_BASE64 is not valid base64") from None
-            if len(found) not in (16, 24, 32):
-                raise self.fail(key, f"{path}:{number}: KEY_BASE64 decodes to {len(found)} bytes, "
-                                "must be 16, 24 or 32")
-        if found is None:
-            raise self.fail(key, f"{path}: no KEY_BASE64 line")
-        return found
+        try:
+            return parse_key_file(self.key_file(path, key), path)
+        except KeyFileError as exc:
+            raise self.fail(key, str(exc)) from None
 
     def one_time(self, path: str, key: str) -> OneTimeDoor:
         """knockd's format: a sequence a line, ``port[:proto]`` comma- or space-separated,

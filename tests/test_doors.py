@@ -184,6 +184,7 @@ def test_spa_grants_the_door_and_a_replay_does_not(cfg: Config) -> None:
     (lambda: spa_packet(now=WALL - 300), "stale"),
     (lambda: spa_packet(now=WALL + 300), "stale"),
     (lambda: spa_packet(address="203.0.113.99"), "source"),
+    (lambda: spa_packet(address="::ffff:203.0.113.99"), "source"),
     (lambda: spa_packet(access=("tcp", 23)), "access"),
     (lambda: one_char_changed(spa_packet(), -5), "hmac"),
     (lambda: b"x", "size"),
@@ -194,6 +195,47 @@ def test_spa_failures_grant_nothing_and_count_their_stage(cfg: Config, packet: A
     assert decision is not None and decision[1] is Reason.WRONG and decision[2] == ()
     assert list(engine.grants()) == []
     assert doors.counts == {("spa", stage): 1}
+
+
+MAPPED = f"::ffff:{CLIENT}"  # CLIENT as an IPv4-mapped IPv6 address
+V6_SRC = ipaddress.ip_address("2001:db8::5").packed
+GW6_B = ipaddress.ip_address("2001:db8::1").packed
+
+
+def granted_addresses(decision: Any) -> list[str]:
+    assert decision is not None
+    return [e.address for e in decision[2] if isinstance(e, Granted)]
+
+
+def test_spa_for_a_mapped_address_grants_and_admits_the_ipv4_sender(cfg: Config) -> None:
+    engine, doors = specials(cfg)
+    decision = doors.handle(CLIENT_B, GW_B, 17, 62201, 0, spa_packet(address=MAPPED), 10.0, WALL)
+    assert decision is not None and decision[1] is Reason.COMPLETED
+    assert granted_addresses(decision) == [CLIENT]
+    assert [g[0] for g in engine.grants()] == [CLIENT]
+    assert engine.decide(CLIENT_B, GW_B, 6, 22, 0x02, 11.0)[0] is Verdict.ACCEPT
+    assert doors.counts == {("spa", "ok"): 1}
+    # the worker puts the IPv4 address in the kernel set
+    grants = FakeGrants()
+    worker = Worker(cfg, grants, lambda m: None, clock=lambda: 5.0, wall=lambda: WALL)
+    assert not worker.on_packet(udp(spa_packet(address=MAPPED)), 5.0)
+    assert grants.added == [(CLIENT, "spa")]
+
+
+def test_spa_other_source_for_a_mapped_address_grants_its_ipv4_form(files: dict[str, str]) -> None:
+    text = config_text(files).replace("spa = true\n", "spa = true\nspa_other_source = true\n")
+    engine, doors = specials(loads(text, "t.toml"))
+    decision = doors.handle(V6_SRC, GW6_B, 17, 62201, 0, spa_packet(address=MAPPED), 10.0, WALL)
+    assert granted_addresses(decision) == [CLIENT]
+    assert engine.decide(CLIENT_B, GW_B, 6, 22, 0x02, 11.0)[0] is Verdict.ACCEPT
+    assert engine.decide(V6_SRC, GW6_B, 6, 22, 0x02, 11.0)[0] is Verdict.DROP
+
+
+def test_spa_for_a_mapped_address_from_an_ipv6_source_is_refused(cfg: Config) -> None:
+    engine, doors = specials(cfg)
+    decision = doors.handle(V6_SRC, GW6_B, 17, 62201, 0, spa_packet(address=MAPPED), 10.0, WALL)
+    assert decision is not None and decision[1] is Reason.WRONG
+    assert doors.counts == {("spa", "source"): 1} and list(engine.grants()) == []
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -254,6 +296,15 @@ def test_encrypted_failures(cfg: Config, make: Any, stage: str) -> None:
     engine, doors = specials(cfg)
     assert knock_all(doors, make(), 1.0)[1] is Reason.WRONG
     assert doors.counts == {("enc", stage): 1} and list(engine.grants()) == []
+
+
+def test_encrypted_sequence_for_a_mapped_address_is_an_ipv4_one(cfg: Config) -> None:
+    engine, doors = specials(cfg)
+    ports = seqcodec.encode(MAPPED, 8080, 6, 0, WALL, SEQ_KEY)
+    assert len(ports) == seqcodec.KNOCKS_V4 and seqcodec.knocks_for(MAPPED) == seqcodec.KNOCKS_V4
+    decision = knock_all(doors, ports, 1.0)
+    assert decision[1] is Reason.COMPLETED and granted_addresses(decision) == [CLIENT]
+    assert engine.decide(CLIENT_B, GW_B, 6, 8080, 0x02, 2.0)[0] is Verdict.ACCEPT
 
 
 def test_encrypted_collection_times_out(cfg: Config) -> None:

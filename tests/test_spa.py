@@ -292,6 +292,21 @@ def test_key_file_errors(text: str, error: str) -> None:
 # -- our encoder ------------------------------------------------------------------------
 
 
+def test_a_mapped_address_is_granted_as_the_ipv4_host() -> None:
+    mapped = f"::ffff:{CLIENT}"
+    for asked, source in ((mapped, CLIENT), (CLIENT, mapped), (mapped, mapped),
+                          (mapped, ipaddress.ip_address(mapped).packed)):
+        result = check(encode(KEYS, [("tcp", 22)], asked, time.time()), source=source)
+        assert result.ok and result.grant == CLIENT, (asked, source)
+    v6 = "2001:db8::5"
+    assert check(encode(KEYS, [("tcp", 22)], mapped, time.time()), source=v6).stage is Stage.SOURCE
+    other = check(encode(KEYS, [("tcp", 22)], mapped, time.time()), source=v6, other_source=True)
+    assert other.ok and other.grant == CLIENT
+    anyone = check(encode(KEYS, [("tcp", 22)], "::ffff:0.0.0.0", time.time()), source=OTHER,
+                   other_source=True)
+    assert anyone.ok and anyone.grant == OTHER
+
+
 def test_encode_round_trip() -> None:
     now = 1_800_000_000.0
     packet = encode(KEYS, [("tcp", 22)], CLIENT, now, user="bob")

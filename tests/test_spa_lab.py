@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ K = base64.b64encode(KEYS.encryption).decode()
 H = base64.b64encode(KEYS.hmac).decode()
 SEQ_KEY = base64.b64encode(bytes(range(7, 39))).decode()
 ONCE_PORT = 8443
+RC_LINE = "[*] Creating initial rc file: /root/.fwknoprc."
 WEB_PORT = 80
 
 CONFIG = """
@@ -64,8 +66,9 @@ def served(lab: Lab) -> Lab:
 def files(tmp_path: Path) -> dict[str, str]:
     out = {}
     for name, text, mode in (
-        ("spa_key", fwknop.format_key_file(KEYS), 0o600),
-        ("seq_key", f"KEY_BASE64={SEQ_KEY}\n", 0o600),
+        # as a first run of fwknop --key-gen > spa.key writes it: the rc-file line, the keys
+        ("spa_key", f"{RC_LINE}\n{fwknop.format_key_file(KEYS)}", 0o600),
+        ("seq_key", f"KEY_BASE64={SEQ_KEY}\n", 0o600),  # the spelling of older releases
         ("once", "# one-time sequences\n5001,5002:udp,5003\n6001 6002:udp 6003\n", 0o644),
     ):
         path = tmp_path / name
@@ -207,6 +210,22 @@ def test_encrypted_sequence_and_its_replay(served: Lab, daemon: Any) -> None:
     assert wait_count(daemon, "replay", 1, "enc").get("replay") == 1
     time.sleep(0.3)
     assert grants(daemon, "enc") == 1, daemon.lines
+
+
+def test_a_mapped_address_admits_the_ipv4_client(served: Lab, daemon: Any) -> None:
+    """``-a ::ffff:203.0.113.10`` from 203.0.113.10: granted, and admitted, as IPv4."""
+    lab = served
+    mapped = f"::ffff:{CLIENT4}"
+    gatekeeper = [sys.executable, "-m", "gatekeeper"]
+    lab.run("client", [*gatekeeper, "spa", "--key-file", daemon.files["spa_key"], "-A", "tcp/22",
+                       "-a", mapped, GW4])
+    assert is_open(lab, "client", GW4)
+    daemon.wait_for(rf"grant door=spa address={re.escape(CLIENT4)} ")
+    lab.run("client", [*gatekeeper, "knock", "--encrypted", "--key-file", daemon.files["seq_key"],
+                       "--range", "745-1000", "-A", "tcp/8080", "-a", mapped, GW4])
+    assert is_open(lab, "client", GW4, 8080)
+    daemon.wait_for(rf"grant door=enc address={re.escape(CLIENT4)} ")
+    assert not is_open(lab, "other", GW4)
 
 
 def test_one_time_sequence_works_once_and_not_after_a_restart(

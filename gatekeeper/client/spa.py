@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import os
 import re
 import socket
 import time
@@ -16,9 +14,9 @@ from gatekeeper.spa import sequence as seqcodec
 
 
 def key_gen(sequence: bool = False) -> str:
-    """A new key file: fwknop's two lines, or (``sequence``) one ``KEY_BASE64=`` line."""
+    """A new key file: fwknop's two lines, or (``sequence``) its ``KEY_BASE64: `` line."""
     if sequence:
-        return f"KEY_BASE64={base64.b64encode(os.urandom(32)).decode()}\n"
+        return seqcodec.format_key_file(seqcodec.generate_key())
     return fwknop.format_key_file(fwknop.generate_keys())
 
 
@@ -50,10 +48,7 @@ def parse_access(text: str) -> list[tuple[str, int]]:
 def send(host: str, key_file: str, access: str, allow: str, source_any: bool, port: int,
          verbose: bool = False) -> bytes:
     """Send one SPA datagram to ``host``; returns it."""
-    try:
-        keys = fwknop.parse_key_file(_read(key_file), key_file)
-    except fwknop.KeyFileError as exc:
-        raise GatekeeperError(str(exc)) from None
+    keys = fwknop.parse_key_file(_read(key_file), key_file)  # a KeyFileError is a GatekeeperError
     target = resolve(host)
     address = "0.0.0.0" if source_any else allow or local_address(target, port)
     try:
@@ -67,18 +62,6 @@ def send(host: str, key_file: str, access: str, allow: str, source_any: bool, po
     return packet
 
 
-def _sequence_key(path: str) -> bytes:
-    for line in _read(path).splitlines():
-        m = re.fullmatch(r"\s*KEY_BASE64\s*[:=]\s*(\S+)\s*", line)
-        if m:
-            try:
-                return base64.b64decode(m.group(1), validate=True)
-            except ValueError:
-                break
-    raise GatekeeperError(f"{path}: expected a line KEY_BASE64=... (gatekeeper spa --key-gen "
-                          "--sequence)")
-
-
 def encrypted_steps(target: Target, key_file: str, port_range: str, access: str, allow: str,
                     proto: int = TCP) -> list[tuple[int, int]]:
     """The knocks of an encrypted sequence asking for ``access`` (default tcp/22)."""
@@ -90,9 +73,10 @@ def encrypted_steps(target: Target, key_file: str, port_range: str, access: str,
         raise GatekeeperError("-A: one tcp/PORT or udp/PORT")
     name, port = wanted[0]
     address = allow or local_address(target)
+    key = seqcodec.parse_key_file(_read(key_file), key_file)
     try:
-        ports = seqcodec.encode(address, port, PROTO_NUMBERS[name], 0, time.time(),
-                                _sequence_key(key_file), (int(m.group(1)), int(m.group(2))))
+        ports = seqcodec.encode(address, port, PROTO_NUMBERS[name], 0, time.time(), key,
+                                (int(m.group(1)), int(m.group(2))))
     except ValueError as exc:
         raise GatekeeperError(f"knock --encrypted: {exc}") from None
     return [(proto, p) for p in ports]

@@ -46,7 +46,8 @@ from enum import IntEnum
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from gatekeeper.errors import GatekeeperError
+from gatekeeper.spa.hosts import host_ip
+from gatekeeper.spa.keyfile import HMAC_KEY, KEY, KeyFileError, b64decode, format_keys, read_keys
 from gatekeeper.spa.replay import Admission, ReplayCache
 
 SPA_PORT = 62201  # fwknop's default destination port (UDP)
@@ -108,10 +109,6 @@ PROTOCOLS = frozenset({"tcp", "udp", "icmp", "none"})  # what fwknop lets a clie
 Access = tuple[str, int]  # ("tcp", 22)
 
 
-class KeyFileError(GatekeeperError):
-    """A malformed key file; the message names the file and line, never the key."""
-
-
 @dataclass(frozen=True, slots=True, repr=False)
 class SpaKeys:
     """The raw (base64-decoded) Rijndael and HMAC keys of one fwknop client."""
@@ -166,70 +163,30 @@ class SpaResult:
 
 # -- keys -------------------------------------------------------------------------------
 
-_KEY_LINE = re.compile(r"^(KEY_BASE64|HMAC_KEY_BASE64)(?:\s*:\s*|\s+)(\S+)\s*\Z")
-_B64_CHARS = re.compile(rb"^[A-Za-z0-9+/]*={0,2}\Z")
-
-
-def _b64decode(text: bytes) -> bytes:
-    """Strict base64, the padding optional (fwknop strips it)."""
-    if not _B64_CHARS.match(text):
-        raise ValueError("not base64")
-    text = text.rstrip(b"=")
-    if len(text) % 4 == 1:
-        raise ValueError("not base64")
-    return base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
-
 
 def _b64encode(data: bytes) -> bytes:
     return base64.b64encode(data).rstrip(b"=")
 
 
-def parse_key_file(text: str, name: str) -> SpaKeys:
-    """Keys from ``KEY_BASE64: ...`` and ``HMAC_KEY_BASE64: ...`` lines.
+_SPA_KEYS = {
+    KEY: range(MIN_KEY, MAX_ENCRYPTION_KEY + 1),
+    HMAC_KEY: range(MIN_KEY, MAX_HMAC_KEY + 1),
+}
+_KEY_GEN = "fwknop --key-gen or gatekeeper spa --key-gen"
 
-    That is what ``fwknop --key-gen`` prints (and writes with ``--key-gen-file``); the
-    access.conf spelling ``KEY_BASE64 value`` is accepted too, as are blank lines and
-    ``#`` comments. Anything else is a :class:`KeyFileError` naming ``name`` and the line.
-    """
-    found: dict[str, bytes] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        match = _KEY_LINE.match(stripped)
-        if match is None:
-            raise KeyFileError(
-                f"{name}:{number}: expected 'KEY_BASE64: ...' or 'HMAC_KEY_BASE64: ...' "
-                "(as printed by fwknop --key-gen)"
-            )
-        field, value = match.group(1), match.group(2)
-        if field in found:
-            raise KeyFileError(f"{name}:{number}: {field} given twice")
-        try:
-            key = _b64decode(value.encode("ascii"))
-        except (ValueError, UnicodeError):
-            raise KeyFileError(f"{name}:{number}: {field} is not valid base64") from None
-        limit = MAX_ENCRYPTION_KEY if field == "KEY_BASE64" else MAX_HMAC_KEY
-        if not MIN_KEY <= len(key) <= limit:
-            raise KeyFileError(
-                f"{name}:{number}: {field} decodes to {len(key)} bytes, must be {MIN_KEY}-{limit} "
-                "(make new keys with fwknop --key-gen)"
-            )
-        found[field] = key
-    for field in ("KEY_BASE64", "HMAC_KEY_BASE64"):
-        if field not in found:
-            raise KeyFileError(f"{name}: no {field} line (as printed by fwknop --key-gen)")
-    if hmac.compare_digest(found["KEY_BASE64"], found["HMAC_KEY_BASE64"]):
-        raise KeyFileError(f"{name}: KEY_BASE64 and HMAC_KEY_BASE64 must differ")
-    return SpaKeys(found["KEY_BASE64"], found["HMAC_KEY_BASE64"], name)
+
+def parse_key_file(text: str, name: str) -> SpaKeys:
+    """The two keys of a key file in any spelling :mod:`gatekeeper.spa.keyfile` reads;
+    anything else is a :class:`KeyFileError` naming ``name`` and the line."""
+    found = read_keys(text, name, _SPA_KEYS, _KEY_GEN)
+    if hmac.compare_digest(found[KEY], found[HMAC_KEY]):
+        raise KeyFileError(f"{name}: {KEY} and {HMAC_KEY} must differ")
+    return SpaKeys(found[KEY], found[HMAC_KEY], name)
 
 
 def format_key_file(keys: SpaKeys) -> str:
     """The two lines ``fwknop --key-gen`` prints, for these keys."""
-    return (
-        f"KEY_BASE64: {base64.b64encode(keys.encryption).decode()}\n"
-        f"HMAC_KEY_BASE64: {base64.b64encode(keys.hmac).decode()}\n"
-    )
+    return format_keys({KEY: keys.encryption, HMAC_KEY: keys.hmac})
 
 
 def generate_keys(rng: Callable[[int], bytes] = os.urandom) -> SpaKeys:
@@ -272,7 +229,7 @@ def seal(keys: SpaKeys, plaintext: bytes, salt: bytes | None = None) -> bytes:
 def _unseal(keys: SpaKeys, text: bytes) -> bytes | None:
     """Decrypt base64 text that starts with the ``Salted__`` prefix; None if it cannot."""
     try:
-        raw = _b64decode(text)
+        raw = b64decode(text)
     except ValueError:
         return None
     ciphertext = raw[16:]
@@ -375,7 +332,7 @@ _SPEC = re.compile(r"([a-z]{3,4})/([0-9]{1,5})\Z")
 
 def _b64_field(text: str, limit: int) -> str:
     """A base64 field decoded to printable text of at most ``limit`` bytes."""
-    raw = _b64decode(text.encode("ascii"))
+    raw = b64decode(text.encode("ascii"))
     if not raw or len(raw) > limit:
         raise ValueError("field size")
     value = raw.decode("utf-8")
@@ -467,15 +424,6 @@ def _normalise(data: bytes) -> bytes:
     return data
 
 
-def _same_host(a: str, b: str) -> bool:
-    ip_a, ip_b = ipaddress.ip_address(a), ipaddress.ip_address(b)
-    if isinstance(ip_a, ipaddress.IPv6Address) and ip_a.ipv4_mapped is not None:
-        ip_a = ip_a.ipv4_mapped
-    if isinstance(ip_b, ipaddress.IPv6Address) and ip_b.ipv4_mapped is not None:
-        ip_b = ip_b.ipv4_mapped
-    return ip_a == ip_b
-
-
 def verify(
     data: bytes,
     keys: SpaKeys,
@@ -496,7 +444,9 @@ def verify(
     ``allowed`` and the message an access request (type 1 or 3); the address in the
     message equal to ``source`` (the packet's source address, text or packed) unless
     ``other_source``. With ``other_source`` the message's address is granted, or
-    ``source`` when the client sent ``0.0.0.0`` (``fwknop -s``).
+    ``source`` when the client sent ``0.0.0.0`` (``fwknop -s``). An IPv4-mapped address
+    (``::ffff:a.b.c.d``, in the message or as ``source``) is the IPv4 host: the grant is
+    always for the IPv4 form, the one its packets come from.
 
     For several keys on one port call this once per key: a wrong key fails at ``HMAC``,
     so the first result past ``HMAC`` belongs to the key that made the packet.
@@ -526,12 +476,12 @@ def verify(
     if message.message_type not in _GRANTABLE_TYPES or not all(a in allowed for a in message.access):
         return SpaResult(Stage.ACCESS, message)
     try:
-        sender = str(ipaddress.ip_address(source))
+        sender = host_ip(source)
     except ValueError:
         return SpaResult(Stage.SOURCE, message)
-    if _same_host(message.address, sender):
-        return SpaResult(Stage.OK, message, message.address)
+    asked = host_ip(message.address)  # ::ffff:a.b.c.d is a.b.c.d, granted as such
+    if asked == sender:
+        return SpaResult(Stage.OK, message, str(sender))
     if not other_source:
         return SpaResult(Stage.SOURCE, message)
-    unspecified = ipaddress.ip_address(message.address).is_unspecified
-    return SpaResult(Stage.OK, message, sender if unspecified else message.address)
+    return SpaResult(Stage.OK, message, str(sender if asked.is_unspecified else asked))

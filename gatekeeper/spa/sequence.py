@@ -9,7 +9,8 @@ Pure and I/O-free. The request is sealed into a *blob*::
 all integers big-endian, ``time`` in Unix seconds (unsigned, good until 2106), ``proto``
 an IP protocol number. The associated data binds the scheme and the port range, so a
 sequence made for another range or another scheme never authenticates. The blob is 42
-bytes for an IPv4 address and 54 for IPv6.
+bytes for an IPv4 address (an IPv4-mapped ``::ffff:a.b.c.d`` is sealed as IPv4) and 54
+for IPv6.
 
 **Ports.** A knock range must span exactly 256 ports (``745``-``1000`` by default). The
 blob, read as one big-endian number, is written in base 255 with a fixed number of digits
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,12 +40,15 @@ from itertools import pairwise
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gatekeeper.spa.hosts import host_ip
+from gatekeeper.spa.keyfile import KEY, format_keys, read_keys
 from gatekeeper.spa.replay import Admission, ReplayCache
 
 DEFAULT_RANGE = (745, 1000)
 DEFAULT_WINDOW = 120.0
 SPAN = 256  # ports in a knock range
 MAX_OPEN_FOR = (1 << 24) - 1  # three bytes of seconds
+KEY_SIZES = (16, 24, 32)  # AES-128/192/256
 
 _NONCE = 12
 _TAG = 16
@@ -70,7 +75,7 @@ _KNOCKS_FOR_BLOB = {BLOB_V4: KNOCKS_V4, BLOB_V6: KNOCKS_V6}
 
 def knocks_for(address: str) -> int:
     """How many knocks a sequence granting ``address`` takes."""
-    return KNOCKS_V4 if ipaddress.ip_address(address).version == 4 else KNOCKS_V6
+    return KNOCKS_V4 if host_ip(address).version == 4 else KNOCKS_V6
 
 
 class SequenceStage(IntEnum):
@@ -113,8 +118,22 @@ def _check_range(port_range: tuple[int, int]) -> int:
     return start
 
 
+def parse_key_file(text: str, name: str) -> bytes:
+    """The key of a key file: one ``KEY_BASE64`` line (:mod:`gatekeeper.spa.keyfile`)."""
+    return read_keys(text, name, {KEY: KEY_SIZES}, "gatekeeper spa --key-gen --sequence")[KEY]
+
+
+def format_key_file(key: bytes) -> str:
+    _check_key(key)
+    return format_keys({KEY: key})
+
+
+def generate_key() -> bytes:
+    return os.urandom(32)
+
+
 def _check_key(key: bytes) -> None:
-    if len(key) not in (16, 24, 32):
+    if len(key) not in KEY_SIZES:
         raise ValueError("the sequence key must be 16, 24 or 32 bytes (AES-128/192/256)")
 
 
@@ -167,7 +186,7 @@ def encode(
     """
     _check_key(key)
     start = _check_range(port_range)
-    packed = ipaddress.ip_address(address).packed
+    packed = host_ip(address).packed  # ::ffff:a.b.c.d is sealed as the IPv4 a.b.c.d
     if not 0 <= proto <= 255:
         raise ValueError(f"proto {proto}: must be 0-255")
     if not 0 <= port <= 65535:
