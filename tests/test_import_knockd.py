@@ -43,6 +43,7 @@ from gatekeeper.importers.knockd import (
     parse,
     parse_sequence,
 )
+from gatekeeper.importers.knockd_conf import knockd_reads
 from gatekeeper.lab import GW4, Lab
 from tests.conftest import knock, need_tool
 from tests.test_lab import is_open
@@ -636,6 +637,29 @@ def test_one_time_sequences_win_over_a_sequence(tmp_path: Path) -> None:
                for w in result.warnings), result.warnings
 
 
+# What stock knockd takes from a line of a one-time file (None: it skips the line); the
+# lab test below checks each against the real knockd.
+KNOCKD_READS = [
+    (" 7000 8000 9000", "7000:tcp"),  # commas only; atoi() stops at the space
+    (" 4001:udp, 4002 ,4003:UDP", "4001:udp,4002:tcp,4003:udp"),
+    ("5,6#x,7", "5:tcp,6:tcp,7:tcp"),
+    ("x,2", "0:tcp,2:tcp"),  # atoi("x") is 0
+    ("-5,1", "65531:tcp,1:tcp"),  # and a negative port wraps
+    ("1:udp:junk,2", "1:udp,2:tcp"),
+    ("9:icmp,1", None),
+    ("70000,1", None),
+    (",".join(str(p) for p in range(100, 133)), None),  # 33 ports, one more than knockd's SEQ_MAX
+    ("#1,2", None),
+    ("  # 3,4", None),
+]
+
+
+@pytest.mark.parametrize(("line", "expected"), KNOCKD_READS)
+def test_knockd_reads(line: str, expected: str | None) -> None:
+    knocks = knockd_reads(line)
+    assert (None if knocks is None else ",".join(map(str, knocks))) == expected
+
+
 def knockd_accepts(lab: Lab, conf: Path, iface: str = "eth0", timeout: float = 10) -> list[str]:
     """Start stock knockd on ``conf`` in the lab's gateway (debug, verbose, foreground) until it
     listens, then stop it; its output. Fails if knockd exits or does not listen in time."""
@@ -665,6 +689,17 @@ def knockd_accepts(lab: Lab, conf: Path, iface: str = "eth0", timeout: float = 1
     if not (running and any(line.startswith(f"listening on {iface}") for line in out)):
         raise AssertionError("stock knockd did not start with this config:\n" + "\n".join(out))
     return out
+
+
+@pytest.mark.lab
+def test_knockd_reads_one_time_lines_as_stock_knockd_does(lab: Lab, tmp_path: Path) -> None:
+    """Each KNOCKD_READS line first in a one-time file, a line knockd surely takes after it:
+    the sequence stock knockd starts with is the line's, or that one when it skips the line."""
+    conf = one_time_files(tmp_path)
+    for line, expected in KNOCKD_READS:
+        (tmp_path / "once.txt").write_text(f"{line}\n 1,2,3\n")
+        said = knockd_accepts(lab, conf)
+        assert f"config: opencloseWeb: sequence: {expected or '1:tcp,2:tcp,3:tcp'}" in said, (line, said)
 
 
 @pytest.mark.lab
