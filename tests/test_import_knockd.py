@@ -647,6 +647,7 @@ KNOCKD_READS = [
     ("-5,1", "65531:tcp,1:tcp"),  # and a negative port wraps
     ("1:udp:junk,2", "1:udp,2:tcp"),
     ("9:icmp,1", None),
+    (" 6010 6111:udp 6212", None),  # protocol "udp 6212"
     ("70000,1", None),
     (",".join(str(p) for p in range(100, 133)), None),  # 33 ports, one more than knockd's SEQ_MAX
     ("#1,2", None),
