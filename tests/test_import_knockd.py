@@ -2,16 +2,19 @@
 
 Golden files: each ``tests/golden/knockd/NAME.conf`` is converted by the real command
 (``gatekeeper import-knockd NAME.conf``, run from that folder); stdout must equal
-``NAME.toml`` and stderr ``NAME.warnings``. ``GATEKEEPER_REGEN_GOLDEN=1 pytest
-tests/test_import_knockd.py`` rewrites them from the current output (review the diff);
-without it the tests never write.
+``NAME.toml`` and stderr ``NAME.warnings``, with the folder's absolute path written
+``@GOLDEN@``. ``GATEKEEPER_REGEN_GOLDEN=1 pytest tests/test_import_knockd.py`` rewrites
+them from the current output (review the diff); without it the tests never write.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import threading
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -36,13 +39,19 @@ from gatekeeper.importers.knockd import (
     Knock,
     KnockdError,
     convert,
+    convert_file,
     parse,
     parse_sequence,
 )
+from gatekeeper.importers.knockd_conf import knockd_reads
+from gatekeeper.lab import GW4, Lab
+from tests.conftest import knock, need_tool
+from tests.test_lab import is_open
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "knockd"
 CASES = sorted(GOLDEN.glob("*.conf"))
 REGEN = os.environ.get("GATEKEEPER_REGEN_GOLDEN") == "1"
+HERE = "@GOLDEN@"  # the golden folder's absolute path, in the expected output (a one-time file's)
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -88,6 +97,7 @@ def test_golden(case: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capt
     monkeypatch.chdir(GOLDEN)
     rc, out, err = run_cli([case.name], capsys)
     assert rc == 0
+    out, err = out.replace(str(GOLDEN), HERE), err.replace(str(GOLDEN), HERE)
     expected_toml, expected_warnings = case.with_suffix(".toml"), case.with_suffix(".warnings")
     if REGEN:
         expected_toml.write_text(out)
@@ -98,7 +108,7 @@ def test_golden(case: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capt
 
 @pytest.mark.parametrize("case", CASES, ids=lambda p: p.stem)
 def test_golden_output_loads(case: Path) -> None:
-    text = case.with_suffix(".toml").read_text()
+    text = case.with_suffix(".toml").read_text().replace(HERE, str(GOLDEN))
     cfg = loads(text, case.with_suffix(".toml").name)
     assert cfg.doors
 
@@ -502,18 +512,225 @@ def test_doors_gatekeeper_refuses_are_commented_out() -> None:
             "left commented out") in result.warnings
 
 
-def test_one_time_sequences(tmp_path: Path) -> None:
-    (tmp_path / "seq").write_text("#1,2,3\n  bad line\n 4:udp,5,6\n 7,8,9\n")
-    text = ("[a]\none_time_sequences = {}\ntcpflags = syn\n"
-            "start_command = iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT\n")
-    result = conv(text.format(tmp_path / "seq"))
-    assert door_table(result, "a")["sequence"] == ["4:udp", "5:tcp", "6:tcp"]
-    assert f'# one_time_sequences = "{tmp_path / "seq"}"' in result.toml
-    assert any("cannot be carried over yet: the door keeps line 3" in w and "other 1 sequence" in w
-               for w in result.warnings)
-    missing = conv(text.format(tmp_path / "nope"))
+# --- one-time sequences ------------------------------------------------------------------
+
+# A knockd config and its one-time file as knockd(1) describes them: one sequence a line,
+# a leading space for the '#' knockd writes over the first character of a used line.
+# Stock knockd starts with them (test_real_knockd_one_time_file_...). knockd splits a
+# line at commas only and reads a port with atoi(): from line 4 it takes 3001 alone.
+ONE_TIME_CONF = """\
+[options]
+\tlogfile = {log}
+\tInterface = eth0
+
+[opencloseWeb]
+\tone_time_sequences = {seq}
+\tseq_timeout = 10
+\ttcpflags = syn
+\tstart_command = /usr/sbin/iptables -A INPUT -s %IP% -p tcp --dport 8443 -j ACCEPT
+\tcmd_timeout = 30
+\tstop_command = /usr/sbin/iptables -D INPUT -s %IP% -p tcp --dport 8443 -j ACCEPT
+"""
+ONE_TIME_LINES = """\
+# one sequence a line; knockd writes '#' over the first character of a used one
+#1001,1002:udp,1003
+ 2001,2002:udp,2003
+ 3001 3002 3003
+ 4001:udp, 4002 ,4003:UDP
+"""
+ONE_TIME_STEPS = [
+    (3, ["2001:tcp", "2002:udp", "2003:tcp"]),
+    (4, ["3001:tcp", "3002:tcp", "3003:tcp"]),
+    (5, ["4001:udp", "4002:tcp", "4003:udp"]),
+]
+
+
+def one_time_files(tmp_path: Path, seq: str | None = None, lines: str = ONE_TIME_LINES) -> Path:
+    """knockd.conf and once.txt in tmp_path; ``seq`` is the one_time_sequences value
+    (default: once.txt's absolute path)."""
+    (tmp_path / "once.txt").write_text(lines)
+    conf = tmp_path / "knockd.conf"
+    conf.write_text(ONE_TIME_CONF.format(log=tmp_path / "knockd.log", seq=seq or tmp_path / "once.txt"))
+    return conf
+
+
+def one_time_lines(toml: str, door: int = 0) -> list[tuple[int, list[str]]]:
+    one_time = loads(toml).doors[door].one_time
+    assert one_time is not None, "not a one-time door"
+    return [(n, [str(s) for s in steps]) for n, steps in one_time.lines]
+
+
+def test_one_time_sequences_become_a_one_time_door_with_every_line(tmp_path: Path) -> None:
+    result = convert_file(str(one_time_files(tmp_path, seq="once.txt")))
+    table = door_table(result, "opencloseWeb")
+    assert table["one_time_sequences"] == str(tmp_path / "once.txt")
+    assert "sequence" not in table, "a one-time door must not become a sequence anyone can replay"
+    assert (table["opens"], table["open_for"], table["sequence_timeout"]) == (["8443:tcp"], 30, 10)
+    assert "tcp_flags" not in table  # a one-time door counts syn knocks, as knockd's tcpflags = syn
+    assert one_time_lines(result.toml) == ONE_TIME_STEPS
+    assert "not supported" not in result.toml + "\n".join(result.warnings)
+    seq = str(tmp_path / "once.txt")
+    about_file = [w for w in result.warnings if "[opencloseWeb]" in w]
+    assert len(about_file) == 3, about_file
+    assert any(w.startswith(f"{tmp_path / 'knockd.conf'}:6: warning: [opencloseWeb] one_time_sequences "
+                            f"once.txt is relative") and seq in w for w in about_file), about_file
+    assert any(f"{seq}:4: knockd reads only 3001:tcp" in w and "3001:tcp,3002:tcp,3003:tcp" in w
+               for w in about_file), about_file
+    assert any("/var/lib/gatekeeper" in w and seq in w for w in about_file), about_file
+    # the file stays knockd's: nothing written to it
+    assert (tmp_path / "once.txt").read_text() == ONE_TIME_LINES
+
+
+def test_one_time_file_under_the_state_dir_needs_no_move(tmp_path: Path) -> None:
+    conf = one_time_files(tmp_path)
+    result = convert_file(str(conf))
+    assert any("/var/lib/gatekeeper" in w for w in result.warnings)
+    moved = conv(conf.read_text().replace(str(tmp_path / "once.txt"), "/var/lib/gatekeeper/once.txt"))
+    assert not any("/var/lib/gatekeeper" in w and "under" in w for w in moved.warnings), moved.warnings
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected", "warning"),
+    [
+        # knockd skips a line it cannot read; gatekeeper reads icmp too
+        ("1,2,3\n 9:icmp\n", [(1, ["1:tcp", "2:tcp", "3:tcp"]), (2, ["9:icmp"])],
+         ":2: knockd skips this line ('9:icmp'); gatekeeper reads it as 9:icmp"),
+        # a '#' after the start: knockd's atoi() stops there, gatekeeper takes it as a comment
+        ("5,6#x,7\n", [(1, ["5:tcp", "6:tcp"])],
+         ":1: knockd reads 5:tcp,6:tcp,7:tcp from '5,6#x,7'; gatekeeper reads 5:tcp,6:tcp"),
+    ],
+)
+def test_one_time_lines_read_differently_by_knockd_are_named(
+        tmp_path: Path, lines: str, expected: list[tuple[int, list[str]]], warning: str) -> None:
+    result = convert_file(str(one_time_files(tmp_path, lines=lines)))
+    assert one_time_lines(result.toml) == expected
+    assert any(f"{tmp_path / 'once.txt'}{warning}" in w for w in result.warnings), result.warnings
+
+
+def test_one_time_file_gatekeeper_refuses_leaves_the_door_commented_out(tmp_path: Path) -> None:
+    # stock knockd starts with this file (it reads line 1 and skips line 2 when it gets there)
+    result = convert_file(str(one_time_files(tmp_path, lines=" 1,2,3\n 4:sctp\n")))
+    assert result.doors == 0
+    assert any(f"{tmp_path / 'once.txt'}:2" in w and "sctp" in w and "door left commented out" in w
+               for w in result.warnings), result.warnings
+    assert "sequence = " not in result.toml.replace("# sequence_timeout", "")
+
+
+def test_one_time_file_with_no_line_left_and_missing_file(tmp_path: Path) -> None:
+    used_up = convert_file(str(one_time_files(tmp_path, lines="#1,2,3\n")))
+    assert used_up.doors == 1 and one_time_lines(used_up.toml) == []
+    assert any("no unused sequence" in w for w in used_up.warnings), used_up.warnings
+    assert "sequence = [" not in used_up.toml
+    missing = convert_file(str(one_time_files(tmp_path, seq=str(tmp_path / "nope"))))
     assert missing.doors == 0
-    assert any("cannot read" in w and "door left commented out" in w for w in missing.warnings)
+    assert any("no such file" in w and "door left commented out" in w for w in missing.warnings)
+    assert "sequence = [" not in missing.toml
+
+
+def test_one_time_sequences_win_over_a_sequence(tmp_path: Path) -> None:
+    conf = one_time_files(tmp_path)
+    conf.write_text(conf.read_text().replace("\tseq_timeout", "\tsequence = 7,8,9\n\tseq_timeout"))
+    result = convert_file(str(conf))
+    assert "sequence" not in door_table(result, "opencloseWeb")
+    assert one_time_lines(result.toml) == ONE_TIME_STEPS
+    assert any(":7: warning: [opencloseWeb] sequence 7:tcp,8:tcp,9:tcp is not carried over" in w
+               for w in result.warnings), result.warnings
+
+
+# What stock knockd takes from a line of a one-time file (None: it skips the line); the
+# lab test below checks each against the real knockd.
+KNOCKD_READS = [
+    (" 7000 8000 9000", "7000:tcp"),  # commas only; atoi() stops at the space
+    (" 4001:udp, 4002 ,4003:UDP", "4001:udp,4002:tcp,4003:udp"),
+    ("5,6#x,7", "5:tcp,6:tcp,7:tcp"),
+    ("x,2", "0:tcp,2:tcp"),  # atoi("x") is 0
+    ("-5,1", "65531:tcp,1:tcp"),  # and a negative port wraps
+    ("1:udp:junk,2", "1:udp,2:tcp"),
+    ("9:icmp,1", None),
+    (" 6010 6111:udp 6212", None),  # protocol "udp 6212"
+    ("70000,1", None),
+    (",".join(str(p) for p in range(100, 133)), None),  # 33 ports, one more than knockd's SEQ_MAX
+    ("#1,2", None),
+    ("  # 3,4", None),
+]
+
+
+@pytest.mark.parametrize(("line", "expected"), KNOCKD_READS)
+def test_knockd_reads(line: str, expected: str | None) -> None:
+    knocks = knockd_reads(line)
+    assert (None if knocks is None else ",".join(map(str, knocks))) == expected
+
+
+def knockd_accepts(lab: Lab, conf: Path, iface: str = "eth0", timeout: float = 10) -> list[str]:
+    """Start stock knockd on ``conf`` in the lab's gateway (debug, verbose, foreground) until it
+    listens, then stop it; its output. Fails if knockd exits or does not listen in time."""
+    need_tool("knockd", "Debian's knockd, to check a knockd config is one it takes")
+    # stdbuf: knockd's debug lines come through stdio, which buffers them in a pipe
+    proc = lab.popen("gw", ["stdbuf", "-oL", "knockd", "-D", "-v", "-c", str(conf), "-i", iface],
+                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out: list[str] = []
+    listening = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # until knockd exits or is stopped
+            out.append(line.rstrip("\n"))
+            if line.startswith(f"listening on {iface}"):
+                listening.set()
+        listening.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        listening.wait(timeout)
+        running = proc.poll() is None
+    finally:
+        lab.stop(proc)
+        reader.join(5)
+    if not (running and any(line.startswith(f"listening on {iface}") for line in out)):
+        raise AssertionError("stock knockd did not start with this config:\n" + "\n".join(out))
+    return out
+
+
+@pytest.mark.lab
+def test_knockd_reads_one_time_lines_as_stock_knockd_does(lab: Lab, tmp_path: Path) -> None:
+    """Each KNOCKD_READS line first in a one-time file, a line knockd surely takes after it:
+    the sequence stock knockd starts with is the line's, or that one when it skips the line."""
+    conf = one_time_files(tmp_path)
+    for line, expected in KNOCKD_READS:
+        (tmp_path / "once.txt").write_text(f"{line}\n 1,2,3\n")
+        said = knockd_accepts(lab, conf)
+        assert f"config: opencloseWeb: sequence: {expected or '1:tcp,2:tcp,3:tcp'}" in said, (line, said)
+
+
+@pytest.mark.lab
+def test_real_knockd_one_time_file_imports_to_a_door_whose_lines_each_work_once(
+        lab: Lab, start_daemon: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = one_time_files(tmp_path)
+    seq = tmp_path / "once.txt"
+    said = knockd_accepts(lab, conf)
+    assert "config: opencloseWeb: sequence: 2001:tcp,2002:udp,2003:tcp" in said, said
+    assert seq.read_text() == ONE_TIME_LINES
+    out = tmp_path / "gatekeeper.toml"
+    rc, _, err = run_cli([str(conf), "-o", str(out)], capsys)
+    assert rc == 0, err
+    assert cli.main(["check", "-c", str(out)]) == 0, capsys.readouterr()
+    assert one_time_lines(out.read_text()) == ONE_TIME_STEPS
+    lab.serve_tcp("gw", 8443)
+    daemon = start_daemon(out.read_text())
+    assert not is_open(lab, "client", GW4, 8443)
+    first = ["2001", "2002:udp", "2003"]
+    knock(lab, "client", GW4, *first)
+    assert is_open(lab, "client", GW4, 8443)
+    daemon.wait_for(r"one-time sequence used: door=opencloseWeb")
+    daemon.wait_for(r"reloaded ")
+    knock(lab, "other", GW4, *first)
+    assert not is_open(lab, "other", GW4, 8443), "a used line replayed by a sniffer opened the door"
+    knock(lab, "other", GW4, "3001", "3002", "3003")  # the space-separated line
+    assert is_open(lab, "other", GW4, 8443), "the next line works"
+    lines = seq.read_text().splitlines()
+    assert lines[2].startswith("#used# ") and lines[3].startswith("#used# "), lines
+    assert lines[4] == " 4001:udp, 4002 ,4003:UDP"
 
 
 def test_interfaces() -> None:
