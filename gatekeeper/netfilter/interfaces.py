@@ -144,8 +144,8 @@ class LinkWatcher:
                             "it appears", link.name)
             else:  # gone between the start-up check and the first poll
                 link.changes["removed"] += 1
-                log.error("interface %s is not present: nothing arriving on another link is "
-                          "guarded by its rules", link.name)
+                log.error("interface %s is not present: if its traffic arrives on a link of "
+                          "another name, that link is not guarded", link.name)
             return
         if was is None:
             return  # still absent
