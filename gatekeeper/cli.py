@@ -28,7 +28,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from gatekeeper.netfilter.interfaces import require_present
+
     cfg = config_mod.load(args.config)
+    require_present(cfg)  # as run does: in the network namespace it runs in
     def how(d: config_mod.Door) -> str:
         if d.spa is not None:
             return f"spa on {d.spa.port}:udp"

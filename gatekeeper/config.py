@@ -171,7 +171,8 @@ DEFAULT_BATCH = 4  # measured: see "Speed work" in README.md (batch sizes 1-64)
 @dataclass(frozen=True, slots=True)
 class Settings:
     queue: int = 0
-    interfaces: tuple[str, ...] = ()
+    interfaces: tuple[str, ...] = ()  # () guards all but loopback; "ppp+" is a wildcard
+    hotplug_interfaces: tuple[str, ...] = ()  # of interfaces: may be absent at start
     public: tuple[Step, ...] = ()
     max_sources: int = 65536
     workers: int = 1  # "one per CPU" is resolved when the config is read
@@ -372,9 +373,9 @@ class _Parser:
     def settings(self, raw: Any) -> Settings:
         data = self._table(
             raw, "gatekeeper",
-            {"queue", "interfaces", "public", "max_sources", "workers", "queue_maxlen", "batch", "control",
-             "scan_limit", "scan_lockout", "state_dir", "prefix_quota", "failure_limit",
-             "prefix_failure_limit", "failure_lockout"},
+            {"queue", "interfaces", "hotplug_interfaces", "public", "max_sources", "workers",
+             "queue_maxlen", "batch", "control", "scan_limit", "scan_lockout", "state_dir",
+             "prefix_quota", "failure_limit", "prefix_failure_limit", "failure_lockout"},
         )
         queue = self._int(data.get("queue", 0), "gatekeeper.queue", 0, 65535)
         ifaces = tuple(
@@ -388,6 +389,7 @@ class _Parser:
                 raise self.fail(f"gatekeeper.interfaces[{i}]", f"{iface!r}: loopback is never guarded")
         if len(set(ifaces)) != len(ifaces):
             raise self.fail("gatekeeper.interfaces", "lists an interface twice")
+        hotplug = self.hotplug_interfaces(data.get("hotplug_interfaces", []), ifaces)
         public: tuple[Step, ...] = ()
         if self._list(data.get("public", []), "gatekeeper.public"):
             public = self.steps(data["public"], "gatekeeper.public", (TCP, UDP), sequence=False)
@@ -412,11 +414,28 @@ class _Parser:
         if state_dir and not state_dir.startswith("/"):
             raise self.fail("gatekeeper.state_dir", f"{state_dir!r}: an absolute path "
                             "('' keeps replay caches in memory only)")
-        return Settings(queue=queue, interfaces=ifaces, public=public, max_sources=max_sources,
+        return Settings(queue=queue, interfaces=ifaces, hotplug_interfaces=hotplug, public=public,
+                        max_sources=max_sources,
                         workers=workers, queue_maxlen=maxlen, batch=batch, control=control,
                         scan_limit=scan_limit, scan_lockout=scan_lockout, state_dir=state_dir,
                         prefix_quota=prefix_quota, failure_limit=failure_limit,
                         prefix_failure_limit=prefix_failure_limit, failure_lockout=failure_lockout)
+
+    def hotplug_interfaces(self, raw: Any, ifaces: tuple[str, ...]) -> tuple[str, ...]:
+        """Guarded interfaces that may be absent when gatekeeper starts (a hot-plugged
+        link: wg0, a USB modem): each one of ``interfaces`` by its exact name."""
+        key = "gatekeeper.hotplug_interfaces"
+        names = tuple(self._str(v, f"{key}[{i}]") for i, v in enumerate(self._list(raw, key)))
+        for i, name in enumerate(names):
+            if name.endswith("+"):
+                raise self.fail(f"{key}[{i}]", f"{name!r} is a wildcard, which never has to "
+                                "exist: list it in interfaces only")
+            if name not in ifaces:
+                raise self.fail(f"{key}[{i}]", f"{name!r} is not in gatekeeper.interfaces "
+                                "(only a guarded interface can be hot-plugged)")
+        if len(set(names)) != len(names):
+            raise self.fail(key, "lists an interface twice")
+        return names
 
     def door(self, raw: Any, index: int) -> Door:
         where = f"door[{index}]"

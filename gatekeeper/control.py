@@ -116,6 +116,10 @@ def format_status(status: dict[str, Any]) -> str:
     defences = status.get("defences", {})
     lines.append("defences: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in defences.items() if v)
                  if any(defences.values()) else "defences: nothing locked out, refused or evicted")
+    if "interfaces" in status:
+        from gatekeeper.netfilter.interfaces import describe
+
+        lines.append(describe(status["interfaces"]))
     cluster = status.get("cluster", {"state": "off"})
     if cluster["state"] != "off":
         state = "UP" if cluster["state"] == "up" else "DOWN"

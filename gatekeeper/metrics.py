@@ -210,13 +210,16 @@ class GatekeeperCollector(Collector):
     def __init__(self, stats: Stats, grants_active: Callable[[], dict[str, int]],
                  workers: Callable[[], int], doors: Callable[[], list[str]],
                  spa_doors: Callable[[], dict[str, tuple[str, ...]]] = dict,
-                 cluster_state: Callable[[], str] = lambda: "off") -> None:
+                 cluster_state: Callable[[], str] = lambda: "off",
+                 interfaces: Callable[[], list[tuple[str, bool, bool, dict[str, int]]]] = list,
+                 ) -> None:
         self.stats = stats
         self.grants_active = grants_active
         self.workers = workers
         self.doors = doors
         self.spa_doors = spa_doors  # SPA and encrypted-sequence doors -> their stage labels
         self.cluster_state = cluster_state  # "off", "up" or "down"
+        self.interfaces = interfaces  # (name, hotplug, present, changes) of each named one
 
     def collect(self) -> Iterator[Metric]:
         total = self.stats.total()
@@ -297,6 +300,7 @@ class GatekeeperCollector(Collector):
             reloads.add_metric([result], n)
         yield reloads
         yield from self._cluster(total)
+        yield from self._interfaces()
         info = GaugeMetricFamily("gatekeeper_build_info", "Build information", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
@@ -323,6 +327,23 @@ class GatekeeperCollector(Collector):
         yield fallbacks
         yield CounterMetricFamily("gatekeeper_cluster_mirrored", "Grants of other gateways "
                                   "written into this one's kernel sets", value=self.stats.cluster_mirrored)
+
+
+    def _interfaces(self) -> Iterator[Metric]:
+        """Each guarded interface named in the config (not a wildcard, not "all")."""
+        present = GaugeMetricFamily("gatekeeper_interface_present", "A guarded interface of "
+                                    "[gatekeeper] interfaces: 1 while present, 0 while absent "
+                                    "(removed or renamed); hotplug: listed in hotplug_interfaces",
+                                    labels=["interface", "hotplug"])
+        changes = CounterMetricFamily("gatekeeper_interface_changes", "A guarded interface "
+                                      "removed, renamed or (back) appearing",
+                                      labels=["interface", "change"])
+        for name, hotplug, up, counts in self.interfaces():
+            present.add_metric([name, "true" if hotplug else "false"], 1 if up else 0)
+            for change, n in sorted(counts.items()):
+                changes.add_metric([name, change], n)
+        yield present
+        yield changes
 
 
 def serve(collector: GatekeeperCollector, listen: str) -> CollectorRegistry:

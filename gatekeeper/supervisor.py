@@ -32,6 +32,7 @@ from gatekeeper.errors import GatekeeperError
 from gatekeeper.metrics import GatekeeperCollector, Stats
 from gatekeeper.netfilter.audit import audit
 from gatekeeper.netfilter.install import Installer
+from gatekeeper.netfilter.interfaces import LinkWatcher, require_present
 from gatekeeper.netfilter.render import render
 
 log = logging.getLogger("gatekeeper")
@@ -81,6 +82,7 @@ class Supervisor:
         self._next_burst = time.monotonic() + BURST_SECONDS
         self.mirror: Any = None  # [cluster]: gatekeeper.cluster.mirror.Mirror (a thread)
         self._notes: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self.links = LinkWatcher()  # the guarded interfaces, polled from the loop
 
     # -- workers ------------------------------------------------------------------------
 
@@ -260,6 +262,7 @@ class Supervisor:
             self._read_reports()
 
     def run(self) -> int:
+        require_present(self.config)  # a rule for an absent interface would guard nothing
         self.installer.preflight()
         if self.config.cluster is not None:
             from gatekeeper.cluster.store import require_client
@@ -398,7 +401,7 @@ class Supervisor:
 
         collector = GatekeeperCollector(
             self.stats, active, lambda: len(self.workers), lambda: [d.name for d in self.config.doors],
-            self._spa_doors, self._cluster_state,
+            self._spa_doors, self._cluster_state, self.links.rows,
         )
         try:
             metrics.serve(collector, listen)
@@ -415,6 +418,7 @@ class Supervisor:
     def _loop(self) -> None:
         while True:
             self._wait(EXPIRE_SECONDS)
+            self.links.poll(self.config.settings)
             self._mirrored()
             while self._signals:
                 sig = self._signals.pop(0)
@@ -482,6 +486,7 @@ class Supervisor:
             "spa": {door: {stage: n for (d, stage), n in sorted(total.spa.items()) if d == door}
                     for door in sorted({d for d, _ in total.spa})},
             "cluster": self._cluster_status(total),
+            "interfaces": self.links.status(self.config.settings),
         }
 
     def _cluster_status(self, total: Any) -> dict[str, Any]:
@@ -518,6 +523,7 @@ class Supervisor:
 
     def _reload(self) -> None:
         new = config_mod.load(self.path)
+        require_present(new)
         old_queues = set(self.workers)
         new_queues = list(new.settings.queues)
         added = [q for q in new_queues if q not in old_queues]

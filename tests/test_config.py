@@ -124,13 +124,14 @@ def test_defaults() -> None:
 
 def test_empty_gatekeeper_table_and_empty_public_are_defaults() -> None:
     settings = loads(toml({"public": [], "interfaces": []})).settings
-    assert (settings.interfaces, settings.public) == ((), ())
+    assert (settings.interfaces, settings.hotplug_interfaces, settings.public) == ((), (), ())
     assert loads(toml({})).settings == loads(toml()).settings
 
 
 def test_all_settings() -> None:
     config = loads(toml(
-        {"queue": 100, "interfaces": ["eth0", "wg0", "br-lan.10"], "public": ["80", "53:udp", 443],
+        {"queue": 100, "interfaces": ["eth0", "wg0", "br-lan.10", "ppp+"], "hotplug_interfaces": ["wg0"],
+         "public": ["80", "53:udp", 443],
          "max_sources": 16, "prefix_quota": 0, "failure_limit": 3, "prefix_failure_limit": 0,
          "failure_lockout": 86400, "batch": 1024},
         [door(sequence_timeout=0.5, open_for=604800, command_timeout=3600, tcp_flags="syn,!ack",
@@ -138,7 +139,8 @@ def test_all_settings() -> None:
     ))
     settings = config.settings
     assert settings.queue == 100
-    assert settings.interfaces == ("eth0", "wg0", "br-lan.10")
+    assert settings.interfaces == ("eth0", "wg0", "br-lan.10", "ppp+")
+    assert settings.hotplug_interfaces == ("wg0",)
     assert settings.public == (Step(TCP, 80), Step(UDP, 53), Step(TCP, 443))
     assert settings.max_sources == 16 and settings.batch == 1024
     assert (settings.prefix_quota, settings.failure_limit, settings.prefix_failure_limit,
@@ -329,6 +331,16 @@ ERRORS: list[tuple[str, str, str, str]] = [
     ("interface newline", toml({"interfaces": ["eth0\n"]}), f"{S}.interfaces[0]", "not an interface name"),
     ("interface lo", toml({"interfaces": ["eth0", "lo"]}), f"{S}.interfaces[1]", "loopback is never guarded"),
     ("interface twice", toml({"interfaces": ["eth0", "eth1", "eth0"]}), f"{S}.interfaces", "twice"),
+    ("hotplug string", toml({"interfaces": ["wg0"], "hotplug_interfaces": "wg0"}), f"{S}.hotplug_interfaces",
+     "must be a list"),
+    ("hotplug not guarded", toml({"interfaces": ["eth0"], "hotplug_interfaces": ["wg0"]}),
+     f"{S}.hotplug_interfaces[0]", "'wg0' is not in gatekeeper.interfaces"),
+    ("hotplug with all interfaces", toml({"hotplug_interfaces": ["wg0"]}), f"{S}.hotplug_interfaces[0]",
+     "not in gatekeeper.interfaces"),
+    ("hotplug wildcard", toml({"interfaces": ["ppp+"], "hotplug_interfaces": ["ppp+"]}),
+     f"{S}.hotplug_interfaces[0]", "'ppp+' is a wildcard, which never has to exist"),
+    ("hotplug twice", toml({"interfaces": ["wg0"], "hotplug_interfaces": ["wg0", "wg0"]}),
+     f"{S}.hotplug_interfaces", "twice"),
     ("public string", toml({"public": "80"}), f"{S}.public", "must be a list"),
     ("public bool", toml({"public": False}), f"{S}.public", "must be a list"),
     ("public icmp", toml({"public": ["80", "8:icmp"]}), f"{S}.public[1]", "only tcp or udp is allowed here"),

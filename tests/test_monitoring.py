@@ -84,6 +84,8 @@ ALERT_LABELS = {
     "GatekeeperKnockBruteForce": {"job", "instance", "door"},
     "GatekeeperWorkerRestartLoop": {"job", "instance"},
     "GatekeeperClusterStoreDown": {"job", "instance"},
+    "GatekeeperInterfaceMissing": {"job", "instance", "interface"},
+    "GatekeeperInterfaceRenamed": {"job", "instance", "interface"},
 }
 DOORS = {"ssh", "rdp", "ping", "spa"}
 KNOCK_DOORS = ("ssh", "rdp", "ping")
@@ -91,7 +93,7 @@ KNOCK_DOORS = ("ssh", "rdp", "ping")
 # gateway exports only some: gatekeeper_spa_total has series for SPA doors alone, with
 # the stages of an SPA door (an encrypted-sequence door has others).
 LABEL_VALUES = {("gatekeeper_spa_total", "door"): {"spa"}}
-SOME_OF = {("gatekeeper_spa_total", "stage")}
+SOME_OF = {("gatekeeper_spa_total", "stage"), ("gatekeeper_interface_present", "hotplug")}
 CONFIG = """
 [gatekeeper]
 queue = 0

@@ -40,9 +40,14 @@ def test_bash_parses(script: Path) -> None:
         assert "set -euo pipefail" in text
 
 
-def test_gateway_guards_only_the_private_interface(tmp_path: Path) -> None:
-    """The config gateway.sh writes, from its template, passes `gatekeeper check`, names
-    exactly one interface and a door that opens the second sshd port, never 22."""
+def test_gateway_guards_only_the_private_interface(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The config gateway.sh writes, from its template, passes `gatekeeper check` on the
+    VM (whose interfaces are lo, eth0 and eth1), names exactly one interface and a door that
+    opens the second sshd port, never 22."""
+    from gatekeeper.netfilter import interfaces
+
+    monkeypatch.setattr(interfaces, "present", lambda: {"lo": 1, "eth0": 2, "eth1": 3})
     template = (VAGRANT / "provision" / "gatekeeper.toml.in").read_text()
     text = (template.replace("@INTERFACE@", "eth1").replace("@SSH_PORT@", "2222")
             .replace("@SEQUENCE@", '"7000:udp", "8000:tcp", "9000:udp"'))
