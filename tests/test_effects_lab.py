@@ -1,0 +1,74 @@
+"""The real daemon's side effects: knockd-style start/stop commands, the control socket."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gatekeeper.lab import CLIENT4, GW4, Lab
+from tests.conftest import knock, snapshot
+from tests.test_commands import lines, wait_for_file
+from tests.test_lab import SSH, config
+
+pytestmark = pytest.mark.lab
+
+CLOSE = ["9000:tcp", "8000:udp", "7000:tcp"]
+RULE = "INPUT -s %IP% -p tcp --dport 2223 -j ACCEPT"
+
+
+def rules_for(lab: Lab, address: str) -> list[str]:
+    return [ln for ln in lab.run("gw", ["iptables-save"]).stdout.splitlines()
+            if f"-s {address}/32" in ln and "--dport 2223" in ln]
+
+
+def test_a_knockd_style_rule_never_outlives_a_close_knocked_at_once(
+        lab: Lab, start_daemon: Any, tmp_path: Path) -> None:
+    """knockd's ``iptables -A ... -s %IP%`` start and ``-D`` stop, the start slow (it waits
+    until the close sequence has revoked the grant): the stop must wait for it, and the
+    rule must be gone once both have run."""
+    go, log = tmp_path / "go", tmp_path / "commands.log"
+    start = f"{wait_for_file(go)}; iptables -A {RULE} && echo added %IP% >> {log}"
+    stop = '["iptables", ' + ", ".join(f'"{arg}"' for arg in RULE.replace("INPUT", "-D INPUT").split()) + "]"
+    extra = (f'start_command = ["/bin/sh", "-c", "{start}"]\n'
+             f"stop_command = {stop}\n"
+             "command_timeout = 10\n")
+    daemon = start_daemon(config(**{"close_sequence": extra + "close_sequence"}))
+    try:
+        knock(lab, "client", GW4, *SSH)
+        knock(lab, "client", GW4, *CLOSE)
+        daemon.wait_for(rf"revoke door=ssh address={CLIENT4} cause=closed")
+        go.touch()
+        for _ in range(100):  # bounded: 10 s
+            if lines(log):
+                break
+            time.sleep(0.1)
+    finally:
+        assert daemon.stop() == 0  # the supervisor waits for the commands it queued
+    assert lines(log) == [f"added {CLIENT4}"], daemon.lines
+    assert not [ln for ln in daemon.lines if "stop_command" in ln], daemon.lines
+    assert rules_for(lab, CLIENT4) == [], daemon.lines
+
+
+def test_run_refuses_a_control_path_that_is_not_a_socket(
+        lab: Lab, start_daemon: Any, tmp_path: Path) -> None:
+    path = tmp_path / "control.sock"
+    path.write_text("not a socket\n")
+    before = snapshot(lab)
+    daemon = start_daemon(config().replace("[gatekeeper]\n", f'[gatekeeper]\ncontrol = "{path}"\n', 1),
+                          wait=False)
+    try:
+        code = daemon.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        daemon.stop()
+        raise
+    daemon.wait_for("gatekeeper: ", timeout=5)  # the reader has the whole of stderr
+    assert code == 2
+    errors = [ln for ln in daemon.lines if "control" in ln or "gatekeeper:" in ln]
+    assert errors == [f"gatekeeper: control socket {path}: a regular file is there, not a socket; "
+                      "remove it or set [gatekeeper] control to another path"], daemon.lines
+    assert path.read_text() == "not a socket\n"
+    assert snapshot(lab) == before, "nothing may stay installed"
