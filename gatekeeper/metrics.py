@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from gatekeeper import __version__
 from gatekeeper.config import CLUSTER_FALLBACKS
+from gatekeeper.effects.commands import COMMANDS
 from gatekeeper.engine import Guard, Outcome, Reason
 
 # Verdict latency buckets (seconds): microseconds, with a boundary exactly at 100 µs.
@@ -210,13 +211,15 @@ class GatekeeperCollector(Collector):
     def __init__(self, stats: Stats, grants_active: Callable[[], dict[str, int]],
                  workers: Callable[[], int], doors: Callable[[], list[str]],
                  spa_doors: Callable[[], dict[str, tuple[str, ...]]] = dict,
-                 cluster_state: Callable[[], str] = lambda: "off") -> None:
+                 cluster_state: Callable[[], str] = lambda: "off",
+                 commands_dropped: Callable[[], dict[str, int]] = dict) -> None:
         self.stats = stats
         self.grants_active = grants_active
         self.workers = workers
         self.doors = doors
         self.spa_doors = spa_doors  # SPA and encrypted-sequence doors -> their stage labels
         self.cluster_state = cluster_state  # "off", "up" or "down"
+        self.commands_dropped = commands_dropped  # CommandRunner.dropped
 
     def collect(self) -> Iterator[Metric]:
         total = self.stats.total()
@@ -296,6 +299,13 @@ class GatekeeperCollector(Collector):
         for result, n in sorted(self.stats.reloads.items()):
             reloads.add_metric([result], n)
         yield reloads
+        not_run = self.commands_dropped()
+        commands = CounterMetricFamily("gatekeeper_commands_dropped", "start_commands not run "
+                                       "because too many commands were waiting, and their "
+                                       "stop_commands", labels=["command"])
+        for what in COMMANDS:
+            commands.add_metric([what], not_run.get(what, 0))
+        yield commands
         yield from self._cluster(total)
         info = GaugeMetricFamily("gatekeeper_build_info", "Build information", labels=["version"])
         info.add_metric([__version__], 1)

@@ -398,7 +398,7 @@ class Supervisor:
 
         collector = GatekeeperCollector(
             self.stats, active, lambda: len(self.workers), lambda: [d.name for d in self.config.doors],
-            self._spa_doors, self._cluster_state,
+            self._spa_doors, self._cluster_state, commands_dropped=self.commands.dropped,
         )
         try:
             metrics.serve(collector, listen)

@@ -80,7 +80,7 @@ class GrantBook:
                  f" host={door.host}" if door.host else "", " renewed" if renewed else "",
                  " mirrored" if mirrored else "")
         if not renewed:
-            self.commands.submit("start_command", door.start_command, address, door.command_timeout)
+            self.commands.start(address, door)
 
     def revoked(self, address: str, door_name: str, cause: str, error: str | None = None,
                 opens: list[str] | None = None) -> None:
@@ -112,7 +112,7 @@ class GrantBook:
 
     def _end(self, address: str, door: Door, cause: str) -> None:
         log.info("revoke door=%s address=%s cause=%s", door.name, address, cause)
-        self.commands.submit("stop_command", door.stop_command, address, door.command_timeout)
+        self.commands.stop(address, door)
 
     def active(self, now: float) -> list[tuple[str, str, tuple[str, ...], float]]:
         """Running grants: (address, door, ports still open, seconds left of the last)."""
