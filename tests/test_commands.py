@@ -148,3 +148,17 @@ def test_a_door_without_commands_runs_nothing_and_a_bad_command_is_logged(
     assert [r.getMessage() for r in caplog.records] == [
         "start_command /bin/sh: exit status 3 (door=ssh address=203.0.113.10)",
         "stop_command /bin/sh: exit status 4: bad (door=ssh address=203.0.113.10)"]
+
+
+def test_after_shutdown_a_stop_still_runs_and_a_start_does_not(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    d = door(f"echo start %IP% >> {log}", f"echo stop %IP% >> {log}")
+    runner = CommandRunner()
+    runner.start(CLIENT, d)
+    runner.shutdown(wait=True)
+    runner.stop(CLIENT, d)  # a grant that ended while the supervisor stopped
+    runner.start(OTHER, d)
+    runner.stop(OTHER, d)
+    runner.shutdown(wait=True)
+    assert lines(log) == [f"start {CLIENT}", f"stop {CLIENT}"]
+    assert runner.dropped() == {"start_command": 1, "stop_command": 1}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,17 @@ RULE = "INPUT -s %IP% -p tcp --dport 2223 -j ACCEPT"
 def rules_for(lab: Lab, address: str) -> list[str]:
     return [ln for ln in lab.run("gw", ["iptables-save"]).stdout.splitlines()
             if f"-s {address}/32" in ln and "--dport 2223" in ln]
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_rule(lab: Lab) -> Iterator[None]:
+    """A test that failed must not leave its commands' rule to the next one."""
+    yield
+    for _ in range(10):
+        if not rules_for(lab, CLIENT4):
+            break
+        lab.run("gw", ["iptables", *RULE.replace("%IP%", CLIENT4).replace("INPUT", "-D INPUT").split()],
+                check=False)
 
 
 def test_a_knockd_style_rule_never_outlives_a_close_knocked_at_once(
@@ -51,6 +63,27 @@ def test_a_knockd_style_rule_never_outlives_a_close_knocked_at_once(
     assert lines(log) == [f"added {CLIENT4}"], daemon.lines
     assert not [ln for ln in daemon.lines if "stop_command" in ln], daemon.lines
     assert rules_for(lab, CLIENT4) == [], daemon.lines
+
+
+def test_a_knockd_style_rule_never_outlives_the_daemon(lab: Lab, start_daemon: Any,
+                                                      tmp_path: Path) -> None:
+    """A grant still running when the daemon stops ends with it (its kernel set is
+    removed): its stop_command runs before the daemon exits."""
+    before = snapshot(lab)
+    extra = (f'start_command = "iptables -A {RULE}"\n'
+             f'stop_command = "iptables -D {RULE}"\n')
+    daemon = start_daemon(config(**{"close_sequence": extra + "close_sequence"}))
+    knock(lab, "client", GW4, *SSH)
+    daemon.wait_for(rf"grant door=ssh address={CLIENT4} ")
+    for _ in range(100):  # bounded: 10 s
+        if rules_for(lab, CLIENT4):
+            break
+        time.sleep(0.1)
+    assert rules_for(lab, CLIENT4), "the start command ran"
+    assert daemon.stop() == 0
+    assert rules_for(lab, CLIENT4) == [], daemon.lines
+    daemon.wait_for(rf"revoke door=ssh address={CLIENT4} cause=stopped")
+    assert snapshot(lab) == before
 
 
 def test_run_refuses_a_control_path_that_is_not_a_socket(
