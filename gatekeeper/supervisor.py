@@ -305,6 +305,7 @@ class Supervisor:
                 if self.control is not None:
                     self.control.close()
         finally:
+            self.book.end_all("stopped")  # the sets are gone: stop_commands undo the starts
             self.commands.shutdown(wait=True)
             signal.set_wakeup_fd(-1)
         return 0

@@ -56,10 +56,9 @@ class CommandRunner:
         self._refused: set[tuple[str, str]] = set()  # lanes whose start_command was not run
         self._dropped = dict.fromkeys(COMMANDS, 0)
         self._closing = False
-        self._threads = [threading.Thread(target=self._serve, name=f"gk-command-{i}", daemon=True)
-                         for i in range(max(1, workers))]
-        for thread in self._threads:
-            thread.start()
+        self._workers = max(1, workers)
+        self._threads: list[threading.Thread] = []  # started with the first command, so that
+        self._serving = 0  # the supervisor forks its first workers without them
 
     def start(self, address: str, door: Door) -> None:
         """The door's start_command for a new grant, after what the lane holds."""
@@ -100,6 +99,12 @@ class CommandRunner:
 
     def _queue(self, key: tuple[str, str], job: Job) -> None:
         self._pending += 1
+        if not self._serving:  # the first command, or a stop_command after shutdown()
+            self._threads = [threading.Thread(target=self._serve, name=f"gk-command-{i}", daemon=True)
+                             for i in range(self._workers)]
+            self._serving = len(self._threads)
+            for thread in self._threads:
+                thread.start()
         lane = self._lanes.get(key)
         if lane is not None:  # waiting for a thread, or running: it comes after
             lane.append(job)
@@ -114,6 +119,7 @@ class CommandRunner:
                 while not self._ready and not self._closing:
                     self._cond.wait()
                 if not self._ready:
+                    self._serving -= 1
                     return  # shutting down and nothing left to run
                 key = self._ready.popleft()
                 job = self._lanes[key].popleft()
@@ -135,8 +141,9 @@ class CommandRunner:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
+            threads = list(self._threads)
         if wait:
-            for thread in self._threads:
+            for thread in threads:
                 thread.join()
 
 

@@ -110,6 +110,13 @@ class GrantBook:
                 del self.entries[key]
                 self._end(key[0], entry.door, "expired")
 
+    def end_all(self, cause: str) -> None:
+        """Every grant ends with the daemon (its kernel sets are gone): each one's
+        stop_command is queued, so what a start_command opened does not stay open."""
+        entries, self.entries = self.entries, {}
+        for (address, _), entry in sorted(entries.items()):
+            self._end(address, entry.door, cause)
+
     def _end(self, address: str, door: Door, cause: str) -> None:
         log.info("revoke door=%s address=%s cause=%s", door.name, address, cause)
         self.commands.stop(address, door)
