@@ -57,16 +57,16 @@ class CommandRunner:
         self._dropped = dict.fromkeys(COMMANDS, 0)
         self._closing = False
         self._workers = max(1, workers)
-        self._threads: list[threading.Thread] = []  # started with the first command, so that
-        self._serving = 0  # the supervisor forks its first workers without them
+        # started with the first command (the supervisor forks its first workers without them)
+        self._threads: list[threading.Thread] = []
+        self._serving = 0  # threads not yet returned
 
     def start(self, address: str, door: Door) -> None:
         """The door's start_command for a new grant, after what the lane holds."""
-        key = (address, door.name)
-        where = f"door={door.name} address={address}"
+        if not door.start_command:
+            return
+        key, where = (address, door.name), f"door={door.name} address={address}"
         with self._cond:
-            if not door.start_command:
-                return
             if self._pending >= self._limit or self._closing:
                 self._refused.add(key)
                 self._dropped["start_command"] += 1
