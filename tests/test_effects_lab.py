@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,3 +105,15 @@ def test_run_refuses_a_control_path_that_is_not_a_socket(
                             "socket; remove it or set [gatekeeper] control to another path"]
     assert path.read_text() == "not a socket\n"
     assert snapshot(lab) == before, "nothing may stay installed"
+
+
+def test_run_replaces_the_stale_socket_of_a_killed_daemon(
+        lab: Lab, start_daemon: Any, tmp_path: Path) -> None:
+    path = tmp_path / "control.sock"
+    text = config().replace("[gatekeeper]\n", f'[gatekeeper]\ncontrol = "{path}"\n', 1)
+    start_daemon(text).stop(9)
+    assert path.is_socket(), "kill -9 leaves the socket file"
+    again = start_daemon(text)
+    out = lab.run("gw", [sys.executable, "-m", "gatekeeper", "status", "-s", str(path)]).stdout
+    assert out.startswith("gatekeeper "), out
+    assert again.stop() == 0
