@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 from collections.abc import Callable
 from typing import Any
 
 from gatekeeper.errors import GatekeeperError
 
 DEFAULT_SOCKET = "/run/gatekeeper/control.sock"
+KINDS = ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
+         (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a fifo"),
+         (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 MAX_REQUEST = 256
 
 
@@ -25,9 +29,7 @@ class ControlServer:
         directory = os.path.dirname(path) or "."
         try:
             os.makedirs(directory, mode=0o750, exist_ok=True)
-            if os.path.exists(path):
-                self._refuse_if_live(path)
-                os.unlink(path)
+            self._clear(path)
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             old = os.umask(0o117)
             try:
@@ -41,12 +43,26 @@ class ControlServer:
                                   "[gatekeeper] control to a path the daemon may create") from None
 
     @staticmethod
-    def _refuse_if_live(path: str) -> None:
+    def _clear(path: str) -> None:
+        """Remove a stale socket (nobody listens: a daemon that is gone); refuse anything
+        else at ``path``, and never follow a symbolic link."""
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(mode):
+            kind = next((name for test, name in KINDS if test(mode)), "something")
+            raise GatekeeperError(f"control socket {path}: {kind} is there, not a socket; remove it "
+                                  "or set [gatekeeper] control to another path")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(path)
-        except OSError:
-            return  # a stale socket of a daemon that is gone
+        except ConnectionRefusedError:
+            os.unlink(path)
+            return
+        except OSError as exc:  # busy, or not ours to probe: not known to be stale
+            raise GatekeeperError(f"control socket {path}: a socket that may be in use is there "
+                                  f"({exc.strerror or exc}); is another gatekeeper running?") from None
         finally:
             probe.close()
         raise GatekeeperError(f"control socket {path}: another gatekeeper is running there")

@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from gatekeeper import __version__
 from gatekeeper.config import CLUSTER_FALLBACKS
+from gatekeeper.effects.commands import COMMANDS
 from gatekeeper.engine import Guard, Outcome, Reason
 
 # Verdict latency buckets (seconds): microseconds, with a boundary exactly at 100 µs.
@@ -212,7 +213,7 @@ class GatekeeperCollector(Collector):
                  spa_doors: Callable[[], dict[str, tuple[str, ...]]] = dict,
                  cluster_state: Callable[[], str] = lambda: "off",
                  interfaces: Callable[[], list[tuple[str, bool, bool, dict[str, int]]]] = list,
-                 ) -> None:
+                 commands_dropped: Callable[[], dict[str, int]] = dict) -> None:
         self.stats = stats
         self.grants_active = grants_active
         self.workers = workers
@@ -220,6 +221,7 @@ class GatekeeperCollector(Collector):
         self.spa_doors = spa_doors  # SPA and encrypted-sequence doors -> their stage labels
         self.cluster_state = cluster_state  # "off", "up" or "down"
         self.interfaces = interfaces  # (name, hotplug, present, changes) of each named one
+        self.commands_dropped = commands_dropped  # CommandRunner.dropped
 
     def collect(self) -> Iterator[Metric]:
         total = self.stats.total()
@@ -299,6 +301,13 @@ class GatekeeperCollector(Collector):
         for result, n in sorted(self.stats.reloads.items()):
             reloads.add_metric([result], n)
         yield reloads
+        not_run = self.commands_dropped()
+        commands = CounterMetricFamily("gatekeeper_commands_dropped", "start_commands not run "
+                                       "because too many commands were waiting, and their "
+                                       "stop_commands", labels=["command"])
+        for what in COMMANDS:
+            commands.add_metric([what], not_run.get(what, 0))
+        yield commands
         yield from self._cluster(total)
         yield from self._interfaces()
         info = GaugeMetricFamily("gatekeeper_build_info", "Build information", labels=["version"])

@@ -308,6 +308,7 @@ class Supervisor:
                 if self.control is not None:
                     self.control.close()
         finally:
+            self.book.end_all("stopped")  # the sets are gone: stop_commands undo the starts
             self.commands.shutdown(wait=True)
             signal.set_wakeup_fd(-1)
         return 0
@@ -402,6 +403,7 @@ class Supervisor:
         collector = GatekeeperCollector(
             self.stats, active, lambda: len(self.workers), lambda: [d.name for d in self.config.doors],
             self._spa_doors, self._cluster_state, self.links.rows,
+            commands_dropped=self.commands.dropped,
         )
         try:
             metrics.serve(collector, listen)

@@ -538,8 +538,11 @@ class Commands:
     def __init__(self) -> None:
         self.ran: list[tuple[str, str]] = []
 
-    def submit(self, what: str, argv: tuple[str, ...], address: str, timeout: float) -> None:
-        self.ran.append((what, address))
+    def start(self, address: str, door: Door) -> None:
+        self.ran.append(("start_command", address))
+
+    def stop(self, address: str, door: Door) -> None:
+        self.ran.append(("stop_command", address))
 
 
 def test_grant_book_logs_what_was_granted_and_ends_with_the_last_port(

@@ -78,6 +78,8 @@ CONTRACT: dict[str, Metric] = {
     "gatekeeper_lockouts_total": Metric("counter", {"cause": LOCKOUT_CAUSES}),
     "gatekeeper_sources_refused_total": Metric("counter", {"cause": REFUSED_CAUSES}),
     "gatekeeper_sources_evicted_total": Metric("counter", {}),
+    "gatekeeper_commands_dropped_total": Metric("counter", {"command": _one_of("start_command",
+                                                                                "stop_command")}),
     # [cluster]; exported without it too (state "off", the rest at 0)
     "gatekeeper_cluster_state": Metric("gauge", {"state": _one_of("off", "up", "down")}),
     "gatekeeper_cluster_seconds": Metric("histogram", {}),

@@ -80,7 +80,7 @@ class GrantBook:
                  f" host={door.host}" if door.host else "", " renewed" if renewed else "",
                  " mirrored" if mirrored else "")
         if not renewed:
-            self.commands.submit("start_command", door.start_command, address, door.command_timeout)
+            self.commands.start(address, door)
 
     def revoked(self, address: str, door_name: str, cause: str, error: str | None = None,
                 opens: list[str] | None = None) -> None:
@@ -110,9 +110,16 @@ class GrantBook:
                 del self.entries[key]
                 self._end(key[0], entry.door, "expired")
 
+    def end_all(self, cause: str) -> None:
+        """Every grant ends with the daemon (its kernel sets are gone): each one's
+        stop_command is queued, so what a start_command opened does not stay open."""
+        entries, self.entries = self.entries, {}
+        for (address, _), entry in sorted(entries.items()):
+            self._end(address, entry.door, cause)
+
     def _end(self, address: str, door: Door, cause: str) -> None:
         log.info("revoke door=%s address=%s cause=%s", door.name, address, cause)
-        self.commands.submit("stop_command", door.stop_command, address, door.command_timeout)
+        self.commands.stop(address, door)
 
     def active(self, now: float) -> list[tuple[str, str, tuple[str, ...], float]]:
         """Running grants: (address, door, ports still open, seconds left of the last)."""

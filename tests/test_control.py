@@ -1,0 +1,97 @@
+"""The control socket: only a stale socket at the configured path is replaced."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gatekeeper.control import ControlServer, request
+from gatekeeper.errors import GatekeeperError
+
+
+def answer(what: str) -> dict[str, Any]:
+    return {"asked": what}
+
+
+@pytest.fixture
+def servers() -> Iterator[list[ControlServer]]:
+    made: list[ControlServer] = []
+    yield made
+    for server in made:
+        server.close()
+
+
+def serve_once(server: ControlServer, path: Path) -> dict[str, Any]:
+    """A status request answered by ``server`` (the client in a thread of its own)."""
+    import threading
+
+    out: dict[str, Any] = {}
+    client = threading.Thread(target=lambda: out.update(request(str(path), timeout=5)))
+    client.start()
+    for _ in range(500):  # bounded: 5 s
+        server.handle()
+        client.join(0.01)
+        if not client.is_alive():
+            break
+    client.join(5)
+    return out
+
+
+def stale_socket(path: Path) -> None:
+    """A socket file nobody listens on, as a killed daemon leaves it."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.close()
+
+
+def test_a_stale_socket_is_replaced(tmp_path: Path, servers: list[ControlServer]) -> None:
+    path = tmp_path / "control.sock"
+    stale_socket(path)
+    servers.append(ControlServer(str(path), answer))
+    assert serve_once(servers[0], path) == {"asked": "status"}
+
+
+def test_a_live_socket_is_refused_and_keeps_serving(tmp_path: Path, servers: list[ControlServer]) -> None:
+    path = tmp_path / "control.sock"
+    servers.append(ControlServer(str(path), answer))
+    with pytest.raises(GatekeeperError) as refused:
+        ControlServer(str(path), answer)
+    assert str(refused.value) == f"control socket {path}: another gatekeeper is running there"
+    assert serve_once(servers[0], path) == {"asked": "status"}
+
+
+@pytest.mark.parametrize("what", ["a regular file", "a directory", "a symbolic link", "a fifo"])
+def test_anything_but_a_socket_is_refused_and_left_alone(tmp_path: Path, what: str) -> None:
+    path = tmp_path / "control.sock"
+    target = tmp_path / "precious"
+    target.write_text("keep me\n")
+    if what == "a regular file":
+        path.write_text("keep me\n")
+    elif what == "a directory":
+        path.mkdir()
+        (path / "inside").write_text("keep me\n")
+    elif what == "a symbolic link":
+        stale_socket(tmp_path / "stale.sock")  # even to a stale socket: never followed
+        path.symlink_to(tmp_path / "stale.sock")
+    else:
+        os.mkfifo(path)
+    before = os.lstat(path)
+    with pytest.raises(GatekeeperError) as refused:
+        ControlServer(str(path), answer)
+    message = str(refused.value)
+    assert message == (f"control socket {path}: {what} is there, not a socket; remove it or "
+                       "set [gatekeeper] control to another path")
+    assert "\n" not in message
+    after = os.lstat(path)
+    assert (after.st_ino, after.st_mode, after.st_mtime_ns) == (before.st_ino, before.st_mode,
+                                                                before.st_mtime_ns)
+    if what == "a regular file":
+        assert path.read_text() == "keep me\n"
+    if what == "a directory":
+        assert (path / "inside").read_text() == "keep me\n"
+    assert target.read_text() == "keep me\n"
