@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gatekeeper.queue.decode import Facts, decode
+from gatekeeper.queue.decode import Facts, decode, udp_payload
 
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 HOP, ROUTING, FRAGMENT, AH, DSTOPTS, ESP = 0, 43, 44, 51, 60, 50
@@ -270,6 +270,17 @@ def _well_formed(facts: object, pkt: bytes) -> None:
     assert 0 <= proto <= 255 and -1 <= port <= 65535 and 0 <= flags <= 255
 
 
+def same_rule(pkt: bytes) -> None:
+    """On any input, decode's facts are well formed, and udp_payload finds a payload only
+    where decode found a UDP port (one walk, one fragment rule)."""
+    facts = decode(pkt)
+    _well_formed(facts, pkt)
+    payload = udp_payload(pkt)
+    if payload is not None:
+        assert isinstance(payload, bytes)
+        assert facts is not None and facts[2] == UDP and facts[3] >= 0
+
+
 # -- agreement with dpkt ------------------------------------------------------------------
 
 
@@ -417,9 +428,11 @@ def test_ipv4_total_length_bounds_the_packet() -> None:
 @FAST
 @given(packets)
 def test_truncated_packet_returns_none(pkt: bytes) -> None:
-    # every strict prefix is shorter than the length its IP header claims
+    # every strict prefix is shorter than the length its IP header claims: no facts, and
+    # no payload (udp_payload reads the headers with the same walk)
     for cut in range(len(pkt)):
         assert decode(pkt[:cut]) is None
+        assert udp_payload(pkt[:cut]) is None
 
 
 @FAST
@@ -441,7 +454,7 @@ noise = st.one_of(
 @FAST
 @given(noise)
 def test_random_bytes_never_raise(pkt: bytes) -> None:
-    _well_formed(decode(pkt), pkt)
+    same_rule(pkt)
 
 
 @FAST
@@ -451,7 +464,7 @@ def test_mutated_packets_never_raise(pkt: bytes, changes: list[tuple[int, int]])
     for where, value in changes:
         mutated[where % len(mutated)] = value
     assume(mutated[0] >> 4 in (4, 6))
-    _well_formed(decode(bytes(mutated)), bytes(mutated))
+    same_rule(bytes(mutated))
 
 
 @FAST
