@@ -6,6 +6,7 @@ must be, and :func:`gatekeeper.queue.decode.decode` must return exactly that.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import dpkt
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gatekeeper.queue.decode import Facts, decode
+from gatekeeper.queue.decode import Facts, decode, udp_payload
 
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 HOP, ROUTING, FRAGMENT, AH, DSTOPTS, ESP = 0, 43, 44, 51, 60, 50
@@ -58,22 +59,28 @@ class _IP6Header(dpkt.Packet):  # type: ignore[misc]
     __bit_fields__ = dpkt.ip6.IP6.__bit_fields__
 
 
-def reference(pkt: bytes) -> Facts | None:
-    """The facts of a well-formed packet, read with dpkt."""
+def parse(pkt: bytes) -> tuple[Facts | None, Any, int]:
+    """The facts of a well-formed packet read with dpkt, its transport as dpkt parsed it
+    (bytes when dpkt has no parser, None for a fragment) and that transport's length.
+
+    The fragment rule (decode.py's docstring): a fragment, first or later, has no port.
+    IPv4: the MF flag or an offset; IPv6: a Fragment header, even an atomic one.
+    """
     if pkt[0] >> 4 == 4:
         ip = dpkt.ip.IP(pkt)
-        if ip.offset:  # a later fragment: no transport header to read
-            return (ip.src, ip.dst, ip.p, -1, 0)
-        return _transport(ip.src, ip.dst, ip.p, ip.data, ip.len - ip.hl * 4, 4)
+        if ip.offset or ip.mf:
+            return (ip.src, ip.dst, ip.p, -1, 0), None, 0
+        size = ip.len - ip.hl * 4
+        return _transport(ip.src, ip.dst, ip.p, ip.data, size, 4), ip.data, size
     ip6 = _IP6Header(pkt)
     buf = ip6.data[: ip6.plen]
     nxt = ip6.nxt
     while nxt in dpkt.ip6.EXT_HDRS:
         if nxt == ESP:  # encrypted from here on: nothing to read
-            return (ip6.src, ip6.dst, ESP, -1, 0)
+            return (ip6.src, ip6.dst, ESP, -1, 0), None, 0
         ext = dpkt.ip6.EXT_HDRS_CLS[nxt](buf)
-        if isinstance(ext, dpkt.ip6.IP6FragmentHeader) and ext.frag_off:
-            return (ip6.src, ip6.dst, ext.nxt, -1, 0)
+        if isinstance(ext, dpkt.ip6.IP6FragmentHeader):
+            return (ip6.src, ip6.dst, ext.nxt, -1, 0), None, 0
         buf = buf[ext.length :]
         nxt = ext.nxt
     l4: Any = buf
@@ -81,7 +88,12 @@ def reference(pkt: bytes) -> Facts | None:
         l4 = dpkt.ip6.IP6._protosw[nxt](buf)
     except (KeyError, dpkt.UnpackError):
         pass
-    return _transport(ip6.src, ip6.dst, nxt, l4, len(buf), 6)
+    return _transport(ip6.src, ip6.dst, nxt, l4, len(buf), 6), l4, len(buf)
+
+
+def reference(pkt: bytes) -> Facts | None:
+    """The facts of a well-formed packet, read with dpkt."""
+    return parse(pkt)[0]
 
 
 # -- building packets with dpkt -----------------------------------------------------------
@@ -169,8 +181,10 @@ addresses6 = st.binary(min_size=16, max_size=16)
 
 
 @st.composite
-def ipv4(draw: st.DrawFn, *, fragments: bool = True) -> bytes:
-    proto, data = draw(transports(4))
+def ipv4(draw: st.DrawFn, *, fragments: bool = True,
+         transport: Callable[[int], st.SearchStrategy[Layer4]] = transports) -> bytes:
+    """An IPv4 packet with random options; ``fragments``: sometimes a fragment."""
+    proto, data = draw(transport(4))
     options = draw(st.integers(0, 10).flatmap(lambda n: st.binary(min_size=4 * n, max_size=4 * n)))
     offset = draw(st.integers(0, 8191)) if fragments and draw(st.booleans()) else 0
     ip = dpkt.ip.IP(
@@ -178,7 +192,7 @@ def ipv4(draw: st.DrawFn, *, fragments: bool = True) -> bytes:
         id=draw(ports), tos=draw(st.integers(0, 255)), opts=options, data=data,
     )
     ip.hl = 5 + len(options) // 4
-    ip.mf = draw(st.integers(0, 1))
+    ip.mf = draw(st.integers(0, 1)) if fragments else 0
     ip.df = draw(st.integers(0, 1))
     ip.offset = offset
     pkt = bytes(ip)
@@ -192,7 +206,7 @@ def _padn(size: int) -> bytes:
 
 
 @st.composite
-def extension(draw: st.DrawFn, kind: int, nxt: int, *, fragments: bool) -> bytes:
+def extension(draw: st.DrawFn, kind: int, nxt: int) -> bytes:
     if kind in (HOP, DSTOPTS):
         units = draw(st.integers(0, 3))
         cls = dpkt.ip6.IP6HopOptsHeader if kind == HOP else dpkt.ip6.IP6DstOptsHeader
@@ -205,7 +219,7 @@ def extension(draw: st.DrawFn, kind: int, nxt: int, *, fragments: bool) -> bytes
         )
     if kind == FRAGMENT:
         frag = dpkt.ip6.IP6FragmentHeader(nxt=nxt, id=draw(st.integers(0, 2**32 - 1)))
-        frag.frag_off = draw(st.integers(1, 8191)) if fragments and draw(st.booleans()) else 0
+        frag.frag_off = draw(st.integers(1, 8191)) if draw(st.booleans()) else 0
         frag.m_flag = draw(st.integers(0, 1))
         return bytes(frag)
     assert kind == AH
@@ -217,13 +231,17 @@ def extension(draw: st.DrawFn, kind: int, nxt: int, *, fragments: bool) -> bytes
 
 
 @st.composite
-def ipv6(draw: st.DrawFn, *, fragments: bool = True) -> bytes:
-    proto, data = draw(transports(6))
-    kinds = draw(st.lists(st.sampled_from((HOP, ROUTING, FRAGMENT, AH, DSTOPTS)), max_size=5))
+def ipv6(draw: st.DrawFn, *, fragments: bool = True,
+         transport: Callable[[int], st.SearchStrategy[Layer4]] = transports) -> bytes:
+    """An IPv6 packet with a random extension chain; ``fragments``: sometimes with a
+    Fragment header (first, later or atomic)."""
+    proto, data = draw(transport(6))
+    kinds = draw(st.lists(st.sampled_from((HOP, ROUTING, FRAGMENT, AH, DSTOPTS) if fragments
+                                          else (HOP, ROUTING, AH, DSTOPTS)), max_size=5))
     chain = b""
     nxt = proto
     for kind in reversed(kinds):
-        chain = draw(extension(kind, nxt, fragments=fragments)) + chain
+        chain = draw(extension(kind, nxt)) + chain
         nxt = kind
     body = chain + data
     ip6 = dpkt.ip6.IP6(
@@ -250,6 +268,17 @@ def _well_formed(facts: object, pkt: bytes) -> None:
     assert len(src) == len(dst) == size
     assert all(type(v) is int for v in (proto, port, flags))
     assert 0 <= proto <= 255 and -1 <= port <= 65535 and 0 <= flags <= 255
+
+
+def same_rule(pkt: bytes) -> None:
+    """On any input, decode's facts are well formed, and udp_payload finds a payload only
+    where decode found a UDP port (one walk, one fragment rule)."""
+    facts = decode(pkt)
+    _well_formed(facts, pkt)
+    payload = udp_payload(pkt)
+    if payload is not None:
+        assert isinstance(payload, bytes)
+        assert facts is not None and facts[2] == UDP and facts[3] >= 0
 
 
 # -- agreement with dpkt ------------------------------------------------------------------
@@ -331,7 +360,10 @@ EXAMPLES: list[tuple[str, bytes, Facts | None]] = [
     ("v4 echo reply", v4(ICMP, ping4(100, kind=0)), (SRC4, DST4, ICMP, -1, 0)),
     ("v4 icmpv6 echo", v4(ICMPV6, ping6(100)), (SRC4, DST4, ICMPV6, -1, 0)),
     ("v4 gre", v4(47, b"\x00" * 8), (SRC4, DST4, 47, -1, 0)),
-    ("v4 first fragment", v4(UDP, datagram(7000), mf=1), (SRC4, DST4, UDP, 7000, 0)),
+    ("v4 first fragment", v4(UDP, datagram(7000), mf=1), (SRC4, DST4, UDP, -1, 0)),
+    ("v4 first fragment, tcp", v4(TCP, syn(22), mf=1), (SRC4, DST4, TCP, -1, 0)),
+    ("v4 first fragment with options", v4(UDP, datagram(7000), opts=b"\x01" * 4, mf=1),
+     (SRC4, DST4, UDP, -1, 0)),
     ("v4 later fragment", v4(UDP, datagram(7000), offset=1), (SRC4, DST4, UDP, -1, 0)),
     ("v4 last fragment", v4(TCP, syn(22), offset=8191), (SRC4, DST4, TCP, -1, 0)),
     ("v4 short tcp", v4(TCP, syn(22)[:19]), None),
@@ -347,7 +379,10 @@ EXAMPLES: list[tuple[str, bytes, Facts | None]] = [
     ("v6 no next header", v6(59, b""), (SRC6, DST6, 59, -1, 0)),
     ("v6 esp", v6(ESP, bytes(16)), (SRC6, DST6, ESP, -1, 0)),
     ("v6 hop-by-hop tcp", v6(HOP, hop(TCP) + syn(22)), (SRC6, DST6, TCP, 22, 0x02)),
-    ("v6 first fragment", v6(FRAGMENT, frag6(UDP, 0) + datagram(7000)), (SRC6, DST6, UDP, 7000, 0)),
+    ("v6 first fragment", v6(FRAGMENT, frag6(UDP, 0) + datagram(7000)), (SRC6, DST6, UDP, -1, 0)),
+    ("v6 atomic fragment", v6(FRAGMENT, frag6(UDP, 0, 0) + datagram(7000)), (SRC6, DST6, UDP, -1, 0)),
+    ("v6 first fragment after hop-by-hop", v6(HOP, hop(FRAGMENT) + frag6(TCP, 0) + syn(22)),
+     (SRC6, DST6, TCP, -1, 0)),
     ("v6 later fragment", v6(FRAGMENT, frag6(UDP, 185) + datagram(7000)), (SRC6, DST6, UDP, -1, 0)),
     ("v6 later fragment after hop-by-hop", v6(HOP, hop(FRAGMENT) + frag6(TCP, 1, 0) + syn(22)),
      (SRC6, DST6, TCP, -1, 0)),
@@ -393,9 +428,11 @@ def test_ipv4_total_length_bounds_the_packet() -> None:
 @FAST
 @given(packets)
 def test_truncated_packet_returns_none(pkt: bytes) -> None:
-    # every strict prefix is shorter than the length its IP header claims
+    # every strict prefix is shorter than the length its IP header claims: no facts, and
+    # no payload (udp_payload reads the headers with the same walk)
     for cut in range(len(pkt)):
         assert decode(pkt[:cut]) is None
+        assert udp_payload(pkt[:cut]) is None
 
 
 @FAST
@@ -417,7 +454,7 @@ noise = st.one_of(
 @FAST
 @given(noise)
 def test_random_bytes_never_raise(pkt: bytes) -> None:
-    _well_formed(decode(pkt), pkt)
+    same_rule(pkt)
 
 
 @FAST
@@ -427,7 +464,7 @@ def test_mutated_packets_never_raise(pkt: bytes, changes: list[tuple[int, int]])
     for where, value in changes:
         mutated[where % len(mutated)] = value
     assume(mutated[0] >> 4 in (4, 6))
-    _well_formed(decode(bytes(mutated)), bytes(mutated))
+    same_rule(bytes(mutated))
 
 
 @FAST

@@ -2,10 +2,21 @@
 
 This is the hot path. For the common packet (IPv4 without options, IPv6 without
 extension headers) one ``struct`` call reads every field the engine needs; any other
-packet takes the general path, which walks options and extension headers. Nothing is
-built but the two address bytes and the result. dpkt stays the decoder of record for
-anything richer (payloads, pcap replay, tests), and ``tests/test_decode.py`` checks that
-the two agree on random and malformed packets.
+packet takes the general path, :func:`_walk`, which walks options and extension headers
+and is also the walk :func:`udp_payload` reads the SPA payload with. Nothing is built but
+the two address bytes and the result. dpkt stays the decoder of record for anything
+richer (pcap replay, tests), and ``tests/test_decode.py`` and
+``tests/test_decode_props.py`` check that the two agree on random and malformed packets.
+
+One fragment rule for both families and both functions: a fragment, first or later,
+has no port and no payload. IPv4: the MF flag or a fragment offset (``_IPV4_FRAGMENT``);
+IPv6: a Fragment header anywhere in the chain, even an atomic one (offset 0, no M
+flag). Such a packet is never a knock nor an SPA packet, and the engine drops it (port
+-1). Nothing is lost by that: gatekeeper's rules match conntrack state, and conntrack's
+defragmentation (in PREROUTING, before any filter rule) reassembles every datagram and
+takes the IPv6 Fragment header off, atomic fragments included. A fragment that reaches
+the queue skipped that, and the rest of its datagram is unread: fail closed rather than
+judge part of a datagram.
 
 Compiled with mypyc at install time (setup.py; ``gatekeeper.native`` says whether it is):
 keep it mypy-strict, never patch its classes or functions at run time (compiled callers
@@ -15,6 +26,7 @@ would not see it), give class-level constants ``Final``; see "Compiled modules" 
 from __future__ import annotations
 
 from struct import Struct
+from typing import Final
 
 ICMP = 1
 TCP = 6
@@ -25,6 +37,12 @@ ICMPV6 = 58
 _HOP, _ROUTING, _FRAGMENT, _AH, _DSTOPTS = 0, 43, 44, 51, 60
 _EXTENSIONS = frozenset((_HOP, _ROUTING, _FRAGMENT, _AH, _DSTOPTS))
 _MAX_EXTENSIONS = 8
+# IPv4's MF flag and fragment offset: either makes the packet a fragment.
+_IPV4_FRAGMENT: Final = 0x3FFF
+# _walk's start offset for a fragment, and for headers that cannot be read.
+_FRAGMENTED: Final = -1
+_UNREADABLE: Final = -2
+_NOTHING: Final[tuple[bytes, bytes, int, int, int]] = (b"", b"", -1, _UNREADABLE, 0)
 
 # The common packet: its IP header, then the transport header's first byte (the ICMP
 # type) and its bytes 2-3 (the TCP or UDP destination port). IPv4: total length, flags
@@ -46,13 +64,18 @@ for an ICMP or ICMPv6 echo request, ``proto`` is 1 and ``port`` is its payload l
 
 
 def decode(pkt: bytes) -> Facts | None:
-    """Return the packet's facts, or None when its headers cannot be read."""
+    """Return the packet's facts, or None when its headers cannot be read.
+
+    The common packet is read here, the walk's first step unrolled into one ``struct``
+    call under the same fragment rule; every other packet goes to :func:`_walk`
+    (``tests/test_decode_props.py`` holds the two to the same answers).
+    """
     n = len(pkt)
     if n >= 24 and pkt[0] == 0x45:  # IPv4, no options: the transport starts at 20
         total, fragment, proto, src, dst, kind, port = _IPV4_COMMON(pkt)
         if total > n or total < 20:
             return None
-        if fragment & 0x1FFF:
+        if fragment & _IPV4_FRAGMENT:
             return (src, dst, proto, -1, 0)
         if proto == TCP:
             return (src, dst, TCP, port, pkt[33]) if total >= 40 else None
@@ -78,48 +101,11 @@ def decode(pkt: bytes) -> Facts | None:
 
 
 def _decode(pkt: bytes, n: int) -> Facts | None:
-    """The general path: IPv4 options, IPv6 extension headers, short packets."""
-    if n < 20:
-        return None
-    first = pkt[0]
-    if first >> 4 == 4:
-        total, fragment, proto, src, dst = _IPV4(pkt)
-        off = (first & 0x0F) << 2
-        if off < 20 or total < off or total > n:
-            return None
-        if fragment & 0x1FFF:  # a later fragment carries no transport header
-            return (src, dst, proto, -1, 0)
-        end = total
-        icmp, echo = ICMP, 8
-    elif first >> 4 == 6:
-        if n < 40:
-            return None
-        length, proto, src, dst = _IPV6(pkt)
-        end = 40 + length
-        if end > n:
-            return None
-        off = 40
-        if proto in _EXTENSIONS:
-            for _ in range(_MAX_EXTENSIONS):
-                if proto not in _EXTENSIONS:
-                    break
-                if off + 8 > end:
-                    return None
-                nxt = pkt[off]
-                if proto == _FRAGMENT:
-                    if (pkt[off + 2] << 8 | pkt[off + 3]) & 0xFFF8:
-                        return (src, dst, nxt, -1, 0)
-                    off += 8
-                elif proto == _AH:
-                    off += (pkt[off + 1] + 2) << 2
-                else:
-                    off += (pkt[off + 1] + 1) << 3
-                proto = nxt
-            else:
-                return None
-        icmp, echo = ICMPV6, 128  # (an ICMPv4 header in IPv6, or v6 in v4, is no echo)
-    else:
-        return None
+    """The general path (IPv4 options, IPv6 extension headers, short packets): the
+    walk, then the transport header where it says."""
+    src, dst, proto, off, end = _walk(pkt, n)
+    if off < 0:
+        return None if off == _UNREADABLE else (src, dst, proto, -1, 0)
     if proto == TCP:
         if off + 20 > end:
             return None
@@ -129,6 +115,8 @@ def _decode(pkt: bytes, n: int) -> Facts | None:
         if off + 8 > end:
             return None
         return (src, dst, UDP, _UDP(pkt, off)[0], 0)
+    # (an ICMPv4 header in IPv6, or v6 in v4, is no echo)
+    icmp, echo = (ICMP, 8) if len(src) == 4 else (ICMPV6, 128)
     if proto == icmp:
         if off + 8 > end:
             return None
@@ -137,46 +125,60 @@ def _decode(pkt: bytes, n: int) -> Facts | None:
 
 
 def udp_payload(pkt: bytes) -> bytes | None:
-    """The UDP payload of an unfragmented IPv4 or IPv6 packet, or None.
+    """The UDP payload of a whole IPv4 or IPv6 datagram, or None (a fragment too).
 
     Not on the hot path: the worker calls it only for a datagram to an SPA port. The
-    payload ends where the UDP length field says (never past the IP packet's end).
+    headers are read by the same walk as :func:`decode`'s, so a packet has a payload
+    only if decode gave it a UDP port. The payload ends where the UDP length field says
+    (never past the IP packet's end).
     """
-    n = len(pkt)
-    if n < 20:
-        return None
-    first = pkt[0]
-    if first >> 4 == 4:
-        total, fragment, proto, _, _ = _IPV4(pkt)
-        off = (first & 0x0F) << 2
-        if off < 20 or total < off or total > n or fragment & 0x3FFF:  # MF or an offset
-            return None
-        end = total
-    elif first >> 4 == 6:
-        if n < 40:
-            return None
-        length, proto, _, _ = _IPV6(pkt)
-        end = 40 + length
-        if end > n:
-            return None
-        off = 40
-        for _ in range(_MAX_EXTENSIONS):
-            if proto not in _EXTENSIONS:
-                break
-            if off + 8 > end:
-                return None
-            nxt = pkt[off]
-            if proto == _FRAGMENT:
-                return None  # a fragment: not reassembled here
-            off += (pkt[off + 1] + 2) << 2 if proto == _AH else (pkt[off + 1] + 1) << 3
-            proto = nxt
-        else:
-            return None
-    else:
-        return None
-    if proto != UDP or off + 8 > end:
+    _, _, proto, off, end = _walk(pkt, len(pkt))
+    if proto != UDP or off < 0 or off + 8 > end:
         return None
     udp_len = pkt[off + 4] << 8 | pkt[off + 5]
     if udp_len < 8 or off + udp_len > end:
         return None
     return pkt[off + 8 : off + udp_len]
+
+
+def _walk(pkt: bytes, n: int) -> tuple[bytes, bytes, int, int, int]:
+    """The one header walk: ``(src, dst, proto, start, end)``.
+
+    ``proto`` is the transport's protocol after any IPv4 options and IPv6 extension
+    headers (hop-by-hop, routing, destination options, AH; seven at most), ``start``
+    where its header begins and ``end`` where the datagram ends (the IP length, never
+    the captured length). ``start`` is ``_FRAGMENTED`` for a fragment (see the module
+    docstring) and ``_UNREADABLE`` when the headers cannot be read.
+    """
+    if n < 20:
+        return _NOTHING
+    first = pkt[0]
+    if first >> 4 == 4:
+        total, fragment, proto, src, dst = _IPV4(pkt)
+        off = (first & 0x0F) << 2
+        if off < 20 or total < off or total > n:
+            return _NOTHING
+        if fragment & _IPV4_FRAGMENT:
+            return (src, dst, proto, _FRAGMENTED, total)
+        return (src, dst, proto, off, total)
+    if first >> 4 != 6 or n < 40:
+        return _NOTHING
+    length, proto, src, dst = _IPV6(pkt)
+    end = 40 + length
+    if end > n:
+        return _NOTHING
+    off = 40
+    if proto in _EXTENSIONS:
+        for _ in range(_MAX_EXTENSIONS):
+            if proto not in _EXTENSIONS:
+                break
+            if off + 8 > end:
+                return _NOTHING
+            nxt = pkt[off]
+            if proto == _FRAGMENT:
+                return (src, dst, nxt, _FRAGMENTED, end)
+            off += (pkt[off + 1] + 2) << 2 if proto == _AH else (pkt[off + 1] + 1) << 3
+            proto = nxt
+        else:
+            return _NOTHING
+    return (src, dst, proto, off, end)
