@@ -520,10 +520,10 @@ class _Parser:
             for key in spa_keys:
                 if key in data:
                     raise self.fail(f"{where}.{key}", "only for a door with spa = true")
-        if kind != "sequence":
-            for key in ("close_sequence", "tcp_flags"):
-                if key in data:
-                    raise self.fail(f"{where}.{key}", f"only for a plain sequence door, not {kind}")
+        if kind != "sequence" and "close_sequence" in data:
+            raise self.fail(f"{where}.close_sequence", f"only for a plain sequence door, not {kind}")
+        if kind not in ("sequence", "one_time_sequences") and "tcp_flags" in data:
+            raise self.fail(f"{where}.tcp_flags", f"only for a sequence or one-time door, not {kind}")
         if kind == "spa":
             if data["spa"] is not True:
                 raise self.fail(f"{where}.spa", f"must be true or false, got {data['spa']!r}")

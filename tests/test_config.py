@@ -481,6 +481,9 @@ ERRORS: list[tuple[str, str, str, str]] = [
     ("close_sequence on spa door", toml(doors=[door(sequence=None, spa=True, key_file="/k",
                                                      close_sequence=["1"])]),
      f"{D}.close_sequence", "only for a plain sequence door"),
+    ("tcp_flags on spa door", toml(doors=[door(sequence=None, spa=True, key_file="/k",
+                                                tcp_flags="syn")]),
+     f"{D}.tcp_flags", "only for a sequence or one-time door"),
     ("one-time file missing", toml(doors=[door(sequence=None, one_time_sequences="/nonexistent/o")]),
      f"{D}.one_time_sequences", "/nonexistent/o: no such file"),
     # across doors

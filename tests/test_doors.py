@@ -643,3 +643,16 @@ def test_worker_grants_nothing_for_a_one_time_line_it_cannot_mark(cfg: Config,
     assert not worker.on_packet(tcp_syn(3389), 5.1), "the engine holds no grant either"
     one_time_knocks(worker, 6.0)
     assert grants.added == [], "and the line stays used"
+
+
+def test_a_one_time_door_counts_tcp_knocks_by_its_tcp_flags(files: dict[str, str]) -> None:
+    """knockd's one-time sections carry tcpflags (``fin,!ack`` in its manual); so does the door."""
+    text = config_text(files).replace('opens = ["3389"]', 'opens = ["3389"]\ntcp_flags = "fin,!ack"')
+    _, doors = specials(loads(text, "t.toml"))
+    fin = 0x01
+    syn_knock = doors.handle(CLIENT_B, GW_B, 6, 1001, 0x02, b"", 1.0, WALL)
+    assert syn_knock is not None and syn_knock[1] is Reason.IGNORED
+    decision = None
+    for i, (proto, port) in enumerate([(6, 1001), (17, 1002), (6, 1003)]):
+        decision = doors.handle(CLIENT_B, GW_B, proto, port, fin if proto == 6 else 0, b"", 2.0 + i, WALL)
+    assert decision is not None and decision[1] is Reason.COMPLETED

@@ -566,7 +566,7 @@ def test_one_time_sequences_become_a_one_time_door_with_every_line(tmp_path: Pat
     assert table["one_time_sequences"] == str(tmp_path / "once.txt")
     assert "sequence" not in table, "a one-time door must not become a sequence anyone can replay"
     assert (table["opens"], table["open_for"], table["sequence_timeout"]) == (["8443:tcp"], 30, 10)
-    assert "tcp_flags" not in table  # a one-time door counts syn knocks, as knockd's tcpflags = syn
+    assert table["tcp_flags"] == "syn"  # knockd's tcpflags carries over, as on a plain door
     assert one_time_lines(result.toml) == ONE_TIME_STEPS
     assert "not supported" not in result.toml + "\n".join(result.warnings)
     seq = str(tmp_path / "once.txt")

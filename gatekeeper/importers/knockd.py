@@ -192,13 +192,7 @@ class _Converter:
     def flags(self, door: _Door, closer: Plan | None) -> None:
         sec = door.sec
         flags = sec.tcp_flags
-        if door.one_time:  # gatekeeper's one-time door takes no tcp_flags: it counts syn knocks
-            if flags != "syn":
-                had = f"tcpflags {flags} not carried over" if flags else \
-                    "no tcpflags: knockd counted any tcp packet as a knock"
-                self.warn(sec.values["TCPFLAGS"].line if flags else sec.line, sec.name, f"{had}; a "
-                          "one-time door counts a tcp knock only with syn set (what knock clients send)")
-        elif flags is not None:
+        if flags is not None:
             door.add("tcp_flags", _toml_str(flags))
         elif any(k.proto == "tcp" for k in sec.sequence):
             self.warn(sec.line, sec.name, "no tcpflags: knockd counted any tcp packet as a knock, "
