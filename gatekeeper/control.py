@@ -116,6 +116,13 @@ def format_status(status: dict[str, Any]) -> str:
     defences = status.get("defences", {})
     lines.append("defences: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in defences.items() if v)
                  if any(defences.values()) else "defences: nothing locked out, refused or evicted")
+    ruleset = status.get("ruleset")
+    if ruleset is not None:
+        repairs = ", ".join(f"IPv{f} {n}" for f, n in ruleset["repairs"].items())
+        lines.append(f"ruleset: {'intact' if ruleset['intact'] else 'NOT INTACT'}, audited every "
+                     f"{ruleset['interval']:g} s, repair {'on' if ruleset['repair'] else 'off (report only)'}"
+                     f", repairs {repairs}")
+        lines += [f"  {problem}" for problem in ruleset["problems"]]
     cluster = status.get("cluster", {"state": "off"})
     if cluster["state"] != "off":
         state = "UP" if cluster["state"] == "up" else "DOWN"

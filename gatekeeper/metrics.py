@@ -210,13 +210,15 @@ class GatekeeperCollector(Collector):
     def __init__(self, stats: Stats, grants_active: Callable[[], dict[str, int]],
                  workers: Callable[[], int], doors: Callable[[], list[str]],
                  spa_doors: Callable[[], dict[str, tuple[str, ...]]] = dict,
-                 cluster_state: Callable[[], str] = lambda: "off") -> None:
+                 cluster_state: Callable[[], str] = lambda: "off",
+                 ruleset: Callable[[], dict[int, tuple[bool, int]]] = dict) -> None:
         self.stats = stats
         self.grants_active = grants_active
         self.workers = workers
         self.doors = doors
         self.spa_doors = spa_doors  # SPA and encrypted-sequence doors -> their stage labels
         self.cluster_state = cluster_state  # "off", "up" or "down"
+        self.ruleset = ruleset  # by family: (intact, repairs made), from the ruleset watch
 
     def collect(self) -> Iterator[Metric]:
         total = self.stats.total()
@@ -297,10 +299,24 @@ class GatekeeperCollector(Collector):
             reloads.add_metric([result], n)
         yield reloads
         yield from self._cluster(total)
+        yield from self._ruleset()
         info = GaugeMetricFamily("gatekeeper_build_info", "Build information", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
 
+
+    def _ruleset(self) -> Iterator[Metric]:
+        intact = GaugeMetricFamily("gatekeeper_ruleset_intact", "1 while the running ruleset is as "
+                                   "gatekeeper installed it: its jumps first, no rule ahead of them "
+                                   "that may accept, its chains unchanged", labels=["family"])
+        repairs = CounterMetricFamily("gatekeeper_ruleset_repairs", "Times gatekeeper put its jumps "
+                                      "and chains back after another program changed them",
+                                      labels=["family"])
+        for family, (ok, n) in sorted(self.ruleset().items()):
+            intact.add_metric([str(family)], 1 if ok else 0)
+            repairs.add_metric([str(family)], n)
+        yield intact
+        yield repairs
 
     def _cluster(self, total: Snapshot) -> Iterator[Metric]:
         """[cluster]: every series exists (at 0) without it too, state "off"."""

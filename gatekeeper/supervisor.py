@@ -33,6 +33,7 @@ from gatekeeper.metrics import GatekeeperCollector, Stats
 from gatekeeper.netfilter.audit import audit
 from gatekeeper.netfilter.install import Installer
 from gatekeeper.netfilter.render import render
+from gatekeeper.netfilter.watch import RulesetWatch
 
 log = logging.getLogger("gatekeeper")
 
@@ -81,6 +82,7 @@ class Supervisor:
         self._next_burst = time.monotonic() + BURST_SECONDS
         self.mirror: Any = None  # [cluster]: gatekeeper.cluster.mirror.Mirror (a thread)
         self._notes: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self.watch = RulesetWatch(self.installer, lambda: self.config)  # others' rules ahead of ours
 
     # -- workers ------------------------------------------------------------------------
 
@@ -398,7 +400,7 @@ class Supervisor:
 
         collector = GatekeeperCollector(
             self.stats, active, lambda: len(self.workers), lambda: [d.name for d in self.config.doors],
-            self._spa_doors, self._cluster_state,
+            self._spa_doors, self._cluster_state, self.watch.figures,
         )
         try:
             metrics.serve(collector, listen)
@@ -426,6 +428,7 @@ class Supervisor:
                 elif sig == signal.SIGCHLD:
                     self._reap()
             self.book.expire(time.monotonic())
+            self.watch.poll()
             self.stats.sample_queues()
             if time.monotonic() >= self._next_burst:
                 self._log_failed_bursts()
@@ -482,6 +485,7 @@ class Supervisor:
             "spa": {door: {stage: n for (d, stage), n in sorted(total.spa.items()) if d == door}
                     for door in sorted({d for d, _ in total.spa})},
             "cluster": self._cluster_status(total),
+            "ruleset": self.watch.status(),
         }
 
     def _cluster_status(self, total: Any) -> dict[str, Any]:

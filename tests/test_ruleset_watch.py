@@ -55,6 +55,8 @@ def test_the_installed_ruleset_is_intact() -> None:
     ("-p tcp -j NFQUEUE --queue-num 7", None),  # another program's queue verdicts it
     ("-g somewhere", None),  # a goto: its RETURN ends INPUT, whose policy accepts
     ("-j RETURN", None),  # INPUT's policy is ACCEPT
+    ("-m conntrack ! --ctstate RELATED,ESTABLISHED -j ACCEPT", None),
+    ("-m state --state NEW,ESTABLISHED -j ACCEPT", None),
     ("-m comment --comment \"-j DROP\" -j TPROXY --on-port 1", None),  # an unknown target
 ])
 def test_a_rule_ahead_that_may_accept_is_found(rule: str, through: str | None) -> None:
@@ -74,6 +76,8 @@ def test_a_rule_ahead_that_may_accept_is_found(rule: str, through: str | None) -
     "-s 192.0.2.0/24 -j DROP",
     "-j LOG --log-prefix \"ACCEPT \"",
     "-p tcp",  # counts only
+    "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",  # our chain returns these too
+    "-m state --state ESTABLISHED -j ACCEPT",
 ])
 def test_a_rule_ahead_that_cannot_accept_is_left_alone(rule: str) -> None:
     rendered = render(cfg()).ipv4
@@ -90,7 +94,8 @@ def test_a_return_ahead_is_harmless_under_a_drop_policy() -> None:
 
 def test_docker_forward_ahead_of_our_forward_jump_is_found() -> None:
     rendered = render(cfg()).ipv4
-    chains = {"DOCKER-USER": [], "DOCKER-FORWARD": ["-o eth1 -j DOCKER"],
+    chains = {"DOCKER-USER": [], "DOCKER-FORWARD": [
+        "-o eth1 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", "-o eth1 -j DOCKER"],
               "DOCKER": ["-d 198.51.100.10/32 ! -i eth1 -o eth1 -p tcp -m tcp --dport 3389 -j ACCEPT",
                          "! -i eth1 -o eth1 -j DROP"]}
     saved = as_saved(rendered, {"FORWARD": ["-j DOCKER-USER", "-j DOCKER-FORWARD"]}, chains)
