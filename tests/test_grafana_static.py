@@ -84,6 +84,9 @@ CONTRACT: dict[str, Metric] = {
     "gatekeeper_cluster_errors_total": Metric("counter", {}),
     "gatekeeper_cluster_fallbacks_total": Metric("counter", {"mode": _one_of("closed", "local")}),
     "gatekeeper_cluster_mirrored_total": Metric("counter", {}),
+    # the running ruleset, audited every audit_interval (by address family)
+    "gatekeeper_ruleset_intact": Metric("gauge", {"family": _one_of("4", "6")}),
+    "gatekeeper_ruleset_repairs_total": Metric("counter", {"family": _one_of("4", "6")}),
 }
 # The buckets of gatekeeper_verdict_seconds, in seconds (one boundary at the 100 us target).
 VERDICT_BUCKETS = (0.000005, 0.00001, 0.000025, 0.00005, 0.000075, 0.0001, 0.00025, 0.0005, 0.001,
@@ -93,7 +96,7 @@ HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 SCRAPE_SERIES = frozenset({"up"})  # made by Prometheus itself for every target
 TARGET_LABELS = frozenset({"job", "instance"})  # added by Prometheus to every scraped series
 ALERTS = frozenset({"GatekeeperDown", "GatekeeperQueueDropping", "GatekeeperVerdictLatencyHigh",
-                    "GatekeeperClusterStoreDown",
+                    "GatekeeperClusterStoreDown", "GatekeeperRulesetBypassed", "GatekeeperRulesetRepaired",
                     "GatekeeperKnockBruteForce", "GatekeeperWorkerRestartLoop"})
 
 

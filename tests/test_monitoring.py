@@ -84,6 +84,8 @@ ALERT_LABELS = {
     "GatekeeperKnockBruteForce": {"job", "instance", "door"},
     "GatekeeperWorkerRestartLoop": {"job", "instance"},
     "GatekeeperClusterStoreDown": {"job", "instance"},
+    "GatekeeperRulesetBypassed": {"job", "instance", "family"},
+    "GatekeeperRulesetRepaired": {"job", "instance", "family"},
 }
 DOORS = {"ssh", "rdp", "ping", "spa"}
 KNOCK_DOORS = ("ssh", "rdp", "ping")
