@@ -119,7 +119,8 @@ def format_status(status: dict[str, Any]) -> str:
     ruleset = status.get("ruleset")
     if ruleset is not None:
         repairs = ", ".join(f"IPv{f} {n}" for f, n in ruleset["repairs"].items())
-        lines.append(f"ruleset: {'intact' if ruleset['intact'] else 'NOT INTACT'}, audited every "
+        lines.append(f"ruleset: {'intact' if ruleset['intact'] else 'NOT INTACT'}, audited "
+                     f"{'on every change and ' if ruleset.get('on_change') else ''}every "
                      f"{ruleset['interval']:g} s, repair {'on' if ruleset['repair'] else 'off (report only)'}"
                      f", repairs {repairs}")
         lines += [f"  {problem}" for problem in ruleset["problems"]]

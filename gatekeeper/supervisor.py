@@ -82,7 +82,7 @@ class Supervisor:
         self._next_burst = time.monotonic() + BURST_SECONDS
         self.mirror: Any = None  # [cluster]: gatekeeper.cluster.mirror.Mirror (a thread)
         self._notes: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
-        self.watch = RulesetWatch(self.installer, lambda: self.config)  # others' rules ahead of ours
+        self.watch = RulesetWatch(self.installer, lambda: self.config, self._wake_w)  # others' rules
 
     # -- workers ------------------------------------------------------------------------
 
@@ -419,7 +419,10 @@ class Supervisor:
             self._wait(EXPIRE_SECONDS)
             self._mirrored()
             while self._signals:
-                sig = self._signals.pop(0)
+                # a stop first: a SIGCHLD of an iptables-save ahead of it must not reap (and
+                # restart) a worker that the same SIGTERM, sent to the whole group, stopped
+                stops = [i for i, s in enumerate(self._signals) if s in (signal.SIGTERM, signal.SIGINT)]
+                sig = self._signals.pop(stops[0] if stops else 0)
                 if sig in (signal.SIGTERM, signal.SIGINT):
                     log.info("received %s: stopping", signal.Signals(sig).name)
                     return

@@ -158,7 +158,7 @@ def tamper(fake: FakeInstaller, rule: str = "-p tcp -m tcp --dport 22 -j ACCEPT"
 
 
 def watch(config: Config, fake: FakeInstaller, clock: list[float]) -> RulesetWatch:
-    return RulesetWatch(fake, lambda: config, lambda: clock[0])  # type: ignore[arg-type]
+    return RulesetWatch(fake, lambda: config, clock=lambda: clock[0])  # type: ignore[arg-type]
 
 
 def test_repair_puts_the_ruleset_back_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
@@ -200,6 +200,41 @@ def test_report_only_logs_once_and_when_it_clears(caplog: pytest.LogCaptureFixtu
     assert w.intact()
 
 
+def test_a_rule_that_keeps_coming_back_is_logged_once_a_minute(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A program that fights over the first place is repaired every time, and the log
+    says so once a minute with a count, not once a second."""
+    config, clock = cfg(), [100.0]
+    fake = FakeInstaller(config)
+    w = watch(config, fake, clock)
+    with caplog.at_level(logging.INFO):
+        for _ in range(70):
+            tamper(fake)
+            w.poll()
+            clock[0] += 1.0
+    assert fake.replaced == 70 and w.repairs[4] == 70
+    found = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ruleset: IPv4")]
+    assert len(found) == 2 and found[1].endswith("(and 59 more time(s) in the last 60 s)"), found
+
+
+def test_one_failed_read_is_tried_again() -> None:
+    """A stop signal to the process group kills the iptables-save running then: no finding."""
+    config, clock = cfg(), [100.0]
+    fake = FakeInstaller(config)
+    real, calls = fake.saved, []
+
+    def flaky(family: int, table: bool = True) -> str:
+        calls.append(family)
+        if len(calls) == 1:
+            raise GatekeeperError("iptables-save: no message")
+        return real(family)
+
+    fake.saved = flaky  # type: ignore[method-assign]
+    w = watch(config, fake, clock)
+    w.audit()
+    assert w.intact() and calls == [4, 4, 6]
+
+
 def test_a_failed_repair_or_read_is_not_intact(caplog: pytest.LogCaptureFixture) -> None:
     config, clock = cfg(), [100.0]
     fake = FakeInstaller(config)
@@ -222,7 +257,7 @@ def test_the_watch_follows_a_reload() -> None:
     clock = [100.0]
     configs = [cfg()]
     fake = FakeInstaller(configs[0])
-    w = RulesetWatch(fake, lambda: configs[0], lambda: clock[0])  # type: ignore[arg-type]
+    w = RulesetWatch(fake, lambda: configs[0], clock=lambda: clock[0])  # type: ignore[arg-type]
     w.audit()
     assert w.intact()
     configs[0] = replace(configs[0], doors=configs[0].doors[:1])  # rdp gone: no FORWARD chain

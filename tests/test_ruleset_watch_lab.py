@@ -168,13 +168,17 @@ def test_an_accept_put_ahead_of_the_jump_is_repaired(lab: Lab, start_daemon: Any
         "-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT"]
     answer = status(lab, daemon)["ruleset"]
     assert answer["intact"] and answer["repairs"] == {"4": 1, "6": 0} and answer["repair"], answer
-    assert "ruleset: intact" in status_text(lab, daemon)
+    assert answer["on_change"], "the kernel's nf_tables notifications are heard"
+    assert "ruleset: intact, audited on every change and every 1 s" in status_text(lab, daemon)
     figures = metrics(lab)
     assert figures['gatekeeper_ruleset_intact{family="4"}'] == 1
     assert figures['gatekeeper_ruleset_repairs_total{family="4"}'] == 1
     assert not is_open(lab, "other", GW4, 22)
     knock(lab, "client", GW4, *SSH)
     assert is_open(lab, "client", GW4, 22), "the knocker still gets in"
+    assert daemon.stop() == 0
+    assert not any("died" in ln for ln in daemon.lines), (
+        "a stop signal to the group is no worker crash, whatever SIGCHLD came first")
 
 
 def test_report_only_names_the_rule_and_leaves_it(lab: Lab, start_daemon: Any,
