@@ -416,6 +416,7 @@ class Supervisor:
 
     def _loop(self) -> None:
         while True:
+            self.watch.poll()  # first thing: the ruleset as installed is audited at once
             self._wait(EXPIRE_SECONDS)
             self._mirrored()
             while self._signals:
@@ -431,7 +432,6 @@ class Supervisor:
                 elif sig == signal.SIGCHLD:
                     self._reap()
             self.book.expire(time.monotonic())
-            self.watch.poll()
             self.stats.sample_queues()
             if time.monotonic() >= self._next_burst:
                 self._log_failed_bursts()

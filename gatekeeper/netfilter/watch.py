@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 FAMILIES = (4, 6)
 REPEAT_SECONDS = 60.0  # a finding that lasts (or keeps coming back) is logged again this often
+# A burst of changes (Docker writing its chains) audits at most this often.
+BURST_SPACING = 0.05
 _NETLINK_NETFILTER = 12
 _SOL_NETLINK, _NETLINK_ADD_MEMBERSHIP = 270, 1
 _NFNLGRP_NFTABLES = 7
@@ -95,7 +97,8 @@ class RulesetWatch:
                 threading.Thread(target=self._listen, args=(sock,), name="ruleset-watch",
                                  daemon=True).start()
         now = self._clock()
-        if now >= self._next or self._changed.is_set():
+        spaced = self.audited is None or now - self.audited >= BURST_SPACING
+        if now >= self._next or (self._changed.is_set() and spaced):
             self._changed.clear()  # before the audit: a change during it audits again
             self._next = now + self._config().settings.audit_interval
             self.audit()
@@ -112,6 +115,9 @@ class RulesetWatch:
                     self.notified = False
                     return
             self._changed.set()
+            audited = self.audited
+            if audited is not None:  # wake the loop when poll() will audit, not before
+                time.sleep(max(0.0, min(BURST_SPACING, audited + BURST_SPACING - self._clock())))
             try:
                 os.write(self._wake_fd, b"r")
             except OSError:
