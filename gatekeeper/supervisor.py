@@ -400,7 +400,7 @@ class Supervisor:
 
         collector = GatekeeperCollector(
             self.stats, active, lambda: len(self.workers), lambda: [d.name for d in self.config.doors],
-            self._spa_doors, self._cluster_state, self.watch.figures,
+            self._spa_doors, self._cluster_state, ruleset=self.watch.figures,
         )
         try:
             metrics.serve(collector, listen)
