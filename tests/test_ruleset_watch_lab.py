@@ -20,36 +20,17 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.lab import CLIENT4, GW4, GW6, OTHER4, OTHER6, SERVER4, Lab
+from gatekeeper.lab import CLIENT4, GW4, GW6, OTHER4, SERVER4, Lab
 from tests.conftest import Daemon, knock, probe
+from tests.test_lab import SSH, is_open
+from tests.test_lab import config as lab_config
 
 pytestmark = pytest.mark.lab
 
-CONFIG = """
-[gatekeeper]
-queue = 0
-workers = 1
-interfaces = ["eth0"]
-public = ["80:tcp"]
-{extra}
-
-[[door]]
-name = "ssh"
-sequence = ["7000:udp", "8000:tcp", "9000:udp"]
-opens = ["22:tcp"]
-open_for = 30
-
-[[door]]
-name = "rdp"
-sequence = ["4001", "4002:udp", "4003"]
-opens = ["3389:tcp"]
-open_for = 30
-host = "198.51.100.10"
-"""
-SSH = ["7000:udp", "8000:tcp", "9000:udp"]
-RDP = ["4001", "4002:udp", "4003"]
-# The README promises the repair within audit_interval (1 s) plus the swap; on this shared
-# 2-core machine the test allows a few seconds more, and prints what it measured.
+RDP = ["4001", "4002:udp", "4003"]  # the rdp door of tests/test_lab.py's config (host 198.51.100.10)
+# The repair comes within tens of milliseconds (at most audit_interval + 0.5 s without the
+# kernel's change notifications); on this shared 2-core machine the tests allow a few
+# seconds, and print what they measured (the README's figure: test_window_figures).
 SHUT_WITHIN = 5.0
 
 # Connects every 20 ms until one times out (the port is shut again: gatekeeper's queue
@@ -73,18 +54,16 @@ print(json.dumps({"opened": opened, "shut_after": None}))
 
 
 def config(extra: str = "") -> str:
-    return CONFIG.replace("{extra}", extra)
+    """tests/test_lab.py's config (doors ssh, rdp behind the gateway, ping), ``extra`` added."""
+    return lab_config().replace("[gatekeeper]\n", f"[gatekeeper]\n{extra}\n", 1)
 
 
-def until_shut(lab: Lab, host: str, target: str, port: int) -> dict[str, Any]:
+def shut_again(lab: Lab, host: str, target: str, port: int) -> None:
+    """From ``host``, ``target``:``port`` is shut again within SHUT_WITHIN seconds."""
     out = lab.python(host, _UNTIL_SHUT, target, str(port), str(SHUT_WITHIN), timeout=30)
     result: dict[str, Any] = json.loads(out)
     print(f"{host} -> {target}:{port}: {result}")
-    return result
-
-
-def is_open(lab: Lab, host: str, target: str, port: int) -> bool:
-    return bool(probe(lab, host, "connect", target, port)["ok"])
+    assert result["shut_after"] is not None, f"{target}:{port} still open after {SHUT_WITHIN} s"
 
 
 def status(lab: Lab, daemon: Daemon) -> dict[str, Any]:
@@ -159,8 +138,7 @@ def test_an_accept_put_ahead_of_the_jump_is_repaired(lab: Lab, start_daemon: Any
     assert not is_open(lab, "other", GW4, 22)
     mark = len(daemon.lines)
     add(lab, rules, "iptables", "-I", "INPUT", "1", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")
-    result = until_shut(lab, "other", GW4, 22)
-    assert result["shut_after"] is not None, f"port 22 still open after {SHUT_WITHIN} s"
+    shut_again(lab, "other", GW4, 22)
     daemon.wait_for(r"ruleset: IPv4: '-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT' ahead of "
                     r"gatekeeper's jump in INPUT may accept guarded traffic", since=mark)
     daemon.wait_for(r"ruleset repaired \(IPv4\)", since=mark)
@@ -212,12 +190,10 @@ def test_ipv6_accept_ahead_is_repaired(lab: Lab, start_daemon: Any, rules: list[
     assert not is_open(lab, "other", GW6, 22)
     mark = len(daemon.lines)
     add(lab, rules, "ip6tables", "-I", "INPUT", "1", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")
-    result = until_shut(lab, "other", GW6, 22)
-    assert result["shut_after"] is not None, f"[{GW6}]:22 still open after {SHUT_WITHIN} s"
+    shut_again(lab, "other", GW6, 22)
     daemon.wait_for(r"ruleset: IPv6: '-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT' ahead",
                     since=mark)
     assert status(lab, daemon)["ruleset"]["repairs"] == {"4": 0, "6": 1}
-    assert OTHER6
 
 
 def test_forward_accept_ahead_is_repaired(lab: Lab, start_daemon: Any,
@@ -226,8 +202,7 @@ def test_forward_accept_ahead_is_repaired(lab: Lab, start_daemon: Any,
     assert not is_open(lab, "other", SERVER4, 3389)
     mark = len(daemon.lines)
     add(lab, rules, "iptables", "-I", "FORWARD", "1", "-j", "ACCEPT")
-    result = until_shut(lab, "other", SERVER4, 3389)
-    assert result["shut_after"] is not None, f"{SERVER4}:3389 still open after {SHUT_WITHIN} s"
+    shut_again(lab, "other", SERVER4, 3389)
     daemon.wait_for(r"ruleset: IPv4: '-A FORWARD -j ACCEPT' ahead of gatekeeper's jump in "
                     r"FORWARD", since=mark)
     knock(lab, "client", SERVER4, *RDP)
@@ -238,8 +213,7 @@ def test_flushing_our_chain_is_repaired(lab: Lab, start_daemon: Any) -> None:
     daemon = start_daemon(config())
     mark = len(daemon.lines)
     lab.run("gw", ["iptables", "-F", "GATEKEEPER-IN"])  # an empty chain returns everything
-    result = until_shut(lab, "other", GW4, 22)
-    assert result["shut_after"] is not None, f"port 22 still open after {SHUT_WITHIN} s"
+    shut_again(lab, "other", GW4, 22)
     daemon.wait_for(r"ruleset: IPv4: chain GATEKEEPER-IN was changed", since=mark)
 
 
@@ -300,8 +274,7 @@ def test_a_docker_published_port_to_a_door_host_stays_guarded(lab: Lab, start_da
     daemon = start_daemon(config())
     mark = len(daemon.lines)
     docker_rules(lab, rules)
-    result = until_shut(lab, "other", GW4, PUBLISHED)
-    assert result["shut_after"] is not None, f"{GW4}:{PUBLISHED} still open after {SHUT_WITHIN} s"
+    shut_again(lab, "other", GW4, PUBLISHED)
     daemon.wait_for(r"ruleset: IPv4: '-A FORWARD -j DOCKER-FORWARD' ahead of gatekeeper's jump "
                     r"in FORWARD may accept guarded traffic \(through '-A DOCKER -d "
                     + re.escape(SERVER4) + r"/32 ! -i eth1 -o eth1 -p tcp -m tcp --dport 3389 "
