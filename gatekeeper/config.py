@@ -166,6 +166,8 @@ def default_workers() -> int:
 MAX_WORKERS = 64
 MAX_BATCH = 1024  # gatekeeper.queue._nfq's MAX_SIZE
 DEFAULT_BATCH = 4  # measured: see "Speed work" in README.md (batch sizes 1-64)
+DEFAULT_AUDIT_INTERVAL = 1.0  # one audit (iptables-save, both families) costs about 4 ms
+MIN_AUDIT_INTERVAL = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +188,8 @@ class Settings:
     failure_limit: int = 10  # failed sequences of one source within failure_lockout; 0: no limit
     prefix_failure_limit: int = 100  # the same for one /24 or /64; 0: no limit
     failure_lockout: int = 300  # the window those limits count in, and how long they lock out
+    audit_interval: float = DEFAULT_AUDIT_INTERVAL  # seconds between audits of the running ruleset
+    ruleset_repair: bool = True  # put our jumps back first when another program got ahead
 
     @property
     def queues(self) -> range:
@@ -375,7 +379,8 @@ class _Parser:
             raw, "gatekeeper",
             {"queue", "interfaces", "hotplug_interfaces", "public", "max_sources", "workers",
              "queue_maxlen", "batch", "control", "scan_limit", "scan_lockout", "state_dir",
-             "prefix_quota", "failure_limit", "prefix_failure_limit", "failure_lockout"},
+             "prefix_quota", "failure_limit", "prefix_failure_limit", "failure_lockout",
+             "audit_interval", "ruleset_repair"},
         )
         queue = self._int(data.get("queue", 0), "gatekeeper.queue", 0, 65535)
         ifaces = tuple(
@@ -410,6 +415,14 @@ class _Parser:
         prefix_failure_limit = self._int(data.get("prefix_failure_limit", 100),
                                          "gatekeeper.prefix_failure_limit", 0, 1_000_000)
         failure_lockout = self._int(data.get("failure_lockout", 300), "gatekeeper.failure_lockout", 1, 86400)
+        audit_interval = self._number(data.get("audit_interval", DEFAULT_AUDIT_INTERVAL),
+                                      "gatekeeper.audit_interval", 0, 60)
+        if audit_interval < MIN_AUDIT_INTERVAL:
+            raise self.fail("gatekeeper.audit_interval", f"must be at least {MIN_AUDIT_INTERVAL:g} s "
+                            f"(each audit runs iptables-save twice), got {audit_interval:g}")
+        repair = data.get("ruleset_repair", True)
+        if not isinstance(repair, bool):
+            raise self.fail("gatekeeper.ruleset_repair", f"must be true or false, got {repair!r}")
         state_dir = self._str(data.get("state_dir", "/var/lib/gatekeeper"), "gatekeeper.state_dir")
         if state_dir and not state_dir.startswith("/"):
             raise self.fail("gatekeeper.state_dir", f"{state_dir!r}: an absolute path "
@@ -419,7 +432,8 @@ class _Parser:
                         workers=workers, queue_maxlen=maxlen, batch=batch, control=control,
                         scan_limit=scan_limit, scan_lockout=scan_lockout, state_dir=state_dir,
                         prefix_quota=prefix_quota, failure_limit=failure_limit,
-                        prefix_failure_limit=prefix_failure_limit, failure_lockout=failure_lockout)
+                        prefix_failure_limit=prefix_failure_limit, failure_lockout=failure_lockout,
+                        audit_interval=audit_interval, ruleset_repair=repair)
 
     def hotplug_interfaces(self, raw: Any, ifaces: tuple[str, ...]) -> tuple[str, ...]:
         """Guarded interfaces that may be absent when gatekeeper starts (a hot-plugged

@@ -136,6 +136,14 @@ def format_status(status: dict[str, Any]) -> str:
         from gatekeeper.netfilter.interfaces import describe
 
         lines.append(describe(status["interfaces"]))
+    ruleset = status.get("ruleset")
+    if ruleset is not None:
+        repairs = ", ".join(f"IPv{f} {n}" for f, n in ruleset["repairs"].items())
+        lines.append(f"ruleset: {'intact' if ruleset['intact'] else 'NOT INTACT'}, audited "
+                     f"{'on every change and ' if ruleset.get('on_change') else ''}every "
+                     f"{ruleset['interval']:g} s, repair {'on' if ruleset['repair'] else 'off (report only)'}"
+                     f", repairs {repairs}")
+        lines += [f"  {problem}" for problem in ruleset["problems"]]
     cluster = status.get("cluster", {"state": "off"})
     if cluster["state"] != "off":
         state = "UP" if cluster["state"] == "up" else "DOWN"

@@ -213,7 +213,8 @@ class GatekeeperCollector(Collector):
                  spa_doors: Callable[[], dict[str, tuple[str, ...]]] = dict,
                  cluster_state: Callable[[], str] = lambda: "off",
                  interfaces: Callable[[], list[tuple[str, bool, bool, dict[str, int]]]] = list,
-                 commands_dropped: Callable[[], dict[str, int]] = dict) -> None:
+                 commands_dropped: Callable[[], dict[str, int]] = dict,
+                 ruleset: Callable[[], dict[int, tuple[bool, int]]] = dict) -> None:
         self.stats = stats
         self.grants_active = grants_active
         self.workers = workers
@@ -222,6 +223,7 @@ class GatekeeperCollector(Collector):
         self.cluster_state = cluster_state  # "off", "up" or "down"
         self.interfaces = interfaces  # (name, hotplug, present, changes) of each named one
         self.commands_dropped = commands_dropped  # CommandRunner.dropped
+        self.ruleset = ruleset  # by family: (intact, repairs made), from the ruleset watch
 
     def collect(self) -> Iterator[Metric]:
         total = self.stats.total()
@@ -310,10 +312,24 @@ class GatekeeperCollector(Collector):
         yield commands
         yield from self._cluster(total)
         yield from self._interfaces()
+        yield from self._ruleset()
         info = GaugeMetricFamily("gatekeeper_build_info", "Build information", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
 
+
+    def _ruleset(self) -> Iterator[Metric]:
+        intact = GaugeMetricFamily("gatekeeper_ruleset_intact", "1 while the running ruleset is as "
+                                   "gatekeeper installed it: its jumps first, no rule ahead of them "
+                                   "that may accept, its chains unchanged", labels=["family"])
+        repairs = CounterMetricFamily("gatekeeper_ruleset_repairs", "Times gatekeeper put its jumps "
+                                      "and chains back after another program changed them",
+                                      labels=["family"])
+        for family, (ok, n) in sorted(self.ruleset().items()):
+            intact.add_metric([str(family)], 1 if ok else 0)
+            repairs.add_metric([str(family)], n)
+        yield intact
+        yield repairs
 
     def _cluster(self, total: Snapshot) -> Iterator[Metric]:
         """[cluster]: every series exists (at 0) without it too, state "off"."""

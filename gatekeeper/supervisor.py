@@ -34,6 +34,7 @@ from gatekeeper.netfilter.audit import audit
 from gatekeeper.netfilter.install import Installer
 from gatekeeper.netfilter.interfaces import LinkWatcher, require_present
 from gatekeeper.netfilter.render import render
+from gatekeeper.netfilter.watch import RulesetWatch
 
 log = logging.getLogger("gatekeeper")
 
@@ -83,6 +84,7 @@ class Supervisor:
         self.mirror: Any = None  # [cluster]: gatekeeper.cluster.mirror.Mirror (a thread)
         self._notes: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self.links = LinkWatcher()  # the guarded interfaces, polled from the loop
+        self.watch = RulesetWatch(self.installer, lambda: self.config, self._wake_w)  # others' rules
 
     # -- workers ------------------------------------------------------------------------
 
@@ -403,7 +405,7 @@ class Supervisor:
         collector = GatekeeperCollector(
             self.stats, active, lambda: len(self.workers), lambda: [d.name for d in self.config.doors],
             self._spa_doors, self._cluster_state, self.links.rows,
-            commands_dropped=self.commands.dropped,
+            commands_dropped=self.commands.dropped, ruleset=self.watch.figures,
         )
         try:
             metrics.serve(collector, listen)
@@ -419,11 +421,15 @@ class Supervisor:
 
     def _loop(self) -> None:
         while True:
+            self.watch.poll()  # first thing: the ruleset as installed is audited at once
             self._wait(EXPIRE_SECONDS)
             self.links.poll(self.config.settings)
             self._mirrored()
             while self._signals:
-                sig = self._signals.pop(0)
+                # a stop first: a SIGCHLD of an iptables-save ahead of it must not reap (and
+                # restart) a worker that the same SIGTERM, sent to the whole group, stopped
+                stops = [i for i, s in enumerate(self._signals) if s in (signal.SIGTERM, signal.SIGINT)]
+                sig = self._signals.pop(stops[0] if stops else 0)
                 if sig in (signal.SIGTERM, signal.SIGINT):
                     log.info("received %s: stopping", signal.Signals(sig).name)
                     return
@@ -489,6 +495,7 @@ class Supervisor:
                     for door in sorted({d for d, _ in total.spa})},
             "cluster": self._cluster_status(total),
             "interfaces": self.links.status(self.config.settings),
+            "ruleset": self.watch.status(),
         }
 
     def _cluster_status(self, total: Any) -> dict[str, Any]:

@@ -91,6 +91,9 @@ CONTRACT: dict[str, Metric] = {
                                                      "hotplug": _one_of("true", "false")}),
     "gatekeeper_interface_changes_total": Metric("counter", {
         "interface": None, "change": _one_of("removed", "renamed", "appeared")}),
+    # the running ruleset, audited every audit_interval (by address family)
+    "gatekeeper_ruleset_intact": Metric("gauge", {"family": _one_of("4", "6")}),
+    "gatekeeper_ruleset_repairs_total": Metric("counter", {"family": _one_of("4", "6")}),
 }
 # The buckets of gatekeeper_verdict_seconds, in seconds (one boundary at the 100 us target).
 VERDICT_BUCKETS = (0.000005, 0.00001, 0.000025, 0.00005, 0.000075, 0.0001, 0.00025, 0.0005, 0.001,
@@ -102,6 +105,7 @@ TARGET_LABELS = frozenset({"job", "instance"})  # added by Prometheus to every s
 ALERTS = frozenset({"GatekeeperDown", "GatekeeperQueueDropping", "GatekeeperVerdictLatencyHigh",
                     "GatekeeperClusterStoreDown", "GatekeeperInterfaceMissing",
                     "GatekeeperInterfaceRenamed",
+                    "GatekeeperRulesetBypassed", "GatekeeperRulesetRepaired",
                     "GatekeeperKnockBruteForce", "GatekeeperWorkerRestartLoop"})
 
 

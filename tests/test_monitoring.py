@@ -86,6 +86,8 @@ ALERT_LABELS = {
     "GatekeeperClusterStoreDown": {"job", "instance"},
     "GatekeeperInterfaceMissing": {"job", "instance", "interface"},
     "GatekeeperInterfaceRenamed": {"job", "instance", "interface"},
+    "GatekeeperRulesetBypassed": {"job", "instance", "family"},
+    "GatekeeperRulesetRepaired": {"job", "instance", "family"},
 }
 DOORS = {"ssh", "rdp", "ping", "spa"}
 KNOCK_DOORS = ("ssh", "rdp", "ping")
