@@ -81,20 +81,23 @@ class ClusterLab(Lab):
         return f"redis://{STORE4}:{port}/0"
 
 
-def redis_argv(bind: str, port: int, workdir: str) -> list[str]:
+def redis_argv(bind: str, port: int, workdir: str, password: str = "") -> list[str]:
     return ["redis-server", "--bind", bind, "--port", str(port), "--save", "", "--appendonly", "no",
-            "--protected-mode", "no", "--daemonize", "no", "--dir", workdir, "--logfile", ""]
+            "--protected-mode", "no", "--daemonize", "no", "--dir", workdir, "--logfile", "",
+            *(["--requirepass", password] if password else [])]
 
 
 def start_redis(lab: Lab | None, host: str, bind: str, port: int, timeout: float = 10.0,
-                sentinel_of: tuple[str, str, int] | None = None) -> subprocess.Popen[Any]:
+                sentinel_of: tuple[str, str, int] | None = None,
+                password: str = "") -> subprocess.Popen[Any]:
     """Start a redis-server (in ``lab``'s namespace ``host``, or here without a lab) and
     wait until it accepts connections. The caller stops it (``Lab.stop``, or kill).
-    ``sentinel_of=(service, host, port)``: a Sentinel monitoring that master instead."""
+    ``sentinel_of=(service, host, port)``: a Sentinel monitoring that master instead;
+    ``password``: the server asks clients for it (requirepass)."""
     if shutil.which("redis-server") is None:
         raise LabError("redis-server not found (Debian package redis-server; scripts/setup.sh)")
     workdir = tempfile.mkdtemp(prefix="gk-redis-")
-    argv = redis_argv(bind, port, workdir)
+    argv = redis_argv(bind, port, workdir, password)
     marker = b"Ready to accept connections"
     if sentinel_of is not None:
         conf = os.path.join(workdir, "sentinel.conf")  # (sentinel rewrites it: its own file)
