@@ -73,9 +73,9 @@ class ClusterLab(Lab):
         self._ip("-n", self.ns("store"), "addr", "add", f"{STORE4}/24", "dev", "eth0")
         self._ip("-n", self.ns("store"), "link", "set", "eth0", "up")
 
-    def start_redis(self, port: int = STORE_PORT) -> subprocess.Popen[Any]:
+    def start_redis(self, port: int = STORE_PORT, password: str = "") -> subprocess.Popen[Any]:
         """A redis-server in the store namespace (no persistence), once it accepts."""
-        return start_redis(self, "store", STORE4, port)
+        return start_redis(self, "store", STORE4, port, password=password)
 
     def redis_url(self, port: int = STORE_PORT) -> str:
         return f"redis://{STORE4}:{port}/0"
