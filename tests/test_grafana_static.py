@@ -84,6 +84,7 @@ CONTRACT: dict[str, Metric] = {
     "gatekeeper_cluster_errors_total": Metric("counter", {}),
     "gatekeeper_cluster_fallbacks_total": Metric("counter", {"mode": _one_of("closed", "local")}),
     "gatekeeper_cluster_mirrored_total": Metric("counter", {}),
+    "gatekeeper_cluster_bad_messages_total": Metric("counter", {}),
 }
 # The buckets of gatekeeper_verdict_seconds, in seconds (one boundary at the 100 us target).
 VERDICT_BUCKETS = (0.000005, 0.00001, 0.000025, 0.00005, 0.000075, 0.0001, 0.00025, 0.0005, 0.001,
