@@ -238,8 +238,8 @@ SPLIT_GAP = "0.02"
 PASSWORD = "lab%2Fs3cret"  # the store's, in the URL's ?password= form (percent-encoded "/")
 
 # Runs in the client: for each source, route both gateways' addresses from it, knock the
-# three steps through gw, gw2, gw (or gw2, gw, gw2), $GAP seconds apart, then connect to the gateway of the last
-# knock; one line a round: "<source> in" or "<source> out".
+# three steps through gw, gw2, gw (or gw2, gw, gw2), $GAP seconds apart, then connect to
+# the gateway of the last knock; one line a round: "<source> in" or "<source> out".
 _SPLIT = """
 set -u
 i=0
