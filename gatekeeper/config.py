@@ -15,7 +15,7 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from gatekeeper.errors import GatekeeperError
 
@@ -688,6 +688,11 @@ class _Parser:
             if not url.startswith(("redis://", "rediss://", "unix://")):
                 raise self.fail("cluster.redis", f"{redact_url(url)!r}: expected a URL "
                                 "redis://HOST:PORT[/DB], rediss://... or unix://PATH")
+            try:
+                _ = urlsplit(url).port  # what redis-py reads: a bad one raises there, naming it
+            except ValueError:
+                raise self.fail("cluster.redis", f"{redact_url(url)!r}: not a URL (percent-encode "
+                                "/ ? # @ and : in a password: %2F %3F %23 %40 %3A)") from None
             if service:
                 raise self.fail("cluster.service", "only with sentinels")
         elif sentinels:
