@@ -111,6 +111,7 @@ def test_store_durations_are_clamped_to_the_doors_open_for(store: Store) -> None
     assert grant.expires - 100.0 <= 30.0
     no_ttl = ipaddress.ip_address("203.0.113.41").packed
     assert one.send(no_ttl, TCP, 22, 101.0)[:2] == (Verdict.DROP, Reason.UNAUTHORISED)
+    assert one.gate.bad == 1 and one.gate.snapshot()["bad"] == 1, "counted for the metric"
 
 
 SECRET = "s3cr%40t"  # as written in the URL (percent-encoded "s3cr@t")
