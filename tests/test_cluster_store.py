@@ -330,3 +330,26 @@ def test_a_worker_starting_with_the_store_down_starts_closed_and_warms_when_it_r
     for i, step in enumerate(SSH):
         _, reason, _ = one.send(A, *step, 3.0 + i / 10)
     assert reason is Reason.COMPLETED
+
+
+def test_bad_messages_of_the_mirror_and_the_workers_reach_one_metric(store: Store) -> None:
+    from gatekeeper.metrics import GatekeeperCollector, Stats
+
+    one = Box(store.url, "one")
+    store.client().set("t:{203.0.113.41}:g:ssh:22:tcp", "1")  # no expiry: a bad answer
+    one.send(ipaddress.ip_address("203.0.113.41").packed, TCP, 22, 1.0)
+    stats = Stats()
+    stats.worker_snapshot(100, {"counts": [0] * len(Reason), "hist": one.gate.hist,
+                                "hist_sum_ns": 0, "knocks": {}, "cluster": one.gate.snapshot()})
+    mirror, _, _ = mirror_of(store)
+    mirror.stats = stats
+    mirror.start()
+    try:
+        assert wait_until(lambda: mirror.up)
+        store.client().publish("t:grants", "g|x|203.0.113.30|ssh|\u00b2|22:tcp")
+        assert wait_until(lambda: stats.cluster_bad_messages == 1)
+    finally:
+        mirror.stop()
+    collector = GatekeeperCollector(stats, dict, lambda: 1, lambda: ["ssh"])
+    (family,) = [m for m in collector.collect() if m.name == "gatekeeper_cluster_bad_messages"]
+    assert [s.value for s in family.samples if s.name.endswith("_total")] == [2.0]
