@@ -15,6 +15,7 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from gatekeeper.errors import GatekeeperError
 
@@ -221,8 +222,49 @@ class Cluster:
     password: str = ""  # for Sentinel's master (a URL carries its own)
 
     def __repr__(self) -> str:  # never print a password
-        where = self.redis.split("@")[-1] if self.redis else f"sentinel {self.service}"
-        return f"Cluster({where!r}, prefix={self.prefix!r})"
+        return f"Cluster({self.where()!r}, prefix={self.prefix!r})"
+
+    def where(self) -> str:
+        """The store, as log lines, errors and the status name it (never a password)."""
+        if self.redis:
+            return redact_url(self.redis).partition("://")[2]
+        return f"sentinel {self.service} via {','.join(f'{h}:{p}' for h, p in self.sentinels)}"
+
+    def redact(self, text: str) -> str:
+        """``text`` (an error's, say) with every password of this config in it hidden: the
+        URL's (user part or ``password=``, as written and decoded) and Sentinel's."""
+        secrets = {self.password}
+        if self.redis:
+            userinfo, query = _url_secrets(self.redis)
+            secrets.update((userinfo.partition(":")[2] if ":" in userinfo else userinfo, query))
+        for secret in sorted({s for v in secrets for s in (v, unquote(v))} - {""}, key=len,
+                             reverse=True):
+            text = text.replace(secret, "***")
+        return text
+
+
+_QUERY_PASSWORD = re.compile(r"([?&;]password=)([^&#;]*)", re.I)
+
+
+def _url_secrets(url: str) -> tuple[str, str]:
+    """(the user part, the ``password=`` query value) of a store URL, as written."""
+    rest = url.partition("://")[2] or url
+    userinfo = rest[:rest.rfind("@", 0, (rest + "?").index("?"))] if "@" in rest else ""
+    found = _QUERY_PASSWORD.search(rest)
+    return userinfo, found.group(2) if found else ""
+
+
+def redact_url(url: str) -> str:
+    """A store URL as it may be printed: the password of its user part (``user:***@``,
+    or ``***@`` for a user part with no colon) and a ``password=`` query value hidden."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, _ = _url_secrets(url)
+    if userinfo:
+        user, colon, _ = userinfo.partition(":")
+        rest = (f"{user}:***" if colon else "***") + rest[len(userinfo):]
+    return scheme + sep + _QUERY_PASSWORD.sub(r"\1***", rest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -687,8 +729,13 @@ class _Parser:
                             "not both")
         if url:
             if not url.startswith(("redis://", "rediss://", "unix://")):
-                raise self.fail("cluster.redis", f"{url.split('@')[-1]!r}: expected a URL "
+                raise self.fail("cluster.redis", f"{redact_url(url)!r}: expected a URL "
                                 "redis://HOST:PORT[/DB], rediss://... or unix://PATH")
+            try:
+                _ = urlsplit(url).port  # what redis-py reads: a bad one raises there, naming it
+            except ValueError:
+                raise self.fail("cluster.redis", f"{redact_url(url)!r}: not a URL (percent-encode "
+                                "/ ? # @ and : in a password: %2F %3F %23 %40 %3A)") from None
             if service:
                 raise self.fail("cluster.service", "only with sentinels")
         elif sentinels:

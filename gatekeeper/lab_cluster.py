@@ -73,28 +73,31 @@ class ClusterLab(Lab):
         self._ip("-n", self.ns("store"), "addr", "add", f"{STORE4}/24", "dev", "eth0")
         self._ip("-n", self.ns("store"), "link", "set", "eth0", "up")
 
-    def start_redis(self, port: int = STORE_PORT) -> subprocess.Popen[Any]:
+    def start_redis(self, port: int = STORE_PORT, password: str = "") -> subprocess.Popen[Any]:
         """A redis-server in the store namespace (no persistence), once it accepts."""
-        return start_redis(self, "store", STORE4, port)
+        return start_redis(self, "store", STORE4, port, password=password)
 
     def redis_url(self, port: int = STORE_PORT) -> str:
         return f"redis://{STORE4}:{port}/0"
 
 
-def redis_argv(bind: str, port: int, workdir: str) -> list[str]:
+def redis_argv(bind: str, port: int, workdir: str, password: str = "") -> list[str]:
     return ["redis-server", "--bind", bind, "--port", str(port), "--save", "", "--appendonly", "no",
-            "--protected-mode", "no", "--daemonize", "no", "--dir", workdir, "--logfile", ""]
+            "--protected-mode", "no", "--daemonize", "no", "--dir", workdir, "--logfile", "",
+            *(["--requirepass", password] if password else [])]
 
 
 def start_redis(lab: Lab | None, host: str, bind: str, port: int, timeout: float = 10.0,
-                sentinel_of: tuple[str, str, int] | None = None) -> subprocess.Popen[Any]:
+                sentinel_of: tuple[str, str, int] | None = None,
+                password: str = "") -> subprocess.Popen[Any]:
     """Start a redis-server (in ``lab``'s namespace ``host``, or here without a lab) and
     wait until it accepts connections. The caller stops it (``Lab.stop``, or kill).
-    ``sentinel_of=(service, host, port)``: a Sentinel monitoring that master instead."""
+    ``sentinel_of=(service, host, port)``: a Sentinel monitoring that master instead;
+    ``password``: the server asks clients for it (requirepass)."""
     if shutil.which("redis-server") is None:
         raise LabError("redis-server not found (Debian package redis-server; scripts/setup.sh)")
     workdir = tempfile.mkdtemp(prefix="gk-redis-")
-    argv = redis_argv(bind, port, workdir)
+    argv = redis_argv(bind, port, workdir, password)
     marker = b"Ready to accept connections"
     if sentinel_of is not None:
         conf = os.path.join(workdir, "sentinel.conf")  # (sentinel rewrites it: its own file)

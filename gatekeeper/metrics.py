@@ -59,6 +59,7 @@ class Snapshot:
     cluster_errors: int = 0
     cluster_fallbacks: dict[str, int] = field(default_factory=dict)
     cluster_workers_up: int = 0  # live workers whose last call to the store succeeded
+    cluster_bad: int = 0  # answers of the store that did not parse
 
     def add(self, other: Snapshot) -> None:
         self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
@@ -75,6 +76,7 @@ class Snapshot:
         for mode, n in other.cluster_fallbacks.items():
             self.cluster_fallbacks[mode] = self.cluster_fallbacks.get(mode, 0) + n
         self.cluster_workers_up += other.cluster_workers_up
+        self.cluster_bad += other.cluster_bad
 
     @classmethod
     def from_message(cls, msg: dict[str, Any]) -> Snapshot:
@@ -92,6 +94,7 @@ class Snapshot:
             snap.cluster_errors = int(cluster["errors"])
             snap.cluster_fallbacks = {str(k): int(v) for k, v in cluster["fallbacks"].items()}
             snap.cluster_workers_up = 1 if cluster["up"] else 0
+            snap.cluster_bad = int(cluster.get("bad", 0))
         return snap
 
 
@@ -120,6 +123,7 @@ class Stats:
         self.reloads = {"ok": 0, "refused": 0}
         self.grants_total: dict[str, int] = {}
         self.cluster_mirrored = 0  # grants of other gateways written into the kernel sets
+        self.cluster_bad_messages = 0  # the mirror's: messages and grant keys that did not parse
         # kernel queue counters: current instance (by portid) and what earlier ones counted
         self._queue_seen: dict[int, dict[str, int]] = {}
         self._queue_base: dict[tuple[int, str], int] = {}
@@ -352,6 +356,9 @@ class GatekeeperCollector(Collector):
         yield fallbacks
         yield CounterMetricFamily("gatekeeper_cluster_mirrored", "Grants of other gateways "
                                   "written into this one's kernel sets", value=self.stats.cluster_mirrored)
+        yield CounterMetricFamily("gatekeeper_cluster_bad_messages", "Messages, grant keys and "
+                                  "answers of the shared store that did not parse: ignored",
+                                  value=self.stats.cluster_bad_messages + total.cluster_bad)
 
 
     def _interfaces(self) -> Iterator[Metric]:

@@ -358,7 +358,7 @@ class Supervisor:
             except OSError:
                 pass
 
-        self.mirror = Mirror(self.config, node_name(os.getpid()), GrantSets(), notify)
+        self.mirror = Mirror(self.config, node_name(os.getpid()), GrantSets(), notify, stats=self.stats)
         self.mirror.start()
 
     def _mirrored(self) -> None:

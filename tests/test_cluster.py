@@ -51,13 +51,14 @@ WEB = [(TCP, 5001), (TCP, 5002)]
 class Store:
     """A redis-server on loopback that a test may kill and start again (same port)."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str = "") -> None:
         self.port = free_port()
+        self.password = password
         self.proc: subprocess.Popen[Any] | None = None
         self.start()
 
     def start(self) -> None:
-        self.proc = start_redis(None, "", "127.0.0.1", self.port)
+        self.proc = start_redis(None, "", "127.0.0.1", self.port, password=self.password)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -73,14 +74,19 @@ class Store:
         return redis.Redis(port=self.port, decode_responses=True, socket_timeout=2)
 
 
-@pytest.fixture
-def store() -> Iterator[Store]:
+def running_store() -> Iterator[Store]:
+    """A store of its own for one test, killed after it."""
     need_tool("redis-server", "scripts/setup.sh installs it")
     s = Store()
     try:
         yield s
     finally:
         s.kill()
+
+
+@pytest.fixture
+def store() -> Iterator[Store]:
+    yield from running_store()
 
 
 def config_text(url: str, timeout: float = 5, extra: str = "", doors: str = "") -> str:

@@ -7,6 +7,7 @@ and restarted mid-test.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -18,10 +19,11 @@ from typing import Any
 
 import pytest
 
+from gatekeeper.cluster.store import script
 from gatekeeper.lab import CLIENT4, GW4, OTHER4
-from gatekeeper.lab_cluster import GW2_4, ClusterLab
+from gatekeeper.lab_cluster import BACK, GW2_4, STORE4, STORE_PORT, ClusterLab
 from gatekeeper.spa import fwknop
-from tests.conftest import Daemon, knock, need_root, probe
+from tests.conftest import Daemon, knock, need_root, need_tool, probe
 
 pytestmark = pytest.mark.lab
 
@@ -72,12 +74,12 @@ def clab() -> Iterator[ClusterLab]:
         yield built
 
 
-def start(lab: ClusterLab, host: str, tmp: Path, extra: str = "") -> Daemon:
+def start(lab: ClusterLab, host: str, tmp: Path, extra: str = "", url: str = "") -> Daemon:
     where = tmp / host
     where.mkdir(exist_ok=True)
     path = where / "gatekeeper.toml"
     path.write_text(CONFIG.format(control=where / "control.sock", state=where / "state",
-                                  url=lab.redis_url(), ssh=str(SSH).replace("'", '"'),
+                                  url=url or lab.redis_url(), ssh=str(SSH).replace("'", '"'),
                                   close=str(CLOSE).replace("'", '"'), extra=extra))
     daemon = Daemon(lab, path, host=host)
     daemon.wait_for("gatekeeper running", timeout=20)
@@ -221,4 +223,100 @@ def test_spa_grant_through_one_gateway_opens_the_asked_port_alone_on_both(
         assert in_set(clab, "gw", CLIENT4) and in_set(clab, "gw2", CLIENT4)
         assert not is_open(clab, "other", GW4) and not is_open(clab, "other", GW2_4, 80)
     finally:
+        stop_all(clab, daemons, redis_proc)
+
+
+# The split-sequence test: this many sequences, each from a source of its own, one knock
+# per gateway in turn (stock knock), each followed by a connect. The knocks leave
+# SPLIT_GAP between them: sent back to back (~1 ms apart) through two boxes, a knock can
+# overtake the one before it on the way to the store whatever the gateways do (a worker
+# waiting for a CPU on a loaded box is late by a few ms); 20 ms lets each cross its
+# gateway before the next is sent, as ECMP clients knocking with `knock -d 20` do.
+SPLIT_ROUNDS = 100
+SPLIT_NEEDED = 99
+SPLIT_GAP = "0.02"
+PASSWORD = "lab%2Fs3cret"  # the store's, in the URL's ?password= form (percent-encoded "/")
+
+# Runs in the client: for each source, route both gateways' addresses from it, knock the
+# three steps through gw, gw2, gw (or gw2, gw, gw2), $GAP seconds apart, then connect to
+# the gateway of the last knock; one line a round: "<source> in" or "<source> out".
+_SPLIT = """
+set -u
+i=0
+for src in $SOURCES; do
+  if [ $((i % 2)) -eq 0 ]; then a=$GW_A; b=$GW_B; else a=$GW_B; b=$GW_A; fi
+  ip route replace $GW_A/32 dev eth0 src $src
+  ip route replace $GW_B/32 dev eth0 src $src
+  knock $a 7000:udp; sleep $GAP; knock $b 8000:tcp; sleep $GAP; knock $a 9000:udp
+  if timeout 1 bash -c "exec 3<>/dev/tcp/$a/22" 2>/dev/null; then echo "$src in"
+  else echo "$src out"; fi
+  i=$((i + 1))
+done
+"""
+
+
+def store_cli(lab: ClusterLab, *args: str) -> str:
+    return lab.run("store", ["redis-cli", "-h", STORE4, "-p", str(STORE_PORT), "--no-auth-warning",
+                             "-a", PASSWORD.replace("%2F", "/"), *args]).stdout
+
+
+def warm_workers(lab: ClusterLab, gateway: str) -> int:
+    """The connections of this gateway's workers that the store holds now."""
+    lines = store_cli(lab, "CLIENT", "LIST").splitlines()
+    return sum(1 for line in lines if f" addr={BACK[gateway]}:" in f" {line}"
+               and " name=gatekeeper-worker " in f"{line} ")
+
+
+def test_split_sequences_across_two_gateways_get_in(clab: ClusterLab, tmp_path: Path) -> None:
+    """Two gateways, stock knock, one knock per gateway in turn: every worker is connected,
+    with its scripts loaded, before its daemon says it is running, so no knock reaches
+    the store late (a cold worker's first knock was overtaken by the next one through the
+    other gateway). The store's password (?password= form) is printed nowhere, and a bad
+    message on the grants channel is counted without costing the mirror its session."""
+    need_tool("knock", "the stock knock client (Debian package knockd; scripts/setup.sh)")
+    need_tool("redis-cli", "Debian package redis-tools, with redis-server")
+    sources = [f"203.0.113.{100 + i}" for i in range(SPLIT_ROUNDS)]
+    redis_proc = clab.start_redis(password=PASSWORD.replace("%2F", "/"))
+    url = f"{clab.redis_url()}?password={PASSWORD}"
+    daemons: list[Daemon] = []
+    try:
+        knock_sha = hashlib.sha1(script("knock.lua").encode()).hexdigest()
+        for host in GATEWAYS:
+            daemons.append(start(clab, host, tmp_path, url=url))
+            # "gatekeeper running": both workers hold their connection, the scripts are loaded
+            assert warm_workers(clab, host) == 2, store_cli(clab, "CLIENT", "LIST")
+            assert store_cli(clab, "SCRIPT", "EXISTS", knock_sha).split() == ["1"]
+        for source in sources:
+            clab.add_address("client", source)
+        t0 = time.monotonic()
+        out = clab.run("client", ["env", f"SOURCES={' '.join(sources)}", f"GW_A={GW4}",
+                                  f"GW_B={GW2_4}", f"GAP={SPLIT_GAP}", "sh", "-c", _SPLIT],
+                       timeout=60 + 3 * SPLIT_ROUNDS).stdout
+        elapsed = time.monotonic() - t0
+        results = dict(line.split() for line in out.splitlines())
+        got_in = sum(1 for v in results.values() if v == "in")
+        print(f"split sequences: {got_in} of {SPLIT_ROUNDS} got in ({elapsed:.1f} s)")
+        assert len(results) == SPLIT_ROUNDS and got_in >= SPLIT_NEEDED, out
+
+        # a message no gateway sends: counted, the mirrors keep their sessions
+        resyncs = [sum("cluster: resynced" in line for line in d.lines) for d in daemons]
+        store_cli(clab, "PUBLISH", "gatekeeper:grants", "g|x|203.0.113.99|ssh|\u00b2|22:tcp")
+        store_cli(clab, "PUBLISH", "gatekeeper:grants", "g|x|203.0.113.99|ssh|3000000000|22:tcp")
+        for daemon in daemons:
+            daemon.wait_for(r"cluster: ignored an unreadable message", timeout=5)
+            daemon.wait_for(r"grant door=ssh address=203\.0\.113\.99 open_for=60s .*mirrored")
+        time.sleep(1.0)  # a dropped session would reconnect and resync within this
+        assert [sum("cluster: resynced" in line for line in d.lines) for d in daemons] == resyncs
+        metrics = clab.run("gw", [sys.executable, "-c",
+                                  "import urllib.request; print(urllib.request.urlopen("
+                                  "'http://127.0.0.1:9464/metrics').read().decode())"]).stdout
+        assert re.search(r"^gatekeeper_cluster_bad_messages_total 1\.0$", metrics, re.M), metrics
+        text = status(clab, "gw", daemons[0])
+        assert "UP" in text, text
+        for printed in [metrics, text, *(line for d in daemons for line in d.lines)]:
+            assert "s3cret" not in printed, printed
+    finally:
+        clab.run("client", ["sh", "-c", f"ip route del {GW4}/32; ip route del {GW2_4}/32; "
+                            + "; ".join(f"ip addr del {s}/24 dev eth0" for s in sources)],
+                 check=False)
         stop_all(clab, daemons, redis_proc)

@@ -86,6 +86,7 @@ CONTRACT: dict[str, Metric] = {
     "gatekeeper_cluster_errors_total": Metric("counter", {}),
     "gatekeeper_cluster_fallbacks_total": Metric("counter", {"mode": _one_of("closed", "local")}),
     "gatekeeper_cluster_mirrored_total": Metric("counter", {}),
+    "gatekeeper_cluster_bad_messages_total": Metric("counter", {}),
     # each interface named in [gatekeeper] interfaces (no wildcard; none for "all but lo")
     "gatekeeper_interface_present": Metric("gauge", {"interface": None,
                                                      "hotplug": _one_of("true", "false")}),

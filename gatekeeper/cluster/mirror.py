@@ -8,25 +8,27 @@ commands, status). On every (re)connection it
 subscribes first and then scans the grant keys with their remaining time (PTTL), so a
 grant made while it was away is not missed. A store that stops answering (no reply to a
 ping within :data:`DEAD_SECONDS`) is reconnected to, with a short pause between tries.
+A message or grant key that does not parse (``store.parse_message``, ``Keys.parse_grant``)
+is ignored and counted, the session kept; durations are clamped to the door's ``open_for``.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from gatekeeper.cluster.store import Keys, connect, where
-from gatekeeper.config import Config
+from gatekeeper.cluster.store import Keys, ascii_int, connect, grant_seconds, parse_message
+from gatekeeper.config import Config, Door
 
 log = logging.getLogger("gatekeeper")
 
 PING_SECONDS = 0.5
 DEAD_SECONDS = 2.0
 RETRY_SECONDS = 0.5
+BAD_LOG_SECONDS = 60.0  # unreadable messages: one log line at most this often
 # what the mirror tells the supervisor: ("grant", address, door, seconds, ["22:tcp", ...]: the
 # ports granted) or ("revoke", address, door: every port of the door)
 Note = tuple[Any, ...]
@@ -34,7 +36,7 @@ Note = tuple[Any, ...]
 
 class Mirror:
     def __init__(self, config: Config, node: str, sets: Any, notify: Callable[[Note], None],
-                 connect_timeout: float = 1.0) -> None:
+                 connect_timeout: float = 1.0, stats: Any = None) -> None:
         assert config.cluster is not None
         self.cluster = config.cluster
         self.doors = {d.name: d for d in config.doors}
@@ -48,6 +50,10 @@ class Mirror:
         self.error = "not connected yet"
         self.mirrored = 0
         self.resyncs = 0
+        self.bad = 0  # messages and grant keys that did not parse: ignored
+        self.stats = stats  # metrics.Stats: counts them for gatekeeper_cluster_bad_messages_total
+        self._bad_logged = -BAD_LOG_SECONDS
+        self._bad_unlogged = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cluster-mirror", daemon=True)
         self._client: Any = None
@@ -69,10 +75,10 @@ class Mirror:
         self._thread.join(5.0)
 
     def status(self) -> dict[str, Any]:
-        return {"store": where(self.cluster), "up": self.up,
+        return {"store": self.cluster.where(), "up": self.up,
                 "since": round(time.monotonic() - self.since, 1),
                 "error": "" if self.up else self.error, "mirrored": self.mirrored,
-                "resyncs": self.resyncs}
+                "resyncs": self.resyncs, "bad_messages": self.bad}
 
     # -- the thread ---------------------------------------------------------------------
 
@@ -82,12 +88,12 @@ class Mirror:
         self.up, self.since = up, time.monotonic()
         if up:
             log.warning("cluster: connected to the store %s; grants of every gateway are "
-                        "mirrored here", where(self.cluster))
+                        "mirrored here", self.cluster.where())
         else:
             self.error = error
             log.error("cluster: lost the store %s (%s); grants already made keep working, "
                       "new grants of other gateways are not mirrored until it returns",
-                      where(self.cluster), error)
+                      self.cluster.where(), error)
 
     def _run(self) -> None:
         first = True
@@ -95,17 +101,17 @@ class Mirror:
             try:
                 self._session()
             except Exception as exc:
-                text = f"{type(exc).__name__}: {exc}"
+                text = self.cluster.redact(f"{type(exc).__name__}: {exc}")
                 if first and not self.up:
                     self.error = text
                     log.error("cluster: cannot reach the store %s (%s); retrying",
-                              where(self.cluster), text)
+                              self.cluster.where(), text)
                 self._state(False, text)
             first = False
             self._stop.wait(RETRY_SECONDS)
 
     def _session(self) -> None:
-        client = self._client = connect(self.cluster, self.timeout)
+        client = self._client = connect(self.cluster, self.timeout, name="gatekeeper-mirror")
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(self.keys.channel)
@@ -120,7 +126,7 @@ class Mirror:
                 if msg is not None:
                     heard = now
                     if msg.get("type") == "message":
-                        self._on_message(str(msg["data"]))
+                        self._on_message(msg["data"])
                 if now - pinged >= PING_SECONDS:
                     pubsub.ping()
                     pinged = now
@@ -154,54 +160,70 @@ class Mirror:
         found: dict[tuple[str, str, int], list[str]] = {}
         for key, ttl in zip(keys, pipe.execute(), strict=True):
             parsed = self.keys.parse_grant(key)
-            if parsed is not None and int(ttl) > 0:
-                found.setdefault((parsed[0], parsed[1], int(ttl)), []).append(parsed[2])
-        return sum(self._grant(address, door, ms / 1000, ports)
-                   for (address, door, ms), ports in found.items())
+            ms = ascii_int(ttl)
+            if parsed is None or ms is None or ms == -1:  # (-1: a key without expiry)
+                self._bad("grant key", f"{key} {ttl}")
+            elif ms > 0:  # (-2: gone since the scan)
+                found.setdefault((parsed[0], parsed[1], ms), []).append(parsed[2])
+        written = 0
+        for (address, door_name, ms), ports in found.items():
+            door = self.doors.get(door_name)
+            time_left = None if door is None else grant_seconds(door, ms)
+            if door is not None and time_left is not None:
+                written += self._grant(address, door, time_left, ports)
+        return written
 
-    def _on_message(self, data: str) -> None:
-        parts = data.split("|")
-        if len(parts) < 4 or parts[1] == self.node:
-            return  # (made here: the worker wrote its own kernel set first)
+    def _on_message(self, data: object) -> None:
+        """One message of the grants channel: never raises (a bad one is counted)."""
         try:
-            parts[2] = str(ipaddress.ip_address(parts[2]))
-        except ValueError:
-            log.error("cluster: unreadable message on %s: %r", self.keys.channel, data[:200])
-            return
-        if parts[0] == "g" and len(parts) == 6 and parts[4].isdigit():
-            self._grant(parts[2], parts[3], int(parts[4]) / 1000, parts[5].split(","))
-        elif parts[0] == "r" and len(parts) == 4:
-            door = self.doors.get(parts[3])
-            if door is not None:
-                try:
-                    self.sets.remove(parts[2], door)
-                except Exception as exc:
-                    log.error("cluster: revoke door=%s address=%s: kernel set not updated (%s)",
-                              door.name, parts[2], exc)
-                self.notify(("revoke", parts[2], door.name))
+            message = parse_message(data) if isinstance(data, str) else None
+            if message is None:
+                self._bad("message", data)
+                return
+            kind, node, address, door_name, ms, ports = message
+            door = self.doors.get(door_name)
+            if node == self.node or door is None:
+                return  # made here (the worker wrote its own kernel set first), or not run here
+            if kind == "g":
+                self._grant(address, door, grant_seconds(door, ms) or 0.0, list(ports))
+                return
+            try:
+                self.sets.remove(address, door)
+            except Exception as exc:
+                log.error("cluster: revoke door=%s address=%s: kernel set not updated (%s)",
+                          door.name, address, exc)
+            self.notify(("revoke", address, door.name))
+        except Exception as exc:  # nothing a message says may end the session
+            self._bad("message", f"{data!r}: {type(exc).__name__}: {exc}")
 
-    def _grant(self, address: str, door_name: str, seconds: float, ports: list[str]) -> int:
-        """Write ``ports`` ("22:tcp", ...) of a door into the kernel sets, those alone (the
-        door's other ports keep what they had); ports the door does not open here are
-        left out."""
-        door = self.doors.get(door_name)
-        if door is None:
-            return 0  # a door this gateway does not run
+    def _bad(self, what: str, data: object) -> None:
+        """Count what did not parse; log it, one line a minute at most."""
+        self.bad += 1
+        if self.stats is not None:
+            self.stats.cluster_bad_messages += 1
+        now = time.monotonic()
+        if now - self._bad_logged < BAD_LOG_SECONDS:
+            self._bad_unlogged += 1
+            return
+        more = f" ({self._bad_unlogged} more since the last line)" if self._bad_unlogged else ""
+        self._bad_logged, self._bad_unlogged = now, 0
+        log.error("cluster: ignored an unreadable %s from the store %s: %s%s", what,
+                  self.cluster.where(), self.cluster.redact(repr(data)[:200]), more)
+
+    def _grant(self, address: str, door: Door, time_left: float, ports: list[str]) -> int:
+        """Write ``ports`` ("22:tcp", ...) of a door into the kernel sets for ``time_left``
+        seconds (never more than its open_for), those alone (the door's other ports keep
+        what they had); ports the door does not open here are left out."""
         wanted = set(ports)
         steps = tuple(s for s in door.opens if str(s) in wanted)
-        if not steps:
+        if not steps or time_left <= 0:
             return 0
         try:
-            address = str(ipaddress.ip_address(address))
-        except ValueError:
-            log.error("cluster: a grant key for %r is no address: ignored", address[:100])
-            return 0
-        try:
-            self.sets.add(address, door, seconds, steps)
+            self.sets.add(address, door, time_left, steps)
         except Exception as exc:
             log.error("cluster: grant door=%s address=%s: kernel set not updated (%s)",
-                      door_name, address, exc)
+                      door.name, address, exc)
             return 0
         self.mirrored += 1
-        self.notify(("grant", address, door_name, seconds, [str(s) for s in steps]))
+        self.notify(("grant", address, door.name, time_left, [str(s) for s in steps]))
         return 1

@@ -14,15 +14,26 @@ A grant is a key per port, each with its own expiry, as the engine holds it: an 
 packet asking for 80 while 22 is open sets 80's key and leaves 22's alone; a plain
 knock's completion sets one for every port of the door's ``opens``, a close sequence
 deletes them all. Door names never contain ``:`` (config), so a key parses back.
+
+Whatever the store says is read strictly (:func:`ascii_int`, :func:`address`,
+:func:`parse_message`, :meth:`Keys.parse_grant`): a number is ASCII digits, an address is
+one, a duration is at most the door's ``open_for`` (:func:`grant_seconds`). What does not parse
+is no grant; the caller counts it (``gatekeeper_cluster_bad_messages_total``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from importlib import resources
 from typing import Any
 
-from gatekeeper.config import Cluster
+from gatekeeper.config import Cluster, Door
 from gatekeeper.errors import GatekeeperError
+
+MAX_DIGITS = 15  # a number from the store: longer is no duration any door has
+# a message of the grants channel: ("g", node, address, door, ms, ports) or
+# ("r", node, address, door, 0, ())
+Message = tuple[str, str, str, str, int, tuple[str, ...]]
 
 
 def script(name: str) -> str:
@@ -46,20 +57,63 @@ class Keys:
         return f"{self.prefix}:r:{door}:{digest}"
 
     def parse_grant(self, key: str) -> tuple[str, str, str] | None:
-        """(address, door, port) of a grant key, or None if it is not one."""
+        """(address, door, port) of a grant key (the address canonical), or None if it is
+        not one."""
         head = f"{self.prefix}:{{"
-        if not key.startswith(head):
+        if not key.startswith(head) or not key.isascii():
             return None
-        address, sep, rest = key[len(head):].partition("}:g:")
+        text, sep, rest = key[len(head):].partition("}:g:")
         door, colon, port = rest.partition(":")
-        return (address, door, port) if sep and address and door and colon and port else None
+        found = address(text) if sep and door and colon and port else None
+        return (found, door, port) if found is not None else None
 
 
-def where(cluster: Cluster) -> str:
-    """The store, for log lines (never a password)."""
-    if cluster.redis:
-        return cluster.redis.split("@")[-1].split("://")[-1]
-    return f"sentinel {cluster.service} via {','.join(f'{h}:{p}' for h, p in cluster.sentinels)}"
+def ascii_int(value: object) -> int | None:
+    """An integer the store sent: an int (as RESP integers arrive), or ASCII digits with
+    an optional leading minus; None for anything else ("\u00b2".isdigit() is true and
+    int() refuses it, int() reads Arabic-Indic digits: neither is a number here)."""
+    if type(value) is int:
+        return value
+    if isinstance(value, str):
+        digits = value[1:] if value.startswith("-") else value
+        if 0 < len(digits) <= MAX_DIGITS and digits.isascii() and digits.isdigit():
+            return int(value)
+    return None
+
+
+def address(text: str) -> str | None:
+    """The canonical form of an address the store names, or None (a scoped IPv6
+    address, ``fe80::1%eth0``, is none: no kernel set takes it)."""
+    if not text.isascii() or "%" in text:
+        return None
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def grant_seconds(door: Door, ms: int) -> float | None:
+    """A grant's time (ms, as the store says) in seconds, never more than the door's
+    ``open_for``; None for no time at all (0, expired, or no expiry: -1)."""
+    return min(ms / 1000, float(door.open_for)) if ms > 0 else None
+
+
+def parse_message(data: str) -> Message | None:
+    """A message of the grants channel, or None if it is none a gateway sends."""
+    parts = data.split("|")
+    if parts[0] == "g" and len(parts) == 6:
+        ms = ascii_int(parts[4])
+        if ms is None or ms <= 0 or not parts[5].isascii():
+            return None
+        ports = tuple(parts[5].split(","))
+    elif parts[0] == "r" and len(parts) == 4:
+        ms, ports = 0, ()
+    else:
+        return None
+    found = address(parts[2])
+    if found is None or not parts[1] or not parts[3] or not parts[3].isascii():
+        return None
+    return parts[0], parts[1], found, parts[3], ms, ports
 
 
 def require_client() -> None:
@@ -71,9 +125,12 @@ def require_client() -> None:
                               "'gatekeeper[cluster]' (or remove [cluster])") from None
 
 
-def connect(cluster: Cluster, timeout: float) -> Any:
+def connect(cluster: Cluster, timeout: float, name: str = "") -> Any:
     """A redis-py client that fails fast: ``timeout`` seconds to connect and to answer, no
-    retries (the caller decides what a failure means). Imported here, lazily."""
+    retries (the caller decides what a failure means). Imported here, lazily. Bytes
+    that are no UTF-8 arrive replaced (U+FFFD), to be refused by the strict parsers
+    here, never raised while reading. ``name``: its connections' name in the store's
+    ``CLIENT LIST``."""
     import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
@@ -81,6 +138,7 @@ def connect(cluster: Cluster, timeout: float) -> Any:
     options: dict[str, Any] = {
         "socket_timeout": timeout, "socket_connect_timeout": timeout,
         "retry": Retry(NoBackoff(), 0), "retry_on_timeout": False, "decode_responses": True,
+        "encoding_errors": "replace", "client_name": name or None,
     }
     if cluster.redis:
         return redis.Redis.from_url(cluster.redis, **options)

@@ -336,6 +336,8 @@ class Worker:
         self.engine.tick(now)
         if self.specials is not None:
             self.specials.tick(now)
+        if self.cluster is not None:
+            self.cluster.tick(now)  # is the store still there, with the scripts? (every second)
         if self.report_stats:
             self.report(self.snapshot())
 
@@ -455,6 +457,8 @@ def worker_process(index: int, queue: int, config: Config, report_fd: int, contr
     except Exception:  # the sets do not exist yet: a fresh start has nothing to adopt
         entries = []
     adopted = worker.adopt((e.address, e.door, e.timeout, e.step) for e in entries)
+    if worker.cluster is not None:  # connected, scripts loaded; or the breaker open (logged)
+        worker.cluster.warm(worker.clock())
     report({"t": "ready", "adopted": adopted})
 
     buffer = b""
