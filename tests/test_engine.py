@@ -333,8 +333,8 @@ def test_no_grant_without_the_exact_sequence(packets: list[tuple[bytes, tuple[in
                 assert steps[-3:] == SSH
         if (proto, port) == (TCP, 22):
             assert verdict is Verdict.DROP or any(
-                name == "ssh" and addr == str(ipaddress.ip_address(src))
-                for addr, name, _ in engine.grants()
+                name == "ssh" and addr == str(ipaddress.ip_address(src)) and expires > now
+                for addr, name, _, expires in engine.grants()
             )
 
 
