@@ -285,7 +285,7 @@ def test_no_connection_gets_in_through_a_crash_a_failed_restart_and_a_restart(
     argv = [sys.executable, "-m", "gatekeeper", "run", "-c", str(path)]
     line = run_expect_error(lab, argv, env=failing_restore(tmp_path))
     assert "iptables-restore rejected the ruleset" in line
-    assert "rules of the earlier run stay in force" in line
+    assert "gatekeeper's rules stay installed, the earlier run's" in line
     again = start_daemon(config())
     again.wait_for("replaced the rules left by an earlier gatekeeper run")
     out, _ = flood.communicate(timeout=30)

@@ -112,8 +112,9 @@ class Installer:
                 self.remove()
                 raise
             raise GatekeeperError(
-                f"{exc}; the rules of the earlier run stay in force (guarded traffic is "
-                "dropped until gatekeeper runs again; stopping a gatekeeper run removes them)"
+                f"{exc}; gatekeeper's rules stay installed, the earlier run's where this one's "
+                "did not go in (guarded traffic is dropped until gatekeeper runs again; "
+                "stopping a gatekeeper run removes them)"
             ) from None
         if leftovers:
             log.warning("replaced the rules left by an earlier gatekeeper run that did not stop "
