@@ -120,6 +120,7 @@ class Stats:
         self.live: dict[int, Snapshot] = {}  # by worker pid
         self.retired = Snapshot()
         self.restarts = 0
+        self.bad_reports = 0  # worker reports that were no message (logged, skipped)
         self.reloads = {"ok": 0, "refused": 0}
         self.grants_total: dict[str, int] = {}
         self.cluster_mirrored = 0  # grants of other gateways written into the kernel sets

@@ -11,19 +11,19 @@ commands, expiry), reloads on SIGHUP and removes everything on SIGTERM/SIGINT.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
 import select
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 from gatekeeper import __version__, systemd
 from gatekeeper import config as config_mod
+from gatekeeper import messages as msg
 from gatekeeper.config import Config
 from gatekeeper.control import ControlServer
 from gatekeeper.effects.commands import CommandRunner
@@ -55,7 +55,7 @@ class WorkerHandle:
     started: float
     ready: bool = False
     error: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)
+    adopted: int = 0  # grants of the kernel set it adopted when it started
     down_since: int | None = None  # the queue rule's packet counter when its worker died
 
 
@@ -188,11 +188,11 @@ class Supervisor:
             if self._running:
                 new.down_since = self.installer.queue_counters().get(handle.queue, 0)
 
-    def send(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
+    def send(self, handle: WorkerHandle, message: msg.Message) -> None:
         try:
-            os.write(handle.control, (json.dumps(message) + "\n").encode())
+            os.write(handle.control, msg.encode(message))
         except OSError as exc:
-            log.error("worker %d: cannot send %s: %s", handle.index, message["t"], exc)
+            log.error("worker %d: cannot send %s: %s", handle.index, message.KIND, exc)
 
     # -- reports from workers -----------------------------------------------------------
 
@@ -208,42 +208,44 @@ class Supervisor:
         while b"\n" in self._buffer:
             line, self._buffer = self._buffer.split(b"\n", 1)
             try:
-                self._on_report(json.loads(line))
-            except (ValueError, KeyError) as exc:
+                sender, message = msg.decode_report(line)
+            except msg.MessageError as exc:
+                self.stats.bad_reports += 1
                 log.error("unreadable report from a worker: %s", exc)
+                continue
+            self._on_report(sender, message)
 
-    def _on_report(self, msg: dict[str, Any]) -> None:
-        handle = self.workers.get(msg["queue"])
-        if handle is not None and handle.pid != msg["pid"]:
+    def _on_report(self, sender: msg.Sender, message: msg.Message) -> None:
+        handle = self.workers.get(sender.queue)
+        if handle is not None and handle.pid != sender.pid:
             handle = None  # from a worker that has since been replaced
-        kind = msg["t"]
         now = time.monotonic()
-        if kind == "ready" and handle is not None:
+        if isinstance(message, msg.Ready) and handle is not None:
             handle.ready = True
-            handle.info = msg
+            handle.adopted = message.adopted
             if handle.down_since is not None:
                 now_count = self.installer.queue_counters().get(handle.queue, 0)
                 self.stats.dropped_while_down(handle.queue, now_count - handle.down_since)
                 handle.down_since = None
             # at start-up, quiet: a failed start prints one line, the error
             log.log(logging.INFO if self._running else logging.DEBUG,
-                    "worker %d started: pid %d, NFQUEUE %d%s", handle.index, msg["pid"], msg["queue"],
-                    f", adopted {msg['adopted']} grant(s)" if msg["adopted"] else "")
-        elif kind == "error" and handle is not None:
-            handle.error = msg["message"]
-        elif kind == "stats":
-            self.stats.worker_snapshot(msg["pid"], msg)
-        elif kind == "grant":
-            self.book.granted(msg["address"], msg["door"], msg["seconds"], now, msg.get("error"),
-                              msg.get("opens"))
-            self.stats.granted(msg["door"])
-        elif kind == "revoke":
-            self.book.revoked(msg["address"], msg["door"], msg["cause"], msg.get("error"),
-                              msg.get("opens"))
-        elif kind == "used":
-            self._sequence_used(msg)
-        elif kind == "reloaded":
-            log.debug("worker %d reloaded", msg["worker"])
+                    "worker %d started: pid %d, NFQUEUE %d%s", handle.index, sender.pid, sender.queue,
+                    f", adopted {message.adopted} grant(s)" if message.adopted else "")
+        elif isinstance(message, msg.Failed) and handle is not None:
+            handle.error = message.message
+        elif isinstance(message, msg.Stats):
+            self.stats.worker_snapshot(sender.pid, message.wire())
+        elif isinstance(message, msg.Granted):
+            self.book.granted(message.address, message.door, message.seconds, now, message.error,
+                              message.opens)
+            self.stats.granted(message.door)
+        elif isinstance(message, msg.Revoked):
+            self.book.revoked(message.address, message.door, message.cause, message.error,
+                              message.opens)
+        elif isinstance(message, msg.Used):
+            self._sequence_used(message)
+        elif isinstance(message, msg.Reloaded):
+            log.debug("worker %d reloaded", sender.worker)
 
     # -- signals and the loop -----------------------------------------------------------
 
@@ -382,7 +384,7 @@ class Supervisor:
                 _, address, door = note
                 self.book.revoked(address, door, "closed")
                 for handle in self.workers.values():
-                    self.send(handle, {"t": "revoke", "address": address, "door": door})
+                    self.send(handle, msg.Forget(address, door))
 
     def _cluster_state(self) -> str:
         if self.mirror is None:
@@ -475,6 +477,7 @@ class Supervisor:
             "config": self.path,
             "uptime": now - self._started,
             "restarts": self.stats.restarts,
+            "bad_reports": self.stats.bad_reports,
             "reloads": dict(self.stats.reloads),
             "workers": [
                 {"index": h.index, "pid": h.pid, "queue": q,
@@ -507,16 +510,16 @@ class Supervisor:
 
     # -- one-time sequences -------------------------------------------------------------
 
-    def _sequence_used(self, msg: dict[str, Any]) -> None:
+    def _sequence_used(self, used: msg.Used) -> None:
         """A worker used a one-time sequence and marked its line in the file (before the
         grant: a restart never revives it); reload, so the file is read again."""
-        if msg.get("error"):
+        if used.error:
             log.error("door %s: one-time sequence completed but line %s of %s could not be "
-                      "marked used: %s; no grant made", msg["door"], msg["line"], msg["path"],
-                      msg["error"])
+                      "marked used: %s; no grant made", used.door, used.line, used.path,
+                      used.error)
             return
-        log.info("one-time sequence used: door=%s file=%s line=%s", msg["door"], msg["path"],
-                 msg["line"])
+        log.info("one-time sequence used: door=%s file=%s line=%s", used.door, used.path,
+                 used.line)
         self.reload()
 
     # -- reload -------------------------------------------------------------------------
@@ -550,7 +553,7 @@ class Supervisor:
             raise
         for q in new_queues:
             if q not in added and q in self.workers:
-                self.send(self.workers[q], {"t": "reload", "text": new.text, "path": new.path})
+                self.send(self.workers[q], msg.Reload(new.text, new.path))
         self._stop_workers(removed)
         self.config = new
         self.book.set_config(new)

@@ -69,12 +69,16 @@ class Granted:
 
 @dataclass(frozen=True, slots=True)
 class Revoked:
-    """``steps``: the ports of the door whose grant ended (not always all of them)."""
+    """``steps``: the ports of the door whose grant ended (not always all of them).
+    ``kept``, for a close: those of them that another door still grants the address, with
+    that door and its expiry (the kernel set holds one entry a port: the worker removes
+    ``steps`` and writes these back)."""
 
     door: Door
     address: str
     cause: str  # "expired" or "closed"
     steps: tuple[Step, ...]
+    kept: tuple[tuple[Door, Step, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -575,7 +579,7 @@ class Engine:
         if track.closes:
             steps = self.revoke(src, track.door_index)
             if steps:
-                return Revoked(door, _address(src), "closed", steps)
+                return self.closed(src, door, steps)
             return Knocked(door.name, Outcome.NOTHING_TO_CLOSE)
         return self.grant(src, track.door_index, now)
 
@@ -624,6 +628,19 @@ class Engine:
         if not grants:
             del self._grants[src]
         return steps
+
+    def closed(self, src: bytes, door: Door, steps: tuple[Step, ...]) -> Revoked:
+        """The Revoked event of a close of ``steps`` of ``door`` (already revoked): with
+        the ports of them that other doors still grant ``src``."""
+        kept: list[tuple[Door, Step, float]] = []
+        grants = self._grants.get(src)
+        if grants is not None:
+            doors = self.config.doors
+            for slot, expires in grants.items():
+                step = _slot_step(slot)
+                if step in steps:
+                    kept.append((doors[slot >> _SLOT], step, expires))
+        return Revoked(door, _address(src), "closed", steps, tuple(kept))
 
     # -- time and state -----------------------------------------------------------------
 
