@@ -1,8 +1,8 @@
 """The pure knock engine (no I/O): see :mod:`gatekeeper.engine.engine`."""
 
-from gatekeeper.engine.engine import (
+from gatekeeper.engine.engine import Engine
+from gatekeeper.engine.events import (
     Decision,
-    Engine,
     Event,
     Granted,
     Guard,
