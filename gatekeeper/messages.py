@@ -17,7 +17,7 @@ import json
 import select
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
 
@@ -42,7 +42,7 @@ class Ready(Message):
     """Bound to the queue, grants of the kernel set adopted: verdicting."""
 
     KIND: ClassVar[str] = "ready"
-    adopted: int = 0
+    adopted: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +50,7 @@ class Failed(Message):
     """The worker could not start (the reason, one line)."""
 
     KIND: ClassVar[str] = "error"
-    message: str = ""
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,39 +58,42 @@ class Stats(Message):
     """Everything counted since the worker started (``gatekeeper.metrics.Snapshot``)."""
 
     KIND: ClassVar[str] = "stats"
-    counts: list[int] = field(default_factory=list)
-    hist: list[int] = field(default_factory=list)
-    hist_sum_ns: int = 0
-    knocks: dict[str, list[int]] = field(default_factory=dict)
-    spa: dict[str, dict[str, int]] = field(default_factory=dict)
-    guards: list[int] = field(default_factory=list)
-    tracked: int = 0
-    cluster: dict[str, Any] | None = None
+    counts: list[int]
+    hist: list[int]
+    hist_sum_ns: int
+    knocks: dict[str, list[int]]
+    spa: dict[str, dict[str, int]]
+    guards: list[int]
+    tracked: int
+    cluster: dict[str, Any] | None
 
 
 @dataclass(frozen=True, slots=True)
-class Granted(Message):
-    """A grant written into the kernel set (``error``: it could not be)."""
+class _GrantChange(Message):
+    """A grant of ``door`` to ``address`` written into (or taken out of) the kernel set,
+    of the ports ``opens``; ``error``: the set refused it."""
+
+    door: str
+    address: str
+    opens: list[str]
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Granted(_GrantChange):
+    """A grant made, for ``seconds`` (``renewed``: the address held one of the door)."""
 
     KIND: ClassVar[str] = "grant"
-    door: str = ""
-    address: str = ""
-    seconds: float = 0.0
-    renewed: bool = False
-    opens: list[str] = field(default_factory=list)
-    error: str | None = None
+    seconds: float
+    renewed: bool
 
 
 @dataclass(frozen=True, slots=True)
-class Revoked(Message):
-    """A grant closed (a close sequence) and taken out of the kernel set."""
+class Revoked(_GrantChange):
+    """A grant closed (``cause``: a close sequence)."""
 
     KIND: ClassVar[str] = "revoke"
-    door: str = ""
-    address: str = ""
-    cause: str = ""
-    opens: list[str] = field(default_factory=list)
-    error: str | None = None
+    cause: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,11 +101,11 @@ class Used(Message):
     """A one-time sequence used: its line marked in the file (``error``: it could not be)."""
 
     KIND: ClassVar[str] = "used"
-    door: str = ""
-    path: str = ""
-    line: int = 0
-    steps: str = ""
-    error: str = ""
+    door: str
+    path: str
+    line: int
+    steps: str
+    error: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +118,8 @@ class Counts(Message):
     """The answer to :class:`CountsRequest`: packets by reason, sources tracked."""
 
     KIND: ClassVar[str] = "counts"
-    counts: list[int] = field(default_factory=list)
-    tracked: int = 0
+    counts: list[int]
+    tracked: int
 
 
 # -- supervisor -> worker ---------------------------------------------------------------
@@ -127,8 +130,8 @@ class Reload(Message):
     """Read this config text (of ``path``) and swap in a new engine."""
 
     KIND: ClassVar[str] = "reload"
-    text: str = ""
-    path: str = ""
+    text: str
+    path: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +139,8 @@ class Forget(Message):
     """A grant closed on another gateway (mirrored): stop admitting it from the queue."""
 
     KIND: ClassVar[str] = "revoke"
-    address: str = ""
-    door: str = ""
+    address: str
+    door: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,8 @@ from gatekeeper import messages as msg
 @pytest.mark.parametrize("message", [
     msg.Ready(3), msg.Failed("NFQUEUE 1: cannot bind"),
     msg.Stats([1, 2], [0, 1], 5, {"ssh": [1, 0, 0, 0, 0, 0, 0]}, {"spa": {"ok": 1}}, [0] * 6, 2, None),
-    msg.Granted("ssh", "203.0.113.10", 29.5, False, ["22:tcp"], None),
-    msg.Revoked("ssh", "203.0.113.10", "closed", ["22:tcp"], "ipset: no such set"),
+    msg.Granted("ssh", "203.0.113.10", ["22:tcp"], None, seconds=29.5, renewed=False),
+    msg.Revoked("ssh", "203.0.113.10", ["22:tcp"], "ipset: no such set", cause="closed"),
     msg.Used("once", "/etc/gk/once", 3, "1001,1002:udp", ""), msg.Reloaded(), msg.Counts([0, 1], 4),
 ])
 def test_a_report_reads_back_as_it_was_written(message: msg.Message) -> None:

@@ -1,11 +1,13 @@
 """The pure knock engine: packet facts and a clock in, a verdict and events out.
 
-It never touches a socket, netfilter, metrics or logging, so it runs the same in the
-NFQUEUE worker, in an offline replay and in a unit test with a fake clock.
+It never touches a socket, a file, netfilter, metrics, logging or a store, not even
+through a callback, so it runs the same in the NFQUEUE worker, in an offline replay and in
+a unit test with a fake clock: what is to be done comes back as events (a grant to write
+into the kernel set, the ports a close leaves open). Its seams: ``events.py`` (what it
+says), ``limits.py`` (the lockouts' windowed counter), ``grants.py`` (the grant table).
 
-Compiled with mypyc at install time (setup.py; ``gatekeeper.native`` says whether it is):
-keep it mypy-strict, never patch its classes or functions at run time (compiled callers
-would not see it), give class-level constants ``Final``; see "Compiled modules" in README.md.
+Compiled with mypyc (``gatekeeper.native``), as are the three above: mypy-strict, never
+patched at run time, class constants ``Final`` (README.md, "Compiled modules").
 """
 
 from __future__ import annotations

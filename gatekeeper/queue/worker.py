@@ -11,9 +11,7 @@ NetfilterQueue binds and configures the queue; :mod:`gatekeeper.queue._nfq` then
 up to ``[gatekeeper] batch`` packets a ``recvmmsg`` and sends their verdicts in one ``send``
 (see "Speed work" in README.md). A packet left without a verdict is dropped, never accepted.
 
-Compiled with mypyc at install time (setup.py; ``gatekeeper.native`` says whether it is):
-keep it mypy-strict, never patch its classes or functions at run time (compiled callers
-would not see it), give class-level constants ``Final``; see "Compiled modules" in README.md.
+Compiled with mypyc (see "Compiled modules" in README.md for what that asks of this file).
 """
 
 from __future__ import annotations
@@ -321,8 +319,8 @@ class Worker:
             self.grants.add(event.address, door, event.expires - now, event.steps)
         except Exception as exc:  # the engine still admits the address from the queue
             error = str(exc)
-        self.report(msg.Granted(door.name, event.address, event.expires - now, event.renewed,
-                                [str(s) for s in event.steps], error))
+        self.report(msg.Granted(door.name, event.address, [str(s) for s in event.steps], error,
+                                seconds=event.expires - now, renewed=event.renewed))
         if self.cluster is not None:
             self.cluster.share(event, now)  # an SPA/encrypted/one-time grant: to the others
 
@@ -337,8 +335,8 @@ class Worker:
                 self.grants.add(event.address, other, expires - now, (step,))
         except Exception as exc:
             error = str(exc)
-        self.report(msg.Revoked(door.name, event.address, event.cause,
-                                [str(s) for s in event.steps], error))
+        self.report(msg.Revoked(door.name, event.address, [str(s) for s in event.steps], error,
+                                cause=event.cause))
 
     def tick(self, now: float) -> None:
         self._next_tick = now + TICK_SECONDS
