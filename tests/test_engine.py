@@ -194,11 +194,17 @@ def test_knocking_again_renews_the_grant(engine: Engine) -> None:
     assert ssh_open(engine, A, 45.0)
 
 
+# A knocks the ssh sequence (a playbook's first rows)
+A_OPENS_SSH = [
+    (0.0, A, "7000:udp", "drop", "knock", ["ssh advanced"]),
+    (0.1, A, "8000:tcp", "drop", "knock", ["ssh advanced"]),
+    (0.2, A, "9000:udp", "drop", "completed", ["ssh completed", "granted ssh 22:tcp"]),
+]
+
+
 def test_close_sequence_revokes(engine: Engine) -> None:
     play(engine, [
-        (0.0, A, "7000:udp", "drop", "knock",        ["ssh advanced"]),
-        (0.1, A, "8000:tcp", "drop", "knock",        ["ssh advanced"]),
-        (0.2, A, "9000:udp", "drop", "completed",    ["ssh completed", "granted ssh 22:tcp"]),
+        *A_OPENS_SSH,
         (1.0, A, "9000:tcp", "drop", "knock",        ["ssh advanced"]),
         (1.1, A, "8000:udp", "drop", "knock",        ["ssh advanced"]),
         (1.2, A, "7000:tcp", "drop", "closed",       ["ssh completed", "revoked ssh closed 22:tcp"]),
@@ -215,9 +221,7 @@ def test_close_sequence_without_grant_does_nothing(engine: Engine) -> None:
 
 def test_close_sequence_of_another_source_does_not_revoke(engine: Engine) -> None:
     play(engine, [
-        (0.0, A, "7000:udp", "drop",   "knock",     ["ssh advanced"]),
-        (0.1, A, "8000:tcp", "drop",   "knock",     ["ssh advanced"]),
-        (0.2, A, "9000:udp", "drop",   "completed", ["ssh completed", "granted ssh 22:tcp"]),
+        *A_OPENS_SSH,
         (1.0, B, "9000:tcp", "drop",   "knock",     ["ssh advanced"]),
         (1.1, B, "8000:udp", "drop",   "knock",     ["ssh advanced"]),
         (1.2, B, "7000:tcp", "drop",   "closed",    ["ssh completed", "ssh nothing-to-close"]),
