@@ -154,7 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"gatekeeper {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_daemon_commands, _client_commands, _operator_commands, _lab_commands,
+                _soak_command, _import_commands):
+        add(sub)  # in this order: the order of --help
+    return parser
 
+
+Subcommands = argparse._SubParsersAction  # the type of build_parser's subparsers
+
+
+def _daemon_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
+    """run, check, rules: the daemon and its config."""
     p = sub.add_parser("run", help="install the rules and verdict packets in the foreground")
     p.add_argument("-c", "--config", required=True, help="TOML config file")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -170,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print one part only, ready for its restore tool")
     p.set_defaults(func=_cmd_rules)
 
+
+def _client_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
+    """knock, spa: the clients."""
     p = sub.add_parser("knock", help="knock a sequence (knockd's knock syntax)")
     p.add_argument("host")
     p.add_argument("ports", nargs="*", metavar="PORT[:PROTO]")
@@ -210,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_cmd_spa)
 
+
+def _operator_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
+    """status, unit: the running daemon and its installation."""
     p = sub.add_parser("status", help="doors, active grants and counters of the running daemon")
     p.add_argument("-s", "--socket", default="/run/gatekeeper/control.sock",
                    help="the daemon's control socket ([gatekeeper] control)")
@@ -219,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("unit", help="print the systemd unit for this installation")
     p.set_defaults(func=_cmd_unit)
 
+
+def _lab_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
+    """demo, bench: the namespace lab."""
     p = sub.add_parser("demo", help="show the daemon at work in a namespace lab (needs root)")
     p.add_argument("--open-for", type=int, default=6, metavar="SECONDS",
                    help="how long the demo's grant admits new connections (default: 6)")
@@ -252,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "mirror delay (default 3 rounds of 20000 packets, 50 knocks)")
     p.set_defaults(func=_cmd_bench)
 
+
+def _soak_command(sub: Subcommands[argparse.ArgumentParser]) -> None:
+    """soak and its roles."""
     p = sub.add_parser("soak", help="soak scenario: client, attacker and gateway roles, a report; "
                        "'soak lab' runs it in a namespace lab (needs root)")
     roles = p.add_subparsers(dest="role", required=True, metavar="ROLE")
@@ -305,11 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra client addresses, so most attempts need a fresh grant (default 30)")
     p.set_defaults(func=_cmd_soak)
 
+
+def _import_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
+    """import-knockd."""
     p = sub.add_parser("import-knockd", help="convert a knockd.conf into a gatekeeper config")
     p.add_argument("file", metavar="FILE", help="knockd config, e.g. /etc/knockd.conf")
     p.add_argument("-o", "--output", metavar="OUT", help="write the TOML here (default: stdout)")
     p.set_defaults(func=_cmd_import_knockd)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

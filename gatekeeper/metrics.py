@@ -27,12 +27,13 @@ from gatekeeper import __version__
 from gatekeeper.config import CLUSTER_FALLBACKS
 from gatekeeper.effects.commands import COMMANDS
 from gatekeeper.engine import Guard, Outcome, Reason
+from gatekeeper.netfilter import procfs
+from gatekeeper.netfilter.procfs import PROC_QUEUES
 
 # Verdict latency buckets (seconds): microseconds, with a boundary exactly at 100 µs.
 BUCKETS = (0.000005, 0.00001, 0.000025, 0.00005, 0.000075, 0.0001, 0.00025, 0.0005, 0.001,
            0.005, 0.025, 0.1)
 BUCKETS_NS = tuple(int(b * 1e9) for b in BUCKETS)
-PROC_QUEUES = "/proc/net/netfilter/nfnetlink_queue"
 KNOCK_OUTCOMES = (Outcome.ADVANCED, Outcome.RESET, Outcome.TIMEOUT, Outcome.COMPLETED,
                   Outcome.DUPLICATE, Outcome.NOTHING_TO_CLOSE, Outcome.LOCKED)
 LOCKOUT_CAUSES = {Guard.LOCKOUT_SCAN: "scan", Guard.LOCKOUT_SOURCE: "source_failures",
@@ -99,17 +100,10 @@ class Snapshot:
 
 
 def read_queues(path: str = PROC_QUEUES) -> dict[int, dict[str, int]]:
-    """Per queue: the peer's portid, packets waiting, and the kernel's drop counters."""
-    out: dict[int, dict[str, int]] = {}
-    try:
-        with open(path, encoding="ascii") as f:
-            for line in f:
-                v = [int(x) for x in line.split()]
-                out[v[0]] = {"portid": v[1], "waiting": v[2], "queue_full": v[5],
-                             "socket_full": v[6]}
-    except OSError:
-        pass
-    return out
+    """Per queue: the peer's portid, packets waiting, and the kernel's drop counters (by
+    the causes of gatekeeper_queue_dropped_total), from :mod:`gatekeeper.netfilter.procfs`."""
+    return {q: {"portid": s.portid, "waiting": s.waiting, "queue_full": s.queue_dropped,
+                "socket_full": s.user_dropped} for q, s in procfs.read_queues(path).items()}
 
 
 class Stats:
@@ -120,6 +114,7 @@ class Stats:
         self.live: dict[int, Snapshot] = {}  # by worker pid
         self.retired = Snapshot()
         self.restarts = 0
+        self.bad_reports = 0  # worker reports that were no message (logged, skipped)
         self.reloads = {"ok": 0, "refused": 0}
         self.grants_total: dict[str, int] = {}
         self.cluster_mirrored = 0  # grants of other gateways written into the kernel sets
@@ -256,7 +251,18 @@ class GatekeeperCollector(Collector):
         for (door, stage), n in sorted(series.items()):
             spa.add_metric([door, stage], n)
         yield spa
+        yield from self._sources(total)
+        yield from self._grants(doors)
+        yield from self._queues()
+        yield from self._daemon()
+        yield from self._cluster(total)
+        yield from self._interfaces()
+        yield from self._ruleset()
+        info = GaugeMetricFamily("gatekeeper_build_info", "Build information", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
 
+    def _sources(self, total: Snapshot) -> Iterator[Metric]:
         yield GaugeMetricFamily("gatekeeper_tracked_sources",
                                 "Sources part-way through a sequence (all workers)",
                                 value=self.stats.tracked())
@@ -276,6 +282,7 @@ class GatekeeperCollector(Collector):
                                   "dropped to make room in a full table",
                                   value=total.guards[Guard.EVICTED])
 
+    def _grants(self, doors: list[str]) -> Iterator[Metric]:
         active = self.grants_active()
         g_active = GaugeMetricFamily("gatekeeper_grants_active", "Grants admitting new connections",
                                      labels=["door"])
@@ -287,6 +294,7 @@ class GatekeeperCollector(Collector):
         yield g_active
         yield g_total
 
+    def _queues(self) -> Iterator[Metric]:
         dropped = CounterMetricFamily("gatekeeper_queue_dropped",
                                       "Packets the kernel dropped before a verdict",
                                       labels=["queue", "cause"])
@@ -299,6 +307,7 @@ class GatekeeperCollector(Collector):
             depth.add_metric([str(q)], v["waiting"])
         yield depth
 
+    def _daemon(self) -> Iterator[Metric]:
         yield CounterMetricFamily("gatekeeper_worker_restarts", "Workers restarted after dying",
                                   value=self.stats.restarts)
         yield GaugeMetricFamily("gatekeeper_workers", "Workers running", value=self.workers())
@@ -314,13 +323,6 @@ class GatekeeperCollector(Collector):
         for what in COMMANDS:
             commands.add_metric([what], not_run.get(what, 0))
         yield commands
-        yield from self._cluster(total)
-        yield from self._interfaces()
-        yield from self._ruleset()
-        info = GaugeMetricFamily("gatekeeper_build_info", "Build information", labels=["version"])
-        info.add_metric([__version__], 1)
-        yield info
-
 
     def _ruleset(self) -> Iterator[Metric]:
         intact = GaugeMetricFamily("gatekeeper_ruleset_intact", "1 while the running ruleset is as "

@@ -16,7 +16,8 @@ import json
 from pathlib import Path
 
 # The modules mypyc compiles, as paths from the repository root (the order is the build's).
-COMPILED = ("gatekeeper/queue/decode.py", "gatekeeper/engine/engine.py", "gatekeeper/queue/worker.py")
+COMPILED = ("gatekeeper/queue/decode.py", "gatekeeper/engine/events.py", "gatekeeper/engine/limits.py",
+            "gatekeeper/engine/grants.py", "gatekeeper/engine/engine.py", "gatekeeper/queue/worker.py")
 MANIFEST = Path(__file__).with_name("_mypyc_build.json")
 PURE_ENV = "GATEKEEPER_PURE"
 

@@ -11,20 +11,18 @@ commands, expiry), reloads on SIGHUP and removes everything on SIGTERM/SIGINT.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
 import select
 import signal
 import time
-from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
 from gatekeeper import __version__, systemd
 from gatekeeper import config as config_mod
-from gatekeeper.config import Config
+from gatekeeper import messages as msg
 from gatekeeper.control import ControlServer
 from gatekeeper.effects.commands import CommandRunner
 from gatekeeper.effects.grantbook import GrantBook
@@ -35,31 +33,17 @@ from gatekeeper.netfilter.install import Installer
 from gatekeeper.netfilter.interfaces import LinkWatcher, require_present
 from gatekeeper.netfilter.render import render
 from gatekeeper.netfilter.watch import RulesetWatch
+from gatekeeper.workers import WorkerHandle, WorkerPool
 
 log = logging.getLogger("gatekeeper")
 
-READY_TIMEOUT = 15.0
 BURST_SECONDS = 10.0  # failed knocks are summed over this long ...
 BURST_MIN = 20  # ... and one line is logged when at least this many failed
 FAILED = ("reset", "timeout", "locked")
-STOP_TIMEOUT = 5.0
 EXPIRE_SECONDS = 0.5
 
 
-@dataclass
-class WorkerHandle:
-    index: int
-    queue: int
-    pid: int
-    control: int  # write end of its control pipe
-    started: float
-    ready: bool = False
-    error: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-    down_since: int | None = None  # the queue rule's packet counter when its worker died
-
-
-class Supervisor:
+class Supervisor(WorkerPool):
     def __init__(self, path: str) -> None:
         self.path = path
         self.config = config_mod.load(path)
@@ -86,164 +70,39 @@ class Supervisor:
         self.links = LinkWatcher()  # the guarded interfaces, polled from the loop
         self.watch = RulesetWatch(self.installer, lambda: self.config, self._wake_w)  # others' rules
 
-    # -- workers ------------------------------------------------------------------------
-
-    def _spawn(self, index: int, queue: int, config: Config) -> WorkerHandle:
-        control_r, control_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the worker
-            code = 1
-            try:
-                os.close(control_w)
-                os.close(self._report_r)
-                os.close(self._wake_r)
-                os.close(self._wake_w)
-                for handle in self.workers.values():
-                    os.close(handle.control)
-                from gatekeeper.queue.worker import worker_process
-
-                code = worker_process(index, queue, config, self._report_w, control_r)
-            except BaseException:
-                log.exception("worker %d crashed", index)
-            finally:
-                os._exit(code)
-        os.close(control_r)
-        handle = WorkerHandle(index, queue, pid, control_w, time.monotonic())
-        self.workers[queue] = handle
-        return handle
-
-    def _start_workers(self, config: Config, queues: list[int]) -> list[WorkerHandle]:
-        """Fork a worker per queue and wait until each has bound (or failed to)."""
-        started = [self._spawn(config.settings.queues.index(q), q, config) for q in queues]
-        deadline = time.monotonic() + READY_TIMEOUT
-        while any(not h.ready and h.error is None for h in started):
-            if time.monotonic() > deadline:
-                self._stop_workers(started)
-                raise GatekeeperError("workers did not bind their queues within "
-                                      f"{READY_TIMEOUT:g} s")
-            self._wait(0.2)
-            self._reap(restart=False)
-            for h in started:
-                if not h.ready and h.error is None and h.queue not in self.workers:
-                    h.error = f"worker for NFQUEUE {h.queue} exited during start-up"
-        errors = [h.error for h in started if h.error]
-        if errors:
-            self._stop_workers(started)
-            raise GatekeeperError(errors[0])
-        return started
-
-    def _stop_workers(self, handles: list[WorkerHandle]) -> None:
-        for h in handles:
-            try:
-                os.kill(h.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for h in handles:
-            while True:
-                try:
-                    pid, _ = os.waitpid(h.pid, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if pid:
-                    break
-                if time.monotonic() > deadline:
-                    os.kill(h.pid, signal.SIGKILL)
-                    os.waitpid(h.pid, 0)
-                    break
-                time.sleep(0.01)
-            try:
-                os.close(h.control)
-            except OSError:
-                pass
-            self._read_reports()  # its last counts, written just before it exited
-            self.stats.worker_gone(h.pid, h.queue)
-            if self.workers.get(h.queue) is h:
-                del self.workers[h.queue]
-
-    def _reap(self, restart: bool = True) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            handle = next((h for h in self.workers.values() if h.pid == pid), None)
-            if handle is None:
-                continue
-            del self.workers[handle.queue]
-            os.close(handle.control)
-            self._read_reports()
-            self.stats.worker_gone(pid, handle.queue)
-            if not restart or self._stopping:
-                continue
-            how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
-                   else f"exit status {os.WEXITSTATUS(status)}")
-            self.stats.restarts += 1
-            log.error("worker %d (pid %d, NFQUEUE %d) died with %s: restarting it; "
-                      "packets queued to it meanwhile were dropped", handle.index, pid,
-                      handle.queue, how)
-            new = self._spawn(handle.index, handle.queue, self.config)
-            if self._running:
-                new.down_since = self.installer.queue_counters().get(handle.queue, 0)
-
-    def send(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
-        try:
-            os.write(handle.control, (json.dumps(message) + "\n").encode())
-        except OSError as exc:
-            log.error("worker %d: cannot send %s: %s", handle.index, message["t"], exc)
-
     # -- reports from workers -----------------------------------------------------------
 
-    def _read_reports(self) -> None:
-        while True:
-            try:
-                chunk = os.read(self._report_r, 1 << 16)
-            except BlockingIOError:
-                break
-            self._buffer += chunk
-            if len(chunk) < 1 << 16:
-                break
-        while b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
-            try:
-                self._on_report(json.loads(line))
-            except (ValueError, KeyError) as exc:
-                log.error("unreadable report from a worker: %s", exc)
-
-    def _on_report(self, msg: dict[str, Any]) -> None:
-        handle = self.workers.get(msg["queue"])
-        if handle is not None and handle.pid != msg["pid"]:
+    def _on_report(self, sender: msg.Sender, message: msg.Message) -> None:
+        handle = self.workers.get(sender.queue)
+        if handle is not None and handle.pid != sender.pid:
             handle = None  # from a worker that has since been replaced
-        kind = msg["t"]
         now = time.monotonic()
-        if kind == "ready" and handle is not None:
+        if isinstance(message, msg.Ready) and handle is not None:
             handle.ready = True
-            handle.info = msg
+            handle.adopted = message.adopted
             if handle.down_since is not None:
                 now_count = self.installer.queue_counters().get(handle.queue, 0)
                 self.stats.dropped_while_down(handle.queue, now_count - handle.down_since)
                 handle.down_since = None
             # at start-up, quiet: a failed start prints one line, the error
             log.log(logging.INFO if self._running else logging.DEBUG,
-                    "worker %d started: pid %d, NFQUEUE %d%s", handle.index, msg["pid"], msg["queue"],
-                    f", adopted {msg['adopted']} grant(s)" if msg["adopted"] else "")
-        elif kind == "error" and handle is not None:
-            handle.error = msg["message"]
-        elif kind == "stats":
-            self.stats.worker_snapshot(msg["pid"], msg)
-        elif kind == "grant":
-            self.book.granted(msg["address"], msg["door"], msg["seconds"], now, msg.get("error"),
-                              msg.get("opens"))
-            self.stats.granted(msg["door"])
-        elif kind == "revoke":
-            self.book.revoked(msg["address"], msg["door"], msg["cause"], msg.get("error"),
-                              msg.get("opens"))
-        elif kind == "used":
-            self._sequence_used(msg)
-        elif kind == "reloaded":
-            log.debug("worker %d reloaded", msg["worker"])
+                    "worker %d started: pid %d, NFQUEUE %d%s", handle.index, sender.pid, sender.queue,
+                    f", adopted {message.adopted} grant(s)" if message.adopted else "")
+        elif isinstance(message, msg.Failed) and handle is not None:
+            handle.error = message.message
+        elif isinstance(message, msg.Stats):
+            self.stats.worker_snapshot(sender.pid, message.wire())
+        elif isinstance(message, msg.Granted):
+            self.book.granted(message.address, message.door, message.seconds, now, message.error,
+                              message.opens)
+            self.stats.granted(message.door)
+        elif isinstance(message, msg.Revoked):
+            self.book.revoked(message.address, message.door, message.cause, message.error,
+                              message.opens)
+        elif isinstance(message, msg.Used):
+            self._sequence_used(message)
+        elif isinstance(message, msg.Reloaded):
+            log.debug("worker %d reloaded", sender.worker)
 
     # -- signals and the loop -----------------------------------------------------------
 
@@ -382,7 +241,7 @@ class Supervisor:
                 _, address, door = note
                 self.book.revoked(address, door, "closed")
                 for handle in self.workers.values():
-                    self.send(handle, {"t": "revoke", "address": address, "door": door})
+                    self.send(handle, msg.Forget(address, door))
 
     def _cluster_state(self) -> str:
         if self.mirror is None:
@@ -475,6 +334,7 @@ class Supervisor:
             "config": self.path,
             "uptime": now - self._started,
             "restarts": self.stats.restarts,
+            "bad_reports": self.stats.bad_reports,
             "reloads": dict(self.stats.reloads),
             "workers": [
                 {"index": h.index, "pid": h.pid, "queue": q,
@@ -507,16 +367,16 @@ class Supervisor:
 
     # -- one-time sequences -------------------------------------------------------------
 
-    def _sequence_used(self, msg: dict[str, Any]) -> None:
+    def _sequence_used(self, used: msg.Used) -> None:
         """A worker used a one-time sequence and marked its line in the file (before the
         grant: a restart never revives it); reload, so the file is read again."""
-        if msg.get("error"):
+        if used.error:
             log.error("door %s: one-time sequence completed but line %s of %s could not be "
-                      "marked used: %s; no grant made", msg["door"], msg["line"], msg["path"],
-                      msg["error"])
+                      "marked used: %s; no grant made", used.door, used.line, used.path,
+                      used.error)
             return
-        log.info("one-time sequence used: door=%s file=%s line=%s", msg["door"], msg["path"],
-                 msg["line"])
+        log.info("one-time sequence used: door=%s file=%s line=%s", used.door, used.path,
+                 used.line)
         self.reload()
 
     # -- reload -------------------------------------------------------------------------
@@ -550,7 +410,7 @@ class Supervisor:
             raise
         for q in new_queues:
             if q not in added and q in self.workers:
-                self.send(self.workers[q], {"t": "reload", "text": new.text, "path": new.path})
+                self.send(self.workers[q], msg.Reload(new.text, new.path))
         self._stop_workers(removed)
         self.config = new
         self.book.set_config(new)

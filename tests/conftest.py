@@ -22,6 +22,7 @@ import pytest
 
 from gatekeeper import native
 from gatekeeper.lab import Lab
+from gatekeeper.netfilter.procfs import PROC_QUEUES, parse_queues
 
 TESTS = Path(__file__).parent
 PROBE = str(TESTS / "netprobe.py")
@@ -160,13 +161,8 @@ def start_daemon(lab: Lab, tmp_path: Path) -> Iterator[Any]:
 
 def queue_stats(lab: Lab) -> dict[int, dict[str, int]]:
     """/proc/net/netfilter/nfnetlink_queue of the gateway, by queue number."""
-    text = lab.run("gw", ["cat", "/proc/net/netfilter/nfnetlink_queue"]).stdout
-    out = {}
-    for line in text.splitlines():
-        f = [int(x) for x in line.split()]
-        out[f[0]] = {"portid": f[1], "waiting": f[2], "queue_dropped": f[5], "user_dropped": f[6],
-                     "id_sequence": f[7]}
-    return out
+    text = lab.run("gw", ["cat", PROC_QUEUES]).stdout
+    return {q: stat._asdict() for q, stat in parse_queues(text).items()}
 
 
 def probe(lab: Lab, host: str, *args: object, timeout: float = 120) -> Any:

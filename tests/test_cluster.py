@@ -384,25 +384,33 @@ def test_unauthorised_lookups_are_cached_and_rate_limited(store: Store) -> None:
 
 
 def test_replay_caches_are_shared_and_fail_by_the_doors_fallback(store: Store) -> None:
-    from types import SimpleNamespace
-
-    from gatekeeper.spa.replay import Admission, ReplayCache
+    from gatekeeper.engine.doors import shared_admits
+    from gatekeeper.spa.replay import Admission, Recorded, ReplayCache
 
     one, two = Box(store.url, "one"), Box(store.url, "two")
     caches = {}
     for box in (one, two):  # each gateway's replay caches, as its SPA doors hold them
         caches[box] = {"ssh": ReplayCache(), "web": ReplayCache()}
-        box.gate.share_replays(SimpleNamespace(replay=caches[box]))
-    assert caches[one]["ssh"].admit(b"captured", 1.0, 240) is Admission.NEW
+
+    def admit(box: Box, door: str, key: bytes, now: float, ttl: float) -> Admission:
+        """What the worker does with a message new to a door's cache: ask the store."""
+        seen = caches[box][door].record(key, now, ttl)
+        if not isinstance(seen, Recorded):
+            return seen
+        config_door = next(d for d in box.config.doors if d.name == door)
+        fresh = box.gate.replay_fresh(config_door, key, ttl)
+        return Admission.NEW if shared_admits(config_door, fresh) else Admission.REPLAY
+
+    assert admit(one, "ssh", b"captured", 1.0, 240) is Admission.NEW
     # the same packet replayed at the other gateway: seen there already
-    assert caches[two]["ssh"].admit(b"captured", 1.0, 240) is Admission.REPLAY
-    assert caches[two]["ssh"].admit(b"fresh", 1.0, 240) is Admission.NEW
+    assert admit(two, "ssh", b"captured", 1.0, 240) is Admission.REPLAY
+    assert admit(two, "ssh", b"fresh", 1.0, 240) is Admission.NEW
     keys = store.client().keys("t:r:ssh:*")
     assert len(keys) == 2 and all(230_000 < store.client().pttl(k) <= 240_000 for k in keys)
     store.kill()
     # store down: a "closed" door admits nothing new, a "local" one trusts its own cache
-    assert caches[one]["ssh"].admit(b"new while down", 2.0, 240) is Admission.REPLAY
-    assert caches[one]["web"].admit(b"new while down", 2.0, 240) is Admission.NEW
+    assert admit(one, "ssh", b"new while down", 2.0, 240) is Admission.REPLAY
+    assert admit(one, "web", b"new while down", 2.0, 240) is Admission.NEW
 
 
 def test_sentinel_finds_the_master(store: Store) -> None:

@@ -6,6 +6,7 @@ import base64
 import ipaddress
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,9 @@ from gatekeeper.config import Config, ConfigError, Door, Step, loads
 from gatekeeper.control import format_status
 from gatekeeper.effects.grantbook import GrantBook
 from gatekeeper.effects.onetime import mark_used
-from gatekeeper.engine import Engine, Granted, Reason, Verdict
+from gatekeeper.engine import Engine, Granted, Reason, Revoked, Verdict
 from gatekeeper.engine.doors import SequenceUsed, SpecialDoors
+from gatekeeper.messages import Message
 from gatekeeper.queue.decode import udp_payload
 from gatekeeper.queue.worker import Worker
 from gatekeeper.spa import fwknop
@@ -369,17 +371,22 @@ def test_udp_payload() -> None:
     assert udp_payload(b"\x45" + bytes(30)) is None
 
 
+def wired(reports: list[dict[str, Any]]) -> Callable[[Message], None]:
+    """A worker's report callback that keeps each message as the supervisor reads it."""
+    return lambda message: reports.append(message.wire())
+
+
 def test_worker_grants_from_spa_before_the_verdict_and_counts_stages(cfg: Config) -> None:
     reports: list[dict[str, Any]] = []
     grants = FakeGrants()
-    worker = Worker(cfg, grants, reports.append, clock=lambda: 5.0, wall=lambda: WALL)
+    worker = Worker(cfg, grants, wired(reports), clock=lambda: 5.0, wall=lambda: WALL)
     assert not worker.on_packet(udp(spa_packet()), 5.0), "an SPA packet is dropped"
     assert grants.added == [(CLIENT, "spa")]
     assert reports[0]["t"] == "grant" and reports[0]["door"] == "spa"
     assert not worker.on_packet(udp(spa_packet())[:-3], 5.0)  # truncated: never raises
     assert not worker.on_packet(udp(b"junk"), 5.0)
     assert worker.counts[Reason.ERROR] == 0
-    snap = worker.snapshot()
+    snap = worker.snapshot().wire()
     assert snap["spa"] == {"spa": {"ok": 1, "size": 1}} or snap["spa"]["spa"]["ok"] == 1
     # a plain knock still goes through the engine
     for proto, port in ((17, 7000), (6, 8000), (17, 9000)):
@@ -517,12 +524,12 @@ class StepGrants:
 def test_worker_writes_reports_and_adopts_only_the_granted_ports(wide: Config) -> None:
     reports: list[dict[str, Any]] = []
     grants = StepGrants()
-    worker = Worker(wide, grants, reports.append, clock=lambda: 5.0, wall=lambda: WALL)
+    worker = Worker(wide, grants, wired(reports), clock=lambda: 5.0, wall=lambda: WALL)
     worker.on_packet(udp(spa_packet()), 5.0)
     assert list(grants.entries) == [(CLIENT, "spa", "22:tcp")]
     assert reports[0]["t"] == "grant" and reports[0]["opens"] == ["22:tcp"]
     # a restarted worker finds that entry in the kernel set: only 22 is admitted
-    again = Worker(wide, StepGrants(), reports.append, clock=lambda: 6.0, wall=lambda: WALL)
+    again = Worker(wide, StepGrants(), wired(reports), clock=lambda: 6.0, wall=lambda: WALL)
     entries = [(a, d, 29, Step(6, int(p.split(":")[0]))) for a, d, p in grants.entries]
     assert again.adopt(entries) == 1
     assert is_accepted(again.engine, 22, 7.0) and not is_accepted(again.engine, 80, 7.0)
@@ -621,7 +628,7 @@ def test_worker_marks_a_one_time_line_used_before_it_grants(cfg: Config, files: 
     reports: list[dict[str, Any]] = []
     marked: list[str] = []
     grants = Recording()
-    worker = Worker(cfg, grants, reports.append, clock=lambda: 5.0, wall=lambda: WALL)
+    worker = Worker(cfg, grants, wired(reports), clock=lambda: 5.0, wall=lambda: WALL)
     one_time_knocks(worker, 5.0)
     assert grants.added == [(CLIENT, "once")]
     assert marked == ["#used# 1001,1002:udp,1003"], "the line was marked before the grant"
@@ -633,7 +640,7 @@ def test_worker_grants_nothing_for_a_one_time_line_it_cannot_mark(cfg: Config,
                                                                   files: dict[str, str]) -> None:
     reports: list[dict[str, Any]] = []
     grants = FakeGrants()
-    worker = Worker(cfg, grants, reports.append, clock=lambda: 5.0, wall=lambda: WALL)
+    worker = Worker(cfg, grants, wired(reports), clock=lambda: 5.0, wall=lambda: WALL)
     Path(files["once"]).unlink()  # stands in for a file system that refuses the write
     one_time_knocks(worker, 5.0)
     assert grants.added == [], "no grant without the mark"
@@ -656,3 +663,91 @@ def test_a_one_time_door_counts_tcp_knocks_by_its_tcp_flags(files: dict[str, str
     for i, (proto, port) in enumerate([(6, 1001), (17, 1002), (6, 1003)]):
         decision = doors.handle(CLIENT_B, GW_B, proto, port, fin if proto == 6 else 0, b"", 2.0 + i, WALL)
     assert decision is not None and decision[1] is Reason.COMPLETED
+
+
+# -- replay caches say what they saw; the worker writes it down -----------------------------
+
+
+def test_a_message_new_to_a_replay_cache_is_queued_for_the_journal_not_written(cfg: Config) -> None:
+    _, doors = specials(cfg)
+    packet = spa_packet()
+    assert doors.handle(CLIENT_B, GW_B, 17, 62201, 0, packet, 10.0, WALL)[1] is Reason.COMPLETED  # type: ignore[index]
+    (seen,) = doors.seen
+    assert seen.door == "spa" and seen.key in doors.replay["spa"]
+    assert seen.expires == WALL + 2 * 120.0
+    doors.seen.clear()
+    doors.handle(CLIENT_B, GW_B, 17, 62201, 0, packet, 11.0, WALL)
+    assert doors.seen == [], "a replay records nothing new"
+
+
+def test_the_worker_appends_new_replay_entries_to_the_doors_journal(cfg: Config, tmp_path: Path) -> None:
+    from gatekeeper.effects import replaylog
+
+    worker = Worker(cfg, FakeGrants(), lambda m: None, clock=lambda: 5.0, wall=lambda: WALL)
+    worker.journal_replays(str(tmp_path))
+    worker.on_packet(udp(spa_packet()), 5.0)
+    (key, expires), = replaylog.load(str(tmp_path), "spa", now=WALL)
+    assert key in worker.specials.replay["spa"] and expires == WALL + 240.0  # type: ignore[union-attr]
+    assert worker.specials.seen == []  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("fresh", "fallback", "reason", "stage"), [
+    (True, "closed", Reason.COMPLETED, "ok"),
+    (False, "local", Reason.WRONG, "replay"),  # another gateway saw it first
+    (None, "local", Reason.COMPLETED, "ok"),  # store down: a "local" door trusts its cache
+    (None, "closed", Reason.WRONG, "replay"),  # a "closed" one admits nothing new
+])
+def test_the_shared_replay_check_is_a_query_and_an_answer(
+        cfg: Config, fresh: bool | None, fallback: str, reason: Reason, stage: str) -> None:
+    from dataclasses import replace
+
+    from gatekeeper.engine.doors import ReplayQuery
+
+    engine, doors = specials(cfg)
+    doors.shared_replay = True
+    query = doors.handle(CLIENT_B, GW_B, 17, 62201, 0, spa_packet(), 10.0, WALL)
+    assert isinstance(query, ReplayQuery) and query.door.name == "spa" and query.ttl == 240.0
+    assert list(engine.grants()) == [] and doors.counts == {}, "nothing decided before the answer"
+    query = replace(query, door=replace(query.door, cluster_fallback=fallback))
+    assert doors.answer(query, fresh)[1] is reason
+    assert doors.counts == {("spa", stage): 1}
+    assert [e.door for e in doors.seen] == (["spa"] if stage == "ok" else [])
+    assert bool(list(engine.grants())) is (reason is Reason.COMPLETED)
+
+
+def test_a_close_says_which_ports_another_door_still_grants(files: dict[str, str]) -> None:
+    both = ('[[door]]\nname = "alt"\nsequence = ["4001", "4002"]\nclose_sequence = ["4003", "4004"]\n'
+            'opens = ["2222", "2223"]\n')
+    cfg = loads(config_text(files) + both, "t.toml")
+    engine = Engine(cfg)
+    for i, (proto, port) in enumerate([(17, 7000), (6, 8000), (17, 9000), (6, 4001), (6, 4002)]):
+        engine.decide(CLIENT_B, GW_B, proto, port, 0x02, 1.0 + i / 10)
+    engine.decide(CLIENT_B, GW_B, 6, 4003, 0x02, 2.0)
+    _, reason, events = engine.decide(CLIENT_B, GW_B, 6, 4004, 0x02, 2.1)
+    (revoked,) = [e for e in events if isinstance(e, Revoked)]
+    assert reason is Reason.CLOSED and [str(s) for s in revoked.steps] == ["2222:tcp", "2223:tcp"]
+    assert [(d.name, str(s)) for d, s, _ in revoked.kept] == [("ssh", "2222:tcp")]
+
+
+def test_the_worker_writes_back_a_port_another_door_still_grants(files: dict[str, str]) -> None:
+    both = ('[[door]]\nname = "alt"\nsequence = ["4001", "4002"]\nclose_sequence = ["4003", "4004"]\n'
+            'opens = ["2222", "2223"]\n')
+
+    class Calls(FakeGrants):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[tuple[str, str, list[str]]] = []
+
+        def add(self, address: str, door: Door, seconds: float, steps: Any = None) -> int:
+            self.calls.append(("add", door.name, [str(s) for s in steps or door.opens]))
+            return super().add(address, door, seconds, steps)
+
+        def remove(self, address: str, door: Door, steps: Any = None) -> None:
+            self.calls.append(("remove", door.name, [str(s) for s in steps or door.opens]))
+
+    grants = Calls()
+    worker = Worker(loads(config_text(files) + both, "t.toml"), grants, lambda m: None,
+                    clock=lambda: 5.0, wall=lambda: WALL)
+    for proto, port in ((17, 7000), (6, 8000), (17, 9000), (6, 4001), (6, 4002), (6, 4003), (6, 4004)):
+        worker.on_packet(udp(b"", port) if proto == 17 else tcp_syn(port), 5.0)
+    assert grants.calls[-2:] == [("remove", "alt", ["2222:tcp", "2223:tcp"]), ("add", "ssh", ["2222:tcp"])]

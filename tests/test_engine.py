@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from gatekeeper.config import ICMP, TCP, UDP, Step, loads
 from gatekeeper.engine import Engine, Granted, Guard, Knocked, Outcome, Reason, Revoked, Verdict
+from tests.playbook import play
 
 SYN, ACK, RST = 0x02, 0x10, 0x04
 GW = ipaddress.ip_address("203.0.113.1").packed
@@ -99,22 +100,25 @@ def test_wrong_order_fails(engine: Engine) -> None:
 
 
 def test_wrong_knock_resets_progress(engine: Engine) -> None:
-    send(engine, A, *SSH[0], 0.0)
-    send(engine, A, *SSH[1], 0.1)
-    _, reason, events = send(engine, A, UDP, 12345, 0.2)
-    assert reason is Reason.WRONG
-    assert Knocked("ssh", Outcome.RESET) in events
-    send(engine, A, *SSH[2], 0.3)
-    assert not ssh_open(engine, A, 0.4)
+    play(engine, [
+        # time source packet       verdict  reason          events
+        (0.0,  A,     "7000:udp",  "drop",  "knock",        ["ssh advanced"]),
+        (0.1,  A,     "8000:tcp",  "drop",  "knock",        ["ssh advanced"]),
+        (0.2,  A,     "12345:udp", "drop",  "wrong",        ["ssh reset"]),
+        (0.3,  A,     "9000:udp",  "drop",  "wrong",        []),
+        (0.4,  A,     "22:tcp",    "drop",  "unauthorised", []),
+    ])
 
 
 def test_a_reset_knock_that_is_the_first_step_starts_over(engine: Engine) -> None:
-    send(engine, A, *SSH[0], 0.0)
-    send(engine, A, *SSH[1], 0.1)
-    send(engine, A, *SSH[0], 0.2)  # reset, but it is the first step: progress 1
-    send(engine, A, *SSH[1], 0.3)
-    send(engine, A, *SSH[2], 0.4)
-    assert ssh_open(engine, A, 0.5)
+    play(engine, [
+        (0.0, A, "7000:udp", "drop",   "knock",     ["ssh advanced"]),
+        (0.1, A, "8000:tcp", "drop",   "knock",     ["ssh advanced"]),
+        (0.2, A, "7000:udp", "drop",   "wrong",     ["ssh reset"]),  # reset, but the first step: progress 1
+        (0.3, A, "8000:tcp", "drop",   "knock",     ["ssh advanced"]),
+        (0.4, A, "9000:udp", "drop",   "completed", ["ssh completed", "granted ssh 22:tcp"]),
+        (0.5, A, "22:tcp",   "accept", "granted",   []),
+    ])
 
 
 def test_duplicate_of_the_last_knock_keeps_progress(engine: Engine) -> None:
@@ -190,13 +194,22 @@ def test_knocking_again_renews_the_grant(engine: Engine) -> None:
     assert ssh_open(engine, A, 45.0)
 
 
+# A knocks the ssh sequence (a playbook's first rows)
+A_OPENS_SSH = [
+    (0.0, A, "7000:udp", "drop", "knock", ["ssh advanced"]),
+    (0.1, A, "8000:tcp", "drop", "knock", ["ssh advanced"]),
+    (0.2, A, "9000:udp", "drop", "completed", ["ssh completed", "granted ssh 22:tcp"]),
+]
+
+
 def test_close_sequence_revokes(engine: Engine) -> None:
-    knock(engine, A, SSH)
-    *_, last = knock(engine, A, SSH_CLOSE, start=1.0)
-    assert last[1] is Reason.CLOSED
-    revoked = [e for e in last[2] if isinstance(e, Revoked)]
-    assert [(r.address, r.cause) for r in revoked] == [("203.0.113.10", "closed")]
-    assert not ssh_open(engine, A, 1.5)
+    play(engine, [
+        *A_OPENS_SSH,
+        (1.0, A, "9000:tcp", "drop", "knock",        ["ssh advanced"]),
+        (1.1, A, "8000:udp", "drop", "knock",        ["ssh advanced"]),
+        (1.2, A, "7000:tcp", "drop", "closed",       ["ssh completed", "revoked ssh closed 22:tcp"]),
+        (1.5, A, "22:tcp",   "drop", "unauthorised", []),
+    ])
     assert engine.tick(100.0) == [], "a closed grant does not expire a second time"
 
 
@@ -207,9 +220,13 @@ def test_close_sequence_without_grant_does_nothing(engine: Engine) -> None:
 
 
 def test_close_sequence_of_another_source_does_not_revoke(engine: Engine) -> None:
-    knock(engine, A, SSH)
-    knock(engine, B, SSH_CLOSE, start=1.0)
-    assert ssh_open(engine, A, 2.0)
+    play(engine, [
+        *A_OPENS_SSH,
+        (1.0, B, "9000:tcp", "drop",   "knock",     ["ssh advanced"]),
+        (1.1, B, "8000:udp", "drop",   "knock",     ["ssh advanced"]),
+        (1.2, B, "7000:tcp", "drop",   "closed",    ["ssh completed", "ssh nothing-to-close"]),
+        (2.0, A, "22:tcp",   "accept", "granted",   []),
+    ])
 
 
 def test_ipv6(engine: Engine) -> None:

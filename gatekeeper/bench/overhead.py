@@ -31,7 +31,7 @@ class _Grants:
         pass
 
 
-def _ignore(_message: dict[str, Any]) -> None:
+def _ignore(_message: object) -> None:
     pass
 
 

@@ -319,26 +319,10 @@ class ClusterGate:
         self._timed(start)
         return fresh == 1
 
-    def share_replays(self, specials: Any) -> None:
-        """Make every SPA/encrypted door's replay cache ask the store too: a packet seen by
-        any gateway is a replay on all. With the store down, a door with cluster_fallback
-        "local" trusts its own cache, a "closed" one admits nothing."""
-        if specials is None:
-            return
-        doors = {d.name: d for d in self.config.doors}
-        for name, cache in specials.replay.items():
-            door = doors.get(name)
-            if door is not None:
-                cache.shared = self._replay_check(door)
-
-    def _replay_check(self, door: Door) -> Callable[[bytes, float], bool]:
-        local = door.cluster_fallback == "local"
-
-        def check(key: bytes, ttl: float) -> bool:
-            fresh = self.first_use(door, hashlib.sha256(key).hexdigest()[:40], ttl)
-            return local if fresh is None else fresh
-
-        return check
+    def replay_fresh(self, door: Door, key: bytes, ttl: float) -> bool | None:
+        """Shared replay check of a message new here (a ReplayQuery of the special doors):
+        True if no gateway saw it before, False if one did, None if the store did not answer."""
+        return self.first_use(door, hashlib.sha256(key).hexdigest()[:40], ttl)
 
     def snapshot(self) -> dict[str, Any]:
         return {"hist": self.hist, "hist_sum_ns": self.hist_sum_ns, "errors": self.errors,

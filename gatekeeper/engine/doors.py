@@ -25,6 +25,13 @@ State kept here, all bounded:
   door's ``sequence_timeout`` starts afresh);
 * per one-time door, the progress of each source through the door's current sequence
   (the first line not yet used) and the lines used since the config was read.
+
+A message new to a replay cache is an effect, not a call: it is queued in
+:attr:`SpecialDoors.seen` (a :class:`ReplaySeen` each, which the worker drains after each
+packet and appends to the door's journal). With ``[cluster]`` (``shared_replay``),
+whether another gateway saw it first is a question: :meth:`SpecialDoors.handle` returns
+a :class:`ReplayQuery`, the worker asks the shared store, and :meth:`SpecialDoors.answer`
+turns the store's answer into the decision (as the shared knock does, ``engine/shared.py``).
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from gatekeeper.config import PROTO_NAMES, PROTO_NUMBERS, TCP, UDP, Config, Door
 from gatekeeper.engine.engine import Engine, Event, Granted, Knocked, Outcome, Reason, Verdict
 from gatekeeper.spa import fwknop
 from gatekeeper.spa import sequence as seqcodec
-from gatekeeper.spa.replay import ReplayCache
+from gatekeeper.spa.replay import Recorded, ReplayCache
 
 _DROP = Verdict.DROP
 _R_WRONG, _R_KNOCK, _R_DUPLICATE = Reason.WRONG, Reason.KNOCK, Reason.DUPLICATE
@@ -60,8 +67,40 @@ class SequenceUsed:
     steps: str  # the line's sequence, "7000:udp,8000:tcp", to check it is still that line
 
 
+@dataclass(frozen=True, slots=True)
+class ReplaySeen:
+    """A message new to door ``door``'s replay cache: to be kept until ``expires`` (wall
+    clock) in the door's journal, so that a restart does not forget it."""
+
+    door: str
+    key: bytes
+    expires: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayQuery:
+    """[cluster] A message new to this gateway's replay cache: did any gateway see it
+    before? The worker asks the store (``ttl`` seconds to remember it) and hands the
+    answer to :meth:`SpecialDoors.answer`; the rest is what that needs to finish."""
+
+    door: Door
+    key: bytes
+    ttl: float
+    index: int
+    src: bytes
+    result: fwknop.SpaResult | seqcodec.SequenceResult
+    now: float
+
+
 SpecialEvent = Event | SequenceUsed
 SpecialDecision = tuple[Verdict, Reason, tuple[SpecialEvent, ...]]
+
+
+def shared_admits(door: Door, fresh: bool | None) -> bool:
+    """Whether a message new here is admitted given the shared store's answer: ``fresh``,
+    or with no answer (None) the door's ``cluster_fallback`` ("local" trusts this
+    gateway's cache, "closed" admits nothing)."""
+    return door.cluster_fallback == "local" if fresh is None else fresh
 
 
 def has_special(config: Config) -> bool:
@@ -80,6 +119,8 @@ class SpecialDoors:
         self.counts: dict[tuple[str, str], int] = {} if counts is None else counts
         self.spa_ports: dict[int, tuple[int, ...]] = {}  # udp port -> its SPA doors
         self.replay: dict[str, ReplayCache] = {}  # by door name
+        self.seen: list[ReplaySeen] = []  # new replay entries, for the worker's journals
+        self.shared_replay = False  # [cluster]: new replay entries are a ReplayQuery first
         self._allowed: dict[int, frozenset[tuple[str, int]]] = {}
         self._open_keys: dict[int, frozenset[tuple[int, int]]] = {}
         self._encrypted: dict[int, int] = {}  # key -> encrypted door index
@@ -125,8 +166,9 @@ class SpecialDoors:
     # -- the entry point ----------------------------------------------------------------
 
     def handle(self, src: bytes, dst: bytes, proto: int, port: int, flags: int, payload: bytes,
-               now: float, wall: float) -> SpecialDecision | None:
-        """The decision for a packet to a special key, or None: not ours, ask the engine."""
+               now: float, wall: float) -> SpecialDecision | ReplayQuery | None:
+        """The decision for a packet to a special key, or None: not ours, ask the engine;
+        with ``shared_replay``, a :class:`ReplayQuery` for a message new here."""
         key = proto << 16 | port
         if key in self.spa_keys:
             return self._spa(src, self.spa_ports[port], payload, now, wall)
@@ -154,7 +196,7 @@ class SpecialDoors:
     # -- SPA ----------------------------------------------------------------------------
 
     def _spa(self, src: bytes, doors: tuple[int, ...], payload: bytes, now: float,
-             wall: float) -> SpecialDecision:
+             wall: float) -> SpecialDecision | ReplayQuery:
         for index in doors:
             door: Door = self.config.doors[index]
             spa = door.spa
@@ -162,22 +204,57 @@ class SpecialDoors:
             result = fwknop.verify(payload, spa.keys, wall, replay=self.replay[door.name],
                                    allowed=self._allowed[index], source=src,
                                    other_source=spa.other_source, window=spa.window)
-            self._count(door.name, result.stage.name.lower())
             if result.stage is fwknop.Stage.HMAC or result.stage is fwknop.Stage.SIZE:
+                self._count(door.name, result.stage.name.lower())
                 continue  # not this door's key: maybe the next door's
-            message = result.message
-            if result.ok and result.grant is not None and message is not None:
-                # verify() checked every requested port is one the door opens
-                steps = [Step(PROTO_NUMBERS[name], port) for name, port in message.access]
-                return self._grant(ipaddress.ip_address(result.grant).packed, index, now,
-                                   steps=steps, open_for=message.client_timeout or 0)
-            break  # this door's key made it: no other door's will
+            return self._seen(index, src, result, now) or self._spa_done(index, result, now)
         return (_DROP, _R_WRONG, ())
+
+    def _spa_done(self, index: int, result: fwknop.SpaResult, now: float) -> SpecialDecision:
+        """The decision for the result of the door whose key made the packet."""
+        self._count(self.config.doors[index].name, result.stage.name.lower())
+        message = result.message
+        if result.ok and result.grant is not None and message is not None:
+            # verify() checked every requested port is one the door opens
+            steps = [Step(PROTO_NUMBERS[name], port) for name, port in message.access]
+            return self._grant(ipaddress.ip_address(result.grant).packed, index, now,
+                               steps=steps, open_for=message.client_timeout or 0)
+        return (_DROP, _R_WRONG, ())  # this door's key made it: no other door's will
+
+    # -- replay caches: what they saw ---------------------------------------------------
+
+    def _seen(self, index: int, src: bytes, result: fwknop.SpaResult | seqcodec.SequenceResult,
+              now: float) -> ReplayQuery | None:
+        """A message new to the door's replay cache: queued for the journal, or (shared
+        replay) the question to ask the store first."""
+        recorded: Recorded | None = result.recorded
+        if recorded is None:
+            return None
+        door = self.config.doors[index]
+        if self.shared_replay:
+            return ReplayQuery(door, recorded.key, recorded.ttl, index, src, result, now)
+        self.seen.append(ReplaySeen(door.name, recorded.key, recorded.expires))
+        return None
+
+    def answer(self, query: ReplayQuery, fresh: bool | None) -> SpecialDecision:
+        """The decision for a :class:`ReplayQuery` given the store's answer: ``fresh``
+        True (no gateway saw it), False (one did: a replay here too), None (the store did
+        not answer: a door with ``cluster_fallback = "local"`` trusts its own cache, a
+        "closed" one admits nothing)."""
+        result = query.result
+        if not shared_admits(query.door, fresh):
+            self._count(query.door.name, "replay")
+            return (_DROP, _R_WRONG, ())
+        assert result.recorded is not None
+        self.seen.append(ReplaySeen(query.door.name, query.key, result.recorded.expires))
+        if isinstance(result, fwknop.SpaResult):
+            return self._spa_done(query.index, result, query.now)
+        return self._sequence_done(query.index, query.src, result, query.now)
 
     # -- encrypted port sequences -------------------------------------------------------
 
     def _encrypted_knock(self, index: int, src: bytes, proto: int, port: int, flags: int,
-                         now: float, wall: float) -> SpecialDecision:
+                         now: float, wall: float) -> SpecialDecision | ReplayQuery:
         door = self.config.doors[index]
         if proto == TCP and not door.tcp_flags.matches(flags):
             return (_DROP, _R_IGNORED, ())
@@ -203,6 +280,11 @@ class SpecialDoors:
         assert e is not None
         result = seqcodec.decode(ports, e.key, wall, e.window, replay=self.replay[door.name],
                                  port_range=(e.first, e.last))
+        return self._seen(index, src, result, now) or self._sequence_done(index, src, result, now)
+
+    def _sequence_done(self, index: int, src: bytes, result: seqcodec.SequenceResult,
+                       now: float) -> SpecialDecision:
+        door = self.config.doors[index]
         grant = result.grant
         if not result.ok or grant is None:
             self._count(door.name, result.stage.name.lower())
@@ -307,5 +389,5 @@ class SpecialDoors:
                 del progress[s]
 
 
-__all__ = ["SEQUENCE_STAGES", "SPA_STAGES", "SequenceUsed", "SpecialDecision", "SpecialDoors",
-           "SpecialEvent", "has_special"]
+__all__ = ["SEQUENCE_STAGES", "SPA_STAGES", "ReplayQuery", "ReplaySeen", "SequenceUsed",
+           "SpecialDecision", "SpecialDoors", "SpecialEvent", "has_special", "shared_admits"]

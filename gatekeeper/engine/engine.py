@@ -1,109 +1,41 @@
 """The pure knock engine: packet facts and a clock in, a verdict and events out.
 
-It never touches a socket, netfilter, metrics or logging, so it runs the same in the
-NFQUEUE worker, in an offline replay and in a unit test with a fake clock.
+It never touches a socket, a file, netfilter, metrics, logging or a store, not even
+through a callback, so it runs the same in the NFQUEUE worker, in an offline replay and in
+a unit test with a fake clock: what is to be done comes back as events (a grant to write
+into the kernel set, the ports a close leaves open). Its seams: ``events.py`` (what it
+says), ``limits.py`` (the lockouts' windowed counter), ``grants.py`` (the grant table).
 
-Compiled with mypyc at install time (setup.py; ``gatekeeper.native`` says whether it is):
-keep it mypy-strict, never patch its classes or functions at run time (compiled callers
-would not see it), give class-level constants ``Final``; see "Compiled modules" in README.md.
+Compiled with mypyc (``gatekeeper.native``), as are the three above: mypy-strict, never
+patched at run time, class constants ``Final`` (README.md, "Compiled modules").
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from enum import IntEnum
-from typing import Any, Final, NamedTuple
+from typing import Any, NamedTuple
 
 from gatekeeper.config import ICMP, TCP, Config, Door, Step, TcpFlags
-
-
-class Verdict(IntEnum):
-    DROP = 0
-    ACCEPT = 1
-
-
-class Reason(IntEnum):
-    """Why a packet got its verdict (a metrics label, never shown on the wire)."""
-
-    GRANTED = 0  # protected port, the source holds a grant: accepted
-    UNAUTHORISED = 1  # protected port, no grant
-    KNOCK = 2  # advanced or restarted a sequence
-    COMPLETED = 3  # completed an open sequence: grant made
-    CLOSED = 4  # completed a close sequence
-    WRONG = 5  # neither a knock nor protected (it resets a sequence in progress)
-    DUPLICATE = 6  # the same step again: a retransmit, progress kept
-    IGNORED = 7  # tcp flags that do not count as a knock
-    MALFORMED = 8  # the decoder could not read it (set by the caller)
-    ERROR = 9  # the worker failed on it (set by the caller)
-    SCANNER = 10  # completed a sequence while locked out as a scanner: no grant
-    REFUSED = 11  # a new source's knock, not tracked: its /24 or /64 is at quota, or the table is full
-    LOCKED = 12  # completed a sequence while locked out for failed sequences: no grant
-
-
-class Outcome:
-    """Per-door knock outcomes."""
-
-    ADVANCED: Final = "advanced"
-    RESET: Final = "reset"
-    TIMEOUT: Final = "timeout"
-    COMPLETED: Final = "completed"
-    DUPLICATE: Final = "duplicate"
-    NOTHING_TO_CLOSE: Final = "nothing-to-close"
-    LOCKED: Final = "locked"  # completed, but the source is locked out as a scanner
-
-
-@dataclass(frozen=True, slots=True)
-class Granted:
-    """``steps`` are the ports granted now, always spelled out: all of the door's
-    ``opens`` for a knock sequence, those the request asked for for SPA and encrypted
-    sequences. ``renewed``: the source already held a running grant of this door."""
-
-    door: Door
-    address: str
-    expires: float
-    renewed: bool
-    steps: tuple[Step, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Revoked:
-    """``steps``: the ports of the door whose grant ended (not always all of them)."""
-
-    door: Door
-    address: str
-    cause: str  # "expired" or "closed"
-    steps: tuple[Step, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Knocked:
-    door: str
-    outcome: str
-
-    def __hash__(self) -> int:  # the generated one's value; written out, mypyc compiles it
-        return hash((self.door, self.outcome))
-
-
-Event = Granted | Revoked | Knocked
-Decision = tuple[Verdict, Reason, tuple[Event, ...]]
+from gatekeeper.engine.events import (
+    Decision,
+    Event,
+    Granted,
+    Guard,
+    Knocked,
+    Outcome,
+    Reason,
+    Revoked,
+    Verdict,
+)
+from gatekeeper.engine.grants import SLOT as _SLOT
+from gatekeeper.engine.grants import GrantTable
+from gatekeeper.engine.limits import WindowCounter
 
 _ACCEPT_GRANTED: Decision = (Verdict.ACCEPT, Reason.GRANTED, ())
 _DROP_UNAUTHORISED: Decision = (Verdict.DROP, Reason.UNAUTHORISED, ())
 _DROP_WRONG: Decision = (Verdict.DROP, Reason.WRONG, ())
 _DROP_REFUSED: Decision = (Verdict.DROP, Reason.REFUSED, ())
-
-
-class Guard(IntEnum):
-    """What the engine's defences did (counted in ``Engine.guards``, by this index)."""
-
-    LOCKOUT_SCAN = 0  # a source probed more ports than any door needs
-    LOCKOUT_SOURCE = 1  # a source failed more sequences than failure_limit
-    LOCKOUT_PREFIX = 2  # a /24 or /64 failed more sequences than prefix_failure_limit
-    REFUSED_QUOTA = 3  # a new source not tracked: its prefix is at prefix_quota
-    REFUSED_FULL = 4  # a new source not tracked: the table is full of sources two steps in
-    EVICTED = 5  # a source one step in dropped to make room for a new one
 
 
 def prefix(src: bytes) -> bytes:
@@ -134,19 +66,6 @@ class _Plan(NamedTuple):
     track: _Track
     knocked: tuple[Knocked, ...]  # its Knocked event of each outcome, made once, shared
     shift: int  # where its progress sits in the packed progress
-
-
-def _address(raw: bytes) -> str:
-    return str(ipaddress.ip_address(raw))
-
-
-# A grant is held per door and port: the grant table's key of door ``i`` and step key
-# ``k`` (``proto << 16 | port``, 24 bits at most) is ``i << _SLOT | k``.
-_SLOT = 24
-
-
-def _slot_step(slot: int) -> Step:
-    return Step(slot >> 16 & 0xFF, slot & 0xFFFF)
 
 
 _OUTCOMES = (Outcome.ADVANCED, Outcome.RESET, Outcome.TIMEOUT, Outcome.COMPLETED, Outcome.DUPLICATE)
@@ -242,23 +161,20 @@ class Engine:
         self._prefixes: dict[bytes, int] = {}
         self._no_room_until = 0.0
         self._next_purge = 0.0
-        # source -> grant slot (door and port, see _SLOT) -> expiry
-        self._grants: dict[bytes, dict[int, float]] = {}
-        # Scan detection: source -> (window start, last probed key, distinct probes, locked
-        # out until). A probe is a packet to a port that is no knock of any door.
-        self._scans: dict[bytes, tuple[float, int, int, float]] = {}
+        self.table = GrantTable(config)
+        self._grants = self.table.by_source  # read directly by decide()
+        # Scan detection: distinct probes by source (a probe is a packet to a port that is no
+        # knock of any door); failed sequences (a reset or a timeout of one in progress), by
+        # source and by prefix. See limits.py.
         settings = config.settings
-        self._scan_window = max((t.timeout for t in tracks), default=5.0)
         longest = max((len(t.keys) for t in tracks), default=1)
-        self._scan_limit = settings.scan_limit if settings.scan_limit else longest + 3
-        self._scan_lockout = float(settings.scan_lockout)
-        # Failed sequences (a reset or a timeout of a sequence in progress), by source and by
-        # prefix: key -> (window start, failures, locked out until).
-        self._failures: dict[bytes, tuple[float, int, float]] = {}
-        self._prefix_failures: dict[bytes, tuple[float, int, float]] = {}
-        self._fail_limit = settings.failure_limit
-        self._prefix_fail_limit = settings.prefix_failure_limit
-        self._fail_window = float(settings.failure_lockout)
+        self._scans = WindowCounter(max((t.timeout for t in tracks), default=5.0),
+                                    settings.scan_limit or longest + 3, float(settings.scan_lockout),
+                                    self._max_sources, self._evict)
+        fail = float(settings.failure_lockout)
+        self._failures = WindowCounter(fail, settings.failure_limit, fail, self._max_sources, self._evict)
+        self._prefix_failures = WindowCounter(fail, settings.prefix_failure_limit, fail,
+                                              self._max_sources, self._evict)
         self.guards = [0] * len(Guard)
 
     # -- the hot path -------------------------------------------------------------------
@@ -279,8 +195,8 @@ class Engine:
                 expires = grants.get(slot)
                 if expires is not None and expires > now and self._admits(host, dst):
                     return _ACCEPT_GRANTED
-        if key not in self._knock_keys:
-            self._probe(src, key, now)
+        if key not in self._knock_keys and self._scans.hit(src, now, key):
+            self.guards[Guard.LOCKOUT_SCAN] += 1  # more distinct ports than any door needs
         state = self._state.get(src)
         if state is None or now >= state[0] + self._ttl:  # (expired: as good as gone)
             decision = self._stateless.get(key, _DROP_WRONG)
@@ -288,33 +204,6 @@ class Engine:
                 return decision
             state = None
         return self._knock(src, key, proto, flags, now, state)
-
-    def _probe(self, src: bytes, key: int, now: float) -> None:
-        """Count a packet to a port that is no knock: more distinct ports than any door
-        needs within the window locks the source out of completing a sequence."""
-        scans = self._scans
-        entry = scans.get(src)
-        if entry is None or now - entry[0] > self._scan_window:
-            locked = entry[3] if entry is not None else 0.0
-            if entry is not None:
-                del scans[src]  # re-inserted at the end: the table stays oldest first
-            elif len(scans) >= self._max_sources:
-                self._trim(scans, now, 3)
-            scans[src] = (now, key, 1, locked)
-        elif key != entry[1]:
-            count = entry[2] + 1
-            locked = entry[3]
-            if count > self._scan_limit and locked <= now:
-                locked = now + self._scan_lockout
-                self.guards[Guard.LOCKOUT_SCAN] += 1
-            scans[src] = (entry[0], key, count, locked)
-
-    def _trim(self, table: dict[bytes, Any], now: float, locked: int) -> None:
-        """A probe or failure table is full: forget its oldest entries that lock nothing
-        out (entry[locked] is when a lockout ends), else just its oldest."""
-        drop = [k for k, e in table.items() if e[locked] <= now][: self._evict]
-        for key in drop or list(table)[: self._evict]:
-            del table[key]
 
     def locked_out(self, src: bytes, now: float) -> bool:
         """Whether ``src`` may not complete a sequence now: a scanner, or too many failures."""
@@ -334,60 +223,34 @@ class Engine:
         return _R_SCANNER if self._scan_locked(src, now) else _R_LOCKED
 
     def _scan_locked(self, src: bytes, now: float) -> bool:
-        entry = self._scans.get(src)
-        return entry is not None and entry[3] > now
+        return self._scans.locked(src, now)
 
     def _failure_locked(self, src: bytes, now: float) -> bool:
-        entry = self._failures.get(src)
-        if entry is not None and entry[2] > now:
-            return True
-        entry = self._prefix_failures.get(prefix(src))
-        return entry is not None and entry[2] > now
+        return self._failures.locked(src, now) or self._prefix_failures.locked(prefix(src), now)
 
     def count_failure(self, src: bytes, now: float) -> None:
         """Count a failed sequence of ``src`` (one a packet, however many tracks it broke)
         against the source's and its prefix's limits."""
-        if self._fail_limit:
-            self._count_failure(self._failures, src, self._fail_limit, Guard.LOCKOUT_SOURCE, now)
-        if self._prefix_fail_limit:
-            self._count_failure(self._prefix_failures, prefix(src), self._prefix_fail_limit,
-                                Guard.LOCKOUT_PREFIX, now)
+        if self._failures.limit and self._failures.hit(src, now):
+            self.guards[Guard.LOCKOUT_SOURCE] += 1
+        if self._prefix_failures.limit and self._prefix_failures.hit(prefix(src), now):
+            self.guards[Guard.LOCKOUT_PREFIX] += 1
 
-    def _count_failure(self, table: dict[bytes, tuple[float, int, float]], key: bytes, limit: int,
-                       guard: Guard, now: float) -> None:
-        entry = table.get(key)
-        if entry is None or now - entry[0] > self._fail_window:
-            locked = entry[2] if entry is not None else 0.0
-            if entry is not None:
-                del table[key]  # re-inserted at the end: the table stays oldest first
-            elif len(table) >= self._max_sources:
-                self._trim(table, now, 2)
-            table[key] = (now, 1, locked)
-            return
-        count, locked = entry[1] + 1, entry[2]
-        if count > limit and locked <= now:
-            locked = now + self._fail_window
-            self.guards[guard] += 1
-        table[key] = (entry[0], count, locked)
-
-    def _knock(
-        self, src: bytes, key: int, proto: int, flags: int, now: float, state: State | None
-    ) -> Decision:
+    def _knock(self, src: bytes, key: int, proto: int, flags: int, now: float,
+               state: State | None) -> Decision:
         mismatch = self._mismatch[flags & 0xFF] if proto == TCP else 0
-        # A track whose tcp_flags refuse the packet skips it; if any does, a packet that
-        # is no knock for the other tracks is IGNORED rather than WRONG.
+        # A track whose tcp_flags refuse the packet skips it; if any does, a packet that is no
+        # knock for the other tracks is IGNORED rather than WRONG.
         reason = _R_UNAUTHORISED if key in self._protected else _R_IGNORED if mismatch else _R_WRONG
         # Only tracks in progress and tracks this step starts can move; in track order.
-        todo = self._starts.get(key, 0) if state is None else state[1] | self._starts.get(key, 0)
-        todo &= ~mismatch
+        starts = self._starts.get(key, 0)
+        todo = (starts if state is None else state[1] | starts) & ~mismatch
         if not todo:
             return (_DROP, reason, ())  # nothing moves: the state stays as it is
         if state is None:
             decision, progress, slots = self._firsts.get(todo) or self._first_steps(todo)
             if decision is not None:  # a new source's first step: it starts these tracks
-                if self._insert(src, now, todo, progress, slots):
-                    return decision
-                return _DROP_REFUSED
+                return decision if self._insert(src, now, todo, progress, slots) else _DROP_REFUSED
         fresh = state is None
         stamp: Any = now  # one float object for every slot (compiled, each store would box anew)
         cur: list[Any] = list(self._fresh if state is None else state)
@@ -446,14 +309,11 @@ class Engine:
                 del table[src]
                 self._release(src)
         else:
-            cur[1] = active
-            cur[2] = packed
+            cur[1], cur[2] = active, packed
             if fresh or restarted:
                 cur[0] = stamp  # (re)starts the entry's time to live: to the table's end
-                if table.pop(src, None) is None and not self._admit(src, now):
-                    if reason is _R_KNOCK:
-                        return _DROP_REFUSED
-                    return (_DROP, reason, tuple(events))  # a grant or revocation stands
+                if table.pop(src, None) is None and not self._admit(src, now):  # refused; a grant stands
+                    return _DROP_REFUSED if reason is _R_KNOCK else (_DROP, reason, tuple(events))
             table[src] = tuple(cur)  # else in the same place: its time to live runs on
         return (_DROP, reason, tuple(events))
 
@@ -573,9 +433,9 @@ class Engine:
     def _complete(self, track: _Track, src: bytes, now: float) -> Event:
         door = track.door
         if track.closes:
-            steps = self.revoke(src, track.door_index)
+            steps = self.table.revoke(src, track.door_index)
             if steps:
-                return Revoked(door, _address(src), "closed", steps)
+                return self.table.closed(src, door, steps)
             return Knocked(door.name, Outcome.NOTHING_TO_CLOSE)
         return self.grant(src, track.door_index, now)
 
@@ -590,40 +450,18 @@ class Engine:
         expiry; others of the door keep theirs.
         Called when a knock sequence completes, and for SPA packets and encrypted and
         one-time sequences: never for a packet that does not complete a grant."""
-        door = self.config.doors[door_index]
-        if steps is None:
-            granted = door.opens
-        else:
-            wanted = set(steps)
-            granted = tuple(s for s in door.opens if s in wanted)
-            if not granted:
-                raise ValueError(f"door {door.name} opens none of {sorted(map(str, wanted))}")
-        if self.locked_out(src, now):
-            return Knocked(door.name, Outcome.LOCKED)
-        grants = self._grants.get(src)
-        if grants is None:
-            grants = self._grants[src] = {}
-        renewed = any(slot >> _SLOT == door_index and expires > now for slot, expires in grants.items())
-        seconds = min(open_for, door.open_for) if open_for > 0 else door.open_for
-        expires = now + seconds
-        base = door_index << _SLOT
-        for step in granted:
-            grants[base | step.key] = expires
-        return Granted(door, _address(src), expires, renewed, granted)
+        return self.table.grant(src, door_index, now, steps, open_for, self.locked_out(src, now))
 
     def revoke(self, src: bytes, door_index: int) -> tuple[Step, ...]:
         """Forget every port of door ``door_index`` granted to ``src`` (a close sequence,
         here or on another gateway); returns the ports that were granted (none: nothing
         to close)."""
-        grants = self._grants.get(src)
-        if grants is None:
-            return ()
-        steps = tuple(_slot_step(slot) for slot in grants if slot >> _SLOT == door_index)
-        for step in steps:
-            del grants[door_index << _SLOT | step.key]
-        if not grants:
-            del self._grants[src]
-        return steps
+        return self.table.revoke(src, door_index)
+
+    def closed(self, src: bytes, door: Door, steps: tuple[Step, ...]) -> Revoked:
+        """The Revoked event of a close of ``steps`` of ``door`` (already revoked): with
+        the ports of them that other doors still grant ``src``."""
+        return self.table.closed(src, door, steps)
 
     # -- time and state -----------------------------------------------------------------
 
@@ -631,54 +469,21 @@ class Engine:
         """Expire grants whose time is up; call about once a second."""
         self._now = now
         self._purge(now)
-        window = self._scan_window
-        for src in [s for s, e in self._scans.items() if now - e[0] > window and e[3] <= now]:
-            del self._scans[src]
-        window = self._fail_window
-        for table in (self._failures, self._prefix_failures):
-            for key in [k for k, e in table.items() if now - e[0] > window and e[2] <= now]:
-                del table[key]
-        expired: list[Revoked] = []
-        doors = self.config.doors
-        for src in [s for s, g in self._grants.items() if min(g.values()) <= now]:
-            grants = self._grants[src]
-            ended: dict[int, list[Step]] = {}  # door index -> its ports that expired
-            for slot in [slot for slot, expires in grants.items() if expires <= now]:
-                del grants[slot]
-                ended.setdefault(slot >> _SLOT, []).append(_slot_step(slot))
-            address = _address(src)
-            for door_index, steps in ended.items():
-                expired.append(Revoked(doors[door_index], address, "expired", tuple(steps)))
-            if not grants:
-                del self._grants[src]
-        return expired
+        self._scans.expire(now)
+        self._failures.expire(now)
+        self._prefix_failures.expire(now)
+        return self.table.expire(now)
 
     def restore_grant(self, address: str, door_name: str, expires: float,
                       steps: Iterable[Step] | None = None) -> bool:
         """Adopt a grant found in the kernel set (after a restart) or kept over a reload:
         ports ``steps`` of the door (None: all of its ``opens``; ports the door no longer
         opens are left out). False if there is no such door or it opens none of them."""
-        for i, door in enumerate(self.config.doors):
-            if door.name == door_name:
-                wanted = None if steps is None else set(steps)
-                keys = [s.key for s in door.opens if wanted is None or s in wanted]
-                if not keys:
-                    return False
-                src = ipaddress.ip_address(address).packed
-                grants = self._grants.setdefault(src, {})
-                for key in keys:
-                    slot = i << _SLOT | key
-                    grants[slot] = max(expires, grants.get(slot, 0.0))
-                return True
-        return False
+        return self.table.restore(address, door_name, expires, steps)
 
     def grants(self) -> Iterator[tuple[str, str, Step, float]]:
         """Active grants, a port at a time: (address, door name, port, expiry)."""
-        doors = self.config.doors
-        for src, grants in self._grants.items():
-            address = _address(src)
-            for slot, expires in grants.items():
-                yield address, doors[slot >> _SLOT].name, _slot_step(slot), expires
+        return self.table.entries()
 
     @property
     def tracked_sources(self) -> int:

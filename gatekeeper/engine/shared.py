@@ -33,7 +33,6 @@ from gatekeeper.engine.engine import (
     Knocked,
     Outcome,
     Reason,
-    Revoked,
     Verdict,
 )
 
@@ -143,7 +142,7 @@ class SharedKnocks:
                 engine.revoke(step.src, track.door_index)
                 # the store held every port of the door, wherever granted: close them all
                 # (this engine may hold only some, e.g. one adopted from the store)
-                events.append(Revoked(door, step.address, "closed", door.opens)
+                events.append(engine.closed(step.src, door, door.opens)
                               if outcome == CLOSED else Knocked(door.name, Outcome.NOTHING_TO_CLOSE))
                 reason = Reason.CLOSED
         if failed:  # failure limits count on this gateway, like the scanner lockout

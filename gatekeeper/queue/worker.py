@@ -11,30 +11,32 @@ NetfilterQueue binds and configures the queue; :mod:`gatekeeper.queue._nfq` then
 up to ``[gatekeeper] batch`` packets a ``recvmmsg`` and sends their verdicts in one ``send``
 (see "Speed work" in README.md). A packet left without a verdict is dropped, never accepted.
 
-Compiled with mypyc at install time (setup.py; ``gatekeeper.native`` says whether it is):
-keep it mypy-strict, never patch its classes or functions at run time (compiled callers
-would not see it), give class-level constants ``Final``; see "Compiled modules" in README.md.
+Compiled with mypyc (see "Compiled modules" in README.md for what that asks of this file).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
-import os
 import select
-import signal
 import time
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from gatekeeper import config as config_mod
+from gatekeeper import messages as msg
 from gatekeeper.config import DEFAULT_BATCH, Config, Door, Step
 from gatekeeper.effects.onetime import mark_used
 from gatekeeper.engine import Engine, Event, Granted, Knocked, Reason, Revoked, Verdict
-from gatekeeper.engine.doors import SequenceUsed, SpecialDoors, SpecialEvent, has_special
+from gatekeeper.engine.doors import (
+    ReplayQuery,
+    ReplaySeen,
+    SequenceUsed,
+    SpecialDoors,
+    SpecialEvent,
+    has_special,
+)
 from gatekeeper.errors import GatekeeperError
 from gatekeeper.metrics import BUCKETS_NS
 from gatekeeper.metrics import KNOCK_OUTCOMES as OUTCOMES
@@ -87,7 +89,7 @@ class Grants(Protocol):
     def remove(self, address: str, door: Door, steps: tuple[Step, ...] | None = None) -> None: ...
 
 
-Report = Callable[[dict[str, Any]], None]
+Report = Callable[[msg.Message], None]
 
 
 def _never_called(pkt: Any) -> None:
@@ -248,9 +250,23 @@ class Worker:
         decision = specials.handle(src, dst, proto, port, flags, payload, now, self.wall())
         if decision is None:
             return self.engine.decide(src, dst, proto, port, flags, now)
+        if isinstance(decision, ReplayQuery):  # [cluster]: did another gateway see it first?
+            fresh = (None if self.cluster is None
+                     else self.cluster.replay_fresh(decision.door, decision.key, decision.ttl))
+            decision = specials.answer(decision, fresh)
+        if specials.seen:
+            self._journal(specials.seen)
         return decision
 
-    def snapshot(self) -> dict[str, Any]:
+    def _journal(self, seen: list[ReplaySeen]) -> None:
+        """Append new replay entries to their doors' journals (with a state_dir)."""
+        for entry in seen:
+            journal = self._journals.get(entry.door)
+            if journal is not None:
+                journal(entry.key, entry.expires)
+        seen.clear()
+
+    def snapshot(self) -> msg.Stats:
         """Everything counted since this worker started (the supervisor keeps the sums)."""
         knocks: dict[str, list[int]] = {}
         for event, n in self.knocks.items():
@@ -258,12 +274,9 @@ class Worker:
         spa: dict[str, dict[str, int]] = {}
         for (door, stage), n in self.spa_counts.items():
             spa.setdefault(door, {})[stage] = n
-        out = {"t": "stats", "counts": self.counts, "hist": self.hist,
-               "hist_sum_ns": self.hist_sum_ns, "knocks": knocks, "spa": spa,
-               "guards": self.engine.guards, "tracked": self.engine.tracked_sources}
-        if self.cluster is not None:
-            out["cluster"] = self.cluster.snapshot()
-        return out
+        cluster = self.cluster.snapshot() if self.cluster is not None else None
+        return msg.Stats(self.counts, self.hist, self.hist_sum_ns, knocks, spa,
+                         self.engine.guards, self.engine.tracked_sources, cluster)
 
     # -- effects ------------------------------------------------------------------------
 
@@ -296,8 +309,7 @@ class Worker:
                     if isinstance(granted, Granted) and granted.door.name == event.door:
                         index = self.engine.config.doors.index(granted.door)
                         self.engine.revoke(ipaddress.ip_address(granted.address).packed, index)
-            self.report({"t": "used", "door": event.door, "path": event.path,
-                         "line": event.line, "steps": event.steps, "error": error})
+            self.report(msg.Used(event.door, event.path, event.line, event.steps, error))
         return unmarked
 
     def _grant(self, event: Granted, now: float) -> None:
@@ -307,9 +319,8 @@ class Worker:
             self.grants.add(event.address, door, event.expires - now, event.steps)
         except Exception as exc:  # the engine still admits the address from the queue
             error = str(exc)
-        self.report({"t": "grant", "door": door.name, "address": event.address,
-                     "seconds": event.expires - now, "renewed": event.renewed,
-                     "opens": [str(s) for s in event.steps], "error": error})
+        self.report(msg.Granted(door.name, event.address, [str(s) for s in event.steps], error,
+                                seconds=event.expires - now, renewed=event.renewed))
         if self.cluster is not None:
             self.cluster.share(event, now)  # an SPA/encrypted/one-time grant: to the others
 
@@ -320,16 +331,12 @@ class Worker:
         error = None
         try:
             self.grants.remove(event.address, door, event.steps)
-            # Another door may still cover some of the same ports for this address.
-            for address, name, step, expires in self.engine.grants():
-                if address == event.address and step in event.steps:
-                    other = next(d for d in self.engine.config.doors if d.name == name)
-                    self.grants.add(address, other, expires - now, (step,))
+            for other, step, expires in event.kept:  # still granted by another door
+                self.grants.add(event.address, other, expires - now, (step,))
         except Exception as exc:
             error = str(exc)
-        self.report({"t": "revoke", "door": door.name, "address": event.address,
-                     "cause": event.cause, "opens": [str(s) for s in event.steps],
-                     "error": error})
+        self.report(msg.Revoked(door.name, event.address, [str(s) for s in event.steps], error,
+                                cause=event.cause))
 
     def tick(self, now: float) -> None:
         self._next_tick = now + TICK_SECONDS
@@ -368,12 +375,10 @@ class Worker:
             return 0
         restored = 0
         for door, cache in self.specials.replay.items():
-            if cache.journal is None:
+            if not cache.restored:
                 restored += cache.restore(replaylog.load(state_dir, door), self.wall())
-                journal = self._journals.get(door)
-                if journal is None:
-                    journal = self._journals[door] = replaylog.Journal(state_dir, door)
-                cache.journal = journal
+                if door not in self._journals:
+                    self._journals[door] = replaylog.Journal(state_dir, door)
         return restored
 
     def reload(self, config: Config) -> None:
@@ -392,111 +397,9 @@ class Worker:
         self.specials = specials
         if self.cluster is not None:
             self.cluster.rebind(config, self.engine)
-            self.cluster.share_replays(specials)
+            self.share_replays()
 
-
-# -- the worker process ---------------------------------------------------------------
-
-
-def _send(fd: int, message: dict[str, Any]) -> None:
-    data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
-    if len(data) > select.PIPE_BUF and message.get("t") == "stats":
-        # the pipe is shared by every worker: only a write of up to PIPE_BUF is atomic
-        data = (json.dumps({**message, "knocks": {}}, separators=(",", ":")) + "\n").encode()
-        if len(data) > select.PIPE_BUF:
-            data = (json.dumps({**message, "knocks": {}, "spa": {}},
-                               separators=(",", ":")) + "\n").encode()
-    try:
-        os.write(fd, data)  # under PIPE_BUF: one atomic write
-    except OSError:
-        pass  # the supervisor is gone; it will not restart us either
-
-
-def worker_process(index: int, queue: int, config: Config, report_fd: int, control_fd: int) -> int:
-    """Entry point of a forked worker: bind, report ready, serve until SIGTERM."""
-    from gatekeeper.netfilter.grantset import GrantSets
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor orders the shutdown
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-
-    def report(message: dict[str, Any]) -> None:
-        _send(report_fd, {"worker": index, "queue": queue, "pid": os.getpid(), **message})
-
-    grants = GrantSets()
-    worker = Worker(config, grants, report)
-    worker.report_stats = True
-    if config.cluster is not None:
-        from gatekeeper.cluster.gate import ClusterGate, node_name
-
-        worker.cluster = ClusterGate(config, worker.engine, node_name(os.getppid()), worker.apply)
-        worker.cluster.share_replays(worker.specials)
-    try:
-        worker.journal_replays(config.settings.state_dir)
-    except OSError as exc:
-        log.error("state_dir %s: %s; SPA replay caches kept in memory only",
-                  config.settings.state_dir, exc.strerror)
-    timing = os.environ.get(TIMING_ENV)
-    if timing:
-        worker.samples = array("q")
-
-    def on_term(_signum: int, _frame: Any) -> None:  # (mypyc miscompiles `lambda *_:`)
-        worker.stop()
-
-    signal.signal(signal.SIGTERM, on_term)
-    try:
-        worker.bind(queue, config.settings.queue_maxlen, config.settings.batch)
-    except GatekeeperError as exc:
-        report({"t": "error", "message": str(exc)})
-        return 2
-    try:
-        entries = grants.list()
-    except Exception:  # the sets do not exist yet: a fresh start has nothing to adopt
-        entries = []
-    adopted = worker.adopt((e.address, e.door, e.timeout, e.step) for e in entries)
-    if worker.cluster is not None:  # connected, scripts loaded; or the breaker open (logged)
-        worker.cluster.warm(worker.clock())
-    report({"t": "ready", "adopted": adopted})
-
-    buffer = b""
-
-    def on_control() -> None:
-        nonlocal buffer
-        chunk = os.read(control_fd, 1 << 16)
-        if not chunk:
-            worker.stop()  # the supervisor died: stop, the kernel then drops (fail closed)
-            return
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            message = json.loads(line)
-            if message["t"] == "reload":
-                new = config_mod.loads(message["text"], message["path"])
-                worker.reload(new)
-                try:
-                    worker.journal_replays(new.settings.state_dir)
-                except OSError as exc:
-                    log.error("state_dir %s: %s", new.settings.state_dir, exc.strerror)
-                report({"t": "reloaded"})
-            elif message["t"] == "revoke":  # closed on another gateway (mirrored)
-                worker.forget(message["address"], message["door"])
-            elif message["t"] == "counts":
-                report({"t": "counts", "counts": worker.counts,
-                        "tracked": worker.engine.tracked_sources})
-
-    def on_wake() -> None:
-        os.read(wake_r, 512)
-
-    try:
-        worker.serve({control_fd: on_control, wake_r: on_wake})
-    finally:
-        worker.unbind()
-        grants.close()
-        report(worker.snapshot())  # the last counts, before the supervisor folds them
-        if timing and worker.samples is not None:
-            with open(os.path.join(timing, f"latency-{os.getpid()}.bin"), "wb") as f:
-                worker.samples.tofile(f)
-    return 0
+    def share_replays(self) -> None:
+        """[cluster] A message new to a replay cache here is asked of the shared store."""
+        if self.specials is not None:
+            self.specials.shared_replay = self.cluster is not None

@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from gatekeeper.spa.hosts import host_ip
 from gatekeeper.spa.keyfile import HMAC_KEY, KEY, KeyFileError, b64decode, format_keys, read_keys
-from gatekeeper.spa.replay import Admission, ReplayCache
+from gatekeeper.spa.replay import Recorded, ReplayCache
 
 SPA_PORT = 62201  # fwknop's default destination port (UDP)
 DEFAULT_WINDOW = 120.0  # seconds a timestamp may be off either way (fwknopd's default)
@@ -155,6 +155,7 @@ class SpaResult:
     stage: Stage
     message: SpaMessage | None = None
     grant: str | None = None  # the address to open the access for
+    recorded: Recorded | None = None  # new to the replay cache (from ACCESS on): now recorded
 
     @property
     def ok(self) -> bool:
@@ -471,17 +472,18 @@ def verify(
         return SpaResult(Stage.DIGEST)
     if abs(now - message.timestamp) > window:
         return SpaResult(Stage.STALE, message)
-    if replay.admit(replay_key(text), now, 2 * window) is not Admission.NEW:
+    seen = replay.record(replay_key(text), now, 2 * window)
+    if not isinstance(seen, Recorded):
         return SpaResult(Stage.REPLAY, message)
     if message.message_type not in _GRANTABLE_TYPES or not all(a in allowed for a in message.access):
-        return SpaResult(Stage.ACCESS, message)
+        return SpaResult(Stage.ACCESS, message, recorded=seen)
     try:
         sender = host_ip(source)
     except ValueError:
-        return SpaResult(Stage.SOURCE, message)
+        return SpaResult(Stage.SOURCE, message, recorded=seen)
     asked = host_ip(message.address)  # ::ffff:a.b.c.d is a.b.c.d, granted as such
     if asked == sender:
-        return SpaResult(Stage.OK, message, str(sender))
+        return SpaResult(Stage.OK, message, str(sender), seen)
     if not other_source:
-        return SpaResult(Stage.SOURCE, message)
-    return SpaResult(Stage.OK, message, str(sender if asked.is_unspecified else asked))
+        return SpaResult(Stage.SOURCE, message, recorded=seen)
+    return SpaResult(Stage.OK, message, str(sender if asked.is_unspecified else asked), seen)

@@ -9,11 +9,17 @@ time it is seen it stays acceptable for at most ``2 * window`` seconds.
 When the cache is full of live entries it refuses new ones (fail closed: the codec then
 reports a replay) rather than evicting an entry that could still be replayed; the
 refusals are counted in :attr:`ReplayCache.overflows`.
+
+The cache never calls out: it says what it saw. A new entry comes back to the codec as
+a :class:`Recorded` (its key, expiry and time to live), which the codec's result
+carries; the caller turns it into effects (the worker appends it to the door's journal,
+and with ``[cluster]`` asks the shared store whether another gateway saw it first).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import IntEnum
 
 from cachetools import TLRUCache
@@ -27,6 +33,16 @@ class Admission(IntEnum):
     FULL = 2  # not seen, but the cache is full of live entries: refused
 
 
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """A message new to the cache, now recorded: ``expires`` is ``now + ttl`` by the
+    caller's clock."""
+
+    key: bytes
+    expires: float
+    ttl: float
+
+
 class ReplayCache:
     """Message digests and their expiry times; pure, the caller passes ``now``.
 
@@ -37,16 +53,12 @@ class ReplayCache:
     ``max_entries >= messages per second * 2 * window``.
     """
 
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES,
-                 journal: Callable[[bytes, float], None] | None = None) -> None:
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
         self.overflows = 0
-        self.journal = journal  # told of every new entry (key, expiry), to outlive a restart
-        # [cluster]: asked about every entry new here, (key, ttl) -> may it be admitted (no
-        # other gateway saw it)? Set by the worker; None on a single gateway.
-        self.shared: Callable[[bytes, float], bool] | None = None
+        self.restored = False  # whether entries kept before a restart were taken back
         self._now = 0.0
         self._cache: TLRUCache[bytes, float] = TLRUCache(
             max_entries, ttu=lambda _key, expires, _now: expires, timer=self._clock
@@ -76,17 +88,21 @@ class ReplayCache:
         if len(self._cache) >= self.max_entries:
             self.overflows += 1
             return Admission.FULL
-        if self.shared is not None and not self.shared(key, ttl):
-            self._cache[key] = now + ttl  # seen elsewhere: a replay here too
-            return Admission.REPLAY
         self._cache[key] = now + ttl
-        if self.journal is not None:
-            self.journal(key, now + ttl)
         return Admission.NEW
+
+    def record(self, key: bytes, now: float, ttl: float) -> Recorded | Admission:
+        """:meth:`admit`, saying what it recorded: a :class:`Recorded` for a new entry,
+        else the :class:`Admission` that refused it."""
+        admission = self.admit(key, now, ttl)
+        if admission is Admission.NEW:
+            return Recorded(key, now + ttl, ttl)
+        return admission
 
     def restore(self, entries: Iterable[tuple[bytes, float]], now: float) -> int:
         """Take back entries recorded before a restart; those still live count."""
         self._now = now
+        self.restored = True
         restored = 0
         for key, expires in entries:
             if expires > now and len(self._cache) < self.max_entries:

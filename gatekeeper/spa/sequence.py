@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gatekeeper.spa.hosts import host_ip
 from gatekeeper.spa.keyfile import KEY, format_keys, read_keys
-from gatekeeper.spa.replay import Admission, ReplayCache
+from gatekeeper.spa.replay import Recorded, ReplayCache
 
 DEFAULT_RANGE = (745, 1000)
 DEFAULT_WINDOW = 120.0
@@ -105,6 +105,7 @@ class SequenceResult:
 
     stage: SequenceStage
     grant: SequenceGrant | None = None
+    recorded: Recorded | None = None  # on OK: new to the replay cache, now recorded
 
     @property
     def ok(self) -> bool:
@@ -250,6 +251,7 @@ def decode(
     )
     if abs(now - grant.timestamp) > window:
         return SequenceResult(SequenceStage.STALE, grant)
-    if replay.admit(replay_key(blob), now, 2 * window) is not Admission.NEW:
+    seen = replay.record(replay_key(blob), now, 2 * window)
+    if not isinstance(seen, Recorded):
         return SequenceResult(SequenceStage.REPLAY, grant)
-    return SequenceResult(SequenceStage.OK, grant)
+    return SequenceResult(SequenceStage.OK, grant, seen)

@@ -1,0 +1,262 @@
+"""The worker <-> supervisor vocabulary: every message that crosses their pipes, once.
+
+Workers report to the supervisor over one shared pipe (a JSON line a message, each
+under ``PIPE_BUF`` so that the writes of several workers never interleave); the
+supervisor sends each worker orders over its own control pipe. A message is a frozen
+dataclass whose ``KIND`` is the ``"t"`` key of its JSON object and whose fields are the
+object's other keys. :func:`encode` writes one line; :func:`decode` reads one back and
+raises :class:`MessageError` (a ``ValueError``) for anything that is not a message of
+this vocabulary with fields of the right types: the reader logs and counts it, and
+carries on. Reports carry their sender (:class:`Sender`) beside the message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import select
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Union
+
+
+class MessageError(ValueError):
+    """A line that is not a message of this vocabulary (named in the error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    KIND: ClassVar[str] = ""
+
+    def wire(self) -> dict[str, Any]:
+        """The message as its JSON object (``"t"`` first)."""
+        return {"t": self.KIND, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+
+
+# -- worker -> supervisor ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ready(Message):
+    """Bound to the queue, grants of the kernel set adopted: verdicting."""
+
+    KIND: ClassVar[str] = "ready"
+    adopted: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failed(Message):
+    """The worker could not start (the reason, one line)."""
+
+    KIND: ClassVar[str] = "error"
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stats(Message):
+    """Everything counted since the worker started (``gatekeeper.metrics.Snapshot``)."""
+
+    KIND: ClassVar[str] = "stats"
+    counts: list[int]
+    hist: list[int]
+    hist_sum_ns: int
+    knocks: dict[str, list[int]]
+    spa: dict[str, dict[str, int]]
+    guards: list[int]
+    tracked: int
+    cluster: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class _GrantChange(Message):
+    """A grant of ``door`` to ``address`` written into (or taken out of) the kernel set,
+    of the ports ``opens``; ``error``: the set refused it."""
+
+    door: str
+    address: str
+    opens: list[str]
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Granted(_GrantChange):
+    """A grant made, for ``seconds`` (``renewed``: the address held one of the door)."""
+
+    KIND: ClassVar[str] = "grant"
+    seconds: float
+    renewed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Revoked(_GrantChange):
+    """A grant closed (``cause``: a close sequence)."""
+
+    KIND: ClassVar[str] = "revoke"
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class Used(Message):
+    """A one-time sequence used: its line marked in the file (``error``: it could not be)."""
+
+    KIND: ClassVar[str] = "used"
+    door: str
+    path: str
+    line: int
+    steps: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reloaded(Message):
+    KIND: ClassVar[str] = "reloaded"
+
+
+@dataclass(frozen=True, slots=True)
+class Counts(Message):
+    """The answer to :class:`CountsRequest`: packets by reason, sources tracked."""
+
+    KIND: ClassVar[str] = "counts"
+    counts: list[int]
+    tracked: int
+
+
+# -- supervisor -> worker ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reload(Message):
+    """Read this config text (of ``path``) and swap in a new engine."""
+
+    KIND: ClassVar[str] = "reload"
+    text: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Forget(Message):
+    """A grant closed on another gateway (mirrored): stop admitting it from the queue."""
+
+    KIND: ClassVar[str] = "revoke"
+    address: str
+    door: str
+
+
+@dataclass(frozen=True, slots=True)
+class CountsRequest(Message):
+    KIND: ClassVar[str] = "counts"
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """Who wrote a report: the worker's index, its queue and its pid."""
+
+    worker: int
+    queue: int
+    pid: int
+
+
+REPORTS: dict[str, type[Message]] = {
+    m.KIND: m for m in (Ready, Failed, Stats, Granted, Revoked, Used, Reloaded, Counts)
+}
+ORDERS: dict[str, type[Message]] = {m.KIND: m for m in (Reload, Forget, CountsRequest)}
+
+_NONE = type(None)
+
+
+def _accepts(hint: Any) -> tuple[type, ...]:
+    """The run-time types a field of type ``hint`` takes from JSON."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return tuple(t for arg in typing.get_args(hint) for t in _accepts(arg))
+    base = origin or hint
+    if base is float:
+        return (float, int)
+    if base is int:
+        return (int,)
+    return (base,)
+
+
+_FIELDS: dict[type[Message], tuple[tuple[str, tuple[type, ...]], ...]] = {}
+
+
+def _fields(cls: type[Message]) -> tuple[tuple[str, tuple[type, ...]], ...]:
+    known = _FIELDS.get(cls)
+    if known is None:
+        hints = typing.get_type_hints(cls)
+        known = _FIELDS[cls] = tuple((f.name, _accepts(hints[f.name]))
+                                     for f in dataclasses.fields(cls))
+    return known
+
+
+def _build(cls: type[Message], obj: dict[str, Any]) -> Message:
+    values = {}
+    for name, accepts in _fields(cls):
+        if name not in obj:
+            raise MessageError(f"{cls.KIND!r} message without {name!r}")
+        value = obj[name]
+        if not isinstance(value, accepts) or (isinstance(value, bool) and bool not in accepts):
+            raise MessageError(f"{cls.KIND!r} message: {name} is {type(value).__name__}")
+        values[name] = value
+    return cls(**values)
+
+
+def encode(message: Message, sender: Sender | None = None) -> bytes:
+    """One JSON line; a report with its sender. A :class:`Stats` line longer than
+    ``PIPE_BUF`` (which the shared pipe could not write atomically) goes without its
+    knock counts, then without its SPA counts too."""
+    head = {} if sender is None else dataclasses.asdict(sender)
+    obj = {**head, **message.wire()}
+    data = _line(obj)
+    if len(data) > select.PIPE_BUF and isinstance(message, Stats):
+        data = _line({**obj, "knocks": {}})
+        if len(data) > select.PIPE_BUF:
+            data = _line({**obj, "knocks": {}, "spa": {}})
+    return data
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+
+
+def _object(line: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(line)
+    except (ValueError, UnicodeError) as exc:
+        raise MessageError(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise MessageError(f"not a JSON object: {type(obj).__name__}")
+    return obj
+
+
+def _message(obj: dict[str, Any], vocabulary: dict[str, type[Message]]) -> Message:
+    kind = obj.get("t")
+    cls = vocabulary.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise MessageError(f"unknown message kind {kind!r}")
+    return _build(cls, obj)
+
+
+def decode_report(line: bytes) -> tuple[Sender, Message]:
+    """A worker's report line: its sender and the message."""
+    obj = _object(line)
+    ids = []
+    for name in ("worker", "queue", "pid"):
+        value = obj.get(name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise MessageError(f"report without a sender's {name}")
+        ids.append(value)
+    return Sender(*ids), _message(obj, REPORTS)
+
+
+def decode_order(line: bytes) -> Message:
+    """A control line from the supervisor."""
+    return _message(_object(line), ORDERS)
+
+
+__all__ = [
+    "ORDERS", "REPORTS", "Counts", "CountsRequest", "Failed", "Forget", "Granted", "Message",
+    "MessageError", "Ready", "Reload", "Reloaded", "Revoked", "Sender", "Stats", "Used",
+    "decode_order", "decode_report", "encode",
+]
