@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from gatekeeper import soak
 from gatekeeper.cli import build_parser, main
 from gatekeeper.engine import Reason
+from gatekeeper.lab import soak
 from gatekeeper.metrics import BUCKETS, GatekeeperCollector, Stats
 from tests.conftest import need_root
 

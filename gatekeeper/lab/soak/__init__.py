@@ -931,7 +931,7 @@ def lab_config(control: str) -> str:
 
 def run_lab(duration: float, out: str, sources: int = 30, min_success: float = MIN_SUCCESS,
             max_growth_mb: float = MAX_RSS_GROWTH_MB, max_growth_pct: float = MAX_RSS_GROWTH_PCT) -> int:
-    from gatekeeper.lab import CLIENT4, GW4, OTHER4, Lab, sigterm_unwinds
+    from gatekeeper.lab.netns import CLIENT4, GW4, OTHER4, Lab, sigterm_unwinds
 
     duration = _check_duration(duration)
     if not 0 <= sources <= 100:
@@ -1039,7 +1039,7 @@ def main(args: argparse.Namespace) -> int:
             return run_report(args.in_dir, args.out, args.min_success, args.max_rss_growth_mb,
                               args.max_rss_growth_pct)
         if role == "lab":
-            from gatekeeper.lab import LabError, Terminated
+            from gatekeeper.lab.netns import LabError, Terminated
 
             try:
                 return run_lab(args.duration, args.out, args.sources, args.min_success,

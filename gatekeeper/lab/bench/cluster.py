@@ -1,10 +1,10 @@
 """``gatekeeper bench --cluster``: the shared store ([cluster]) beside the local engine.
 
-Builds the two-gateway lab (:mod:`gatekeeper.lab_cluster`) with a redis-server in the store
+Builds the two-gateway lab (:mod:`gatekeeper.lab.cluster`) with a redis-server in the store
 namespace, and runs the same measurements with the local config and with the same config
 plus ``[cluster]``, back to back and in turns:
 
-* 1-worker verdict throughput: the drain of :mod:`gatekeeper.bench.run` over the same mix
+* 1-worker verdict throughput: the drain of :mod:`gatekeeper.lab.bench.run` over the same mix
   (knocks, unauthorised SYNs, junk, malformed); only knocks and first packets to protected
   ports consult the store;
 * knock-to-connected: knock three ports, then connect() to the gateway at once;
@@ -29,8 +29,8 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from gatekeeper.bench import traffic
-from gatekeeper.bench.run import (
+from gatekeeper.lab.bench import traffic
+from gatekeeper.lab.bench.run import (
     _PRIME,
     KNOCK_PORT,
     KNOCK_STEPS,
@@ -44,8 +44,8 @@ from gatekeeper.bench.run import (
     start_gatekeeper,
     stop,
 )
-from gatekeeper.lab import GW4, sigterm_unwinds
-from gatekeeper.lab_cluster import STORE4, STORE_PORT, ClusterLab
+from gatekeeper.lab.cluster import STORE4, STORE_PORT, ClusterLab
+from gatekeeper.lab.netns import GW4, sigterm_unwinds
 
 MODES = ("local", "cluster")
 _METRICS = ("import urllib.request; print(urllib.request.urlopen("
@@ -126,7 +126,7 @@ class Bench:
             _say(f"knock -> connect from {n} sources, {mode}")
             target = self.start(mode)
             try:
-                argv = [sys.executable, "-m", "gatekeeper.bench.probe", "trials", GW4,
+                argv = [sys.executable, "-m", "gatekeeper.lab.bench.probe", "trials", GW4,
                         str(KNOCK_PORT), str(n), KNOCK_V4, KNOCK_STEPS]
                 out = self.lab.run("client", argv, timeout=30 + 3 * n).stdout
                 self.knocks[mode] = json.loads(out)

@@ -3,7 +3,7 @@
 Every address is a documentation address of the lab: sources in 203.0.113.0/24 and
 2001:db8:1::/64 (never the lab's own hosts), destinations the gateway itself. The
 packets are built here, written to a file and sent from the client namespace with raw
-sockets by :mod:`gatekeeper.bench.sender`, so the sender does nothing but ``sendto``.
+sockets by :mod:`gatekeeper.lab.bench.sender`, so the sender does nothing but ``sendto``.
 
 Per source the packets keep their order (a knock sequence stays a sequence), while the
 sources are interleaved at random, as on a busy link.
@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from gatekeeper.config import DEFAULT_BATCH
-from gatekeeper.lab import GW4, GW6
+from gatekeeper.lab.netns import GW4, GW6
 
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 SYN, ACK, RST, FIN = 0x02, 0x10, 0x04, 0x01

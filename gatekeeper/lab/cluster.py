@@ -29,7 +29,7 @@ import threading
 import time
 from typing import Any
 
-from gatekeeper.lab import CLIENT4, CLIENT6, GW4, GW6, OTHER4, OTHER6, Lab, LabError
+from gatekeeper.lab.netns import CLIENT4, CLIENT6, GW4, GW6, OTHER4, OTHER6, Lab, LabError
 
 GW2_4, GW2_6 = "203.0.113.2", "2001:db8:1::2"
 BACK = {"gw": "198.51.100.1", "gw2": "198.51.100.2"}

@@ -5,7 +5,7 @@ the queue is filled with a known number of packets from the client namespace, th
 they are resumed (SIGCONT) and timed until the kernel's queue is empty again. Sending
 150k+ packets a second from Python on two cores would measure the sender; a full queue
 measures the reader alone. The baseline is the same drain into a drop-only
-NetfilterQueue loop on the same queue and rules (:mod:`gatekeeper.bench.bare`); a
+NetfilterQueue loop on the same queue and rules (:mod:`gatekeeper.lab.bench.bare`); a
 second one drains with gatekeeper's own batched reader and no decisions, the floor of
 that reader.
 
@@ -13,7 +13,7 @@ The default config exports metrics, so the worker times every verdict for the la
 histogram (``Worker.record``, once a batch). The same drain with ``[metrics] listen = ""``,
 run back to back with it on the same packets, gives the cost of that instrumentation as
 a share of throughput; the same packets through both callbacks in process
-(:mod:`gatekeeper.bench.overhead`) give it without the machine's noise.
+(:mod:`gatekeeper.lab.bench.overhead`) give it without the machine's noise.
 
 With several workers the same drain gives the aggregate, and the bare loop on as many
 queues shows how far the machine itself lets two readers scale.
@@ -50,9 +50,9 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from gatekeeper import native
-from gatekeeper.bench import memory, overhead, traffic
 from gatekeeper.config import DEFAULT_BATCH
-from gatekeeper.lab import GW4, GW6, Lab, LabError, Terminated, sigterm_unwinds
+from gatekeeper.lab.bench import memory, overhead, traffic
+from gatekeeper.lab.netns import GW4, GW6, Lab, LabError, Terminated, sigterm_unwinds
 from gatekeeper.queue.worker import TIMING_ENV
 
 START_TIMEOUT = 30.0
@@ -221,7 +221,7 @@ def start_gatekeeper(lab: Lab, config: str, env: dict[str, str] | None = None) -
 
 def start_bare(lab: Lab, config: str, queues: Sequence[int], batched: bool = False) -> Target:
     proc: subprocess.Popen[str] = lab.popen(
-        "gw", [sys.executable, "-m", "gatekeeper.bench.bare", config, *(["--batch"] if batched else [])],
+        "gw", [sys.executable, "-m", "gatekeeper.lab.bench.bare", config, *(["--batch"] if batched else [])],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env(),
     )
     assert proc.stdout is not None
@@ -276,7 +276,7 @@ class Drain:
 
 def send(lab: Lab, packet_file: str, *, rate: float = 0.0, seconds: float = 60.0,
          repeat: int = 1) -> dict[str, Any]:
-    argv = [sys.executable, "-m", "gatekeeper.bench.sender", packet_file, "--rate", str(rate),
+    argv = [sys.executable, "-m", "gatekeeper.lab.bench.sender", packet_file, "--rate", str(rate),
             "--seconds", str(seconds), "--repeat", str(repeat)]
     out = lab.run("client", argv, timeout=seconds + 60).stdout
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
@@ -536,7 +536,7 @@ def run_knocks(lab: Lab, opts: Options, tmp: str, res: Results) -> None:
     try:
         for host, n, first in ((GW4, n4, KNOCK_V4), (GW6, n6, KNOCK_V6)):
             if n:
-                argv = [sys.executable, "-m", "gatekeeper.bench.probe", "trials", host,
+                argv = [sys.executable, "-m", "gatekeeper.lab.bench.probe", "trials", host,
                         str(KNOCK_PORT), str(n), first, KNOCK_STEPS]
                 out = lab.run("client", argv, timeout=30 + 3 * n).stdout
                 res.knocks += json.loads(out)

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from gatekeeper.lab import CLIENT4, GW4, OTHER4, Lab, LabError, Terminated, sigterm_unwinds
+from gatekeeper.lab.netns import CLIENT4, GW4, OTHER4, Lab, LabError, Terminated, sigterm_unwinds
 
 PORT = 22
 KNOCK = ("7000:udp", "8000:tcp", "9000:udp")
