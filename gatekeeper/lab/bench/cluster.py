@@ -31,7 +31,6 @@ from collections.abc import Sequence
 
 from gatekeeper.lab.bench import traffic
 from gatekeeper.lab.bench.run import (
-    _PRIME,
     KNOCK_PORT,
     KNOCK_STEPS,
     KNOCK_V4,
@@ -45,11 +44,10 @@ from gatekeeper.lab.bench.run import (
     stop,
 )
 from gatekeeper.lab.cluster import STORE4, STORE_PORT, ClusterLab
-from gatekeeper.lab.netns import GW4, sigterm_unwinds
+from gatekeeper.lab.netns import GW4, GW6, sigterm_unwinds
 
 MODES = ("local", "cluster")
-_METRICS = ("import urllib.request; print(urllib.request.urlopen("
-            "'http://127.0.0.1:9464/metrics', timeout=5).read().decode())")
+METRICS_URL = "http://127.0.0.1:9464/metrics"
 
 
 def _say(text: str) -> None:
@@ -96,7 +94,7 @@ class Bench:
         return start_gatekeeper(self.lab, self.configs[mode])
 
     def store_figures(self) -> None:
-        text = self.lab.run("gw", [sys.executable, "-c", _METRICS]).stdout
+        text = self.lab.program("gw", "fetch", METRICS_URL)
         total = re.search(r"^gatekeeper_cluster_seconds_sum (\S+)", text, re.M)
         count = re.search(r"^gatekeeper_cluster_seconds_count (\S+)", text, re.M)
         if total and count and float(count.group(1)):
@@ -151,18 +149,15 @@ class Bench:
                     raise BenchFailure("the second gateway did not start")
                 time.sleep(0.1)
             time.sleep(1.0)  # its mirror connects and resyncs
-            watch = os.path.join(self.tmp, "watch.py")
-            with open(watch, "w", encoding="utf-8") as f:
-                f.write(_WATCH)
             base = ipaddress.IPv4Address(KNOCK_V4)
             for i in range(n):
                 source = str(base + i)  # (added by knock_trials; their grants went with gw's sets)
-                watcher = self.lab.popen("gw2", [sys.executable, watch, source],
+                watcher = self.lab.popen("gw2", self.lab.program_argv("watch_set", source),
                                          stdout=subprocess.PIPE)
                 assert watcher.stdout is not None
                 if watcher.stdout.readline().strip() != "watching":
                     raise BenchFailure("the watcher did not start")
-                knocked = float(self.lab.python("client", _KNOCK, GW4, source, KNOCK_STEPS))
+                knocked = float(self.lab.program("client", "knock_from", GW4, source, KNOCK_STEPS))
                 line = watcher.stdout.readline().strip()
                 self.lab.stop(watcher)
                 if line.startswith("seen "):
@@ -170,34 +165,6 @@ class Bench:
         finally:
             self.lab.stop(second)
             stop(first)
-
-
-# Runs in the client: knock from a given source address.
-_KNOCK = r"""
-import sys
-from gatekeeper.client.knock import knock, parse_step, resolve
-import time
-host, source, steps = sys.argv[1:4]
-target, seq = resolve(host, source=source), [parse_step(p) for p in steps.split(",")]
-print(time.time(), flush=True)
-knock(target, seq, 0)
-"""
-
-# Runs in gw2: prints "watching", then "seen <time.time()>" once the source is in the set.
-_WATCH = r"""
-import subprocess, sys, time
-src = sys.argv[1] + ","
-print("watching", flush=True)
-deadline = time.monotonic() + 10
-while time.monotonic() < deadline:
-    out = subprocess.run(["ipset", "list", "gatekeeper-in4"], capture_output=True, text=True).stdout
-    if src in out:
-        print(f"seen {time.time()}", flush=True)
-        break
-    time.sleep(0.002)
-else:
-    print("timeout", flush=True)
-"""
 
 
 def report(b: Bench) -> None:
@@ -243,7 +210,7 @@ def main(args: argparse.Namespace) -> int:
         with sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="gatekeeper-bench-") as tmp, lab:
             lab.start_redis()
             lab.serve_tcp("gw", KNOCK_PORT)
-            lab.python("client", _PRIME)
+            lab.program("client", "prime", GW4, GW6)
             b = Bench(lab, tmp, packets)
             b.throughput(rounds, packets)
             b.knock_trials(knocks)

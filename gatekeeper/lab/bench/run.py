@@ -68,17 +68,6 @@ KNOCK_PORT = 22
 DEFAULT_PACKETS = 60_000
 
 
-# One datagram to the gateway in each family (to the discard port: gatekeeper is not
-# running yet, so the gateway drops it quietly), so the client knows its link address.
-_PRIME = f"""
-import socket, time
-for family, address in ((socket.AF_INET, "{GW4}"), (socket.AF_INET6, "{GW6}")):
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        s.sendto(b"", (address, 9))
-time.sleep(0.2)
-"""
-
-
 class BenchFailure(Exception):
     """Something in the lab did not behave; one line for the user."""
 
@@ -762,7 +751,7 @@ def main(args: argparse.Namespace) -> int:
         with sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="gatekeeper-bench-") as tmp, \
                 Lab(f"gkb{os.getpid() % 10000}") as lab:
             lab.serve_tcp("gw", KNOCK_PORT)
-            lab.python("client", _PRIME)  # the gateway's link address, before the first burst
+            lab.program("client", "prime", GW4, GW6)  # the gateway's link address, before the first burst
             run_throughput(lab, opts, tmp, res)
             run_overhead(opts, res)
             if opts.profile:
