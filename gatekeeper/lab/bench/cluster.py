@@ -22,7 +22,6 @@ import ipaddress
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,19 +29,10 @@ import time
 from collections.abc import Sequence
 
 from gatekeeper.lab.bench import traffic
-from gatekeeper.lab.bench.run import (
-    KNOCK_PORT,
-    KNOCK_STEPS,
-    KNOCK_V4,
-    BenchFailure,
-    Drain,
-    Target,
-    drain,
-    guarded,
-    options,
-    start_gatekeeper,
-    stop,
-)
+from gatekeeper.lab.bench.drain import Drain, drain
+from gatekeeper.lab.bench.phases import KNOCK_PORT, KNOCK_STEPS, KNOCK_V4, median
+from gatekeeper.lab.bench.run import guarded, options
+from gatekeeper.lab.bench.targets import BenchFailure, Target, start_gatekeeper, stop
 from gatekeeper.lab.cluster import STORE4, STORE_PORT, ClusterLab
 from gatekeeper.lab.netns import GW4, GW6, sigterm_unwinds
 
@@ -52,10 +42,6 @@ METRICS_URL = "http://127.0.0.1:9464/metrics"
 
 def _say(text: str) -> None:
     print(f"  .. {text}", flush=True)
-
-
-def _median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
 
 
 def _pct(values: Sequence[float], p: float) -> float:
@@ -70,13 +56,15 @@ class Bench:
         self.lab = lab
         self.tmp = tmp
         maxlen = min(1_000_000, max(4096, int(packets * 1.25)))
-        local = traffic.config_text(workers=1, maxlen=maxlen)
-        cluster = local + f'\n[cluster]\nredis = "{lab.redis_url()}"\n'
+        store = f'\n[cluster]\nredis = "{lab.redis_url()}"\n'
         self.configs = {}
-        for mode, text in (("local", local), ("cluster", cluster)):
+        for mode, control in (("local", "local.sock"), ("cluster", "cluster.sock"), ("gw2", "")):
+            # (gw2, the mirror's second gateway, runs beside gw: no control socket of its own)
+            text = traffic.config_text(workers=1, maxlen=maxlen,
+                                       control=os.path.join(tmp, control) if control else "")
+            text += store if mode != "local" else ""
             path = os.path.join(tmp, f"{mode}.toml")
             with open(path, "w", encoding="utf-8") as f:
-                # (the bench's config already turns the control socket off)
                 f.write(text.replace("[gatekeeper]\n", "[gatekeeper]\nstate_dir = \"\"\n", 1))
             self.configs[mode] = path
         self.drains: dict[str, list[Drain]] = {m: [] for m in MODES}
@@ -140,7 +128,7 @@ class Bench:
         self.flush()
         first = self.start("cluster")
         second = self.lab.popen("gw2", [sys.executable, "-m", "gatekeeper", "run", "-c",
-                                        self.configs["cluster"]],
+                                        self.configs["gw2"]],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 20
@@ -175,7 +163,7 @@ def report(b: Bench) -> None:
     for mode in MODES:
         rates = [d.rate for d in b.drains[mode]]
         if rates:
-            say(f"    {mode:<8} {_median(rates):>10,.0f} verdicts/s  [{min(rates):,.0f} - {max(rates):,.0f}]"
+            say(f"    {mode:<8} {median(rates):>10,.0f} verdicts/s  [{min(rates):,.0f} - {max(rates):,.0f}]"
                 f"  ({len(rates)} round(s) of {b.drains[mode][0].total:,} packets)")
     say("  knock -> connected (3 knocks, then connect() at once; ms):")
     for mode in MODES:
@@ -186,14 +174,14 @@ def report(b: Bench) -> None:
         connect = [t["ms"] for t in ok]
         if trials:
             say(f"    {mode:<8} first-SYN {len(ok)}/{len(trials)}; knock->connected median "
-                f"{_median(total):.2f} p90 {_pct(total, 90):.2f}; knocks sent in {_median(knock):.2f}, "
-                f"connect {_median(connect):.2f}")
+                f"{median(total):.2f} p90 {_pct(total, 90):.2f}; knocks sent in {median(knock):.2f}, "
+                f"connect {median(connect):.2f}")
     if b.store_rtt:
         say(f"  store round trip per hot-path call (knock script or grant lookup): mean "
-            f"{1e6 * _median(b.store_rtt):.0f} us over {b.store_calls} calls")
+            f"{1e6 * median(b.store_rtt):.0f} us over {b.store_calls} calls")
     if b.mirror_ms:
         say(f"  mirror: grant made through gw, in gw2's kernel set after median "
-            f"{_median(b.mirror_ms):.1f} ms, max {max(b.mirror_ms):.1f} ms ({len(b.mirror_ms)} grants; "
+            f"{median(b.mirror_ms):.1f} ms, max {max(b.mirror_ms):.1f} ms ({len(b.mirror_ms)} grants; "
             "from the first knock sent; polled every 2 ms)")
 
 

@@ -39,8 +39,9 @@ max_sources = {max_sources}
 # which the per-network defences would rightly take for one hostile network: off here.
 prefix_quota = 0
 prefix_failure_limit = 0
-# no control socket: the bench does not use one, and another daemon may hold the default
-control = ""
+# the bench's own control socket (it reads the workers' pids from the status there), or
+# none: another daemon may hold the default
+control = "{control}"
 
 [[door]]
 name = "ssh"
@@ -82,11 +83,12 @@ def v6_source(round_: int, n: int) -> bytes:
 
 
 def config_text(*, workers: int = 1, maxlen: int = 4096, max_sources: int = 65536, queue: int = 0,
-                metrics: bool = True, batch: int = DEFAULT_BATCH) -> str:
+                metrics: bool = True, batch: int = DEFAULT_BATCH, control: str = "") -> str:
     """The bench's config; ``metrics=False`` turns the exporter off (``[metrics] listen = ""``),
-    and with it the worker's timing of every batch for the latency histogram."""
+    and with it the worker's timing of every batch for the latency histogram; ``control``:
+    the control socket's path ("": none)."""
     text = CONFIG.format(workers=workers, maxlen=maxlen, max_sources=max_sources, queue=queue,
-                         batch=batch)
+                         batch=batch, control=control)
     return text if metrics else text + '\n[metrics]\nlisten = ""\n'
 
 
