@@ -90,17 +90,21 @@ class Lab:
         if result.returncode != 0:
             raise LabError(f"ip {' '.join(argv)}: {result.stderr.strip()}")
 
-    def build(self) -> None:
+    def _add_hosts(self, hosts: Sequence[str]) -> None:
+        """A namespace each (removed by close()), loopback up, no duplicate address detection."""
         if shutil.which("ip") is None:
             raise LabError("the lab needs iproute2's ip command")
         if os.geteuid() != 0:
             raise LabError("the lab needs root to create network namespaces")
-        for host in HOSTS:
+        for host in hosts:
             self._ip("netns", "add", self.ns(host))
             self._made.append(host)
             self.sysctl(host, "net.ipv6.conf.all.accept_dad", "0")
             self.sysctl(host, "net.ipv6.conf.default.accept_dad", "0")
             self._ip("-n", self.ns(host), "link", "set", "lo", "up")
+
+    def build(self) -> None:
+        self._add_hosts(HOSTS)
         self._ip("-n", self.ns("wan"), "link", "add", "br0", "type", "bridge")
         self._ip("-n", self.ns("wan"), "link", "set", "br0", "up")
         for host, port in (("gw", "p-gw"), ("client", "p-client"), ("other", "p-other")):
