@@ -121,23 +121,23 @@ def _cmd_unit(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from gatekeeper import demo
+    from gatekeeper.lab import demo
 
     return demo.main(args)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.cluster:
-        from gatekeeper.bench import cluster
+        from gatekeeper.lab.bench import cluster
 
         return cluster.main(args)
-    from gatekeeper.bench import run
+    from gatekeeper.lab.bench import run
 
     return run.main(args)
 
 
 def _cmd_soak(args: argparse.Namespace) -> int:
-    from gatekeeper import soak
+    from gatekeeper.lab import soak
 
     return soak.main(args)
 

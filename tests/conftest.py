@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from gatekeeper import native
-from gatekeeper.lab import Lab
+from gatekeeper.lab.netns import Lab
 from gatekeeper.netfilter.procfs import PROC_QUEUES, parse_queues
 
 TESTS = Path(__file__).parent

@@ -22,8 +22,8 @@ import sys
 import time
 from typing import Any
 
-from gatekeeper.bench.probe import TIMEOUT, connect, trials
 from gatekeeper.client.knock import knock, parse_step, resolve
+from gatekeeper.lab.bench.probe import TIMEOUT, connect, trials
 
 
 def retrying(host: str, port: int, n: int, first_source: str, steps: str,

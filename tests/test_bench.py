@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from gatekeeper.bench import traffic
+from gatekeeper.lab.bench import traffic
 from gatekeeper.queue.decode import decode
 from tests.conftest import need_root
 

@@ -15,7 +15,7 @@ import redis
 
 from gatekeeper.config import TCP, UDP, ConfigError, Step, loads
 from gatekeeper.engine import Engine, Granted, Knocked, Outcome, Reason, Revoked, Verdict
-from gatekeeper.lab_cluster import free_port, start_redis
+from gatekeeper.lab.cluster import free_port, start_redis
 from gatekeeper.spa import fwknop
 from tests.conftest import need_tool
 

@@ -1,4 +1,4 @@
-"""Two real gateways, one real redis-server, in network namespaces (gatekeeper.lab_cluster).
+"""Two real gateways, one real redis-server, in network namespaces (gatekeeper.lab.cluster).
 
 The client knocks on either gateway's address, as it would when ECMP sends each flow of
 one sequence through a different box, and connects through either. The store is killed
@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from gatekeeper.cluster.store import script
-from gatekeeper.lab import CLIENT4, GW4, OTHER4
-from gatekeeper.lab_cluster import BACK, GW2_4, STORE4, STORE_PORT, ClusterLab
+from gatekeeper.lab.cluster import BACK, GW2_4, STORE4, STORE_PORT, ClusterLab
+from gatekeeper.lab.netns import CLIENT4, GW4, OTHER4
 from gatekeeper.spa import fwknop
 from tests.conftest import Daemon, knock, need_root, need_tool, probe
 

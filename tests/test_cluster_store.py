@@ -14,7 +14,7 @@ import redis
 
 from gatekeeper.config import TCP, ConfigError, loads
 from gatekeeper.engine import Engine, Granted, Reason, Verdict
-from gatekeeper.lab_cluster import free_port, start_redis
+from gatekeeper.lab.cluster import free_port, start_redis
 from tests.test_cluster import (
     GW,
     SSH,

@@ -485,7 +485,7 @@ def test_facts_are_well_formed(pkt: bytes) -> None:
 def test_bench_traffic_agrees_with_dpkt(seed: int, round_: int) -> None:
     """The benchmark's mix (knocks, unauthorised SYNs, junk of many protocols, headers
     cut short) built by its own packet builder, not dpkt's: still the facts dpkt reads."""
-    from gatekeeper.bench import traffic
+    from gatekeeper.lab.bench import traffic
 
     mix = traffic.build(300, round_=round_, seed=seed)
     malformed = 0

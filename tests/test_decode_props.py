@@ -17,9 +17,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gatekeeper.config import Config
-from gatekeeper.lab import GW4 as GW4_LAB
-from gatekeeper.lab import GW6 as GW6_LAB
-from gatekeeper.lab import Lab
+from gatekeeper.lab.netns import GW4 as GW4_LAB
+from gatekeeper.lab.netns import GW6 as GW6_LAB
+from gatekeeper.lab.netns import Lab
 from gatekeeper.queue.decode import _decode, decode, udp_payload
 from gatekeeper.queue.worker import Worker
 from tests.conftest import knock

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.lab import CLIENT4, GW4, Lab
+from gatekeeper.lab.netns import CLIENT4, GW4, Lab
 from tests.conftest import knock, snapshot
 from tests.test_commands import lines, wait_for_file
 from tests.test_lab import SSH, config

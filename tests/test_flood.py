@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.bench.traffic import dump, step
-from gatekeeper.lab import GW4, Lab
+from gatekeeper.lab.bench.traffic import dump, step
+from gatekeeper.lab.netns import GW4, Lab
 from tests.conftest import probe
 from tests.test_lab import SSH, config
 
@@ -80,7 +80,7 @@ def test_spoofed_flood_does_not_keep_a_legitimate_client_out(
     packets = tmp_path / "flood.bin"
     packets.write_bytes(dump(flood_packets(200_000)))
     packets.chmod(0o644)
-    flood = lab.popen("other", [sys.executable, "-m", "gatekeeper.bench.sender", str(packets),
+    flood = lab.popen("other", [sys.executable, "-m", "gatekeeper.lab.bench.sender", str(packets),
                                 "--seconds", str(SECONDS), "--repeat", "1000", "--rate", str(RATE)],
                       stdout=subprocess.PIPE, text=True)
     samples: list[int] = []

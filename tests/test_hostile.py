@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.lab import GW4, Lab
+from gatekeeper.lab.netns import GW4, Lab
 from tests.conftest import knock, probe
 from tests.test_lab import SSH, config, is_open
 from tests.test_pool import worker_pids
@@ -153,7 +153,7 @@ knock(resolve(sys.argv[1], source=sys.argv[2]), [parse_step(sys.argv[3])])
 """
 _SPOOF = """
 import socket, sys, random
-from gatekeeper.bench.traffic import step
+from gatekeeper.lab.bench.traffic import step
 src, dst = socket.inet_aton(sys.argv[1]), socket.inet_aton(sys.argv[2])
 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 s.sendto(step(src, dst, 17, random.randrange(20000, 30000)), (sys.argv[2], 0))

@@ -44,7 +44,7 @@ from gatekeeper.importers.knockd import (
     parse_sequence,
 )
 from gatekeeper.importers.knockd_conf import knockd_reads
-from gatekeeper.lab import GW4, Lab
+from gatekeeper.lab.netns import GW4, Lab
 from tests.conftest import knock, need_tool
 from tests.test_lab import is_open
 

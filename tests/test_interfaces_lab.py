@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.lab import Lab
+from gatekeeper.lab.netns import Lab
 from tests.conftest import snapshot
 
 pytestmark = pytest.mark.lab

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.lab import CLIENT4, GW4, GW6, OTHER4, SERVER4, Lab
+from gatekeeper.lab.netns import CLIENT4, GW4, GW6, OTHER4, SERVER4, Lab
 from tests.conftest import PROBE, knock, need_tool, probe, snapshot
 
 pytestmark = pytest.mark.lab

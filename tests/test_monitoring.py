@@ -48,7 +48,7 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.lab import GW4, GW6, SERVER4, Lab
+from gatekeeper.lab.netns import GW4, GW6, SERVER4, Lab
 from tests.conftest import need_tool
 from tests.test_grafana_static import (
     ALERTS,

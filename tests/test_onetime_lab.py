@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.lab import GW4, Lab
+from gatekeeper.lab.netns import GW4, Lab
 from tests.conftest import probe, queue_stats
 
 pytestmark = pytest.mark.lab

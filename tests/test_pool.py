@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.lab import GW4, GW6, Lab
+from gatekeeper.lab.netns import GW4, GW6, Lab
 from gatekeeper.spa import fwknop
 from tests.conftest import PROBE, knock, probe, queue_stats, snapshot
 from tests.test_lab import SSH, config, is_open

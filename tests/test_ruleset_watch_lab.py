@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.lab import CLIENT4, GW4, GW6, OTHER4, SERVER4, Lab
+from gatekeeper.lab.netns import CLIENT4, GW4, GW6, OTHER4, SERVER4, Lab
 from tests.conftest import Daemon, knock, probe
 from tests.test_lab import SSH, is_open
 from tests.test_lab import config as lab_config

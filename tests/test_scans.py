@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.lab import GW4, Lab
+from gatekeeper.lab.netns import GW4, Lab
 from tests.conftest import need_tool
 from tests.test_lab import config, is_open
 

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from gatekeeper import soak
 from gatekeeper.cli import build_parser, main
 from gatekeeper.engine import Reason
+from gatekeeper.lab.soak.common import SoakError, parse_sequence, parse_sources
+from gatekeeper.lab.soak.gateway import histogram_quantile, interval_latency, parse_metrics
 from gatekeeper.metrics import BUCKETS, GatekeeperCollector, Stats
 from tests.conftest import need_root
 
@@ -141,14 +142,14 @@ def test_exporter_text_parses_into_the_figures_the_soak_needs() -> None:
     stats.granted("ssh")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GatekeeperCollector(stats, lambda: {"ssh": 1}, lambda: 2, lambda: ["ssh"]))
-    figures = soak.parse_metrics(generate_latest(registry).decode())
+    figures = parse_metrics(generate_latest(registry).decode())
     assert figures["packets"]["drop_knock"] == 7
     assert figures["packets"]["accept_granted"] == 3
     assert figures["grants_total"] == 1
     assert figures["queue_dropped"] == 0
-    p99 = soak.histogram_quantile(0.99, figures["hist"])
+    p99 = histogram_quantile(0.99, figures["hist"])
     assert p99 is not None and 0.00025 < p99 <= 0.0005  # rank 99 of 100 lies in the slow bucket
-    p50 = soak.histogram_quantile(0.5, figures["hist"])
+    p50 = histogram_quantile(0.5, figures["hist"])
     assert p50 is not None and 0.000025 < p50 <= 0.00005
 
 
@@ -156,34 +157,34 @@ def test_interval_latency_is_over_the_last_interval_only() -> None:
     inf = float("inf")
     before = [(0.00005, 1000.0), (0.0005, 1000.0), (inf, 1000.0)]       # 1000 fast verdicts
     after = [(0.00005, 1000.0), (0.0005, 1100.0), (inf, 1100.0)]        # then 100 slow ones
-    figures = soak.interval_latency(after, before)
+    figures = interval_latency(after, before)
     assert figures["verdicts"] == 100
     assert figures["verdicts_total"] == 1100
     assert 50 < figures["p99_us"] <= 500          # the interval: all slow
     assert figures["p99_cum_us"] <= 500
-    assert "p99_us" not in soak.interval_latency(before, None)  # no interval yet
-    assert "p99_us" not in soak.interval_latency(before, after)  # counters went back: restart
+    assert "p99_us" not in interval_latency(before, None)  # no interval yet
+    assert "p99_us" not in interval_latency(before, after)  # counters went back: restart
 
 
 def test_histogram_quantile_edges() -> None:
-    assert soak.histogram_quantile(0.99, []) is None
-    assert soak.histogram_quantile(0.99, [(0.1, 0.0), (float("inf"), 0.0)]) is None
-    assert soak.histogram_quantile(0.5, [(1.0, 10.0), (float("inf"), 10.0)]) == pytest.approx(0.5)
+    assert histogram_quantile(0.99, []) is None
+    assert histogram_quantile(0.99, [(0.1, 0.0), (float("inf"), 0.0)]) is None
+    assert histogram_quantile(0.5, [(1.0, 10.0), (float("inf"), 10.0)]) == pytest.approx(0.5)
     # everything above the last finite bucket: its bound, like Prometheus
-    assert soak.histogram_quantile(0.99, [(1.0, 0.0), (float("inf"), 5.0)]) == 1.0
+    assert histogram_quantile(0.99, [(1.0, 0.0), (float("inf"), 5.0)]) == 1.0
 
 
 def test_sources_and_sequence_parsing() -> None:
-    assert soak.parse_sources("192.0.2.100-102, 2001:db8::1") == [
+    assert parse_sources("192.0.2.100-102, 2001:db8::1") == [
         "192.0.2.100", "192.0.2.101", "192.0.2.102", "2001:db8::1"]
-    assert soak.parse_sources("") == []
+    assert parse_sources("") == []
     for bad in ("192.0.2.5-1", "not-an-address", "192.0.2.0-255,198.51.100.0-255,203.0.113.0-255,"
                 "192.0.2.0-255,198.51.100.0-255"):
-        with pytest.raises(soak.SoakError):
-            soak.parse_sources(bad)
-    assert soak.parse_sequence("7000:udp,8000:tcp,9000") == [(17, 7000), (6, 8000), (6, 9000)]
-    with pytest.raises(soak.SoakError):
-        soak.parse_sequence(" , ")
+        with pytest.raises(SoakError):
+            parse_sources(bad)
+    assert parse_sequence("7000:udp,8000:tcp,9000") == [(17, 7000), (6, 8000), (6, 9000)]
+    with pytest.raises(SoakError):
+        parse_sequence(" , ")
 
 
 def test_cli_roles_parse() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gatekeeper.control import request
-from gatekeeper.lab import CLIENT4, CLIENT6, GW4, GW6, Lab
+from gatekeeper.lab.netns import CLIENT4, CLIENT6, GW4, GW6, Lab
 from gatekeeper.spa import fwknop
 from tests.conftest import knock, need_tool, probe
 from tests.test_lab import is_open

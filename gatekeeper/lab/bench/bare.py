@@ -1,6 +1,6 @@
 """The baselines: drop-only loops on gatekeeper's queues and rules.
 
-    python -m gatekeeper.bench.bare CONFIG [--batch]
+    python -m gatekeeper.lab.bench.bare CONFIG [--batch]
 
 One process a queue of the config (forked, as gatekeeper forks its workers), each bound
 with the same queue length and socket buffer as a gatekeeper worker; then the same rules

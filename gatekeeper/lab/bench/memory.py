@@ -1,6 +1,6 @@
 """Bytes per tracked source in the engine's state table, measured in a fresh process.
 
-    python -m gatekeeper.bench.memory FAMILY SOURCES tracemalloc|rss
+    python -m gatekeeper.lab.bench.memory FAMILY SOURCES tracemalloc|rss
 
 Sources are fed the first knock of a three-step sequence, so each is part-way through
 it and held in the table. Two measures: what tracemalloc sees allocated (requested
@@ -22,9 +22,9 @@ import sys
 import tracemalloc
 from dataclasses import dataclass
 
-from gatekeeper.bench.traffic import SSH, config_text
 from gatekeeper.config import loads
 from gatekeeper.engine import Engine
+from gatekeeper.lab.bench.traffic import SSH, config_text
 
 _V4 = int(ipaddress.IPv4Address("198.18.0.0"))
 _V6 = int(ipaddress.IPv6Address("2001:db8:1::1:0:0"))
@@ -88,7 +88,7 @@ def measure(sources: int, family: int, method: str) -> MemoryResult:
 
 def measure_apart(sources: int, family: int, method: str) -> MemoryResult:
     """:func:`measure` in a fresh Python process (its heap untouched by anything else)."""
-    out = subprocess.run([sys.executable, "-m", "gatekeeper.bench.memory", str(family), str(sources),
+    out = subprocess.run([sys.executable, "-m", "gatekeeper.lab.bench.memory", str(family), str(sources),
                           method], capture_output=True, text=True, timeout=300, check=True).stdout
     return MemoryResult(**json.loads(out))
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from gatekeeper.lab import CLIENT4, GW4, OTHER4, Lab, LabError, Terminated, sigterm_unwinds
+from gatekeeper.lab.netns import CLIENT4, GW4, OTHER4, PROGRAMS, Lab, LabError, Terminated, sigterm_unwinds
 
 PORT = 22
 KNOCK = ("7000:udp", "8000:tcp", "9000:udp")
@@ -35,58 +35,6 @@ OPEN_TIMEOUT = 3.0  # long enough to tell "first SYN dropped, retransmit accepte
 START_TIMEOUT = 20.0
 _LOG_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")
 _COUNTERS = re.compile(r"\[\d+:\d+\]")
-
-# A connection helper that lives in one namespace for the whole demo, so a connection it
-# makes can be held open across steps. One JSON line out per command line in:
-#   connect HOST PORT TIMEOUT keep|drop   ->  {"ok", "ms", "error"}
-#   echo TEXT                             ->  {"ok", "reply", "error"}
-_HELPER = r"""
-import json, socket, sys, time
-held = None
-print(json.dumps({"ok": True, "ready": True}), flush=True)
-for line in sys.stdin:
-    cmd, *rest = line.split()
-    out = {"ok": False}
-    if cmd == "connect":
-        host, port, timeout, keep = rest[0], int(rest[1]), float(rest[2]), rest[3] == "keep"
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        start = time.perf_counter()
-        try:
-            s.connect((host, port))
-        except OSError as exc:
-            s.close()
-            error = "timed out" if isinstance(exc, TimeoutError) else (
-                "refused" if isinstance(exc, ConnectionRefusedError) else str(exc))
-            out = {"ok": False, "ms": (time.perf_counter() - start) * 1000, "error": error}
-        else:
-            out = {"ok": True, "ms": (time.perf_counter() - start) * 1000}
-            if keep:
-                if held is not None:
-                    held.close()
-                held = s
-            else:
-                s.close()
-    elif cmd == "echo":
-        if held is None:
-            out = {"ok": False, "error": "no connection held"}
-        else:
-            try:
-                held.settimeout(3)
-                held.sendall((rest[0] + "\n").encode())
-                data = b""
-                while not data.endswith(b"\n"):
-                    chunk = held.recv(4096)
-                    if not chunk:
-                        raise ConnectionError("closed by the peer")
-                    data += chunk
-                reply = data.decode().strip()
-                out = {"ok": reply == rest[0], "reply": reply}
-            except OSError as exc:
-                out = {"ok": False, "error": str(exc) or type(exc).__name__}
-    print(json.dumps(out), flush=True)
-"""
-
 
 class DemoFailure(Exception):
     """A step did not behave as expected; the message is one line for the user."""
@@ -164,13 +112,14 @@ class DaemonLog:
 
 
 class Helper:
-    """A connection helper (``_HELPER``) in one of the lab's namespaces."""
+    """The connection helper (:mod:`gatekeeper.lab.programs.connect_helper`) in one of the
+    lab's namespaces: a connection it makes can be held open across the demo's steps."""
 
     def __init__(self, lab: Lab, host: str) -> None:
         self.lab = lab
         self.host = host
         self.proc: subprocess.Popen[str] = lab.popen(
-            host, [sys.executable, "-u", "-c", _HELPER],
+            host, [sys.executable, "-u", "-m", f"{PROGRAMS}.connect_helper"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         self._replies: queue.Queue[str | None] = queue.Queue()

@@ -34,26 +34,7 @@ OTHER4, OTHER6 = "203.0.113.20", "2001:db8:1::20"
 SERVER4, SERVER6 = "198.51.100.10", "2001:db8:2::10"
 HOSTS = ("wan", "gw", "client", "other", "server")
 
-# A small TCP service: accepts on every address and echoes one line, or holds the
-# connection open. It prints "ready" once it listens.
-_SERVE = r"""
-import socket, sys, threading
-s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-s.bind(("::", int(sys.argv[1]))); s.listen(512)
-print("ready", flush=True)
-def handle(c):
-    with c:
-        while True:
-            data = c.recv(4096)
-            if not data:
-                return
-            c.sendall(data)
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=handle, args=(c,), daemon=True).start()
-"""
+PROGRAMS = "gatekeeper.lab.programs"  # the programs the lab starts: python -m PROGRAMS.NAME
 
 
 class LabError(RuntimeError):
@@ -109,17 +90,21 @@ class Lab:
         if result.returncode != 0:
             raise LabError(f"ip {' '.join(argv)}: {result.stderr.strip()}")
 
-    def build(self) -> None:
+    def _add_hosts(self, hosts: Sequence[str]) -> None:
+        """A namespace each (removed by close()), loopback up, no duplicate address detection."""
         if shutil.which("ip") is None:
             raise LabError("the lab needs iproute2's ip command")
         if os.geteuid() != 0:
             raise LabError("the lab needs root to create network namespaces")
-        for host in HOSTS:
+        for host in hosts:
             self._ip("netns", "add", self.ns(host))
             self._made.append(host)
             self.sysctl(host, "net.ipv6.conf.all.accept_dad", "0")
             self.sysctl(host, "net.ipv6.conf.default.accept_dad", "0")
             self._ip("-n", self.ns(host), "link", "set", "lo", "up")
+
+    def build(self) -> None:
+        self._add_hosts(HOSTS)
         self._ip("-n", self.ns("wan"), "link", "add", "br0", "type", "bridge")
         self._ip("-n", self.ns("wan"), "link", "set", "br0", "up")
         for host, port in (("gw", "p-gw"), ("client", "p-client"), ("other", "p-other")):
@@ -176,8 +161,18 @@ class Lab:
     def python(self, host: str, code: str, *args: str, timeout: float = 120) -> str:
         return self.run(host, [sys.executable, "-c", code, *args], timeout=timeout).stdout
 
+    @staticmethod
+    def program_argv(name: str, *args: str) -> list[str]:
+        """The command line of :mod:`gatekeeper.lab.programs` ``name``."""
+        return [sys.executable, "-m", f"{PROGRAMS}.{name}", *args]
+
+    def program(self, host: str, name: str, *args: str, timeout: float = 120) -> str:
+        """Run :mod:`gatekeeper.lab.programs` ``name`` in ``host``; its stdout."""
+        return self.run(host, self.program_argv(name, *args), timeout=timeout).stdout
+
     def serve_tcp(self, host: str, port: int) -> subprocess.Popen[Any]:
-        proc = self.popen(host, [sys.executable, "-c", _SERVE, str(port)],
+        """A TCP echo service (:mod:`gatekeeper.lab.programs.serve_tcp`) on ``port``, once it listens."""
+        proc = self.popen(host, self.program_argv("serve_tcp", str(port)),
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 10)

@@ -1,6 +1,6 @@
 """A fixed replay of the bench's traffic through ``Worker.decide_batch``, for instruction counts.
 
-    python -m gatekeeper.bench.replay PASSES
+    python -m gatekeeper.lab.bench.replay PASSES
 
 Round 1's packets of ``gatekeeper bench`` go through a fresh worker PASSES times, in
 batches of :data:`~gatekeeper.queue.worker.BATCH` (the default ``[gatekeeper] batch``)
@@ -18,7 +18,7 @@ import time
 
 from gatekeeper import config as config_mod
 from gatekeeper import native
-from gatekeeper.bench import overhead, traffic
+from gatekeeper.lab.bench import overhead, traffic
 from gatekeeper.queue.worker import BATCH, Worker
 
 PACKETS = 60_000

@@ -1,8 +1,8 @@
 """Send prebuilt packets with raw sockets; run inside the lab's client namespace.
 
-    python -m gatekeeper.bench.sender FILE [--rate PPS] [--seconds S] [--repeat N]
+    python -m gatekeeper.lab.bench.sender FILE [--rate PPS] [--seconds S] [--repeat N]
 
-FILE holds length-prefixed IPv4/IPv6 packets (:func:`gatekeeper.bench.traffic.dump`);
+FILE holds length-prefixed IPv4/IPv6 packets (:func:`gatekeeper.lab.bench.traffic.dump`);
 each goes out as is (``IPPROTO_RAW``: the kernel only fills in the IPv4 length and
 header checksum). With ``--rate`` the sending is paced; it always stops after the
 packets (times ``--repeat``) or after ``--seconds``, whichever comes first, and prints
@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 
-from gatekeeper.bench.traffic import load
+from gatekeeper.lab.bench.traffic import load
 
 BATCH = 32  # packets between looks at the clock when paced
 
@@ -63,7 +63,7 @@ def send(packets: list[bytes], rate: float, seconds: float, repeat: int) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gatekeeper.bench.sender")
+    parser = argparse.ArgumentParser(prog="gatekeeper.lab.bench.sender")
     parser.add_argument("file")
     parser.add_argument("--rate", type=float, default=0.0, help="packets a second (0: no pacing)")
     parser.add_argument("--seconds", type=float, default=60.0, help="stop after this long")

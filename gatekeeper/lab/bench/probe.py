@@ -1,6 +1,6 @@
 """Knock, then connect at once; run inside the lab's client namespace. Prints JSON.
 
-    python -m gatekeeper.bench.probe trials HOST PORT N FIRST_SOURCE STEPS
+    python -m gatekeeper.lab.bench.probe trials HOST PORT N FIRST_SOURCE STEPS
 
 For N source addresses from FIRST_SOURCE upwards (already on the client's interface):
 knock STEPS (``7000:udp,8000:tcp,...``) from that address, then connect() to HOST:PORT

@@ -29,7 +29,7 @@ import threading
 import time
 from typing import Any
 
-from gatekeeper.lab import CLIENT4, CLIENT6, GW4, GW6, OTHER4, OTHER6, Lab, LabError
+from gatekeeper.lab.netns import CLIENT4, CLIENT6, GW4, GW6, OTHER4, OTHER6, Lab, LabError
 
 GW2_4, GW2_6 = "203.0.113.2", "2001:db8:1::2"
 BACK = {"gw": "198.51.100.1", "gw2": "198.51.100.2"}
@@ -42,16 +42,7 @@ class ClusterLab(Lab):
     """Two gateways (``gw``, ``gw2``) in front of the same clients, one store behind."""
 
     def build(self) -> None:
-        if shutil.which("ip") is None:
-            raise LabError("the lab needs iproute2's ip command")
-        if os.geteuid() != 0:
-            raise LabError("the lab needs root to create network namespaces")
-        for host in CLUSTER_HOSTS:
-            self._ip("netns", "add", self.ns(host))
-            self._made.append(host)
-            self.sysctl(host, "net.ipv6.conf.all.accept_dad", "0")
-            self.sysctl(host, "net.ipv6.conf.default.accept_dad", "0")
-            self._ip("-n", self.ns(host), "link", "set", "lo", "up")
+        self._add_hosts(CLUSTER_HOSTS)
         for bridge in ("wan", "back"):
             self._ip("-n", self.ns(bridge), "link", "add", "br0", "type", "bridge")
             self._ip("-n", self.ns(bridge), "link", "set", "br0", "up")

@@ -3,7 +3,7 @@
 Every address is a documentation address of the lab: sources in 203.0.113.0/24 and
 2001:db8:1::/64 (never the lab's own hosts), destinations the gateway itself. The
 packets are built here, written to a file and sent from the client namespace with raw
-sockets by :mod:`gatekeeper.bench.sender`, so the sender does nothing but ``sendto``.
+sockets by :mod:`gatekeeper.lab.bench.sender`, so the sender does nothing but ``sendto``.
 
 Per source the packets keep their order (a knock sequence stays a sequence), while the
 sources are interleaved at random, as on a busy link.
@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from gatekeeper.config import DEFAULT_BATCH
-from gatekeeper.lab import GW4, GW6
+from gatekeeper.lab.netns import GW4, GW6
 
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 SYN, ACK, RST, FIN = 0x02, 0x10, 0x04, 0x01
@@ -39,8 +39,9 @@ max_sources = {max_sources}
 # which the per-network defences would rightly take for one hostile network: off here.
 prefix_quota = 0
 prefix_failure_limit = 0
-# no control socket: the bench does not use one, and another daemon may hold the default
-control = ""
+# the bench's own control socket (it reads the workers' pids from the status there), or
+# none: another daemon may hold the default
+control = "{control}"
 
 [[door]]
 name = "ssh"
@@ -82,11 +83,12 @@ def v6_source(round_: int, n: int) -> bytes:
 
 
 def config_text(*, workers: int = 1, maxlen: int = 4096, max_sources: int = 65536, queue: int = 0,
-                metrics: bool = True, batch: int = DEFAULT_BATCH) -> str:
+                metrics: bool = True, batch: int = DEFAULT_BATCH, control: str = "") -> str:
     """The bench's config; ``metrics=False`` turns the exporter off (``[metrics] listen = ""``),
-    and with it the worker's timing of every batch for the latency histogram."""
+    and with it the worker's timing of every batch for the latency histogram; ``control``:
+    the control socket's path ("": none)."""
     text = CONFIG.format(workers=workers, maxlen=maxlen, max_sources=max_sources, queue=queue,
-                         batch=batch)
+                         batch=batch, control=control)
     return text if metrics else text + '\n[metrics]\nlisten = ""\n'
 
 

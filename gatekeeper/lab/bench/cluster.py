@@ -1,10 +1,10 @@
 """``gatekeeper bench --cluster``: the shared store ([cluster]) beside the local engine.
 
-Builds the two-gateway lab (:mod:`gatekeeper.lab_cluster`) with a redis-server in the store
+Builds the two-gateway lab (:mod:`gatekeeper.lab.cluster`) with a redis-server in the store
 namespace, and runs the same measurements with the local config and with the same config
 plus ``[cluster]``, back to back and in turns:
 
-* 1-worker verdict throughput: the drain of :mod:`gatekeeper.bench.run` over the same mix
+* 1-worker verdict throughput: the drain of :mod:`gatekeeper.lab.bench.run` over the same mix
   (knocks, unauthorised SYNs, junk, malformed); only knocks and first packets to protected
   ports consult the store;
 * knock-to-connected: knock three ports, then connect() to the gateway at once;
@@ -22,49 +22,26 @@ import ipaddress
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 
-from gatekeeper.bench import traffic
-from gatekeeper.bench.run import (
-    _PRIME,
-    KNOCK_PORT,
-    KNOCK_STEPS,
-    KNOCK_V4,
-    BenchFailure,
-    Drain,
-    Target,
-    drain,
-    guarded,
-    options,
-    start_gatekeeper,
-    stop,
-)
-from gatekeeper.lab import GW4, sigterm_unwinds
-from gatekeeper.lab_cluster import STORE4, STORE_PORT, ClusterLab
+from gatekeeper.lab.bench import traffic
+from gatekeeper.lab.bench.drain import Drain, drain
+from gatekeeper.lab.bench.kernel import percentile
+from gatekeeper.lab.bench.phases import KNOCK_PORT, KNOCK_STEPS, KNOCK_V4, median
+from gatekeeper.lab.bench.run import guarded, options
+from gatekeeper.lab.bench.targets import BenchFailure, Target, start_gatekeeper, stop
+from gatekeeper.lab.cluster import STORE4, STORE_PORT, ClusterLab
+from gatekeeper.lab.netns import GW4, GW6, sigterm_unwinds
 
 MODES = ("local", "cluster")
-_METRICS = ("import urllib.request; print(urllib.request.urlopen("
-            "'http://127.0.0.1:9464/metrics', timeout=5).read().decode())")
+METRICS_URL = "http://127.0.0.1:9464/metrics"
 
 
 def _say(text: str) -> None:
     print(f"  .. {text}", flush=True)
-
-
-def _median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def _pct(values: Sequence[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 class Bench:
@@ -72,13 +49,15 @@ class Bench:
         self.lab = lab
         self.tmp = tmp
         maxlen = min(1_000_000, max(4096, int(packets * 1.25)))
-        local = traffic.config_text(workers=1, maxlen=maxlen)
-        cluster = local + f'\n[cluster]\nredis = "{lab.redis_url()}"\n'
+        store = f'\n[cluster]\nredis = "{lab.redis_url()}"\n'
         self.configs = {}
-        for mode, text in (("local", local), ("cluster", cluster)):
+        for mode, control in (("local", "local.sock"), ("cluster", "cluster.sock"), ("gw2", "")):
+            # (gw2, the mirror's second gateway, runs beside gw: no control socket of its own)
+            text = traffic.config_text(workers=1, maxlen=maxlen,
+                                       control=os.path.join(tmp, control) if control else "")
+            text += store if mode != "local" else ""
             path = os.path.join(tmp, f"{mode}.toml")
             with open(path, "w", encoding="utf-8") as f:
-                # (the bench's config already turns the control socket off)
                 f.write(text.replace("[gatekeeper]\n", "[gatekeeper]\nstate_dir = \"\"\n", 1))
             self.configs[mode] = path
         self.drains: dict[str, list[Drain]] = {m: [] for m in MODES}
@@ -96,7 +75,7 @@ class Bench:
         return start_gatekeeper(self.lab, self.configs[mode])
 
     def store_figures(self) -> None:
-        text = self.lab.run("gw", [sys.executable, "-c", _METRICS]).stdout
+        text = self.lab.program("gw", "fetch", METRICS_URL)
         total = re.search(r"^gatekeeper_cluster_seconds_sum (\S+)", text, re.M)
         count = re.search(r"^gatekeeper_cluster_seconds_count (\S+)", text, re.M)
         if total and count and float(count.group(1)):
@@ -126,7 +105,7 @@ class Bench:
             _say(f"knock -> connect from {n} sources, {mode}")
             target = self.start(mode)
             try:
-                argv = [sys.executable, "-m", "gatekeeper.bench.probe", "trials", GW4,
+                argv = [sys.executable, "-m", "gatekeeper.lab.bench.probe", "trials", GW4,
                         str(KNOCK_PORT), str(n), KNOCK_V4, KNOCK_STEPS]
                 out = self.lab.run("client", argv, timeout=30 + 3 * n).stdout
                 self.knocks[mode] = json.loads(out)
@@ -142,7 +121,7 @@ class Bench:
         self.flush()
         first = self.start("cluster")
         second = self.lab.popen("gw2", [sys.executable, "-m", "gatekeeper", "run", "-c",
-                                        self.configs["cluster"]],
+                                        self.configs["gw2"]],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 20
@@ -151,18 +130,15 @@ class Bench:
                     raise BenchFailure("the second gateway did not start")
                 time.sleep(0.1)
             time.sleep(1.0)  # its mirror connects and resyncs
-            watch = os.path.join(self.tmp, "watch.py")
-            with open(watch, "w", encoding="utf-8") as f:
-                f.write(_WATCH)
             base = ipaddress.IPv4Address(KNOCK_V4)
             for i in range(n):
                 source = str(base + i)  # (added by knock_trials; their grants went with gw's sets)
-                watcher = self.lab.popen("gw2", [sys.executable, watch, source],
+                watcher = self.lab.popen("gw2", self.lab.program_argv("watch_set", source),
                                          stdout=subprocess.PIPE)
                 assert watcher.stdout is not None
                 if watcher.stdout.readline().strip() != "watching":
                     raise BenchFailure("the watcher did not start")
-                knocked = float(self.lab.python("client", _KNOCK, GW4, source, KNOCK_STEPS))
+                knocked = float(self.lab.program("client", "knock_from", GW4, source, KNOCK_STEPS))
                 line = watcher.stdout.readline().strip()
                 self.lab.stop(watcher)
                 if line.startswith("seen "):
@@ -170,34 +146,6 @@ class Bench:
         finally:
             self.lab.stop(second)
             stop(first)
-
-
-# Runs in the client: knock from a given source address.
-_KNOCK = r"""
-import sys
-from gatekeeper.client.knock import knock, parse_step, resolve
-import time
-host, source, steps = sys.argv[1:4]
-target, seq = resolve(host, source=source), [parse_step(p) for p in steps.split(",")]
-print(time.time(), flush=True)
-knock(target, seq, 0)
-"""
-
-# Runs in gw2: prints "watching", then "seen <time.time()>" once the source is in the set.
-_WATCH = r"""
-import subprocess, sys, time
-src = sys.argv[1] + ","
-print("watching", flush=True)
-deadline = time.monotonic() + 10
-while time.monotonic() < deadline:
-    out = subprocess.run(["ipset", "list", "gatekeeper-in4"], capture_output=True, text=True).stdout
-    if src in out:
-        print(f"seen {time.time()}", flush=True)
-        break
-    time.sleep(0.002)
-else:
-    print("timeout", flush=True)
-"""
 
 
 def report(b: Bench) -> None:
@@ -208,7 +156,7 @@ def report(b: Bench) -> None:
     for mode in MODES:
         rates = [d.rate for d in b.drains[mode]]
         if rates:
-            say(f"    {mode:<8} {_median(rates):>10,.0f} verdicts/s  [{min(rates):,.0f} - {max(rates):,.0f}]"
+            say(f"    {mode:<8} {median(rates):>10,.0f} verdicts/s  [{min(rates):,.0f} - {max(rates):,.0f}]"
                 f"  ({len(rates)} round(s) of {b.drains[mode][0].total:,} packets)")
     say("  knock -> connected (3 knocks, then connect() at once; ms):")
     for mode in MODES:
@@ -219,14 +167,15 @@ def report(b: Bench) -> None:
         connect = [t["ms"] for t in ok]
         if trials:
             say(f"    {mode:<8} first-SYN {len(ok)}/{len(trials)}; knock->connected median "
-                f"{_median(total):.2f} p90 {_pct(total, 90):.2f}; knocks sent in {_median(knock):.2f}, "
-                f"connect {_median(connect):.2f}")
+                f"{median(total):.2f} p90 {percentile(sorted(total), 90):.2f}; "
+                f"knocks sent in {median(knock):.2f}, "
+                f"connect {median(connect):.2f}")
     if b.store_rtt:
         say(f"  store round trip per hot-path call (knock script or grant lookup): mean "
-            f"{1e6 * _median(b.store_rtt):.0f} us over {b.store_calls} calls")
+            f"{1e6 * median(b.store_rtt):.0f} us over {b.store_calls} calls")
     if b.mirror_ms:
         say(f"  mirror: grant made through gw, in gw2's kernel set after median "
-            f"{_median(b.mirror_ms):.1f} ms, max {max(b.mirror_ms):.1f} ms ({len(b.mirror_ms)} grants; "
+            f"{median(b.mirror_ms):.1f} ms, max {max(b.mirror_ms):.1f} ms ({len(b.mirror_ms)} grants; "
             "from the first knock sent; polled every 2 ms)")
 
 
@@ -243,7 +192,7 @@ def main(args: argparse.Namespace) -> int:
         with sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="gatekeeper-bench-") as tmp, lab:
             lab.start_redis()
             lab.serve_tcp("gw", KNOCK_PORT)
-            lab.python("client", _PRIME)
+            lab.program("client", "prime", GW4, GW6)
             b = Bench(lab, tmp, packets)
             b.throughput(rounds, packets)
             b.knock_trials(knocks)
