@@ -24,9 +24,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from gatekeeper import __version__
-from gatekeeper.config import CLUSTER_FALLBACKS
 from gatekeeper.effects.commands import COMMANDS
 from gatekeeper.engine import Guard, Outcome, Reason
+from gatekeeper.model import CLUSTER_FALLBACKS
 
 # Verdict latency buckets (seconds): microseconds, with a boundary exactly at 100 µs.
 BUCKETS = (0.000005, 0.00001, 0.000025, 0.00005, 0.000075, 0.0001, 0.00025, 0.0005, 0.001,

@@ -51,14 +51,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from gatekeeper import __version__
-from gatekeeper.client.knock import Target, knock, parse_step, resolve
-from gatekeeper.config import ICMP, PROTO_NAMES, TCP, UDP
+from gatekeeper.client.knock import FIRST_SYN_TIMEOUT, Target, knock, parse_step, resolve
 from gatekeeper.errors import GatekeeperError
+from gatekeeper.model import DEFAULT_CONTROL_SOCKET, ICMP, PROTO_NAMES, TCP, UDP
 
 DEFAULT_SEQUENCE = "7000:udp,8000:tcp,9000:udp"
-DEFAULT_SOCKET = "/run/gatekeeper/control.sock"
 DEFAULT_METRICS = "http://127.0.0.1:9464/metrics"
-CONNECT_TIMEOUT = 0.9  # below the first SYN retransmit (1 s): a success is the first SYN
 REPLY_TIMEOUT = 2.0
 ATTACK_TIMEOUT = 1.2  # long enough to see a SYN accepted on its first retransmit too
 MAX_DURATION = 7 * 24 * 3600.0
@@ -159,7 +157,7 @@ def _error_name(exc: BaseException) -> str:
 
 
 def client_attempt(target: Target, steps: list[tuple[int, int]], port: int, n: int,
-                   timeout: float = CONNECT_TIMEOUT) -> dict[str, Any]:
+                   timeout: float = FIRST_SYN_TIMEOUT) -> dict[str, Any]:
     """Knock, connect at once, exchange a line, close. Never waits more than
     ``timeout`` + ``REPLY_TIMEOUT`` seconds."""
     out: dict[str, Any] = {"n": n, "source": target.source or "", "ok": False, "stage": "knock",
@@ -208,7 +206,7 @@ def client_attempt(target: Target, steps: list[tuple[int, int]], port: int, n: i
 
 
 def run_client(gateway: str, duration: float, sequence: str, port: int, out: str,
-               interval: float = 0.2, timeout: float = CONNECT_TIMEOUT, sources: str = "",
+               interval: float = 0.2, timeout: float = FIRST_SYN_TIMEOUT, sources: str = "",
                max_attempts: int = 0) -> int:
     duration = _check_duration(duration)
     if not 0.01 <= interval <= 3600:
@@ -549,7 +547,7 @@ def interval_latency(hist: Buckets, previous: Buckets | None) -> dict[str, Any]:
     return out
 
 
-def run_gateway(duration: float, out: str, socket_path: str = DEFAULT_SOCKET,
+def run_gateway(duration: float, out: str, socket_path: str = DEFAULT_CONTROL_SOCKET,
                 metrics_url: str = DEFAULT_METRICS, interval: float = 1.0) -> int:
     duration = _check_duration(duration)
     if not 0.1 <= interval <= 3600:

@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+import gatekeeper.config.load as config_mod
 from gatekeeper import __version__, systemd
-from gatekeeper import config as config_mod
-from gatekeeper.config import Config
 from gatekeeper.control import ControlServer
 from gatekeeper.effects.commands import CommandRunner
 from gatekeeper.effects.grantbook import GrantBook
 from gatekeeper.errors import GatekeeperError
 from gatekeeper.metrics import GatekeeperCollector, Stats
+from gatekeeper.model import Config
 from gatekeeper.netfilter.audit import audit
 from gatekeeper.netfilter.install import Installer
 from gatekeeper.netfilter.interfaces import LinkWatcher, require_present

@@ -23,7 +23,7 @@ import tracemalloc
 from dataclasses import dataclass
 
 from gatekeeper.bench.traffic import SSH, config_text
-from gatekeeper.config import loads
+from gatekeeper.config.load import loads
 from gatekeeper.engine import Engine
 
 _V4 = int(ipaddress.IPv4Address("198.18.0.0"))

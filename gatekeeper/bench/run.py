@@ -51,8 +51,9 @@ from typing import IO, Any
 
 from gatekeeper import native
 from gatekeeper.bench import memory, overhead, traffic
-from gatekeeper.config import DEFAULT_BATCH
+from gatekeeper.client.knock import FIRST_SYN_TIMEOUT
 from gatekeeper.lab import GW4, GW6, Lab, LabError, Terminated, sigterm_unwinds
+from gatekeeper.model import DEFAULT_BATCH
 from gatekeeper.queue.worker import TIMING_ENV
 
 START_TIMEOUT = 30.0
@@ -687,7 +688,8 @@ def report(opts: Options, res: Results, lab: Lab, out: Callable[[str], None]) ->
     total = sorted(k["total_ms"] for k in ok)
     conn = sorted(k["ms"] for k in ok)
     out(f"KNOCK TO CONNECTED  {len(res.knocks)} sources ({res.knock_split}), {w} worker(s); knock "
-        f"{KNOCK_STEPS.replace(',', ' ')}, then connect() to port {KNOCK_PORT}, 0.9 s timeout")
+        f"{KNOCK_STEPS.replace(',', ' ')}, then connect() to port {KNOCK_PORT}, "
+        f"{FIRST_SYN_TIMEOUT} s timeout")
     out(f"  first SYN accepted {len(ok)}/{len(res.knocks)}; first knock sent -> connected: median "
         f"{percentile(total, 50):.2f} ms, p99 {percentile(total, 99):.2f} ms; connect() alone: median "
         f"{percentile(conn, 50):.2f} ms, p99 {percentile(conn, 99):.2f} ms")

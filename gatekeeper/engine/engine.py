@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Final, NamedTuple
 
-from gatekeeper.config import ICMP, TCP, Config, Door, Step, TcpFlags
+from gatekeeper.model import ICMP, TCP, Config, Door, Port, TcpFlags
 
 
 class Verdict(IntEnum):
@@ -64,7 +64,7 @@ class Granted:
     address: str
     expires: float
     renewed: bool
-    steps: tuple[Step, ...]
+    steps: tuple[Port, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +74,7 @@ class Revoked:
     door: Door
     address: str
     cause: str  # "expired" or "closed"
-    steps: tuple[Step, ...]
+    steps: tuple[Port, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +145,8 @@ def _address(raw: bytes) -> str:
 _SLOT = 24
 
 
-def _slot_step(slot: int) -> Step:
-    return Step(slot >> 16 & 0xFF, slot & 0xFFFF)
+def _slot_step(slot: int) -> Port:
+    return Port(slot >> 16 & 0xFF, slot & 0xFFFF)
 
 
 _OUTCOMES = (Outcome.ADVANCED, Outcome.RESET, Outcome.TIMEOUT, Outcome.COMPLETED, Outcome.DUPLICATE)
@@ -579,7 +579,7 @@ class Engine:
             return Knocked(door.name, Outcome.NOTHING_TO_CLOSE)
         return self.grant(src, track.door_index, now)
 
-    def grant(self, src: bytes, door_index: int, now: float, steps: Iterable[Step] | None = None,
+    def grant(self, src: bytes, door_index: int, now: float, steps: Iterable[Port] | None = None,
               open_for: float = 0) -> Granted | Knocked:
         """Grant ``src`` the ports ``steps`` of door ``door_index`` (None: all of its
         ``opens``; ports it does not open are left out, and asking for none of its ports
@@ -611,7 +611,7 @@ class Engine:
             grants[base | step.key] = expires
         return Granted(door, _address(src), expires, renewed, granted)
 
-    def revoke(self, src: bytes, door_index: int) -> tuple[Step, ...]:
+    def revoke(self, src: bytes, door_index: int) -> tuple[Port, ...]:
         """Forget every port of door ``door_index`` granted to ``src`` (a close sequence,
         here or on another gateway); returns the ports that were granted (none: nothing
         to close)."""
@@ -642,7 +642,7 @@ class Engine:
         doors = self.config.doors
         for src in [s for s, g in self._grants.items() if min(g.values()) <= now]:
             grants = self._grants[src]
-            ended: dict[int, list[Step]] = {}  # door index -> its ports that expired
+            ended: dict[int, list[Port]] = {}  # door index -> its ports that expired
             for slot in [slot for slot, expires in grants.items() if expires <= now]:
                 del grants[slot]
                 ended.setdefault(slot >> _SLOT, []).append(_slot_step(slot))
@@ -654,7 +654,7 @@ class Engine:
         return expired
 
     def restore_grant(self, address: str, door_name: str, expires: float,
-                      steps: Iterable[Step] | None = None) -> bool:
+                      steps: Iterable[Port] | None = None) -> bool:
         """Adopt a grant found in the kernel set (after a restart) or kept over a reload:
         ports ``steps`` of the door (None: all of its ``opens``; ports the door no longer
         opens are left out). False if there is no such door or it opens none of them."""
@@ -672,7 +672,7 @@ class Engine:
                 return True
         return False
 
-    def grants(self) -> Iterator[tuple[str, str, Step, float]]:
+    def grants(self) -> Iterator[tuple[str, str, Port, float]]:
         """Active grants, a port at a time: (address, door name, port, expiry)."""
         doors = self.config.doors
         for src, grants in self._grants.items():
