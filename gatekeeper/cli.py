@@ -7,9 +7,11 @@ import logging
 import os
 import sys
 
+import gatekeeper.config.load as config_mod
 from gatekeeper import __version__
-from gatekeeper import config as config_mod
+from gatekeeper.client.knock import FIRST_SYN_TIMEOUT
 from gatekeeper.errors import GatekeeperError
+from gatekeeper.model import DEFAULT_CONTROL_SOCKET, DEFAULT_SPA_PORT, Door
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -32,7 +34,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     cfg = config_mod.load(args.config)
     require_present(cfg)  # as run does: in the network namespace it runs in
-    def how(d: config_mod.Door) -> str:
+    def how(d: Door) -> str:
         if d.spa is not None:
             return f"spa on {d.spa.port}:udp"
         if d.encrypted is not None:
@@ -59,7 +61,7 @@ def _cmd_knock(args: argparse.Namespace) -> int:
     import socket
 
     from gatekeeper.client.knock import knock, parse_step, resolve
-    from gatekeeper.config import TCP, UDP
+    from gatekeeper.model import TCP, UDP
 
     family = socket.AF_INET if args.ipv4 else socket.AF_INET6 if args.ipv6 else 0
     default = UDP if args.udp else TCP
@@ -214,7 +216,8 @@ def _client_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
                    help="the address to open for (default: this host's source address towards HOST)")
     p.add_argument("-s", "--source-any", action="store_true",
                    help="send 0.0.0.0: the gateway opens for the packet's source (fwknop -s)")
-    p.add_argument("--port", type=int, default=62201, help="the SPA UDP port (default 62201)")
+    p.add_argument("--port", type=int, default=DEFAULT_SPA_PORT,
+                   help=f"the SPA UDP port (default {DEFAULT_SPA_PORT})")
     p.add_argument("--save-packet", metavar="FILE",
                    help="also write the packet sent to FILE (to test a replay)")
     p.add_argument("--key-gen", action="store_true", help="print new keys for a key file")
@@ -227,7 +230,7 @@ def _client_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
 def _operator_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     """status, unit: the running daemon and its installation."""
     p = sub.add_parser("status", help="doors, active grants and counters of the running daemon")
-    p.add_argument("-s", "--socket", default="/run/gatekeeper/control.sock",
+    p.add_argument("-s", "--socket", default=DEFAULT_CONTROL_SOCKET,
                    help="the daemon's control socket ([gatekeeper] control)")
     p.add_argument("--json", action="store_true", help="the raw answer, as JSON")
     p.set_defaults(func=_cmd_status)
@@ -278,7 +281,8 @@ def _soak_command(sub: Subcommands[argparse.ArgumentParser]) -> None:
                        "'soak lab' runs it in a namespace lab (needs root)")
     roles = p.add_subparsers(dest="role", required=True, metavar="ROLE")
     seq_help = "the door's knock sequence (default: %(default)s)"
-    r = roles.add_parser("client", help="knock, connect at once (0.9 s), exchange a line; repeat")
+    r = roles.add_parser("client", help=f"knock, connect at once ({FIRST_SYN_TIMEOUT} s), "
+                         "exchange a line; repeat")
     r.add_argument("--gateway", required=True, metavar="ADDR")
     r.add_argument("--duration", type=float, required=True, metavar="S")
     r.add_argument("--sequence", default="7000:udp,8000:tcp,9000:udp", metavar="P:PROTO,...",
@@ -287,8 +291,8 @@ def _soak_command(sub: Subcommands[argparse.ArgumentParser]) -> None:
     r.add_argument("--out", required=True, metavar="FILE.jsonl")
     r.add_argument("--interval", type=float, default=0.2, metavar="S",
                    help="seconds between attempt starts (default 0.2)")
-    r.add_argument("--timeout", type=float, default=0.9, metavar="S",
-                   help="connect timeout (default 0.9: below the first SYN retransmit)")
+    r.add_argument("--timeout", type=float, default=FIRST_SYN_TIMEOUT, metavar="S",
+                   help=f"connect timeout (default {FIRST_SYN_TIMEOUT}: below the first SYN retransmit)")
     r.add_argument("--sources", default="", metavar="ADDR,...",
                    help="local addresses to rotate over (a.b.c.X-Y ranges allowed)")
     r.add_argument("--max-attempts", type=int, default=0, metavar="N", help="stop after N attempts")
@@ -307,7 +311,7 @@ def _soak_command(sub: Subcommands[argparse.ArgumentParser]) -> None:
     r = roles.add_parser("gateway", help="sample the daemon's memory, fds, status and metrics")
     r.add_argument("--duration", type=float, required=True, metavar="S")
     r.add_argument("--out", required=True, metavar="FILE.jsonl")
-    r.add_argument("-s", "--socket", default="/run/gatekeeper/control.sock",
+    r.add_argument("-s", "--socket", default=DEFAULT_CONTROL_SOCKET,
                    help="the daemon's control socket")
     r.add_argument("--metrics", default="http://127.0.0.1:9464/metrics", metavar="URL")
     r.add_argument("--interval", type=float, default=1.0, metavar="S")

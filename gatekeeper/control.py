@@ -15,7 +15,6 @@ from typing import Any
 
 from gatekeeper.errors import GatekeeperError
 
-DEFAULT_SOCKET = "/run/gatekeeper/control.sock"
 KINDS = ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
          (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a fifo"),
          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))

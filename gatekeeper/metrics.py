@@ -24,9 +24,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from gatekeeper import __version__
-from gatekeeper.config import CLUSTER_FALLBACKS
 from gatekeeper.effects.commands import COMMANDS
 from gatekeeper.engine import Guard, Outcome, Reason
+from gatekeeper.model import CLUSTER_FALLBACKS
 from gatekeeper.netfilter import procfs
 from gatekeeper.netfilter.procfs import PROC_QUEUES
 

@@ -20,8 +20,8 @@ import time
 from types import FrameType
 from typing import Any
 
+import gatekeeper.config.load as config_mod
 from gatekeeper import __version__, systemd
-from gatekeeper import config as config_mod
 from gatekeeper import messages as msg
 from gatekeeper.control import ControlServer
 from gatekeeper.effects.commands import CommandRunner

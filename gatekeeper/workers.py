@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass
 
 from gatekeeper import messages as msg
-from gatekeeper.config import Config
 from gatekeeper.errors import GatekeeperError
 from gatekeeper.metrics import Stats
+from gatekeeper.model import Config
 from gatekeeper.netfilter.install import Installer
 
 log = logging.getLogger("gatekeeper")

@@ -22,8 +22,8 @@ import sys
 import time
 from typing import Any
 
-from gatekeeper.client.knock import knock, parse_step, resolve
-from gatekeeper.lab.bench.probe import TIMEOUT, connect, trials
+from gatekeeper.client.knock import FIRST_SYN_TIMEOUT, knock, parse_step, resolve
+from gatekeeper.lab.bench.probe import connect, trials
 
 
 def retrying(host: str, port: int, n: int, first_source: str, steps: str,
@@ -49,8 +49,8 @@ def retrying(host: str, port: int, n: int, first_source: str, steps: str,
 
 def hold(host: str, port: int) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.create_connection((host, port), timeout=TIMEOUT) if family == socket.AF_INET else \
-        socket.create_connection((host, port, 0, 0), timeout=TIMEOUT)
+    s = socket.create_connection((host, port), timeout=FIRST_SYN_TIMEOUT) if family == socket.AF_INET else \
+        socket.create_connection((host, port, 0, 0), timeout=FIRST_SYN_TIMEOUT)
     print(json.dumps({"ok": True}), flush=True)
     for line in sys.stdin:
         try:

@@ -22,8 +22,8 @@ import ipaddress
 from collections.abc import Sequence
 from typing import Any
 
-from gatekeeper.config import PROTO_NUMBERS, TCP
 from gatekeeper.engine import Engine, Granted, Knocked, Revoked
+from gatekeeper.model import PROTO_NUMBERS, TCP
 
 SYN = 0x02
 GATEWAY = ipaddress.ip_address("203.0.113.1").packed

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gatekeeper.config import Config, loads
+from gatekeeper.config.load import loads
+from gatekeeper.model import Config
 from gatekeeper.netfilter.audit import audit, audit_text
 from gatekeeper.netfilter.render import render
 

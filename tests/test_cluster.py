@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 import redis
 
-from gatekeeper.config import TCP, UDP, ConfigError, Step, loads
+from gatekeeper.config import ConfigError
+from gatekeeper.config.load import loads
 from gatekeeper.engine import Engine, Granted, Knocked, Outcome, Reason, Revoked, Verdict
 from gatekeeper.lab.cluster import free_port, start_redis
+from gatekeeper.model import TCP, UDP, Port
 from gatekeeper.spa import fwknop
 from tests.conftest import need_tool
 
@@ -25,7 +27,7 @@ GW2 = ipaddress.ip_address("203.0.113.2").packed
 A = ipaddress.ip_address("203.0.113.10").packed
 B = ipaddress.ip_address("203.0.113.20").packed
 A6 = ipaddress.ip_address("2001:db8:1::10").packed
-P22, P80, P2222 = Step(TCP, 22), Step(TCP, 80), Step(TCP, 2222)
+P22, P80, P2222 = Port(TCP, 22), Port(TCP, 80), Port(TCP, 2222)
 
 DOORS = """
 [[door]]
@@ -118,7 +120,7 @@ class Box:
     def send(self, src: bytes, proto: int, port: int, now: float, dst: bytes = GW) -> Any:
         return self.gate.decide(src, dst, proto, port, SYN if proto == TCP else 0, now)
 
-    def spa_grant(self, src: bytes, ports: list[Step], now: float, open_for: float = 0) -> Granted:
+    def spa_grant(self, src: bytes, ports: list[Port], now: float, open_for: float = 0) -> Granted:
         """What an accepted SPA packet does on a worker: the engine grants the ports it
         asked for, the worker writes them (recorded here) and shares them."""
         index = next(i for i, d in enumerate(self.config.doors) if d.name == "spa")
@@ -127,7 +129,7 @@ class Box:
         self.gate.share(event, now)
         return event
 
-    def adopted(self) -> list[tuple[str, str, tuple[Step, ...]]]:
+    def adopted(self) -> list[tuple[str, str, tuple[Port, ...]]]:
         """The grants this box took from the store: (address, door, ports)."""
         return [(e.address, e.door.name, e.steps) for e in self.applied if isinstance(e, Granted)]
 

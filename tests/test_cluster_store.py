@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 import redis
 
-from gatekeeper.config import TCP, ConfigError, loads
+from gatekeeper.config import ConfigError
+from gatekeeper.config.load import loads
 from gatekeeper.engine import Engine, Granted, Reason, Verdict
 from gatekeeper.lab.cluster import free_port, start_redis
+from gatekeeper.model import TCP
 from tests.test_cluster import (
     GW,
     SSH,

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from gatekeeper.config import Door, Step
 from gatekeeper.effects.commands import CommandRunner
 from gatekeeper.metrics import GatekeeperCollector, Stats
+from gatekeeper.model import Door, Port
 
 CLIENT = "203.0.113.10"
 OTHER = "203.0.113.20"
@@ -18,7 +18,7 @@ OTHER = "203.0.113.20"
 
 def door(start: str = "", stop: str = "", timeout: float = 5.0, name: str = "ssh") -> Door:
     """A door whose commands are shell lines (``/bin/sh -c LINE``; "": none)."""
-    return Door(name=name, sequence=(Step(6, 7000),), opens=(Step(6, 22),),
+    return Door(name=name, sequence=(Port(6, 7000),), opens=(Port(6, 22),),
                 start_command=("/bin/sh", "-c", start) if start else (),
                 stop_command=("/bin/sh", "-c", stop) if stop else (), command_timeout=timeout)
 

@@ -8,19 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gatekeeper.config import (
-    ICMP,
-    TCP,
-    UDP,
-    Config,
-    ConfigError,
-    Door,
-    Step,
-    TcpFlags,
-    load,
-    loads,
-    step_key,
-)
+from gatekeeper.config import ConfigError
+from gatekeeper.config.load import load, loads
+from gatekeeper.model import ICMP, TCP, UDP, Config, Door, Port, TcpFlags, port_key
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "rules" / "example.toml"
 NAME = "test.toml"
@@ -79,23 +69,23 @@ def test_example_file_loads() -> None:
     settings = config.settings
     assert settings.queue == 0
     assert settings.interfaces == ("eth0",)
-    assert settings.public == (Step(TCP, 80), Step(TCP, 443))
+    assert settings.public == (Port(TCP, 80), Port(TCP, 443))
     assert settings.max_sources == 65536
     ssh, rdp = config.doors
     assert ssh == Door(
         name="ssh",
-        sequence=(Step(UDP, 7000), Step(TCP, 8000), Step(UDP, 9000)),
-        opens=(Step(TCP, 22),),
+        sequence=(Port(UDP, 7000), Port(TCP, 8000), Port(UDP, 9000)),
+        opens=(Port(TCP, 22),),
         sequence_timeout=5.0,
         tcp_flags=TcpFlags(SYN, 0),
         open_for=30,
-        close_sequence=(Step(TCP, 9000), Step(UDP, 8000), Step(TCP, 7000)),
+        close_sequence=(Port(TCP, 9000), Port(UDP, 8000), Port(TCP, 7000)),
     )
-    assert rdp.sequence == (Step(TCP, 4001), Step(UDP, 4002), Step(TCP, 4003))
-    assert rdp.opens == (Step(TCP, 3389),)
+    assert rdp.sequence == (Port(TCP, 4001), Port(UDP, 4002), Port(TCP, 4003))
+    assert rdp.opens == (Port(TCP, 3389),)
     assert rdp.open_for == 60
     assert rdp.host == ipaddress.IPv4Address("198.51.100.10")
-    assert config.protected == {step_key(TCP, 22), step_key(TCP, 3389)}
+    assert config.protected == {port_key(TCP, 22), port_key(TCP, 3389)}
 
 
 def test_example_file_loads_the_same_through_loads() -> None:
@@ -111,7 +101,7 @@ def test_defaults() -> None:
             settings.failure_lockout) == (64, 10, 100, 300)
     assert settings.batch == 4
     (d,) = config.doors
-    assert d == Door(name="a", sequence=(Step(TCP, 1000),), opens=(Step(TCP, 22),))
+    assert d == Door(name="a", sequence=(Port(TCP, 1000),), opens=(Port(TCP, 22),))
     assert d.sequence_timeout == 5.0
     assert d.tcp_flags == TcpFlags(required=SYN, forbidden=0)
     assert d.open_for == 30
@@ -119,7 +109,7 @@ def test_defaults() -> None:
     assert d.start_command == () and d.stop_command == ()
     assert d.command_timeout == 10.0
     assert d.host is None
-    assert config.protected == {step_key(TCP, 22)}
+    assert config.protected == {port_key(TCP, 22)}
 
 
 def test_empty_gatekeeper_table_and_empty_public_are_defaults() -> None:
@@ -141,7 +131,7 @@ def test_all_settings() -> None:
     assert settings.queue == 100
     assert settings.interfaces == ("eth0", "wg0", "br-lan.10", "ppp+")
     assert settings.hotplug_interfaces == ("wg0",)
-    assert settings.public == (Step(TCP, 80), Step(UDP, 53), Step(TCP, 443))
+    assert settings.public == (Port(TCP, 80), Port(UDP, 53), Port(TCP, 443))
     assert settings.max_sources == 16 and settings.batch == 1024
     assert (settings.prefix_quota, settings.failure_limit, settings.prefix_failure_limit,
             settings.failure_lockout) == (0, 3, 0, 86400)
@@ -150,41 +140,41 @@ def test_all_settings() -> None:
     assert d.open_for == 604800
     assert d.command_timeout == 3600.0 and isinstance(d.command_timeout, float)
     assert d.tcp_flags == TcpFlags(SYN, ACK)
-    assert d.close_sequence == (Step(ICMP, 1), Step(ICMP, 0))
+    assert d.close_sequence == (Port(ICMP, 1), Port(ICMP, 0))
     assert d.host == ipaddress.IPv6Address("2001:db8::10")
     # a door with a host protects ports behind the gateway, so its knocks may reuse them
-    assert config.protected == {step_key(TCP, 22)}
+    assert config.protected == {port_key(TCP, 22)}
 
 
 @pytest.mark.parametrize(
     ("written", "step"),
     [
-        ("7000", Step(TCP, 7000)),
-        (7000, Step(TCP, 7000)),
-        ("7000:tcp", Step(TCP, 7000)),
-        ("7000:udp", Step(UDP, 7000)),
-        (" 7000:UDP ", Step(UDP, 7000)),
-        ("1", Step(TCP, 1)),
-        ("65535:udp", Step(UDP, 65535)),
-        ("0:icmp", Step(ICMP, 0)),
-        ("65507:icmp", Step(ICMP, 65507)),
-        ("007", Step(TCP, 7)),
+        ("7000", Port(TCP, 7000)),
+        (7000, Port(TCP, 7000)),
+        ("7000:tcp", Port(TCP, 7000)),
+        ("7000:udp", Port(UDP, 7000)),
+        (" 7000:UDP ", Port(UDP, 7000)),
+        ("1", Port(TCP, 1)),
+        ("65535:udp", Port(UDP, 65535)),
+        ("0:icmp", Port(ICMP, 0)),
+        ("65507:icmp", Port(ICMP, 65507)),
+        ("007", Port(TCP, 7)),
     ],
 )
-def test_step_forms(written: object, step: Step) -> None:
+def test_step_forms(written: object, step: Port) -> None:
     (d,) = loads(toml(doors=[door(sequence=[written])])).doors
     assert d.sequence == (step,)
 
 
 def test_step_text_and_key() -> None:
-    assert str(Step(UDP, 7000)) == "7000:udp"
-    assert str(Step(ICMP, 64)) == "64:icmp"
-    assert Step(UDP, 7000).key == step_key(UDP, 7000) == UDP << 16 | 7000
+    assert str(Port(UDP, 7000)) == "7000:udp"
+    assert str(Port(ICMP, 64)) == "64:icmp"
+    assert Port(UDP, 7000).key == port_key(UDP, 7000) == UDP << 16 | 7000
 
 
 def test_a_step_may_come_back_later_in_a_sequence() -> None:
     (d,) = loads(toml(doors=[door(sequence=["1000", "2000", "1000", "1000:udp"])])).doors
-    assert d.sequence == (Step(TCP, 1000), Step(TCP, 2000), Step(TCP, 1000), Step(UDP, 1000))
+    assert d.sequence == (Port(TCP, 1000), Port(TCP, 2000), Port(TCP, 1000), Port(UDP, 1000))
 
 
 def test_knock_may_share_a_port_number_with_another_protocol_and_with_a_host_door() -> None:

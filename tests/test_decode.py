@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gatekeeper.queue.decode import Facts, decode, udp_payload
+from gatekeeper.model import ICMP, TCP, UDP
+from gatekeeper.queue.decode import ICMPV6, Facts, decode, udp_payload
 
-TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 HOP, ROUTING, FRAGMENT, AH, DSTOPTS, ESP = 0, 43, 44, 51, 60, 50
 IP6_EXTENSIONS = (HOP, ROUTING, FRAGMENT, AH, DSTOPTS, ESP)
 

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gatekeeper.config import Config
 from gatekeeper.lab.netns import GW4 as GW4_LAB
 from gatekeeper.lab.netns import GW6 as GW6_LAB
 from gatekeeper.lab.netns import Lab
+from gatekeeper.model import DEFAULT_SPA_PORT, Config
 from gatekeeper.queue.decode import _decode, decode, udp_payload
 from gatekeeper.queue.worker import Worker
 from tests.conftest import knock
@@ -118,12 +118,11 @@ def test_the_common_packet_path_is_the_walk(pkt: bytes) -> None:
 
 # -- fragments, spelled out -----------------------------------------------------------------
 
-SPA_PORT = 62201
 SPA = spa_packet()  # random salt: made once, so it can be compared
 
 
 def _spa_datagram() -> bytes:
-    return datagram(SPA_PORT, SPA)
+    return datagram(DEFAULT_SPA_PORT, SPA)
 
 
 # Each holds a UDP header and a payload that would be read whole if the packet were not
@@ -152,7 +151,7 @@ def test_whole_datagrams_have_port_and_payload() -> None:
     for pkt, src, dst in ((v4(UDP, _spa_datagram()), SRC4, DST4),
                           (v6(UDP, _spa_datagram()), SRC6, DST6),
                           (v6(HOP, hop(UDP) + _spa_datagram()), SRC6, DST6)):
-        assert decode(pkt) == (src, dst, UDP, SPA_PORT, 0)
+        assert decode(pkt) == (src, dst, UDP, DEFAULT_SPA_PORT, 0)
         assert udp_payload(pkt) == SPA
 
 
@@ -209,7 +208,7 @@ def test_spa_in_a_fragment_opens_nothing(cfg: Config, family: int, frag: str) ->
     grants = FakeGrants()
     worker = Worker(cfg, grants, lambda _m: None, clock=lambda: 5.0, wall=lambda: WALL)
     address = CLIENT if family == 4 else "2001:db8::10"
-    spa = datagram(SPA_PORT, spa_packet(address=address))
+    spa = datagram(DEFAULT_SPA_PORT, spa_packet(address=address))
     assert not worker.on_packet(_build(family, UDP, spa, frag), 5.0)
     assert grants.added == []
     assert not worker.on_packet(_build(family, UDP, spa, "none"), 5.0)

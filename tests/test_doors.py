@@ -15,13 +15,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gatekeeper.config import Config, ConfigError, Door, Step, loads
+from gatekeeper.config import ConfigError
+from gatekeeper.config.load import loads
 from gatekeeper.control import format_status
 from gatekeeper.effects.grantbook import GrantBook
 from gatekeeper.effects.onetime import mark_used
 from gatekeeper.engine import Engine, Granted, Reason, Revoked, Verdict
 from gatekeeper.engine.doors import SequenceUsed, SpecialDoors
 from gatekeeper.messages import Message
+from gatekeeper.model import Config, Door, Port
 from gatekeeper.queue.decode import udp_payload
 from gatekeeper.queue.worker import Worker
 from gatekeeper.spa import fwknop
@@ -530,7 +532,7 @@ def test_worker_writes_reports_and_adopts_only_the_granted_ports(wide: Config) -
     assert reports[0]["t"] == "grant" and reports[0]["opens"] == ["22:tcp"]
     # a restarted worker finds that entry in the kernel set: only 22 is admitted
     again = Worker(wide, StepGrants(), wired(reports), clock=lambda: 6.0, wall=lambda: WALL)
-    entries = [(a, d, 29, Step(6, int(p.split(":")[0]))) for a, d, p in grants.entries]
+    entries = [(a, d, 29, Port(6, int(p.split(":")[0]))) for a, d, p in grants.entries]
     assert again.adopt(entries) == 1
     assert is_accepted(again.engine, 22, 7.0) and not is_accepted(again.engine, 80, 7.0)
     # and a reload keeps the grant as it is

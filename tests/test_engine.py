@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatekeeper.config import ICMP, TCP, UDP, Step, loads
+from gatekeeper.config.load import loads
 from gatekeeper.engine import Engine, Granted, Guard, Knocked, Outcome, Reason, Revoked, Verdict
+from gatekeeper.model import ICMP, TCP, UDP, Port
 from tests.playbook import play
 
 SYN, ACK, RST = 0x02, 0x10, 0x04
@@ -612,7 +613,7 @@ opens = ["22:tcp", "80:tcp", "53:udp"]
 open_for = 30
 close_sequence = ["5003", "5002", "5001"]
 """).replace('public = ["80:tcp"]', "public = []")
-P22, P80, P53 = Step(TCP, 22), Step(TCP, 80), Step(UDP, 53)
+P22, P80, P53 = Port(TCP, 22), Port(TCP, 80), Port(UDP, 53)
 WEB_CLOSE = [(TCP, 5003), (TCP, 5002), (TCP, 5001)]
 
 
@@ -637,10 +638,10 @@ def test_a_grant_of_one_port_admits_that_port_only(multi: Engine) -> None:
 
 def test_a_grant_keeps_the_doors_order_and_leaves_out_what_the_door_does_not_open(
         multi: Engine) -> None:
-    done = multi.grant(A, web(multi), 1.0, [P53, Step(TCP, 443), P22])
+    done = multi.grant(A, web(multi), 1.0, [P53, Port(TCP, 443), P22])
     assert isinstance(done, Granted) and done.steps == (P22, P53)
     with pytest.raises(ValueError, match="web opens none of"):
-        multi.grant(A, web(multi), 1.0, [Step(TCP, 443)])
+        multi.grant(A, web(multi), 1.0, [Port(TCP, 443)])
 
 
 def test_a_second_request_adds_its_port_and_each_port_expires_on_its_own(multi: Engine) -> None:
@@ -684,7 +685,7 @@ def test_a_knock_sequence_grants_all_of_its_doors_ports_and_a_close_revokes_what
 
 def test_restore_grant_restores_the_ports_found(multi: Engine) -> None:
     assert multi.restore_grant("203.0.113.10", "web", 12.0, [P80])
-    assert not multi.restore_grant("203.0.113.10", "web", 12.0, [Step(TCP, 443)])
+    assert not multi.restore_grant("203.0.113.10", "web", 12.0, [Port(TCP, 443)])
     assert send(multi, A, TCP, 80, 1.0)[0] is Verdict.ACCEPT
     assert send(multi, A, TCP, 22, 1.0)[1] is Reason.UNAUTHORISED
     assert multi.restore_grant("203.0.113.20", "web", 12.0)  # no port named: the whole door

@@ -20,7 +20,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gatekeeper.config import loads
+from gatekeeper.config.load import loads
 from gatekeeper.engine import Reason
 from gatekeeper.queue.worker import Worker
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gatekeeper import cli
-from gatekeeper.config import loads
+from gatekeeper.config.load import loads
 from gatekeeper.importers.firewall import (
     NotAGrant,
     Port,

@@ -6,7 +6,9 @@ import logging
 
 import pytest
 
-from gatekeeper.config import ConfigError, Settings, loads
+from gatekeeper.config import ConfigError
+from gatekeeper.config.load import loads
+from gatekeeper.model import Settings
 from gatekeeper.netfilter import interfaces
 from gatekeeper.netfilter.interfaces import LinkWatcher, describe, require_present
 

@@ -20,7 +20,8 @@ import pytest
 from gatekeeper.cli import main
 from gatekeeper.client import spa as client
 from gatekeeper.client.knock import Target
-from gatekeeper.config import ConfigError, loads
+from gatekeeper.config import ConfigError
+from gatekeeper.config.load import loads
 from gatekeeper.engine import Granted, Reason, Verdict
 from gatekeeper.errors import GatekeeperError
 from gatekeeper.spa import fwknop

@@ -49,6 +49,7 @@ from typing import Any
 import pytest
 
 from gatekeeper.lab.netns import GW4, GW6, SERVER4, Lab
+from gatekeeper.model import DEFAULT_SPA_PORT
 from tests.conftest import need_tool
 from tests.test_grafana_static import (
     ALERTS,
@@ -129,7 +130,6 @@ spa = true
 key_file = "{spa_key}"
 opens = ["22:tcp"]
 """
-SPA_PORT = 62201  # fwknop's, the default
 
 SSH = ["7000:udp", "8000:tcp", "9000:udp"]
 RDP = ["4001", "4002:udp", "4003"]
@@ -669,8 +669,8 @@ def test_prometheus_scrapes_the_live_daemon_and_every_query_has_data(
                    "rdp": RDP, "ping": PING, "wrong_step": "7001:udp", "good": GOOD, "wrong": WRONG,
                    "late": LATE, "late_after": 2.6}
     junk_spec = {"seconds": TRAFFIC_SECONDS, "gw4": GW4, "seed": 7, "protected": [22, 3389, 8080],
-                 "spa_port": SPA_PORT, "avoid": [22, 80, 3389, 4001, 4002, 4003, 7000, 8000, 8080, 9000,
-                                                 SPA_PORT]}
+                 "spa_port": DEFAULT_SPA_PORT,
+                 "avoid": [22, 80, 3389, 4001, 4002, 4003, 7000, 8000, 8080, 9000, DEFAULT_SPA_PORT]}
     traffic = [lab.popen(host, [sys.executable, "-c", code, json.dumps(spec)], stdin=subprocess.DEVNULL,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                for host, code, spec in (("client", CLIENT_TRAFFIC, client_spec),

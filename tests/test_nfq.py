@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from gatekeeper.config import MAX_BATCH
+from gatekeeper.model import MAX_BATCH
 from gatekeeper.queue._nfq import MAX_SIZE, Batch
 from tests.conftest import need_root
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gatekeeper.config import Config, loads
+from gatekeeper.config.load import loads
+from gatekeeper.model import Config
 from gatekeeper.netfilter.render import (
     CHAIN_FWD,
     CHAIN_IN,

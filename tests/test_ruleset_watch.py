@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from gatekeeper.config import Config, ConfigError, loads
+from gatekeeper.config import ConfigError
+from gatekeeper.config.load import loads
 from gatekeeper.errors import GatekeeperError
+from gatekeeper.model import Config
 from gatekeeper.netfilter.audit import tampering
 from gatekeeper.netfilter.render import Ruleset, render
 from gatekeeper.netfilter.watch import RulesetWatch

@@ -12,8 +12,12 @@ import socket
 import time
 from dataclasses import dataclass
 
-from gatekeeper.config import ICMP, PROTO_NAMES, PROTO_NUMBERS, TCP, UDP
 from gatekeeper.errors import GatekeeperError
+from gatekeeper.model import ICMP, MAX_ICMP_PAYLOAD, PROTO_NAMES, PROTO_NUMBERS, TCP, UDP
+
+# A connect() timeout below the kernel's first SYN retransmit (1 s): a connect that
+# succeeds within it had its very first SYN accepted (the lab's clients and probes).
+FIRST_SYN_TIMEOUT = 0.9
 
 
 @dataclass(frozen=True)
@@ -31,8 +35,8 @@ def parse_step(text: str, default_proto: int = TCP) -> tuple[int, int]:
     port = int(port_text)
     if proto != ICMP and not 1 <= port <= 65535:
         raise GatekeeperError(f"{text!r}: port must be 1-65535")
-    if proto == ICMP and port > 65507:
-        raise GatekeeperError(f"{text!r}: icmp payload size must be 0-65507")
+    if proto == ICMP and port > MAX_ICMP_PAYLOAD:
+        raise GatekeeperError(f"{text!r}: icmp payload size must be 0-{MAX_ICMP_PAYLOAD}")
     return proto, port
 
 

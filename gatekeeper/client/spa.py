@@ -7,8 +7,8 @@ import socket
 import time
 
 from gatekeeper.client.knock import Target, resolve
-from gatekeeper.config import PROTO_NUMBERS, TCP
 from gatekeeper.errors import GatekeeperError
+from gatekeeper.model import DEFAULT_SPA_PORT, PROTO_NUMBERS, TCP
 from gatekeeper.spa import fwknop
 from gatekeeper.spa import sequence as seqcodec
 
@@ -28,7 +28,7 @@ def _read(path: str) -> str:
         raise GatekeeperError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
-def local_address(target: Target, port: int = 62201) -> str:
+def local_address(target: Target, port: int = DEFAULT_SPA_PORT) -> str:
     """This host's source address towards ``target`` (what the gateway will see, no NAT)."""
     with socket.socket(target.family, socket.SOCK_DGRAM) as s:
         s.connect((target.address, port))

@@ -32,10 +32,10 @@ from typing import Any
 from redis.exceptions import ConnectionError as DeadConnection
 
 from gatekeeper.cluster.store import Keys, ascii_int, connect, grant_seconds, script
-from gatekeeper.config import Config, Door
 from gatekeeper.engine import Decision, Engine, Event, Granted, Reason, Verdict
 from gatekeeper.engine.shared import SharedKnocks, Step
 from gatekeeper.metrics import BUCKETS_NS
+from gatekeeper.model import Config, Door
 
 log = logging.getLogger("gatekeeper")
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gatekeeper.cluster.store import Keys, ascii_int, connect, grant_seconds, parse_message
-from gatekeeper.config import Config, Door
+from gatekeeper.model import Config, Door
 
 log = logging.getLogger("gatekeeper")
 

@@ -27,8 +27,8 @@ import ipaddress
 from importlib import resources
 from typing import Any
 
-from gatekeeper.config import Cluster, Door
 from gatekeeper.errors import GatekeeperError
+from gatekeeper.model import Cluster, Door
 
 MAX_DIGITS = 15  # a number from the store: longer is no duration any door has
 # a message of the grants channel: ("g", node, address, door, ms, ports) or

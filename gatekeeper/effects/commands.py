@@ -24,7 +24,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from gatekeeper.config import Door
+from gatekeeper.model import Door
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from gatekeeper.config import Config, Door
 from gatekeeper.effects.commands import CommandRunner
+from gatekeeper.model import Config, Door
 
 log = logging.getLogger("gatekeeper")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from gatekeeper.config import ONE_TIME_USED as USED
+from gatekeeper.model import ONE_TIME_USED as USED
 
 
 def _normal(body: str) -> str:
@@ -55,7 +55,7 @@ def mark_used(path: str, line: int, steps: str) -> bool:
 
 
 def _with_protos(body: str) -> str:
-    """``7000 8000:udp`` -> ``7000:tcp,8000:udp`` (the form Step prints)."""
+    """``7000 8000:udp`` -> ``7000:tcp,8000:udp`` (the form Port prints)."""
     out = []
     for word in body.replace(",", " ").split():
         out.append(word if ":" in word else f"{word}:tcp")

@@ -41,8 +41,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from gatekeeper.config import PROTO_NAMES, PROTO_NUMBERS, TCP, UDP, Config, Door, Step, step_key
 from gatekeeper.engine.engine import Engine, Event, Granted, Knocked, Outcome, Reason, Verdict
+from gatekeeper.model import PROTO_NAMES, PROTO_NUMBERS, TCP, UDP, Config, Door, Port, port_key
 from gatekeeper.spa import fwknop
 from gatekeeper.spa import sequence as seqcodec
 from gatekeeper.spa.replay import Recorded, ReplayCache
@@ -139,7 +139,7 @@ class SpecialDoors:
                 e = door.encrypted
                 for proto in (TCP, UDP):
                     for port in range(e.first, e.last + 1):
-                        self._encrypted[step_key(proto, port)] = i
+                        self._encrypted[port_key(proto, port)] = i
                 self._collect[i] = {}
                 self.replay[door.name] = ReplayCache()
                 self._open_keys[i] = frozenset((s.proto, s.port) for s in door.opens)
@@ -152,7 +152,7 @@ class SpecialDoors:
                         self._one_time[k] = i
                 self._lines[i] = lines
                 self._progress[i] = {}
-        self.spa_keys = frozenset(step_key(UDP, p) for p in self.spa_ports)
+        self.spa_keys = frozenset(port_key(UDP, p) for p in self.spa_ports)
         self.keys = self.spa_keys | frozenset(self._encrypted) | frozenset(self._one_time)
 
     def adopt(self, old: SpecialDoors) -> None:
@@ -185,7 +185,7 @@ class SpecialDoors:
         self.counts[k] = self.counts.get(k, 0) + 1
 
     def _grant(self, address: bytes, index: int, now: float,
-               extra: Iterable[SpecialEvent] = (), steps: Iterable[Step] | None = None,
+               extra: Iterable[SpecialEvent] = (), steps: Iterable[Port] | None = None,
                open_for: float = 0) -> SpecialDecision:
         door = self.config.doors[index]
         done = self.engine.grant(address, index, now, steps, open_for)
@@ -216,7 +216,7 @@ class SpecialDoors:
         message = result.message
         if result.ok and result.grant is not None and message is not None:
             # verify() checked every requested port is one the door opens
-            steps = [Step(PROTO_NUMBERS[name], port) for name, port in message.access]
+            steps = [Port(PROTO_NUMBERS[name], port) for name, port in message.access]
             return self._grant(ipaddress.ip_address(result.grant).packed, index, now,
                                steps=steps, open_for=message.client_timeout or 0)
         return (_DROP, _R_WRONG, ())  # this door's key made it: no other door's will
@@ -300,7 +300,7 @@ class SpecialDoors:
             self._count(door.name, "source")
             return (_DROP, _R_WRONG, ())
         self._count(door.name, "ok")
-        return self._grant(src, index, now, steps=(Step(grant.proto, grant.port),),
+        return self._grant(src, index, now, steps=(Port(grant.proto, grant.port),),
                            open_for=grant.open_for)
 
     def _evict(self, table: dict[bytes, Any], now: float, timeout: float) -> None:

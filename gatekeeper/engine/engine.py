@@ -16,7 +16,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from gatekeeper.config import ICMP, TCP, Config, Door, Step, TcpFlags
 from gatekeeper.engine.events import (
     Decision,
     Event,
@@ -31,6 +30,7 @@ from gatekeeper.engine.events import (
 from gatekeeper.engine.grants import SLOT as _SLOT
 from gatekeeper.engine.grants import GrantTable
 from gatekeeper.engine.limits import WindowCounter
+from gatekeeper.model import ICMP, TCP, Config, Door, Port, TcpFlags
 
 _ACCEPT_GRANTED: Decision = (Verdict.ACCEPT, Reason.GRANTED, ())
 _DROP_UNAUTHORISED: Decision = (Verdict.DROP, Reason.UNAUTHORISED, ())
@@ -439,7 +439,7 @@ class Engine:
             return Knocked(door.name, Outcome.NOTHING_TO_CLOSE)
         return self.grant(src, track.door_index, now)
 
-    def grant(self, src: bytes, door_index: int, now: float, steps: Iterable[Step] | None = None,
+    def grant(self, src: bytes, door_index: int, now: float, steps: Iterable[Port] | None = None,
               open_for: float = 0) -> Granted | Knocked:
         """Grant ``src`` the ports ``steps`` of door ``door_index`` (None: all of its
         ``opens``; ports it does not open are left out, and asking for none of its ports
@@ -452,13 +452,13 @@ class Engine:
         one-time sequences: never for a packet that does not complete a grant."""
         return self.table.grant(src, door_index, now, steps, open_for, self.locked_out(src, now))
 
-    def revoke(self, src: bytes, door_index: int) -> tuple[Step, ...]:
+    def revoke(self, src: bytes, door_index: int) -> tuple[Port, ...]:
         """Forget every port of door ``door_index`` granted to ``src`` (a close sequence,
         here or on another gateway); returns the ports that were granted (none: nothing
         to close)."""
         return self.table.revoke(src, door_index)
 
-    def closed(self, src: bytes, door: Door, steps: tuple[Step, ...]) -> Revoked:
+    def closed(self, src: bytes, door: Door, steps: tuple[Port, ...]) -> Revoked:
         """The Revoked event of a close of ``steps`` of ``door`` (already revoked): with
         the ports of them that other doors still grant ``src``."""
         return self.table.closed(src, door, steps)
@@ -475,13 +475,13 @@ class Engine:
         return self.table.expire(now)
 
     def restore_grant(self, address: str, door_name: str, expires: float,
-                      steps: Iterable[Step] | None = None) -> bool:
+                      steps: Iterable[Port] | None = None) -> bool:
         """Adopt a grant found in the kernel set (after a restart) or kept over a reload:
         ports ``steps`` of the door (None: all of its ``opens``; ports the door no longer
         opens are left out). False if there is no such door or it opens none of them."""
         return self.table.restore(address, door_name, expires, steps)
 
-    def grants(self) -> Iterator[tuple[str, str, Step, float]]:
+    def grants(self) -> Iterator[tuple[str, str, Port, float]]:
         """Active grants, a port at a time: (address, door name, port, expiry)."""
         return self.table.entries()
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
 
-from gatekeeper.config import Door, Step
+from gatekeeper.model import Door, Port
 
 
 class Verdict(IntEnum):
@@ -58,7 +58,7 @@ class Granted:
     address: str
     expires: float
     renewed: bool
-    steps: tuple[Step, ...]
+    steps: tuple[Port, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +71,8 @@ class Revoked:
     door: Door
     address: str
     cause: str  # "expired" or "closed"
-    steps: tuple[Step, ...]
-    kept: tuple[tuple[Door, Step, float], ...] = ()
+    steps: tuple[Port, ...]
+    kept: tuple[tuple[Door, Port, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,14 +13,14 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Iterator
 
-from gatekeeper.config import Config, Door, Step
 from gatekeeper.engine.events import Granted, Knocked, Outcome, Revoked
+from gatekeeper.model import Config, Door, Port
 
 SLOT = 24
 
 
-def slot_step(slot: int) -> Step:
-    return Step(slot >> 16 & 0xFF, slot & 0xFFFF)
+def slot_step(slot: int) -> Port:
+    return Port(slot >> 16 & 0xFF, slot & 0xFFFF)
 
 
 def address(raw: bytes) -> str:
@@ -34,7 +34,7 @@ class GrantTable:
         self.doors = config.doors
         self.by_source: dict[bytes, dict[int, float]] = {}
 
-    def grant(self, src: bytes, door_index: int, now: float, steps: Iterable[Step] | None,
+    def grant(self, src: bytes, door_index: int, now: float, steps: Iterable[Port] | None,
               open_for: float, locked: bool) -> Granted | Knocked:
         """See :meth:`gatekeeper.engine.Engine.grant`; ``locked``: the source may not
         complete a sequence now (a LOCKED Knocked event, no grant)."""
@@ -59,7 +59,7 @@ class GrantTable:
             grants[base | step.key] = expires
         return Granted(door, address(src), expires, renewed, granted)
 
-    def revoke(self, src: bytes, door_index: int) -> tuple[Step, ...]:
+    def revoke(self, src: bytes, door_index: int) -> tuple[Port, ...]:
         """Forget every port of door ``door_index`` granted to ``src``; the ports that were."""
         grants = self.by_source.get(src)
         if grants is None:
@@ -71,10 +71,10 @@ class GrantTable:
             del self.by_source[src]
         return steps
 
-    def closed(self, src: bytes, door: Door, steps: tuple[Step, ...]) -> Revoked:
+    def closed(self, src: bytes, door: Door, steps: tuple[Port, ...]) -> Revoked:
         """The Revoked event of a close of ``steps`` of ``door`` (already revoked): with
         the ports of them that other doors still grant ``src``."""
-        kept: list[tuple[Door, Step, float]] = []
+        kept: list[tuple[Door, Port, float]] = []
         grants = self.by_source.get(src)
         if grants is not None:
             for slot, expires in grants.items():
@@ -89,7 +89,7 @@ class GrantTable:
         by_source = self.by_source
         for src in [s for s, g in by_source.items() if min(g.values()) <= now]:
             grants = by_source[src]
-            ended: dict[int, list[Step]] = {}  # door index -> its ports that expired
+            ended: dict[int, list[Port]] = {}  # door index -> its ports that expired
             for slot in [slot for slot, expires in grants.items() if expires <= now]:
                 del grants[slot]
                 ended.setdefault(slot >> SLOT, []).append(slot_step(slot))
@@ -100,7 +100,7 @@ class GrantTable:
                 del by_source[src]
         return expired
 
-    def restore(self, text: str, door_name: str, expires: float, steps: Iterable[Step] | None) -> bool:
+    def restore(self, text: str, door_name: str, expires: float, steps: Iterable[Port] | None) -> bool:
         """See :meth:`gatekeeper.engine.Engine.restore_grant`."""
         for i, door in enumerate(self.doors):
             if door.name == door_name:
@@ -116,7 +116,7 @@ class GrantTable:
                 return True
         return False
 
-    def entries(self) -> Iterator[tuple[str, str, Step, float]]:
+    def entries(self) -> Iterator[tuple[str, str, Port, float]]:
         """Active grants, a port at a time: (address, door name, port, expiry)."""
         for src, grants in self.by_source.items():
             text = address(src)

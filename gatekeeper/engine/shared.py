@@ -19,8 +19,6 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass
 
-from gatekeeper.config import TCP
-from gatekeeper.config import Step as Port
 from gatekeeper.engine.engine import (
     _ADVANCED,
     _COMPLETED,
@@ -35,6 +33,7 @@ from gatekeeper.engine.engine import (
     Reason,
     Verdict,
 )
+from gatekeeper.model import TCP, Port
 
 # What the store answers for each track (see gatekeeper/cluster/knock.lua).
 NONE, ADVANCED, RESET, COMPLETED, DUPLICATE, CLOSED, NOTHING, LOCKED = range(8)

@@ -30,7 +30,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gatekeeper import config as config_mod
+import gatekeeper.config.load as config_mod
+from gatekeeper.config import ConfigError
 from gatekeeper.importers.firewall import Port, needs_shell, split_words
 from gatekeeper.importers.knockd_commands import (
     Command,
@@ -54,6 +55,7 @@ from gatekeeper.importers.knockd_conf import (
     read,
 )
 from gatekeeper.importers.knockd_onetime import line_notices, one_time_path
+from gatekeeper.model import MAX_OPEN_FOR, MAX_SEQUENCE_TIMEOUT
 
 __all__ = [
     "DEFAULT_CMD_TIMEOUT", "DEFAULT_INTERFACE", "DEFAULT_OPEN_FOR", "DEFAULT_SEQ_TIMEOUT", "Conversion",
@@ -123,7 +125,7 @@ def _printable(text: str) -> str:
 _DOOR_PREFIX = re.compile(r"^door\[\d+\] \([^)]*\)\.")
 
 
-def _config_reason(exc: config_mod.ConfigError) -> str:
+def _config_reason(exc: ConfigError) -> str:
     """A ConfigError from checking a candidate, without the candidate's name and index."""
     return _DOOR_PREFIX.sub("", str(exc).removeprefix(f"{_CHECK_NAME}: "))
 
@@ -183,7 +185,7 @@ class _Converter:
         if sec.seq_timeout is None:
             door.add("sequence_timeout", str(DEFAULT_SEQ_TIMEOUT), "knockd's default")
             return
-        seconds = min(max(sec.seq_timeout, 1), config_mod.MAX_SEQUENCE_TIMEOUT)
+        seconds = min(max(sec.seq_timeout, 1), MAX_SEQUENCE_TIMEOUT)
         if seconds != sec.seq_timeout:
             self.warn(sec.values["SEQ_TIMEOUT"].line, sec.name, f"seq_timeout {sec.seq_timeout} is "
                       f"outside gatekeeper's range; sequence_timeout = {seconds}")
@@ -251,7 +253,7 @@ class _Converter:
         sec = plan.sec
         if plan.has_stop:
             seconds = DEFAULT_CMD_TIMEOUT if sec.cmd_timeout is None else sec.cmd_timeout
-            clamped = min(max(seconds, 1), config_mod.MAX_OPEN_FOR)
+            clamped = min(max(seconds, 1), MAX_OPEN_FOR)
             if clamped != seconds:
                 self.warn(sec.values["CMD_TIMEOUT"].line, sec.name, f"cmd_timeout {seconds} is outside "
                           f"gatekeeper's range; open_for = {clamped}")
@@ -343,7 +345,7 @@ class _Converter:
                  "[[door]]\nname = \"x\"\nsequence = [\"1:udp\"]\nopens = [\"2:tcp\"]\n")
         try:
             config_mod.loads(check, _CHECK_NAME)
-        except config_mod.ConfigError as exc:
+        except ConfigError as exc:
             reason = _config_reason(exc)
             self.warn(line, "options", f"interface {iface!r} cannot be guarded ({reason}); interfaces "
                       "left out, which guards every interface but loopback: set it")
@@ -386,7 +388,7 @@ class _Converter:
                 try:
                     loaded = config_mod.loads(_printable("\n".join([*head, *accepted, *door.lines()])),
                                               _CHECK_NAME)
-                except config_mod.ConfigError as exc:
+                except ConfigError as exc:
                     door.problem = f"gatekeeper refuses it: {_config_reason(exc)}"
                     if door.one_time and _config_reason(exc).startswith("one_time_sequences ("):
                         door.problem += " (fix or delete that line, then import again)"

@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gatekeeper import config as config_mod
 from gatekeeper.importers.knockd_conf import Notice, Section, knockd_reads
+from gatekeeper.model import OneTimeDoor, Settings
 
-STATE_DIR = config_mod.Settings().state_dir  # the shipped unit's StateDirectory: all it may write
+STATE_DIR = Settings().state_dir  # the shipped unit's StateDirectory: all it may write
 
 
 def one_time_path(sec: Section, base_dir: Path | None, conf_name: str) -> tuple[str, list[Notice]]:
@@ -43,7 +43,7 @@ def one_time_path(sec: Section, base_dir: Path | None, conf_name: str) -> tuple[
     return path, notices
 
 
-def line_notices(sec: Section, loaded: config_mod.OneTimeDoor) -> list[Notice]:
+def line_notices(sec: Section, loaded: OneTimeDoor) -> list[Notice]:
     """Once gatekeeper has read the file: each line knockd reads otherwise, and a file
     with no line left."""
     at = sec.values["ONE_TIME_SEQUENCES"].line

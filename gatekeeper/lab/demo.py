@@ -26,11 +26,11 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
+from gatekeeper.client.knock import FIRST_SYN_TIMEOUT
 from gatekeeper.lab.netns import CLIENT4, GW4, OTHER4, PROGRAMS, Lab, LabError, Terminated, sigterm_unwinds
 
 PORT = 22
 KNOCK = ("7000:udp", "8000:tcp", "9000:udp")
-SHUT_TIMEOUT = 0.9  # below the first SYN retransmit (1 s): one SYN, answered or not
 OPEN_TIMEOUT = 3.0  # long enough to tell "first SYN dropped, retransmit accepted" apart
 START_TIMEOUT = 20.0
 _LOG_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")
@@ -230,7 +230,7 @@ def _run(lab: Lab, open_for: int, tmp: str, console: Console) -> None:
     daemon, log = _start_daemon(lab, cfg, console)
 
     # 1. Before knocking: shut.
-    r = client.connect(PORT, SHUT_TIMEOUT)
+    r = client.connect(PORT, FIRST_SYN_TIMEOUT)
     if r["ok"]:
         raise DemoFailure(f"step 1: the client reached port {PORT} without knocking")
     console.say(f"1. client {CLIENT4} -> {GW4}:{PORT} before knocking: {_shut(r)}")
@@ -256,7 +256,7 @@ def _run(lab: Lab, open_for: int, tmp: str, console: Console) -> None:
         raise DemoFailure("step 2: the daemon logged no grant for the client")
 
     # 3. Another host that did not knock: shut.
-    r = other.connect(PORT, SHUT_TIMEOUT)
+    r = other.connect(PORT, FIRST_SYN_TIMEOUT)
     if r["ok"]:
         raise DemoFailure(f"step 3: {OTHER4} reached port {PORT} without knocking")
     console.say(f"3. other {OTHER4} -> {GW4}:{PORT} without knocking: {_shut(r)}")
@@ -268,7 +268,7 @@ def _run(lab: Lab, open_for: int, tmp: str, console: Console) -> None:
         time.sleep(wait)
     if not log.wait_for(f"revoke door=ssh address={CLIENT4} cause=expired", 3.0):
         raise DemoFailure("step 5: the daemon did not log the grant's expiry")
-    r = client.connect(PORT, SHUT_TIMEOUT)
+    r = client.connect(PORT, FIRST_SYN_TIMEOUT)
     if r["ok"]:
         raise DemoFailure("step 5: the client opened a new connection after its grant expired")
     console.say(f"5. client {CLIENT4} -> {GW4}:{PORT}, new connection after expiry: {_shut(r)}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gatekeeper.config import PROTO_NAMES, TCP, UDP, Config
+from gatekeeper.model import PROTO_NAMES, TCP, UDP, Config
 from gatekeeper.netfilter.render import CHAIN_FWD, CHAIN_IN, CHAINS, Ruleset
 
 _DPORTS = re.compile(r"-p (tcp|udp) -m multiport --dports ([\d,:]+)")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pyroute2 import IPSet
 from pyroute2.ipset import PortEntry
 
-from gatekeeper.config import PROTO_NAMES, Door, Step
+from gatekeeper.model import PROTO_NAMES, Door, Port
 from gatekeeper.netfilter.render import SET_FWD, SET_IN
 
 
@@ -32,7 +32,7 @@ class SetEntry:
     address: str
     door: str
     timeout: int
-    step: Step | None = None  # the entry's port (None if the kernel did not say)
+    step: Port | None = None  # the entry's port (None if the kernel did not say)
 
 
 def _family(address: str) -> int:
@@ -125,7 +125,7 @@ class GrantSets:
         self._ipset.close()
 
     def _entries(self, address: str, door: Door,
-                 steps: tuple[Step, ...]) -> list[tuple[str, tuple[object, ...], str, int]]:
+                 steps: tuple[Port, ...]) -> list[tuple[str, tuple[object, ...], str, int]]:
         family = _family(address)
         af = socket.AF_INET if family == 4 else socket.AF_INET6
         out: list[tuple[str, tuple[object, ...], str, int]] = []
@@ -138,7 +138,7 @@ class GrantSets:
         return out
 
     def add(self, address: str, door: Door, seconds: float,
-            steps: tuple[Step, ...] | None = None) -> int:
+            steps: tuple[Port, ...] | None = None) -> int:
         """Add or refresh entries for ``address``: a port of ``steps`` each (None: all
         of the door's ``opens``); returns how many."""
         timeout = max(1, math.ceil(seconds))
@@ -156,7 +156,7 @@ class GrantSets:
             count += 1
         return count
 
-    def remove(self, address: str, door: Door, steps: tuple[Step, ...] | None = None) -> None:
+    def remove(self, address: str, door: Door, steps: tuple[Port, ...] | None = None) -> None:
         """Remove the entries of ``steps`` (None: all of the door's ``opens``)."""
         for name, entry, etype, af in self._entries(address, door,
                                                     door.opens if steps is None else steps):
@@ -184,7 +184,7 @@ class GrantSets:
                     if port is None:
                         port = data.get_attr("IPSET_ATTR_PORT")
                     proto = data.get_attr("IPSET_ATTR_PROTO")
-                    step = (Step(int(proto), int(port))
+                    step = (Port(int(proto), int(port))
                             if port is not None and proto in PROTO_NAMES else None)
                     found.append(SetEntry(address, comment, int(timeout), step))
         return found

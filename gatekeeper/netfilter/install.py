@@ -16,8 +16,8 @@ import os
 import shutil
 import subprocess
 
-from gatekeeper.config import Config
 from gatekeeper.errors import GatekeeperError
+from gatekeeper.model import Config
 from gatekeeper.netfilter.audit import audit_text
 from gatekeeper.netfilter.render import CHAINS, SET_FWD, SET_IN, Ruleset, render_removal, render_swap
 

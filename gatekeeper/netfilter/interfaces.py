@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from gatekeeper.config import Config, ConfigError, Settings
+from gatekeeper.config import ConfigError
+from gatekeeper.model import Config, Settings
 
 log = logging.getLogger("gatekeeper")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gatekeeper.config import ICMP, PROTO_NAMES, TCP, UDP, Config, Step
+from gatekeeper.model import ICMP, PROTO_NAMES, TCP, UDP, Config, Port
 
 CHAIN_IN = "GATEKEEPER-IN"
 CHAIN_FWD = "GATEKEEPER-FWD"
@@ -53,7 +53,7 @@ class Ruleset:
         )
 
 
-def _ports(steps: list[Step], proto: int) -> list[str]:
+def _ports(steps: list[Port], proto: int) -> list[str]:
     return [str(s.port) for s in steps if s.proto == proto]
 
 

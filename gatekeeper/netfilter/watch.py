@@ -33,8 +33,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gatekeeper.config import Config
 from gatekeeper.errors import GatekeeperError
+from gatekeeper.model import Config
 from gatekeeper.netfilter.audit import Finding, tampering
 from gatekeeper.netfilter.install import Installer
 from gatekeeper.netfilter.render import Ruleset, render

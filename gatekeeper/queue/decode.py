@@ -28,9 +28,8 @@ from __future__ import annotations
 from struct import Struct
 from typing import Final
 
-ICMP = 1
-TCP = 6
-UDP = 17
+from gatekeeper.model import ICMP, TCP, UDP
+
 ICMPV6 = 58
 
 # IPv6 extension headers that may sit between the fixed header and the transport.

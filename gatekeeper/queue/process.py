@@ -14,10 +14,10 @@ import signal
 from array import array
 from typing import Any
 
-from gatekeeper import config as config_mod
+import gatekeeper.config.load as config_mod
 from gatekeeper import messages as msg
-from gatekeeper.config import Config
 from gatekeeper.errors import GatekeeperError
+from gatekeeper.model import Config
 from gatekeeper.queue.worker import TIMING_ENV, Worker
 
 log = logging.getLogger("gatekeeper.queue.worker")

@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from gatekeeper import messages as msg
-from gatekeeper.config import DEFAULT_BATCH, Config, Door, Step
 from gatekeeper.effects.onetime import mark_used
 from gatekeeper.engine import Engine, Event, Granted, Knocked, Reason, Revoked, Verdict
 from gatekeeper.engine.doors import (
@@ -40,6 +39,7 @@ from gatekeeper.engine.doors import (
 from gatekeeper.errors import GatekeeperError
 from gatekeeper.metrics import BUCKETS_NS
 from gatekeeper.metrics import KNOCK_OUTCOMES as OUTCOMES
+from gatekeeper.model import DEFAULT_BATCH, Config, Door, Port
 from gatekeeper.queue.decode import decode, udp_payload
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,8 @@ class Grants(Protocol):
     door's ``opens``."""
 
     def add(self, address: str, door: Door, seconds: float,
-            steps: tuple[Step, ...] | None = None) -> int: ...
-    def remove(self, address: str, door: Door, steps: tuple[Step, ...] | None = None) -> None: ...
+            steps: tuple[Port, ...] | None = None) -> int: ...
+    def remove(self, address: str, door: Door, steps: tuple[Port, ...] | None = None) -> None: ...
 
 
 Report = Callable[[msg.Message], None]
@@ -348,7 +348,7 @@ class Worker:
         if self.report_stats:
             self.report(self.snapshot())
 
-    def adopt(self, entries: Iterable[tuple[str, str, int, Step | None]]) -> int:
+    def adopt(self, entries: Iterable[tuple[str, str, int, Port | None]]) -> int:
         """Take over grants found in the kernel set, an entry a port: (address, door,
         seconds left, port; None: all of the door's ports). Returns how many entries."""
         now = self.clock()

@@ -50,7 +50,6 @@ from gatekeeper.spa.hosts import host_ip
 from gatekeeper.spa.keyfile import HMAC_KEY, KEY, KeyFileError, b64decode, format_keys, read_keys
 from gatekeeper.spa.replay import Recorded, ReplayCache
 
-SPA_PORT = 62201  # fwknop's default destination port (UDP)
 DEFAULT_WINDOW = 120.0  # seconds a timestamp may be off either way (fwknopd's default)
 FKO_VERSION = "3.0.0"  # the protocol version fwknop 2.6.x writes
 

@@ -76,7 +76,7 @@ def _serve(queue: int, maxlen: int, ready_fd: int, batch: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gatekeeper import config as config_mod
+    import gatekeeper.config.load as config_mod
     from gatekeeper.netfilter.install import Installer
     from gatekeeper.netfilter.render import render
 

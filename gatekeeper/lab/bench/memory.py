@@ -22,7 +22,7 @@ import sys
 import tracemalloc
 from dataclasses import dataclass
 
-from gatekeeper.config import loads
+from gatekeeper.config.load import loads
 from gatekeeper.engine import Engine
 from gatekeeper.lab.bench.traffic import SSH, config_text
 

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gatekeeper import config as config_mod
-from gatekeeper.config import Door
+import gatekeeper.config.load as config_mod
+from gatekeeper.model import Door
 from gatekeeper.queue.worker import BATCH, Worker
 
 

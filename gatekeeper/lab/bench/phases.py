@@ -21,12 +21,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gatekeeper.config import DEFAULT_BATCH
 from gatekeeper.lab.bench import memory, overhead, traffic
 from gatekeeper.lab.bench.drain import Drain, drain, send
 from gatekeeper.lab.bench.kernel import percentile, read_queues
 from gatekeeper.lab.bench.targets import BenchFailure, Target, start_bare, start_gatekeeper, stop
 from gatekeeper.lab.netns import GW4, GW6, Lab
+from gatekeeper.model import DEFAULT_BATCH
 from gatekeeper.queue.worker import TIMING_ENV
 
 KNOCK_STEPS = "7000:udp,8000:tcp,9000:udp"

@@ -17,13 +17,11 @@ import sys
 import time
 from typing import Any
 
-from gatekeeper.client.knock import knock, parse_step, resolve
-
-TIMEOUT = 0.9
+from gatekeeper.client.knock import FIRST_SYN_TIMEOUT, knock, parse_step, resolve
 
 
 def connect(host: str, port: int, source: str | None = None,
-            timeout: float = TIMEOUT) -> dict[str, Any]:
+            timeout: float = FIRST_SYN_TIMEOUT) -> dict[str, Any]:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
     if source:

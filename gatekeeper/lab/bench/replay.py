@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 import time
 
-from gatekeeper import config as config_mod
+import gatekeeper.config.load as config_mod
 from gatekeeper import native
 from gatekeeper.lab.bench import overhead, traffic
 from gatekeeper.queue.worker import BATCH, Worker

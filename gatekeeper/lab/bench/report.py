@@ -7,6 +7,7 @@ import platform
 from collections.abc import Callable, Sequence
 
 from gatekeeper import native
+from gatekeeper.client.knock import FIRST_SYN_TIMEOUT
 from gatekeeper.lab.bench.drain import Drain
 from gatekeeper.lab.bench.kernel import percentile
 from gatekeeper.lab.bench.phases import KNOCK_PORT, KNOCK_STEPS, Options, Results, median
@@ -143,7 +144,8 @@ def report(opts: Options, res: Results, lab: Lab, out: Callable[[str], None]) ->
     total = sorted(k["total_ms"] for k in ok)
     conn = sorted(k["ms"] for k in ok)
     out(f"KNOCK TO CONNECTED  {len(res.knocks)} sources ({res.knock_split}), {w} worker(s); knock "
-        f"{KNOCK_STEPS.replace(',', ' ')}, then connect() to port {KNOCK_PORT}, 0.9 s timeout")
+        f"{KNOCK_STEPS.replace(',', ' ')}, then connect() to port {KNOCK_PORT}, "
+        f"{FIRST_SYN_TIMEOUT} s timeout")
     out(f"  first SYN accepted {len(ok)}/{len(res.knocks)}; first knock sent -> connected: median "
         f"{percentile(total, 50):.2f} ms, p99 {percentile(total, 99):.2f} ms; connect() alone: median "
         f"{percentile(conn, 50):.2f} ms, p99 {percentile(conn, 99):.2f} ms")

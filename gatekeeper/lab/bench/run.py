@@ -36,7 +36,6 @@ import tempfile
 from collections.abc import Callable
 
 from gatekeeper import native
-from gatekeeper.config import DEFAULT_BATCH
 from gatekeeper.lab.bench.phases import (
     DEFAULT_PACKETS,
     KNOCK_PORT,
@@ -52,6 +51,7 @@ from gatekeeper.lab.bench.phases import (
 from gatekeeper.lab.bench.report import report
 from gatekeeper.lab.bench.targets import BenchFailure
 from gatekeeper.lab.netns import GW4, GW6, Lab, LabError, Terminated, sigterm_unwinds
+from gatekeeper.model import DEFAULT_BATCH
 
 
 def options(args: argparse.Namespace) -> Options:

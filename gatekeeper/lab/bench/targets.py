@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO
 
-from gatekeeper.config import load
+from gatekeeper.config.load import load
 from gatekeeper.control import request
 from gatekeeper.errors import GatekeeperError
 from gatekeeper.lab.netns import Lab

@@ -18,10 +18,10 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from gatekeeper.config import DEFAULT_BATCH
 from gatekeeper.lab.netns import GW4, GW6
+from gatekeeper.model import DEFAULT_BATCH, ICMP, TCP, UDP
+from gatekeeper.queue.decode import ICMPV6
 
-TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 SYN, ACK, RST, FIN = 0x02, 0x10, 0x04, 0x01
 
 # The bench's doors; the sequences below must match this config.
@@ -177,7 +177,7 @@ class Mix:
 
     def decisions(self) -> Counter[str]:
         """What the engine decides for these packets, in order, 10 us apart: by reason."""
-        from gatekeeper.config import loads
+        from gatekeeper.config.load import loads
         from gatekeeper.engine import Engine
         from gatekeeper.queue.decode import decode
 

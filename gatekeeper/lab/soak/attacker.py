@@ -13,7 +13,6 @@ from typing import Any
 
 from gatekeeper import __version__
 from gatekeeper.client.knock import Target, knock, resolve
-from gatekeeper.config import ICMP, TCP, UDP
 from gatekeeper.errors import GatekeeperError
 from gatekeeper.lab.soak.common import (
     ATTACK_TIMEOUT,
@@ -26,6 +25,7 @@ from gatekeeper.lab.soak.common import (
     parse_sequence,
     sleep_until,
 )
+from gatekeeper.model import ICMP, TCP, UDP
 
 
 def _random_port(rng: random.Random, excluded: set[int]) -> int:

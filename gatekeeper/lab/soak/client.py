@@ -8,11 +8,9 @@ import time
 from typing import Any
 
 from gatekeeper import __version__
-from gatekeeper.client.knock import Target, knock, resolve
-from gatekeeper.config import PROTO_NAMES
+from gatekeeper.client.knock import FIRST_SYN_TIMEOUT, Target, knock, resolve
 from gatekeeper.errors import GatekeeperError
 from gatekeeper.lab.soak.common import (
-    CONNECT_TIMEOUT,
     REPLY_TIMEOUT,
     Records,
     SoakError,
@@ -23,10 +21,11 @@ from gatekeeper.lab.soak.common import (
     parse_sources,
     sleep_until,
 )
+from gatekeeper.model import PROTO_NAMES
 
 
 def client_attempt(target: Target, steps: list[tuple[int, int]], port: int, n: int,
-                   timeout: float = CONNECT_TIMEOUT) -> dict[str, Any]:
+                   timeout: float = FIRST_SYN_TIMEOUT) -> dict[str, Any]:
     """Knock, connect at once, exchange a line, close. Never waits more than
     ``timeout`` + ``REPLY_TIMEOUT`` seconds."""
     out: dict[str, Any] = {"n": n, "source": target.source or "", "ok": False, "stage": "knock",
@@ -75,7 +74,7 @@ def client_attempt(target: Target, steps: list[tuple[int, int]], port: int, n: i
 
 
 def run_client(gateway: str, duration: float, sequence: str, port: int, out: str,
-               interval: float = 0.2, timeout: float = CONNECT_TIMEOUT, sources: str = "",
+               interval: float = 0.2, timeout: float = FIRST_SYN_TIMEOUT, sources: str = "",
                max_attempts: int = 0) -> int:
     duration = check_duration(duration)
     if not 0.01 <= interval <= 3600:

@@ -13,14 +13,12 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from gatekeeper.client.knock import parse_step
-from gatekeeper.config import TCP
 from gatekeeper.errors import GatekeeperError
 from gatekeeper.lab.bench.kernel import percentile
+from gatekeeper.model import TCP
 
 DEFAULT_SEQUENCE = "7000:udp,8000:tcp,9000:udp"
-DEFAULT_SOCKET = "/run/gatekeeper/control.sock"
 DEFAULT_METRICS = "http://127.0.0.1:9464/metrics"
-CONNECT_TIMEOUT = 0.9  # below the first SYN retransmit (1 s): a success is the first SYN
 REPLY_TIMEOUT = 2.0
 ATTACK_TIMEOUT = 1.2  # long enough to see a SYN accepted on its first retransmit too
 MAX_DURATION = 7 * 24 * 3600.0

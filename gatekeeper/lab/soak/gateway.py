@@ -16,7 +16,6 @@ from gatekeeper import __version__
 from gatekeeper.errors import GatekeeperError
 from gatekeeper.lab.soak.common import (
     DEFAULT_METRICS,
-    DEFAULT_SOCKET,
     Records,
     SoakError,
     bound,
@@ -24,6 +23,7 @@ from gatekeeper.lab.soak.common import (
     sleep_until,
 )
 from gatekeeper.lab.status import worker_pids
+from gatekeeper.model import DEFAULT_CONTROL_SOCKET
 
 
 def _proc_memory(pid: int) -> tuple[int, int, int] | None:
@@ -191,7 +191,7 @@ def interval_latency(hist: Buckets, previous: Buckets | None) -> dict[str, Any]:
     return out
 
 
-def run_gateway(duration: float, out: str, socket_path: str = DEFAULT_SOCKET,
+def run_gateway(duration: float, out: str, socket_path: str = DEFAULT_CONTROL_SOCKET,
                 metrics_url: str = DEFAULT_METRICS, interval: float = 1.0) -> int:
     duration = check_duration(duration)
     if not 0.1 <= interval <= 3600:
