@@ -88,7 +88,7 @@ class Door:
     # cannot break its sequence; the scanner lockout keeps port sweeps from walking in.
     wrong_knock: str = "reset"
     # What opens the door: "sequence" (a plain knock, the engine's), or one of the
-    # special kinds that gatekeeper.engine.doors handles (their ``sequence`` is empty).
+    # special kinds that gatekeeper.engine.special handles (their ``sequence`` is empty).
     kind: str = "sequence"
     spa: SpaDoor | None = None
     encrypted: EncryptedDoor | None = None

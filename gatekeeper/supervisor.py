@@ -273,7 +273,7 @@ class Supervisor(WorkerPool):
                                   "choose another address or set listen = \"\"") from None
 
     def _spa_doors(self) -> dict[str, tuple[str, ...]]:
-        from gatekeeper.engine.doors import SEQUENCE_STAGES, SPA_STAGES
+        from gatekeeper.engine.special import SEQUENCE_STAGES, SPA_STAGES
 
         return {d.name: SPA_STAGES if d.spa is not None else SEQUENCE_STAGES
                 for d in self.config.doors if d.spa is not None or d.encrypted is not None}

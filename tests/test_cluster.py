@@ -386,7 +386,7 @@ def test_unauthorised_lookups_are_cached_and_rate_limited(store: Store) -> None:
 
 
 def test_replay_caches_are_shared_and_fail_by_the_doors_fallback(store: Store) -> None:
-    from gatekeeper.engine.doors import shared_admits
+    from gatekeeper.engine.special import shared_admits
     from gatekeeper.spa.replay import Admission, Recorded, ReplayCache
 
     one, two = Box(store.url, "one"), Box(store.url, "two")

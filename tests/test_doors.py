@@ -21,7 +21,7 @@ from gatekeeper.control import format_status
 from gatekeeper.effects.grantbook import GrantBook
 from gatekeeper.effects.onetime import mark_used
 from gatekeeper.engine import Engine, Granted, Reason, Revoked, Verdict
-from gatekeeper.engine.doors import SequenceUsed, SpecialDoors
+from gatekeeper.engine.special import SequenceUsed, SpecialDoors
 from gatekeeper.messages import Message
 from gatekeeper.model import Config, Door, Port
 from gatekeeper.queue.decode import udp_payload
@@ -703,7 +703,7 @@ def test_the_shared_replay_check_is_a_query_and_an_answer(
         cfg: Config, fresh: bool | None, fallback: str, reason: Reason, stage: str) -> None:
     from dataclasses import replace
 
-    from gatekeeper.engine.doors import ReplayQuery
+    from gatekeeper.engine.special import ReplayQuery
 
     engine, doors = specials(cfg)
     doors.shared_replay = True

@@ -187,12 +187,12 @@ def test_reloads_that_change_the_ruleset_let_no_connection_in(lab: Lab, start_da
 # doors' module is plain Python, called through its attribute, so the fault goes there.)
 _FAULTY = """
 import sys
-from gatekeeper.engine import doors
+from gatekeeper.engine import special
 
 def handle(*args, **kwargs):
     raise RuntimeError("injected fault")
 
-doors.SpecialDoors.handle = handle
+special.SpecialDoors.handle = handle
 from gatekeeper.cli import main
 sys.exit(main(["run", "-c", sys.argv[1]]))
 """

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from gatekeeper import messages as msg
 from gatekeeper.effects.onetime import mark_used
 from gatekeeper.engine import Engine, Event, Granted, Knocked, Reason, Revoked, Verdict
-from gatekeeper.engine.doors import (
+from gatekeeper.engine.special import (
     ReplayQuery,
     ReplaySeen,
     SequenceUsed,
