@@ -18,7 +18,7 @@ import re
 import shlex
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MAX_PORTS = 32  # gatekeeper's limit on a door's `opens`
 
@@ -276,24 +276,107 @@ def parse_iptables(argv: Sequence[str]) -> Rule | NotAGrant | None:
         else:
             args.append(arg)
     appended = any(a in ("-A", "--append") and b == "INPUT" for a, b in itertools.pairwise(args))
+    read = _read_options(args)
+    if isinstance(read, str):
+        return NotAGrant(read, appended)
+    rule = read.rule()
+    return NotAGrant(rule, appended) if isinstance(rule, str) else rule
 
-    def no(reason: str) -> NotAGrant:
-        return NotAGrant(reason, appended)
 
-    action = chain = source = dest = proto = target = port_spec = None
-    notes: list[str] = []
+@dataclass
+class _Options:
+    """What one iptables call's options say, before they are judged as a grant."""
+
+    action: str | None = None
+    chain: str | None = None
+    source: str | None = None
+    dest: str | None = None
+    proto: str | None = None
+    target: str | None = None
+    port_spec: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def set(self, opt: str, value: str) -> str | None:
+        """Take one valued option; the reason it makes no grant, or None."""
+        if opt in ("-t", "--table"):
+            if value != "filter":
+                return f"it changes the {value} table"
+        elif opt in ("-s", "--source", "--src"):
+            self.source = value
+        elif opt in ("-d", "--destination", "--dst"):
+            self.dest = value
+        elif opt in ("-p", "--protocol"):
+            self.proto = value.lower()  # as iptables reads it
+        elif opt in ("--dport", "--destination-port", "--dports", "--destination-ports"):
+            self.port_spec = value
+        elif opt in ("-m", "--match"):
+            if value not in _MATCHES:
+                return f"-m {value} has no counterpart in a grant"
+        elif opt in ("--state", "--ctstate"):
+            if "NEW" not in value.upper().split(","):
+                return f"{opt} {value} admits no new connection"
+        elif opt in ("-j", "--jump"):
+            self.target = value
+        elif opt in ("-i", "--in-interface"):
+            self.notes.append(f"-i {value} left out: the grant holds on every guarded interface")
+        # else --comment, -W/--wait-interval (how long to wait for the xtables lock)
+        return None
+
+    def rule(self) -> Rule | str:
+        """The grant these options make, or the reason they make none."""
+        if self.action is None or self.chain is None:
+            return "it adds or deletes no rule (-A, -I, -D)"
+        if self.target != "ACCEPT":
+            return f"it jumps to {self.target}, not ACCEPT" if self.target else "it has no -j ACCEPT"
+        if self.chain not in ("INPUT", "FORWARD"):
+            return f"it changes chain {self.chain}, not INPUT or FORWARD"
+        if self.source not in _SOURCES:
+            return ("it has no -s %IP%: it admits every address" if self.source is None
+                    else f"-s {self.source} is not the knocker's address alone")
+        notes = list(self.notes)
+        name = self.proto
+        if name is None:
+            name = "tcp"
+            if self.port_spec is not None:
+                notes.append("no -p: iptables refuses --dport without it; taken as tcp")
+        if name not in _PROTOCOLS:
+            return f"-p {name}: a grant opens tcp or udp ports"
+        proto = _PROTOCOLS[name]
+        if self.port_spec is None:
+            return "it has no --dport: the rule admits every port"
+        ports = _ports(self.port_spec, proto)
+        if isinstance(ports, str):
+            return ports
+        host: str | None = None
+        if self.chain == "FORWARD":
+            try:
+                net = ipaddress.ip_network(self.dest or "", strict=True)
+            except ValueError:
+                return "a FORWARD rule without one -d address"
+            if net.num_addresses != 1:
+                return f"-d {self.dest} is not one address"
+            host = str(net.network_address)
+        elif self.dest is not None:
+            notes.append(f"-d {self.dest} left out: the grant holds on every address of the gateway")
+        return Rule(delete=self.action in ("-D", "--delete"),
+                    ports=tuple(Port(proto, p, host) for p in ports), notes=tuple(notes))
+
+
+def _read_options(args: list[str]) -> _Options | str:
+    """Walk an iptables call's arguments; the reason it makes no grant when one says so."""
+    options = _Options()
     i = 0
     while i < len(args):
         opt = args[i]
         value = args[i + 1] if i + 1 < len(args) else None
         i += 2
         if opt in ("-A", "--append", "-I", "--insert", "-D", "--delete"):
-            if action is not None:
-                return no("more than one command in one iptables call")
-            action, chain = opt, value
+            if options.action is not None:
+                return "more than one command in one iptables call"
+            options.action, options.chain = opt, value
             if value is not None and i < len(args) and args[i].isdigit():
                 if opt in ("-D", "--delete"):
-                    return no("it deletes a rule by its number")
+                    return "it deletes a rule by its number"
                 i += 1  # -I CHAIN RULENUM
             continue
         if opt in ("--syn", "-v", "--verbose"):
@@ -304,73 +387,16 @@ def parse_iptables(argv: Sequence[str]) -> Rule | NotAGrant | None:
                 i -= 1
             continue
         if opt == "!":
-            return no("it negates a match ('!')")
+            return "it negates a match ('!')"
         if opt not in _VALUED:
-            return no(f"option {opt} has no counterpart in a grant" if opt.startswith("-")
-                      else f"unexpected word {opt!r}")
+            return (f"option {opt} has no counterpart in a grant" if opt.startswith("-")
+                    else f"unexpected word {opt!r}")
         if value is None:
-            return no(f"{opt} without a value")
-        if opt in ("-t", "--table"):
-            if value != "filter":
-                return no(f"it changes the {value} table")
-        elif opt in ("-s", "--source", "--src"):
-            source = value
-        elif opt in ("-d", "--destination", "--dst"):
-            dest = value
-        elif opt in ("-p", "--protocol"):
-            proto = value.lower()  # as iptables reads it
-        elif opt in ("--dport", "--destination-port", "--dports", "--destination-ports"):
-            port_spec = value
-        elif opt in ("-m", "--match"):
-            if value not in _MATCHES:
-                return no(f"-m {value} has no counterpart in a grant")
-        elif opt in ("--state", "--ctstate"):
-            if "NEW" not in value.upper().split(","):
-                return no(f"{opt} {value} admits no new connection")
-        elif opt == "--comment":
-            pass
-        elif opt in ("-j", "--jump"):
-            target = value
-        elif opt in ("-i", "--in-interface"):
-            notes.append(f"-i {value} left out: the grant holds on every guarded interface")
-        # else -W/--wait-interval: how long to wait for the xtables lock
-    if action is None or chain is None:
-        return no("it adds or deletes no rule (-A, -I, -D)")
-    if target != "ACCEPT":
-        return no(f"it jumps to {target}, not ACCEPT" if target else "it has no -j ACCEPT")
-    if chain not in ("INPUT", "FORWARD"):
-        return no(f"it changes chain {chain}, not INPUT or FORWARD")
-    if source not in _SOURCES:
-        return no("it has no -s %IP%: it admits every address" if source is None
-                  else f"-s {source} is not the knocker's address alone")
-    if proto is None:
-        proto = "tcp"
-        if port_spec is not None:
-            notes.append("no -p: iptables refuses --dport without it; taken as tcp")
-    if proto not in _PROTOCOLS:
-        return no(f"-p {proto}: a grant opens tcp or udp ports")
-    proto = _PROTOCOLS[proto]
-    if port_spec is None:
-        return no("it has no --dport: the rule admits every port")
-    ports = _ports(port_spec, proto)
-    if isinstance(ports, str):
-        return no(ports)
-    host: str | None = None
-    if chain == "FORWARD":
-        try:
-            net = ipaddress.ip_network(dest or "", strict=True)
-        except ValueError:
-            return no("a FORWARD rule without one -d address")
-        if net.num_addresses != 1:
-            return no(f"-d {dest} is not one address")
-        host = str(net.network_address)
-    elif dest is not None:
-        notes.append(f"-d {dest} left out: the grant holds on every address of the gateway")
-    return Rule(
-        delete=action in ("-D", "--delete"),
-        ports=tuple(Port(proto, p, host) for p in ports),
-        notes=tuple(notes),
-    )
+            return f"{opt} without a value"
+        reason = options.set(opt, value)
+        if reason is not None:
+            return reason
+    return options
 
 
 def _parse_helper(argv: Sequence[str]) -> Rule | NotAGrant:
