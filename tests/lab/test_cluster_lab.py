@@ -23,7 +23,8 @@ from gatekeeper.cluster.store import script
 from gatekeeper.lab.cluster import BACK, GW2_4, STORE4, STORE_PORT, ClusterLab
 from gatekeeper.lab.netns import CLIENT4, GW4, OTHER4
 from gatekeeper.spa import fwknop
-from tests.conftest import Daemon, knock, need_root, need_tool, probe
+from tests.fixtures.needs import need_root, need_tool
+from tests.lab.support import Daemon, knock, probe
 
 pytestmark = pytest.mark.lab
 

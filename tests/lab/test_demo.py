@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.conftest import need_root
+from tests.fixtures.needs import need_root
 
 
 def test_demo_runs_and_cleans_up() -> None:

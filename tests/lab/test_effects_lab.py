@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from gatekeeper.lab.netns import CLIENT4, GW4, Lab
-from tests.conftest import knock, snapshot
-from tests.test_commands import lines, wait_for_file
-from tests.test_lab import SSH, config
+from tests.fixtures.commands import lines, wait_for_file
+from tests.fixtures.configs import SSH, config
+from tests.lab.support import knock, snapshot
 
 pytestmark = pytest.mark.lab
 

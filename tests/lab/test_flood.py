@@ -21,8 +21,8 @@ import pytest
 
 from gatekeeper.lab.bench.traffic import dump, step
 from gatekeeper.lab.netns import GW4, Lab
-from tests.conftest import probe
-from tests.test_lab import SSH, config
+from tests.fixtures.configs import SSH, config
+from tests.lab.support import probe
 
 pytestmark = pytest.mark.lab
 

@@ -15,13 +15,12 @@ from typing import Any
 import pytest
 
 from gatekeeper.lab.netns import GW4, Lab
-from tests.conftest import knock, probe
-from tests.test_lab import SSH, config, is_open
-from tests.test_pool import worker_pids
+from tests.fixtures.configs import SSH, config
+from tests.lab.support import is_open, knock, probe, worker_pids
 
 pytestmark = pytest.mark.lab
 
-TESTS = Path(__file__).parent
+LAB = Path(__file__).parent
 
 @pytest.fixture
 def impaired(lab: Lab) -> Any:
@@ -41,7 +40,7 @@ def impaired(lab: Lab) -> Any:
                     "random", "--probability", str(duplicate), "-j", "TEE", "--gateway", GW4]
             added.append(rule)
         if reorder:
-            proc = lab.popen("client", [sys.executable, str(TESTS / "reorder.py"), "40",
+            proc = lab.popen("client", [sys.executable, str(LAB / "reorder.py"), "40",
                                         str(reorder), "15", "600"], stdout=subprocess.PIPE)
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
             procs.append(proc)

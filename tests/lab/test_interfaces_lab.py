@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from gatekeeper.lab.netns import Lab
-from tests.conftest import snapshot
+from tests.lab.support import snapshot
 
 pytestmark = pytest.mark.lab
 

@@ -20,54 +20,15 @@ from typing import Any
 import pytest
 
 from gatekeeper.lab.netns import CLIENT4, GW4, GW6, OTHER4, SERVER4, Lab
-from tests.conftest import PROBE, knock, need_tool, probe, snapshot
+from tests.fixtures.configs import ROOT, SSH, config
+from tests.fixtures.needs import need_tool
+from tests.lab.support import PROBE, is_open, knock, probe, snapshot
 
 pytestmark = pytest.mark.lab
-
-CONFIG = """
-[gatekeeper]
-queue = 0
-workers = 2
-interfaces = ["eth0"]
-public = ["80:tcp"]
-
-[[door]]
-name = "ssh"
-sequence = ["7000:udp", "8000:tcp", "9000:udp"]
-sequence_timeout = 3
-opens = ["22:tcp"]
-open_for = {open_for}
-close_sequence = ["9000:tcp", "8000:udp", "7000:tcp"]
-
-[[door]]
-name = "rdp"
-sequence = ["4001", "4002:udp", "4003"]
-opens = ["3389:tcp"]
-open_for = 30
-host = "198.51.100.10"
-
-[[door]]
-name = "ping"
-sequence = ["64:icmp", "128:icmp"]
-opens = ["8080:tcp"]
-"""
-SSH = ["7000:udp", "8000:tcp", "9000:udp"]
-
-
-def config(open_for: int = 30, **replace: str) -> str:
-    text = CONFIG.replace("{open_for}", str(open_for))
-    for old, new in replace.items():
-        text = text.replace(old, new)
-    return text
-
 
 def private(text: str, where: Path) -> str:
     """The config with a control socket of its own (never the system's /run/gatekeeper)."""
     return text.replace("[gatekeeper]\n", f'[gatekeeper]\ncontrol = "{where}/control.sock"\n', 1)
-
-
-def is_open(lab: Lab, host: str, target: str, port: int = 22) -> bool:
-    return bool(probe(lab, host, "connect", target, port)["ok"])
 
 
 def test_knock_opens_for_the_knocker_only(lab: Lab, start_daemon: Any) -> None:
@@ -351,7 +312,7 @@ def test_missing_privilege(lab: Lab) -> None:
         path.chmod(0o644)
         line = run_expect_error(lab, ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                                       sys.executable, "-m", "gatekeeper", "run", "-c", str(path)],
-                                env={"PYTHONPATH": str(Path(__file__).parent.parent)})
+                                env={"PYTHONPATH": str(ROOT)})
     assert "CAP_NET_ADMIN" in line
     assert snapshot(lab) == before
 

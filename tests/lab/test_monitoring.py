@@ -50,8 +50,8 @@ import pytest
 
 from gatekeeper.lab.netns import GW4, GW6, SERVER4, Lab
 from gatekeeper.model import DEFAULT_SPA_PORT
-from tests.conftest import need_tool
-from tests.test_grafana_static import (
+from tests.fixtures.formats import PNG
+from tests.fixtures.grafana import (
     ALERTS,
     CONTRACT,
     DASHBOARD,
@@ -64,6 +64,7 @@ from tests.test_grafana_static import (
     parse_promql,
     rule_exprs,
 )
+from tests.fixtures.needs import need_tool
 
 pytestmark = pytest.mark.lab
 
@@ -627,7 +628,7 @@ def check_rendering(lab: Lab, out_dir: Path, start: str, end: str) -> list[str]:
     png = out_dir / "dashboard.png"
     data = png.read_bytes()
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR" or len(data) < 50_000 \
+    if data[:8] != PNG or data[12:16] != b"IHDR" or len(data) < 50_000 \
             or width < 1000 or height < 1000:
         return [f"{png}: not a PNG of the panels ({len(data)} bytes, {width}x{height})"]
     keep = os.environ.get("GATEKEEPER_DASHBOARD_PNG")

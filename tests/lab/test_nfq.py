@@ -16,7 +16,7 @@ import pytest
 
 from gatekeeper.model import MAX_BATCH
 from gatekeeper.queue._nfq import MAX_SIZE, Batch
-from tests.conftest import need_root
+from tests.fixtures.needs import need_root
 
 _SCRIPT = r"""
 import json, select, socket, subprocess, sys

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gatekeeper.lab.netns import GW4, Lab
-from tests.conftest import probe, queue_stats
+from tests.lab.support import probe, queue_stats
 
 pytestmark = pytest.mark.lab
 

@@ -18,34 +18,12 @@ import pytest
 
 from gatekeeper.lab.netns import GW4, GW6, Lab
 from gatekeeper.spa import fwknop
-from tests.conftest import PROBE, knock, probe, queue_stats, snapshot
-from tests.test_lab import SSH, config, is_open
+from tests.fixtures.configs import SSH, config
+from tests.lab.support import PROBE, daemon_pid, is_open, knock, probe, queue_stats, snapshot, worker_pids
 
 pytestmark = pytest.mark.lab
 
 SOURCES = 40
-
-
-def worker_pids(daemon: Any) -> dict[int, int]:
-    """queue -> pid of its worker, from the supervisor's children."""
-    out = subprocess.run(["pgrep", "-P", str(daemon_pid(daemon))], capture_output=True, text=True,
-                         check=False).stdout.split()
-    pids = {int(p) for p in out}
-    by_queue = {}
-    for line in daemon.lines:
-        m = re.search(r"running: queues=([\d,]+) pids=([\d,]+)", line)
-        if m:
-            queues, pids_ = m.group(1).split(","), m.group(2).split(",")
-            by_queue.update(zip(map(int, queues), map(int, pids_), strict=True))
-        m = re.search(r"worker \d+ started: pid (\d+), NFQUEUE (\d+)", line)
-        if m:
-            by_queue[int(m.group(2))] = int(m.group(1))
-    return {q: p for q, p in by_queue.items() if p in pids}
-
-
-def daemon_pid(daemon: Any) -> int:
-    """The supervisor (the child of `ip netns exec`, which execs it: same pid)."""
-    return int(daemon.proc.pid)
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from gatekeeper.lab.netns import CLIENT4, GW4, GW6, OTHER4, SERVER4, Lab
-from tests.conftest import Daemon, knock, probe
-from tests.test_lab import SSH, is_open
-from tests.test_lab import config as lab_config
+from tests.fixtures.configs import SSH
+from tests.fixtures.configs import config as lab_config
+from tests.lab.support import Daemon, is_open, knock, probe
 
 pytestmark = pytest.mark.lab
 

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from gatekeeper.lab.netns import GW4, Lab
-from tests.conftest import need_tool
-from tests.test_lab import config, is_open
+from tests.fixtures.configs import config
+from tests.fixtures.needs import need_tool
+from tests.lab.support import is_open
 
 pytestmark = pytest.mark.lab
 

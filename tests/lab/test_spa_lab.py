@@ -17,8 +17,8 @@ import pytest
 from gatekeeper.control import request
 from gatekeeper.lab.netns import CLIENT4, CLIENT6, GW4, GW6, Lab
 from gatekeeper.spa import fwknop
-from tests.conftest import knock, need_tool, probe
-from tests.test_lab import is_open
+from tests.fixtures.needs import need_tool
+from tests.lab.support import is_open, knock, probe
 
 pytestmark = pytest.mark.lab
 

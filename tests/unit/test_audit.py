@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from gatekeeper.config.load import loads
 from gatekeeper.model import Config
 from gatekeeper.netfilter.audit import audit, audit_text
 from gatekeeper.netfilter.render import render
+from tests.fixtures.configs import EXAMPLE as EXAMPLE_PATH
 
-EXAMPLE = (Path(__file__).parent.parent / "rules" / "example.toml").read_text()
+EXAMPLE = EXAMPLE_PATH.read_text()
 
 
 def cfg(workers: int = 2) -> Config:

@@ -4,144 +4,42 @@ against a real redis-server on loopback (started and stopped by these tests)."""
 from __future__ import annotations
 
 import ipaddress
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import redis
 
 from gatekeeper.config import ConfigError
 from gatekeeper.config.load import loads
 from gatekeeper.engine import Engine, Granted, Knocked, Outcome, Reason, Revoked, Verdict
 from gatekeeper.lab.cluster import free_port, start_redis
-from gatekeeper.model import TCP, UDP, Port
-from gatekeeper.spa import fwknop
-from tests.conftest import need_tool
+from gatekeeper.model import TCP, Port
+from tests.fixtures.cluster import (
+    A6,
+    DOORS,
+    GW,
+    SSH,
+    SSH_CLOSE,
+    SYN,
+    WEB,
+    A,
+    B,
+    Box,
+    Store,
+    config_text,
+    next_message,
+    running_store,
+    spa_door,
+    wait_until,
+)
+from tests.fixtures.fakes import FakeGrants
 
-SYN = 0x02
-GW = ipaddress.ip_address("203.0.113.1").packed
-GW2 = ipaddress.ip_address("203.0.113.2").packed
-A = ipaddress.ip_address("203.0.113.10").packed
-B = ipaddress.ip_address("203.0.113.20").packed
-A6 = ipaddress.ip_address("2001:db8:1::10").packed
 P22, P80, P2222 = Port(TCP, 22), Port(TCP, 80), Port(TCP, 2222)
-
-DOORS = """
-[[door]]
-name = "ssh"
-sequence = ["7000:udp", "8000:tcp", "9000:udp"]
-sequence_timeout = {timeout}
-opens = ["22:tcp", "2222:tcp"]
-open_for = 30
-close_sequence = ["9000:tcp", "8000:udp", "7000:tcp"]
-
-[[door]]
-name = "web"
-sequence = ["5001:tcp", "5002:tcp"]
-opens = ["8443:tcp"]
-open_for = 20
-cluster_fallback = "local"
-"""
-SSH = [(UDP, 7000), (TCP, 8000), (UDP, 9000)]
-SSH_CLOSE = [(TCP, 9000), (UDP, 8000), (TCP, 7000)]
-WEB = [(TCP, 5001), (TCP, 5002)]
-
-
-class Store:
-    """A redis-server on loopback that a test may kill and start again (same port)."""
-
-    def __init__(self, password: str = "") -> None:
-        self.port = free_port()
-        self.password = password
-        self.proc: subprocess.Popen[Any] | None = None
-        self.start()
-
-    def start(self) -> None:
-        self.proc = start_redis(None, "", "127.0.0.1", self.port, password=self.password)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> Any:
-        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=2)
-
-
-def running_store() -> Iterator[Store]:
-    """A store of its own for one test, killed after it."""
-    need_tool("redis-server", "scripts/setup.sh installs it")
-    s = Store()
-    try:
-        yield s
-    finally:
-        s.kill()
-
 
 @pytest.fixture
 def store() -> Iterator[Store]:
     yield from running_store()
-
-
-def config_text(url: str, timeout: float = 5, extra: str = "", doors: str = "") -> str:
-    return (f'[cluster]\nredis = "{url}"\ntimeout_ms = 200\nprefix = "t"\n{extra}\n'
-            + DOORS.replace("{timeout}", str(timeout)) + doors)
-
-
-def spa_door(tmp_path: Path) -> str:
-    """An SPA door opening two ports (a request may ask for either or both)."""
-    key_file = tmp_path / "spa.key"
-    key_file.write_text(fwknop.format_key_file(fwknop.generate_keys()))
-    key_file.chmod(0o600)
-    return (f'\n[[door]]\nname = "spa"\nspa = true\nkey_file = "{key_file}"\n'
-            'opens = ["22:tcp", "80:tcp"]\nopen_for = 30\n')
-
-
-class Box:
-    """One gateway's worker side: an engine and its gate, with the effects recorded."""
-
-    def __init__(self, url: str, node: str, timeout: float = 5, doors: str = "") -> None:
-        from gatekeeper.cluster.gate import ClusterGate
-
-        self.config = loads(config_text(url, timeout, doors=doors), f"{node}.toml")
-        self.engine = Engine(self.config)
-        self.applied: list[object] = []
-        self.gate = ClusterGate(self.config, self.engine, node,
-                                lambda events, now: self.applied.extend(events))
-
-    def send(self, src: bytes, proto: int, port: int, now: float, dst: bytes = GW) -> Any:
-        return self.gate.decide(src, dst, proto, port, SYN if proto == TCP else 0, now)
-
-    def spa_grant(self, src: bytes, ports: list[Port], now: float, open_for: float = 0) -> Granted:
-        """What an accepted SPA packet does on a worker: the engine grants the ports it
-        asked for, the worker writes them (recorded here) and shares them."""
-        index = next(i for i, d in enumerate(self.config.doors) if d.name == "spa")
-        event = self.engine.grant(src, index, now, ports, open_for)
-        assert isinstance(event, Granted)
-        self.gate.share(event, now)
-        return event
-
-    def adopted(self) -> list[tuple[str, str, tuple[Port, ...]]]:
-        """The grants this box took from the store: (address, door, ports)."""
-        return [(e.address, e.door.name, e.steps) for e in self.applied if isinstance(e, Granted)]
-
-
-def next_message(pubsub: Any, timeout: float = 5.0) -> str | None:
-    """The next published message's data (subscribe confirmations skipped), or None."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        message = pubsub.get_message(timeout=0.1)
-        if message is not None and message["type"] == "message":
-            return str(message["data"])
-    return None
 
 
 # -- config ---------------------------------------------------------------------------
@@ -439,42 +337,13 @@ def test_sentinel_finds_the_master(store: Store) -> None:
 # -- the mirror ---------------------------------------------------------------------------
 
 
-class FakeSets:
-    """The kernel grant sets as the mirror writes them: (address, door) -> port -> seconds."""
-
-    def __init__(self) -> None:
-        self.entries: dict[tuple[str, str], dict[str, float]] = {}
-
-    def add(self, address: str, door: Any, seconds: float, steps: Any = None) -> int:
-        ports = self.entries.setdefault((address, door.name), {})
-        for step in door.opens if steps is None else steps:
-            ports[str(step)] = seconds
-        return 1
-
-    def remove(self, address: str, door: Any, steps: Any = None) -> None:
-        ports = self.entries.get((address, door.name), {})
-        for step in door.opens if steps is None else steps:
-            ports.pop(str(step), None)
-        if not ports:
-            self.entries.pop((address, door.name), None)
-
-
-def wait_until(check: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return bool(check())
-
-
 def test_mirror_resyncs_follows_and_reconnects(store: Store) -> None:
     from gatekeeper.cluster.mirror import Mirror
 
     one = Box(store.url, "one")
     for i, step in enumerate(SSH):  # made before the mirror starts: found by the resync
         one.send(A, *step, float(i))
-    sets, notes = FakeSets(), []
+    sets, notes = FakeGrants(), []
     mirror = Mirror(loads(config_text(store.url), "two.toml"), "two", sets, notes.append)
     mirror.start()
     try:
@@ -513,7 +382,7 @@ def test_mirror_writes_exactly_the_ports_granted_live_and_on_resync(store: Store
     one = Box(store.url, "one", doors=doors)
     one.spa_grant(A, [P22], 1.0)  # made before the mirror starts: found by the resync
     config = loads(config_text(store.url, doors=doors), "two.toml")
-    sets, notes = FakeSets(), []
+    sets, notes = FakeGrants(), []
     mirror = Mirror(config, "two", sets, notes.append)
     mirror.start()
     try:
@@ -529,7 +398,7 @@ def test_mirror_writes_exactly_the_ports_granted_live_and_on_resync(store: Store
     finally:
         mirror.stop()
     # a gateway (re)connecting resyncs each port with its own time left
-    again, notes_again = FakeSets(), []
+    again, notes_again = FakeGrants(), []
     mirror = Mirror(config, "three", again, notes_again.append)
     mirror.start()
     try:

@@ -17,18 +17,18 @@ from gatekeeper.config.load import loads
 from gatekeeper.engine import Engine, Granted, Reason, Verdict
 from gatekeeper.lab.cluster import free_port, start_redis
 from gatekeeper.model import TCP
-from tests.test_cluster import (
+from tests.fixtures.cluster import (
     GW,
     SSH,
     A,
     B,
     Box,
-    FakeSets,
     Store,
     config_text,
     running_store,
     wait_until,
 )
+from tests.fixtures.fakes import FakeGrants
 
 
 @pytest.fixture
@@ -57,10 +57,10 @@ BAD_MESSAGES = [
 ]
 
 
-def mirror_of(store: Store, node: str = "two", doors: str = "") -> tuple[Any, FakeSets, list[Any]]:
+def mirror_of(store: Store, node: str = "two", doors: str = "") -> tuple[Any, FakeGrants, list[Any]]:
     from gatekeeper.cluster.mirror import Mirror
 
-    sets, notes = FakeSets(), []
+    sets, notes = FakeGrants(), []
     mirror = Mirror(loads(config_text(store.url, doors=doors), f"{node}.toml"), node, sets,
                     notes.append)
     return mirror, sets, notes
@@ -147,7 +147,7 @@ def test_store_passwords_are_never_printed(store: Store, form: str,
         gate = ClusterGate(config, Engine(config), "one", lambda events, now: None)
         with caplog.at_level("DEBUG", logger="gatekeeper"):
             assert gate.decide(A, GW, *SSH[0], 0, 1.0)[:2] == (Verdict.DROP, Reason.ERROR)
-            mirror = Mirror(config, "two", FakeSets(), lambda note: None)
+            mirror = Mirror(config, "two", FakeGrants(), lambda note: None)
             mirror.start()
             try:
                 assert wait_until(lambda: mirror.status()["error"] != "not connected yet")

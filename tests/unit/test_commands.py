@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from gatekeeper.effects.commands import CommandRunner
 from gatekeeper.metrics import GatekeeperCollector, Stats
 from gatekeeper.model import Door, Port
+from tests.fixtures.commands import lines, wait_for_file
 
 CLIENT = "203.0.113.10"
 OTHER = "203.0.113.20"
@@ -21,15 +22,6 @@ def door(start: str = "", stop: str = "", timeout: float = 5.0, name: str = "ssh
     return Door(name=name, sequence=(Port(6, 7000),), opens=(Port(6, 22),),
                 start_command=("/bin/sh", "-c", start) if start else (),
                 stop_command=("/bin/sh", "-c", stop) if stop else (), command_timeout=timeout)
-
-
-def wait_for_file(path: Path, seconds: float = 5.0) -> str:
-    """A shell loop that waits (bounded) until ``path`` exists."""
-    return f"i=0; while [ ! -e {path} ] && [ $i -lt {int(seconds * 100)} ]; do sleep 0.01; i=$((i+1)); done"
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
 
 
 def test_a_stop_submitted_at_once_runs_after_its_slow_start(tmp_path: Path) -> None:

@@ -11,8 +11,9 @@ import pytest
 from gatekeeper.config import ConfigError
 from gatekeeper.config.load import load, loads
 from gatekeeper.model import ICMP, TCP, UDP, Config, Door, Port, TcpFlags, port_key
+from tests.fixtures.configs import EXAMPLE as EXAMPLE_PATH
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "rules" / "example.toml"
+EXAMPLE = EXAMPLE_PATH
 NAME = "test.toml"
 FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 

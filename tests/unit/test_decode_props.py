@@ -9,7 +9,6 @@ SPA packet and the engine drops it; its payload is None.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
 
 import dpkt
 import pytest
@@ -17,13 +16,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gatekeeper.lab.netns import GW4 as GW4_LAB
-from gatekeeper.lab.netns import GW6 as GW6_LAB
-from gatekeeper.lab.netns import Lab
 from gatekeeper.model import DEFAULT_SPA_PORT, Config
 from gatekeeper.queue.decode import _decode, decode, udp_payload
 from gatekeeper.queue.worker import Worker
-from tests.conftest import knock
-from tests.test_decode import (
+from tests.fixtures.doors import CLIENT, WALL, spa_packet
+from tests.fixtures.fakes import FakeGrants
+from tests.fixtures.packets import (
     DST4,
     DST6,
     FAST,
@@ -47,9 +45,6 @@ from tests.test_decode import (
     v4,
     v6,
 )
-from tests.test_doors import CLIENT, WALL, FakeGrants, cfg, files, spa_packet  # noqa: F401
-from tests.test_lab import config as lab_config
-from tests.test_lab import is_open
 
 # -- the reference payload: what dpkt says the UDP payload is ------------------------------
 
@@ -189,7 +184,7 @@ def _build(family: int, proto: int, l4: bytes, frag: str) -> bytes:
 
 
 @pytest.mark.parametrize(("family", "frag"), [(4, "first"), (6, "first"), (6, "atomic")])
-def test_knocks_in_fragments_open_nothing(cfg: Config, family: int, frag: str) -> None:  # noqa: F811
+def test_knocks_in_fragments_open_nothing(cfg: Config, family: int, frag: str) -> None:
     grants = FakeGrants()
     worker = Worker(cfg, grants, lambda _m: None, clock=lambda: 5.0, wall=lambda: WALL)
     for i, (proto, port) in enumerate(KNOCKS):
@@ -204,7 +199,7 @@ def test_knocks_in_fragments_open_nothing(cfg: Config, family: int, frag: str) -
 
 
 @pytest.mark.parametrize(("family", "frag"), [(4, "first"), (6, "first"), (6, "atomic")])
-def test_spa_in_a_fragment_opens_nothing(cfg: Config, family: int, frag: str) -> None:  # noqa: F811
+def test_spa_in_a_fragment_opens_nothing(cfg: Config, family: int, frag: str) -> None:
     grants = FakeGrants()
     worker = Worker(cfg, grants, lambda _m: None, clock=lambda: 5.0, wall=lambda: WALL)
     address = CLIENT if family == 4 else "2001:db8::10"
@@ -213,30 +208,3 @@ def test_spa_in_a_fragment_opens_nothing(cfg: Config, family: int, frag: str) ->
     assert grants.added == []
     assert not worker.on_packet(_build(family, UDP, spa, "none"), 5.0)
     assert grants.added == [(address, "spa")]
-
-
-# -- the real kernel: a datagram the path fragments arrives whole -----------------------------
-
-
-@pytest.mark.lab
-def test_a_fragmented_knock_still_counts(lab: Lab, start_daemon: Any) -> None:
-    """The rule costs a client nothing: echo knocks of 3000 and 2000 bytes leave the
-    client in fragments (the lab's links have a 1500-byte MTU), the gateway's conntrack
-    reassembles them before the rules, and the queue sees whole datagrams."""
-    start_daemon(lab_config(**{'"64:icmp", "128:icmp"': '"3000:icmp", "2000:icmp"'}))
-    for gateway in (GW4_LAB, GW6_LAB):
-        assert not is_open(lab, "client", gateway, 8080)
-        before = _fragments_sent(lab)
-        knock(lab, "client", gateway, "3000:icmp", "2000:icmp")
-        assert _fragments_sent(lab) >= before + 4, "the knocks left the client in fragments"
-        # the decoder refuses fragments, so the door opened on the reassembled datagrams
-        assert is_open(lab, "client", gateway, 8080)
-
-
-def _fragments_sent(lab: Lab) -> int:
-    """The fragments the client's kernel has made, IPv4 and IPv6."""
-    v4 = [line.split() for line in lab.run("client", ["cat", "/proc/net/snmp"]).stdout.splitlines()
-          if line.startswith("Ip:")]
-    v6 = dict(line.split() for line in lab.run("client", ["cat", "/proc/net/snmp6"]).stdout.splitlines()
-              if line.strip())
-    return int(v4[1][v4[0].index("FragCreates")]) + int(v6["Ip6FragCreates"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gatekeeper.deploy import unit_text
-from tests.conftest import need_tool
+from tests.fixtures.needs import need_tool
 
 
 @pytest.fixture

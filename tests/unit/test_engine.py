@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from gatekeeper.config.load import loads
 from gatekeeper.engine import Engine, Granted, Guard, Knocked, Outcome, Reason, Revoked, Verdict
 from gatekeeper.model import ICMP, TCP, UDP, Port
-from tests.playbook import play
+from tests.fixtures.playbook import play
 
 SYN, ACK, RST = 0x02, 0x10, 0x04
 GW = ipaddress.ip_address("203.0.113.1").packed

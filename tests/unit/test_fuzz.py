@@ -1,21 +1,19 @@
 """Fuzzing the decoder and the engine through the worker's real callback.
 
-Seeds: tests/corpus/*.bin (made by tests/make_corpus.py: valid, truncated and malformed
+Seeds: tests/fixtures/corpus/*.bin (made by tests/fixtures/make_corpus.py: valid, truncated and malformed
 IPv4/IPv6 packets, IP options, fragments, extension headers, ICMP errors quoting other
 packets). Hypothesis mutates them (bit flips, truncation, splices, random bytes) and every
 result must get exactly one verdict with no exception escaping, whatever its bytes.
 
 CI runs a bounded pass; a longer run is one command:
 
-    GATEKEEPER_FUZZ_EXAMPLES=200000 .venv/bin/pytest tests/test_fuzz.py
+    GATEKEEPER_FUZZ_EXAMPLES=200000 .venv/bin/pytest tests/unit/test_fuzz.py
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-from pathlib import Path
-from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,8 +21,10 @@ from hypothesis import strategies as st
 from gatekeeper.config.load import loads
 from gatekeeper.engine import Reason
 from gatekeeper.queue.worker import Worker
+from tests.fixtures.configs import CORPUS as CORPUS_DIR
+from tests.fixtures.fakes import FakeGrants
 
-CORPUS = sorted((Path(__file__).parent / "corpus").glob("*.bin"))
+CORPUS = sorted(CORPUS_DIR.glob("*.bin"))
 SEEDS = [p.read_bytes() for p in CORPUS]
 EXAMPLES = int(os.environ.get("GATEKEEPER_FUZZ_EXAMPLES", "3000"))
 
@@ -53,15 +53,7 @@ host = "2001:db8:2::10"
 """
 
 
-class NullGrants:
-    def add(self, address: str, door: Any, seconds: float, steps: Any = None) -> int:
-        return len(door.opens)
-
-    def remove(self, address: str, door: Any, steps: Any = None) -> None:
-        return None
-
-
-WORKER = Worker(loads(CONFIG), NullGrants(), lambda _msg: None)
+WORKER = Worker(loads(CONFIG), FakeGrants(), lambda _msg: None)
 CLOCK = itertools.count()
 
 

@@ -27,9 +27,9 @@ from gatekeeper.errors import GatekeeperError
 from gatekeeper.spa import fwknop
 from gatekeeper.spa import sequence as seqcodec
 from gatekeeper.spa.replay import ReplayCache
-from tests.conftest import need_tool
-from tests.test_doors import CLIENT, CLIENT_B, GW_B, KEYS, SEQ_KEY, config_text, specials, write_key
-from tests.test_spa import Fwknop
+from tests.fixtures.doors import CLIENT, CLIENT_B, GW_B, KEYS, SEQ_KEY, config_text, specials, write_key
+from tests.fixtures.needs import need_tool
+from tests.fixtures.spa import Fwknop
 
 K = base64.b64encode(KEYS.encryption).decode()
 H = base64.b64encode(KEYS.hmac).decode()

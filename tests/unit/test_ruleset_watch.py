@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +15,9 @@ from gatekeeper.model import Config
 from gatekeeper.netfilter.audit import tampering
 from gatekeeper.netfilter.render import Ruleset, render
 from gatekeeper.netfilter.watch import RulesetWatch
+from tests.fixtures.configs import EXAMPLE as EXAMPLE_PATH
 
-EXAMPLE = (Path(__file__).parent.parent / "rules" / "example.toml").read_text()
+EXAMPLE = EXAMPLE_PATH.read_text()
 
 
 def cfg(extra: str = "") -> Config:

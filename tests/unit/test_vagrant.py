@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from gatekeeper.cli import main
-from tests.conftest import need_tool
+from tests.fixtures.configs import ROOT
+from tests.fixtures.needs import need_tool
 
-VAGRANT = Path(__file__).parent.parent / "vagrant"
+VAGRANT = ROOT / "vagrant"
 SCRIPTS = sorted([*VAGRANT.glob("*.sh"), *(VAGRANT / "provision").glob("*.sh")])
 
 
