@@ -10,14 +10,11 @@ import re
 import subprocess
 import sys
 
-import pytest
-
 from tests.fixtures.needs import need_root
 
 NUMBER = r"[\d,]+(?:\.\d+)?"
 
 
-@pytest.mark.lab
 def test_quick_bench_prints_every_figure() -> None:
     need_root()
     result = subprocess.run([sys.executable, "-m", "gatekeeper", "bench", "--quick"],
@@ -56,7 +53,6 @@ def test_quick_bench_prints_every_figure() -> None:
     assert "FAILED" not in out + result.stderr
 
 
-@pytest.mark.lab
 def test_quick_cluster_bench_prints_local_beside_cluster() -> None:
     need_root()
     result = subprocess.run([sys.executable, "-m", "gatekeeper", "bench", "--cluster", "--quick"],

@@ -26,8 +26,6 @@ from gatekeeper.spa import fwknop
 from tests.fixtures.needs import need_root, need_tool
 from tests.lab.support import Daemon, knock, probe
 
-pytestmark = pytest.mark.lab
-
 SSH = ["7000:udp", "8000:tcp", "9000:udp"]
 CLOSE = ["9000:tcp", "8000:udp", "7000:tcp"]
 GATEWAYS = {"gw": GW4, "gw2": GW2_4}

@@ -16,8 +16,6 @@ from tests.fixtures.commands import lines, wait_for_file
 from tests.fixtures.configs import SSH, config
 from tests.lab.support import knock, snapshot
 
-pytestmark = pytest.mark.lab
-
 CLOSE = ["9000:tcp", "8000:udp", "7000:tcp"]
 RULE = "INPUT -s %IP% -p tcp --dport 2223 -j ACCEPT"
 

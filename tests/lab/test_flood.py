@@ -17,14 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from gatekeeper.lab.bench.traffic import dump, step
 from gatekeeper.lab.netns import GW4, Lab
 from tests.fixtures.configs import SSH, config
 from tests.lab.support import probe
-
-pytestmark = pytest.mark.lab
 
 SECONDS = 60
 LEGIT = 100

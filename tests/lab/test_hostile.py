@@ -18,8 +18,6 @@ from gatekeeper.lab.netns import GW4, Lab
 from tests.fixtures.configs import SSH, config
 from tests.lab.support import is_open, knock, probe, worker_pids
 
-pytestmark = pytest.mark.lab
-
 LAB = Path(__file__).parent
 
 @pytest.fixture

@@ -21,8 +21,6 @@ import pytest
 from gatekeeper.lab.netns import Lab
 from tests.lab.support import snapshot
 
-pytestmark = pytest.mark.lab
-
 CONFIG = """
 [gatekeeper]
 queue = 0

@@ -17,14 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from gatekeeper.lab.netns import CLIENT4, GW4, GW6, OTHER4, SERVER4, Lab
 from tests.fixtures.configs import ROOT, SSH, config
 from tests.fixtures.needs import need_tool
 from tests.lab.support import PROBE, is_open, knock, probe, snapshot
 
-pytestmark = pytest.mark.lab
 
 def private(text: str, where: Path) -> str:
     """The config with a control socket of its own (never the system's /run/gatekeeper)."""

@@ -120,7 +120,6 @@ def test_bad_arguments_are_refused() -> None:
             Batch(*args)
 
 
-@pytest.mark.lab
 @pytest.mark.parametrize("size", [1, 64])
 def test_batched_reads_and_verdicts_against_the_kernel(size: int) -> None:
     need_root()

@@ -15,8 +15,6 @@ import pytest
 from gatekeeper.lab.netns import GW4, Lab
 from tests.lab.support import probe, queue_stats
 
-pytestmark = pytest.mark.lab
-
 PORT = 8443
 LINE = "5001,5002:udp,5003"
 CONFIG = """

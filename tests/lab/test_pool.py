@@ -21,8 +21,6 @@ from gatekeeper.spa import fwknop
 from tests.fixtures.configs import SSH, config
 from tests.lab.support import PROBE, daemon_pid, is_open, knock, probe, queue_stats, snapshot, worker_pids
 
-pytestmark = pytest.mark.lab
-
 SOURCES = 40
 
 

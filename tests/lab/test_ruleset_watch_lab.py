@@ -25,8 +25,6 @@ from tests.fixtures.configs import SSH
 from tests.fixtures.configs import config as lab_config
 from tests.lab.support import Daemon, is_open, knock, probe
 
-pytestmark = pytest.mark.lab
-
 RDP = ["4001", "4002:udp", "4003"]  # the rdp door of tests/test_lab.py's config (host 198.51.100.10)
 # The repair comes within tens of milliseconds (at most audit_interval + 0.5 s without the
 # kernel's change notifications); on this shared 2-core machine the tests allow a few

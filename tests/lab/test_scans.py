@@ -13,8 +13,6 @@ from tests.fixtures.configs import config
 from tests.fixtures.needs import need_tool
 from tests.lab.support import is_open
 
-pytestmark = pytest.mark.lab
-
 # Doors a scan is most likely to walk through: all-tcp ascending and descending, all-udp.
 SCAN_DOORS = """
 [[door]]

@@ -20,8 +20,6 @@ from gatekeeper.spa import fwknop
 from tests.fixtures.needs import need_tool
 from tests.lab.support import is_open, knock, probe
 
-pytestmark = pytest.mark.lab
-
 KEYS = fwknop.generate_keys()
 K = base64.b64encode(KEYS.encryption).decode()
 H = base64.b64encode(KEYS.hmac).decode()
