@@ -16,7 +16,7 @@ through Prometheus' HTTP API, from inside the gateway namespace:
 * every alert rule's expression, its comparison taken off, returns series with the labels
   the rule groups by and its annotations print; ``/api/v1/rules`` reports every rule
   evaluated with health ``ok``;
-* every metric of the contract (tests/test_grafana_static.py) is in Prometheus, and so is
+* every metric of the contract (tests/unit/test_grafana_static.py) is in Prometheus, and so is
   every metric name written anywhere under grafana/: a name the exporter does not export
   fails. Every gatekeeper series is in the contract, with exactly its labels and values;
 * the figures tell what happened: one restart, one reload, grants as many as the log's

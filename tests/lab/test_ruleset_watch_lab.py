@@ -25,7 +25,7 @@ from tests.fixtures.configs import SSH
 from tests.fixtures.configs import config as lab_config
 from tests.lab.support import Daemon, is_open, knock, probe
 
-RDP = ["4001", "4002:udp", "4003"]  # the rdp door of tests/test_lab.py's config (host 198.51.100.10)
+RDP = ["4001", "4002:udp", "4003"]  # the rdp door of tests/fixtures/configs.py's config (host 198.51.100.10)
 # The repair comes within tens of milliseconds (at most audit_interval + 0.5 s without the
 # kernel's change notifications); on this shared 2-core machine the tests allow a few
 # seconds, and print what they measured (the README's figure: test_window_figures).
@@ -52,7 +52,7 @@ print(json.dumps({"opened": opened, "shut_after": None}))
 
 
 def config(extra: str = "") -> str:
-    """tests/test_lab.py's config (doors ssh, rdp behind the gateway, ping), ``extra`` added."""
+    """tests/fixtures/configs.py's config (doors ssh, rdp behind the gateway, ping), ``extra`` added."""
     return lab_config().replace("[gatekeeper]\n", f"[gatekeeper]\n{extra}\n", 1)
 
 

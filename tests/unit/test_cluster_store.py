@@ -1,6 +1,6 @@
 """[cluster]: what the store says is read strictly (issue 14, item 6) and workers are
 warm before they take knocks (item 8), against a real redis-server on loopback (the
-``store`` fixture of tests/test_cluster.py)."""
+``store`` fixture of tests/unit/test_cluster.py)."""
 
 from __future__ import annotations
 

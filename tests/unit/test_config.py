@@ -458,7 +458,7 @@ ERRORS: list[tuple[str, str, str, str]] = [
     ("host network", toml(doors=[door(host="198.51.100.0/24")]), f"{D}.host", "not an IPv4 or IPv6"),
     ("host empty", toml(doors=[door(host="")]), f"{D}.host", "not an IPv4 or IPv6 address"),
     ("host number", toml(doors=[door(host=1)]), f"{D}.host", "must be a string"),
-    # special doors (key files and one-time files: tests/test_doors.py)
+    # special doors (key files and one-time files: tests/unit/test_doors.py)
     ("spa and sequence", toml(doors=[door(spa=True)]), f"{D}.spa", "exactly one of sequence, spa"),
     ("spa without key file", toml(doors=[door(sequence=None, spa=True)]), f"{D}.key_file",
      "is required with spa = true"),

@@ -170,7 +170,7 @@ def _ip6(l4: bytes, proto: int, *, fragment: int | None = None) -> bytes:
     return bytes(dpkt.ip6.IP6(src=src, dst=dst, nxt=nxt, hlim=64, plen=len(body), data=body))
 
 
-KNOCKS = ((UDP, 7000), (TCP, 8000), (UDP, 9000))  # the "ssh" door of tests/test_doors.py
+KNOCKS = ((UDP, 7000), (TCP, 8000), (UDP, 9000))  # the "ssh" door of tests/fixtures/doors.py
 
 
 def _knock(proto: int, port: int) -> bytes:

@@ -1,9 +1,9 @@
 """gatekeeper import-knockd: knockd.conf parser, firewall-command reader, converter.
 
-Golden files: each ``tests/golden/knockd/NAME.conf`` is converted by the real command
+Golden files: each ``tests/fixtures/golden/knockd/NAME.conf`` is converted by the real command
 (``gatekeeper import-knockd NAME.conf``, run from that folder); stdout must equal
 ``NAME.toml`` and stderr ``NAME.warnings``, with the folder's absolute path written
-``@GOLDEN@``. ``GATEKEEPER_REGEN_GOLDEN=1 pytest tests/test_import_knockd.py`` rewrites
+``@GOLDEN@``. ``GATEKEEPER_REGEN_GOLDEN=1 pytest tests/unit/test_import_knockd.py`` rewrites
 them from the current output (review the diff); without it the tests never write.
 """
 
