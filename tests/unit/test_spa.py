@@ -1,13 +1,6 @@
-"""The SPA codec against the real fwknop client (and fwknopd when present), and the
-encrypted port sequence codec.
-
-The fwknop tests run Debian's ``fwknop`` with ``--test`` (build the packet, never send it)
-and ``--save-packet``, aimed at 127.0.0.1 all the same. Without fwknop they are skipped
-with a reason; under CI (``CI`` set) a missing fwknop is a failure. The fwknopd
-cross-check needs Debian's ``fwknop-server`` and root: fwknopd reads a pcap file in
-``--test`` mode inside a network namespace of its own, so it can neither touch the
-host's firewall nor see its network; without either it is skipped.
-"""
+"""The SPA codec without a client: key files, our encoder, each stage's failure, field parsing, the
+replay cache, and never raising on hostile input. (The real fwknop client: test_spa_clients.py;
+the encrypted port sequences: test_spa_sequence.py.)"""
 
 from __future__ import annotations
 

@@ -1,13 +1,5 @@
-"""The SPA codec against the real fwknop client (and fwknopd when present), and the
-encrypted port sequence codec.
-
-The fwknop tests run Debian's ``fwknop`` with ``--test`` (build the packet, never send it)
-and ``--save-packet``, aimed at 127.0.0.1 all the same. Without fwknop they are skipped
-with a reason; under CI (``CI`` set) a missing fwknop is a failure. The fwknopd
-cross-check needs Debian's ``fwknop-server`` and root: fwknopd reads a pcap file in
-``--test`` mode inside a network namespace of its own, so it can neither touch the
-host's firewall nor see its network; without either it is skipped.
-"""
+"""The encrypted port sequence codec: round trips, the port mapping, tampering and its failures,
+and never raising on random port lists."""
 
 from __future__ import annotations
 
