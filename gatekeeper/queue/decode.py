@@ -5,8 +5,8 @@ extension headers) one ``struct`` call reads every field the engine needs; any o
 packet takes the general path, :func:`_walk`, which walks options and extension headers
 and is also the walk :func:`udp_payload` reads the SPA payload with. Nothing is built but
 the two address bytes and the result. dpkt stays the decoder of record for anything
-richer (pcap replay, tests), and ``tests/test_decode.py`` and
-``tests/test_decode_props.py`` check that the two agree on random and malformed packets.
+richer (pcap replay, tests), and ``tests/unit/test_decode.py`` and
+``tests/unit/test_decode_props.py`` check that the two agree on random and malformed packets.
 
 One fragment rule for both families and both functions: a fragment, first or later,
 has no port and no payload. IPv4: the MF flag or a fragment offset (``_IPV4_FRAGMENT``);
@@ -67,7 +67,7 @@ def decode(pkt: bytes) -> Facts | None:
 
     The common packet is read here, the walk's first step unrolled into one ``struct``
     call under the same fragment rule; every other packet goes to :func:`_walk`
-    (``tests/test_decode_props.py`` holds the two to the same answers).
+    (``tests/unit/test_decode_props.py`` holds the two to the same answers).
     """
     n = len(pkt)
     if n >= 24 and pkt[0] == 0x45:  # IPv4, no options: the transport starts at 20

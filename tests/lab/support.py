@@ -1,0 +1,117 @@
+"""Helpers of the lab tests: the real daemon, its log read as it comes, snapshots of what
+gatekeeper may touch, probes run in the namespaces (netprobe.py beside this file)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from gatekeeper.lab.netns import Lab
+from gatekeeper.netfilter.procfs import PROC_QUEUES, parse_queues
+
+PROBE = str(Path(__file__).parent / "netprobe.py")
+
+ADMIN_RULES_V4 = [
+    ["-A", "INPUT", "-s", "198.51.100.0/24", "-j", "ACCEPT"],
+    ["-A", "INPUT", "-p", "tcp", "--dport", "2222", "-j", "ACCEPT"],
+    ["-A", "FORWARD", "-p", "tcp", "--dport", "25", "-j", "DROP"],
+]
+ADMIN_RULES_V6 = [["-A", "INPUT", "-s", "2001:db8:2::/64", "-j", "ACCEPT"]]
+
+
+def snapshot(lab: Lab) -> str:
+    """Everything gatekeeper may touch, without counters and timestamps."""
+    out = []
+    for tool in ("iptables-save", "ip6tables-save"):
+        text = lab.run("gw", [tool]).stdout
+        out += [re.sub(r"\[\d+:\d+\]", "[0:0]", ln) for ln in text.splitlines()
+                if not ln.startswith("#")]
+    out += lab.run("gw", ["ipset", "list", "-name"]).stdout.splitlines()
+    return "\n".join(out)
+
+
+class Daemon:
+    """The real ``gatekeeper run`` in the gateway namespace, its log read as it comes."""
+
+    def __init__(self, lab: Lab, config: Path, extra_env: dict[str, str] | None = None,
+                 argv: list[str] | None = None, host: str = "gw") -> None:
+        self.lab = lab
+        self.config = config
+        env = {**os.environ, **(extra_env or {})}
+        argv = argv or [sys.executable, "-m", "gatekeeper", "run", "-c", str(config)]
+        self.proc = lab.popen(host, [a.replace("{config}", str(config)) for a in argv],
+                              stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
+        self.lines: list[str] = []
+        self._done = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+        self._done.set()
+
+    def wait_for(self, pattern: str, timeout: float = 10.0, since: int = 0) -> str:
+        """The first log line, from line number ``since`` on, that matches; waits for it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.lines[since:]:
+                if re.search(pattern, line):
+                    return line
+            if self._done.is_set():
+                raise AssertionError(f"daemon exited ({self.proc.wait()}) before /{pattern}/:\n"
+                                     + "\n".join(self.lines))
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no /{pattern}/ within {timeout} s:\n" + "\n".join(self.lines))
+            time.sleep(0.01)
+
+    def stop(self, sig: int = 15) -> int:
+        return self.lab.stop(self.proc, sig)
+
+
+def queue_stats(lab: Lab) -> dict[int, dict[str, int]]:
+    """/proc/net/netfilter/nfnetlink_queue of the gateway, by queue number."""
+    text = lab.run("gw", ["cat", PROC_QUEUES]).stdout
+    return {q: stat._asdict() for q, stat in parse_queues(text).items()}
+
+
+def probe(lab: Lab, host: str, *args: object, timeout: float = 120) -> Any:
+    out = lab.run(host, [sys.executable, PROBE, *map(str, args)], timeout=timeout).stdout
+    return json.loads(out)
+
+
+def knock(lab: Lab, host: str, target: str, *steps: str, delay_ms: int = 0) -> None:
+    lab.run(host, [sys.executable, "-m", "gatekeeper", "knock", "-d", str(delay_ms), target, *steps])
+
+
+def is_open(lab: Lab, host: str, target: str, port: int = 22) -> bool:
+    return bool(probe(lab, host, "connect", target, port)["ok"])
+
+
+def worker_pids(daemon: Any) -> dict[int, int]:
+    """queue -> pid of its worker, from the supervisor's children."""
+    out = subprocess.run(["pgrep", "-P", str(daemon_pid(daemon))], capture_output=True, text=True,
+                         check=False).stdout.split()
+    pids = {int(p) for p in out}
+    by_queue = {}
+    for line in daemon.lines:
+        m = re.search(r"running: queues=([\d,]+) pids=([\d,]+)", line)
+        if m:
+            queues, pids_ = m.group(1).split(","), m.group(2).split(",")
+            by_queue.update(zip(map(int, queues), map(int, pids_), strict=True))
+        m = re.search(r"worker \d+ started: pid (\d+), NFQUEUE (\d+)", line)
+        if m:
+            by_queue[int(m.group(2))] = int(m.group(1))
+    return {q: p for q, p in by_queue.items() if p in pids}
+
+
+def daemon_pid(daemon: Any) -> int:
+    """The supervisor (the child of `ip netns exec`, which execs it: same pid)."""
+    return int(daemon.proc.pid)
