@@ -29,6 +29,7 @@ RAW = frozenset((12, 14, 101, 228, 229))
 LINK_NAMES = {ETHERNET: "Ethernet", LINUX_SLL: "Linux cooked v1", LINUX_SLL2: "Linux cooked v2",
               NULL: "BSD loopback", **dict.fromkeys(RAW, "raw IP")}
 _IPV4, _IPV6 = 0x0800, 0x86DD
+_IP_TYPES = frozenset((b"\x08\x00", b"\x86\xdd"))
 _VLAN = frozenset((0x8100, 0x88A8, 0x9100))
 _MAX_TAGS = 3
 _OUTGOING = 4  # the cooked captures' packet type of a frame this host sent
@@ -60,18 +61,26 @@ class Capture:
 
     def packets(self) -> Iterator[tuple[float, bytes, bool]]:
         """``(timestamp, IP packet, outgoing)`` a frame that carries IP, in file order."""
-        unwrap = _UNWRAP.get(self.link, _raw)
+        unwrap = _UNWRAP[self.link]
+        # The common frame unwrapped here: untagged Ethernet, or raw IP (its version nibble).
+        at = 12 if self.link == ETHERNET else -1
+        raw = self.link in RAW
         frames = self.frames
         last = b""
         try:
             for ts, frame in self._reader:
                 frames += 1
                 last = frame
-                ip, outgoing = unwrap(frame)
-                if ip:
-                    yield ts if ts.__class__ is float else float(ts), ip, outgoing
+                if at >= 0 and frame[at:at + 2] in _IP_TYPES:
+                    ip, outgoing = frame[at + 2:], False
+                elif raw and frame and frame[0] >> 4 in (4, 6):
+                    ip, outgoing = frame, False
                 else:
-                    self.not_ip += 1
+                    ip, outgoing = unwrap(frame)
+                    if not ip:
+                        self.not_ip += 1
+                        continue
+                yield ts if ts.__class__ is float else float(ts), ip, outgoing
         except (dpkt.UnpackError, struct.error, ValueError) as exc:
             self.truncated = f"cut short after {frames} packets ({exc.__class__.__name__})"
         finally:

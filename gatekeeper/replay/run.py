@@ -25,13 +25,14 @@ time, as the worker's does, and reports grants that expired.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from gatekeeper.engine import Granted, Guard, Knocked, Reason, Revoked, Verdict
 from gatekeeper.engine.special import SequenceUsed
@@ -50,8 +51,7 @@ _REFUSALS = (Guard.REFUSED_QUOTA, Guard.REFUSED_FULL)
 NOT_QUEUED = ("outbound", "established", "public", "neighbour discovery")
 
 
-@dataclass(frozen=True, slots=True)
-class Moment:
+class Moment(NamedTuple):
     """One line of a source's timeline: ``what`` is knock, grant, revoke, lockout,
     refused, spa, one-time or open (a grant still running when the capture ends)."""
 
@@ -130,7 +130,6 @@ class Replay:
         self.since = since
         self.until = until
         self.note = note
-        self._notes: dict[str, int] = {}
         self.public = frozenset(p.key for p in config.settings.public)
         specials = self.worker.specials
         self.special_keys = specials.keys if specials is not None else frozenset()
@@ -138,7 +137,7 @@ class Replay:
                                     for s in (*d.sequence, *d.close_sequence)) | self.special_keys
         self.result = Result()
         self._names: dict[bytes, str] = {}
-        self._shown: dict[str, bool] = {}
+        self._shown: dict[str, Any] = {}  # source -> its timeline, None when not shown
         self._seen: set[bytes] = set()
 
     def _clock(self) -> float:
@@ -147,6 +146,16 @@ class Replay:
     # -- the loop -----------------------------------------------------------------------
 
     def run(self, capture: Capture) -> Result:
+        """Replay ``capture`` (once): the result, also kept in :attr:`result`."""
+        collecting = gc.isenabled()
+        gc.disable()  # the loop makes no cycles; its moments would only make the collector crawl
+        try:
+            return self._run(capture)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _run(self, capture: Capture) -> Result:
         res = self.result
         worker = self.worker
         decide = worker.decide
@@ -154,7 +163,7 @@ class Replay:
         not_queued = [0] * len(NOT_QUEUED)
         gateway, learn, knock_keys, public = self.gateway, self.learn, self.knock_keys, self.public
         special_keys = self.special_keys
-        flows: dict[tuple[bytes, int, bytes, int, int], None] = {}
+        flows = Flows()
         guards = worker.engine.guards
         last_guards = list(guards)
         since = -1e300 if self.since is None else self.since
@@ -171,32 +180,29 @@ class Replay:
             if now < since or now > until:
                 res.outside += 1
                 continue
-            self.now = now
             if now >= next_tick:
                 next_tick = now + TICK_SECONDS
                 self._tick(now)
             facts = decode(ip)
             if facts is None:
                 res.malformed += 1
-                self._bad("malformed", f"packet {n + capture.not_ip} ({len(ip)} bytes at {clock(now)}): "
-                          "the decoder refused it (no whole IPv4/IPv6 header and transport header)")
+                if res.malformed <= MAX_NOTES:
+                    self.note(f"packet {n + capture.not_ip} ({len(ip)} bytes at {clock(now)}): the "
+                              "decoder refused it (no whole IPv4/IPv6 header and transport header)")
                 continue
             src, dst, proto, port, flags = facts
-            flow = None
+            key = proto << 16 | port
             if proto in (TCP, UDP):
-                off = (ip[0] & 15) << 2 if len(src) == 4 else 40
-                sport = ip[off] << 8 | ip[off + 1] if len(ip) > off + 1 else -1
                 if outgoing or src in gateway:
                     not_queued[0] += 1
-                    _remember(flows, (dst, port, src, sport, proto))
+                    flows.add((dst, port, src, _sport(ip), proto))  # its reply: established
                     continue
-                flow = (src, sport, dst, port, proto)
-                if flow in flows:
+                if src in flows.sources and (src, _sport(ip), dst, port, proto) in flows:
                     not_queued[1] += 1
                     continue
-                if proto << 16 | port in public:
+                if key in public:
                     not_queued[2] += 1
-                    _remember(flows, flow)
+                    flows.add((src, _sport(ip), dst, port, proto))
                     continue
             elif outgoing or src in gateway:
                 not_queued[0] += 1
@@ -204,22 +210,24 @@ class Replay:
             elif port < 0 and proto == ICMP and len(src) == 16 and ip[6] == _ICMPV6 and ip[40] in _ND:
                 not_queued[3] += 1
                 continue
-            key = proto << 16 | port
             if learn and key in knock_keys and dst not in gateway:
                 gateway.add(dst)
             try:
-                special = key in special_keys
-                spa_before = dict(worker.spa_counts) if special else None
+                spa_before = None
+                if key in special_keys:  # the SPA and sequence checks read the wall clock
+                    self.now = now
+                    spa_before = dict(worker.spa_counts)
                 verdict, reason, events = decide(ip, src, dst, proto, port, flags, now)
             except Exception as exc:
                 res.errors += 1
-                self._bad("error", f"packet {n + capture.not_ip} at {clock(now)}: the decision failed "
-                          f"({exc.__class__.__name__}: {exc}); the worker would drop it")
+                if res.errors <= MAX_NOTES:
+                    self.note(f"packet {n + capture.not_ip} at {clock(now)}: the decision failed "
+                              f"({exc.__class__.__name__}: {exc}); the worker would drop it")
                 continue
             counts[reason] += 1
             self._seen.add(src)
-            if verdict is _ACCEPT and flow is not None:
-                _remember(flows, flow)
+            if verdict is _ACCEPT and proto in (TCP, UDP):
+                flows.add((src, _sport(ip), dst, port, proto))
             if events:
                 self._events(now, src, proto, port, reason, events)
             if guards != last_guards:
@@ -245,6 +253,7 @@ class Replay:
         for address, door, step, expires in sorted(self.worker.engine.grants()):
             self._moment(last, address, door, "open", ports=[str(step)], until=expires)
         res.first, res.last = first or 0.0, last
+        res.timelines = {source: moments for source, moments in self._shown.items() if moments}
         res.frames, res.not_ip, res.truncated = capture.frames, capture.not_ip, capture.truncated
         res.packets = res.frames - res.not_ip - res.outside
         res.not_queued = dict(zip(NOT_QUEUED, not_queued, strict=True))
@@ -257,15 +266,9 @@ class Replay:
         res.learnt = self.learn
         if capture.truncated:
             self.note(f"{capture.path}: {capture.truncated}; the result below stands for what was read")
-        for kind, count in self._notes.items():
+        for kind, count in (("malformed", res.malformed), ("failed", res.errors)):
             if count > MAX_NOTES:
                 self.note(f"{capture.path}: {count - MAX_NOTES} more {kind} packets (counted below)")
-
-    def _bad(self, kind: str, line: str) -> None:
-        count = self._notes.get(kind, 0) + 1
-        self._notes[kind] = count
-        if count <= MAX_NOTES:
-            self.note(line)
 
     # -- what mattered ------------------------------------------------------------------
 
@@ -275,28 +278,40 @@ class Replay:
             name = self._names[packed] = _address(packed)
         return name
 
+    def _timeline(self, source: str) -> list[Moment] | None:
+        """The timeline ``source``'s moments go to; None when --source leaves it out."""
+        shown = self._shown.get(source, 0)
+        if shown == 0:
+            shown = self._shown[source] = [] if not self.sources or any(
+                ipaddress.ip_address(source) in net for net in self.sources
+                if net.version == (6 if ":" in source else 4)) else None
+        return shown  # type: ignore[return-value]
+
     def _moment(self, now: float, source: str, door: str, what: str, **fields: Any) -> None:
-        res = self.result
         if what == "grant":
-            res.grants[door] = res.grants.get(door, 0) + 1
-        shown = self._shown.get(source)
-        if shown is None:
-            address = ipaddress.ip_address(source)
-            shown = self._shown[source] = not self.sources or any(
-                address in net for net in self.sources if net.version == address.version)
-        if shown and (not self.door or not door or door == self.door):
-            res.timelines.setdefault(source, []).append(Moment(now, source, door, what, fields))
+            self.result.grants[door] = self.result.grants.get(door, 0) + 1
+        timeline = self._timeline(source)
+        if timeline is not None and (not self.door or not door or door == self.door):
+            timeline.append(Moment(now, source, door, what, fields))
 
     def _events(self, now: float, src: bytes, proto: int, port: int, reason: int,
                 events: tuple[Any, ...]) -> None:
-        source = self._name(src)
+        source = self._names.get(src) or self._name(src)
         step = f"{port}:{PROTO_NAMES.get(proto, proto)}"
         for event in events:
             kind = event.__class__
-            if kind is Knocked:
-                extra = {"locked": Reason(reason).name.lower()} if event.outcome == "locked" else {}
-                self._moment(now, source, event.door, "knock", port=step, outcome=event.outcome,
-                             **extra)
+            if kind is Knocked:  # most moments: the short way
+                outcome = event.outcome
+                if outcome == "locked":
+                    self._moment(now, source, event.door, "knock", port=step, outcome=outcome,
+                                 locked=Reason(reason).name.lower())
+                    continue
+                timeline = self._shown.get(source, 0)
+                if timeline == 0:
+                    timeline = self._timeline(source)
+                if timeline is not None and (not self.door or event.door == self.door):
+                    timeline.append(Moment(now, source, event.door, "knock",
+                                           {"port": step, "outcome": outcome}))
             elif kind is Granted:
                 self._moment(now, source, event.door.name, "grant", address=event.address,
                              ports=[str(s) for s in event.steps], seconds=event.expires - now,
@@ -333,9 +348,33 @@ class Replay:
                 self._moment(now, self._name(src), door, "spa", stage=stage)
 
 
-def _remember(flows: dict[tuple[bytes, int, bytes, int, int], None],
-              flow: tuple[bytes, int, bytes, int, int]) -> None:
-    if flow not in flows:
-        if len(flows) >= MAX_FLOWS:
-            del flows[next(iter(flows))]
-        flows[flow] = None
+def _sport(ip: bytes) -> int:
+    """A TCP or UDP packet's source port (IPv4 options skipped; IPv6: after the fixed header)."""
+    off = (ip[0] & 15) << 2 if ip[0] >> 4 == 4 else 40
+    return ip[off] << 8 | ip[off + 1] if len(ip) > off + 1 else -1
+
+
+Flow = tuple[bytes, int, bytes, int, int]  # (client, its port, gateway or host, port, proto)
+
+
+class Flows(dict[Flow, None]):
+    """Flows conntrack would call ESTABLISHED, at most :data:`MAX_FLOWS` (the oldest go),
+    and the sources that have any (most queued packets come from none: one set lookup)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: dict[bytes, int] = {}
+
+    def add(self, flow: Flow) -> None:
+        if flow in self:
+            return
+        if len(self) >= MAX_FLOWS:
+            old = next(iter(self))
+            del self[old]
+            left = self.sources[old[0]] - 1
+            if left:
+                self.sources[old[0]] = left
+            else:
+                del self.sources[old[0]]
+        self[flow] = None
+        self.sources[flow[0]] = self.sources.get(flow[0], 0) + 1
