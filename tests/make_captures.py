@@ -54,7 +54,8 @@ def ip(src: str, dst: str, transport: dpkt.Packet, proto: int) -> bytes:
 
 
 def udp(src: str, dst: str, dport: int, sport: int = 40000, data: bytes = b"") -> bytes:
-    return ip(src, dst, dpkt.udp.UDP(sport=sport, dport=dport, data=data), dpkt.ip.IP_PROTO_UDP)
+    return ip(src, dst, dpkt.udp.UDP(sport=sport, dport=dport, ulen=8 + len(data), data=data),
+              dpkt.ip.IP_PROTO_UDP)
 
 
 def tcp(src: str, dst: str, dport: int, flags: int = SYN, sport: int = 40001) -> bytes:

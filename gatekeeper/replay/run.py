@@ -137,7 +137,7 @@ class Replay:
                                     for s in (*d.sequence, *d.close_sequence)) | self.special_keys
         self.result = Result()
         self._names: dict[bytes, str] = {}
-        self._shown: dict[str, Any] = {}  # source -> its timeline, None when not shown
+        self._shown: dict[str, list[Moment] | None] = {}  # source -> timeline; None: not shown
         self._seen: set[bytes] = set()
 
     def _clock(self) -> float:
@@ -280,12 +280,14 @@ class Replay:
 
     def _timeline(self, source: str) -> list[Moment] | None:
         """The timeline ``source``'s moments go to; None when --source leaves it out."""
-        shown = self._shown.get(source, 0)
-        if shown == 0:
-            shown = self._shown[source] = [] if not self.sources or any(
-                ipaddress.ip_address(source) in net for net in self.sources
-                if net.version == (6 if ":" in source else 4)) else None
-        return shown  # type: ignore[return-value]
+        shown = self._shown
+        if source in shown:
+            return shown[source]
+        timeline: list[Moment] | None = [] if not self.sources or any(
+            ipaddress.ip_address(source) in net for net in self.sources
+            if net.version == (6 if ":" in source else 4)) else None
+        shown[source] = timeline
+        return timeline
 
     def _moment(self, now: float, source: str, door: str, what: str, **fields: Any) -> None:
         if what == "grant":
@@ -306,9 +308,8 @@ class Replay:
                     self._moment(now, source, event.door, "knock", port=step, outcome=outcome,
                                  locked=Reason(reason).name.lower())
                     continue
-                timeline = self._shown.get(source, 0)
-                if timeline == 0:
-                    timeline = self._timeline(source)
+                shown = self._shown
+                timeline = shown[source] if source in shown else self._timeline(source)
                 if timeline is not None and (not self.door or event.door == self.door):
                     timeline.append(Moment(now, source, event.door, "knock",
                                            {"port": step, "outcome": outcome}))
