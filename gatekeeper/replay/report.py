@@ -17,6 +17,9 @@ def describe(m: Moment, config: Config) -> str:
     whom = f" for {f['address']}" if f.get("address", m.source) != m.source else ""
     if m.what == "knock":
         outcome = f["outcome"]
+        door = next((d for d in config.doors if d.name == m.door), None)
+        if door is not None and door.special and outcome == "completed":
+            return f"{door.kind} request on {f['port']}: accepted"
         text = {
             "advanced": f"knock {f['port']}: a step",
             "completed": f"knock {f['port']}: sequence completed",

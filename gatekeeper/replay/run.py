@@ -228,13 +228,13 @@ class Replay:
             self._seen.add(src)
             if verdict is _ACCEPT and proto in (TCP, UDP):
                 flows.add((src, _sport(ip), dst, port, proto))
+            if spa_before is not None and spa_before != worker.spa_counts:
+                self._stages(now, src, spa_before, worker.spa_counts)
             if events:
                 self._events(now, src, proto, port, reason, events)
             if guards != last_guards:
                 self._guards(now, src, last_guards, guards)
                 last_guards = list(guards)
-            if spa_before is not None and spa_before != worker.spa_counts:
-                self._stages(now, src, spa_before, worker.spa_counts)
         res.seconds = time.perf_counter() - started
         self._finish(capture, counts, not_queued, first, now)
         return res
