@@ -213,3 +213,19 @@ def test_the_bench_capture_writer(tmp_path: Path) -> None:
     r = Replay(loads((tmp_path / "b.toml").read_text(), "b.toml")).run(
         open_capture(str(tmp_path / "b.pcap")))
     assert r.packets == 500 and r.malformed > 0 and sum(r.reasons.values()) + r.malformed == 500
+
+
+def test_nanosecond_pcap_and_bsd_loopback(tmp_path: Path) -> None:
+    packets = mk.scenario()
+    with open(tmp_path / "nano.pcap", "wb") as f:
+        writer = dpkt.pcap.Writer(f, linktype=dpkt.pcap.DLT_EN10MB, nano=True)
+        for ts, p, out in packets:
+            writer.writepkt(mk.ethernet(p, out), ts=mk.T0 + ts)
+    null = [(ts, (b"\x02\x00\x00\x00" if p[0] >> 4 == 4 else b"\x00\x00\x00\x1e") + p)
+            for ts, p, _ in packets]
+    mk.write(tmp_path / "null.pcap", null, dpkt.pcap.DLT_NULL)
+    for name in ("nano.pcap", "null.pcap"):
+        r = Replay(loads(mk.CONFIG, "c.toml")).run(open_capture(str(tmp_path / name)))
+        assert r.grants == {"ssh": 2} and r.lockouts == {"scan": 1}, name
+        [revoke] = moments(r, mk.CLIENT, "revoke")
+        assert revoke["time"] == pytest.approx(40.0), name
