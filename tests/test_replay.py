@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import sys
 from pathlib import Path
 from typing import Any
@@ -229,3 +230,13 @@ def test_nanosecond_pcap_and_bsd_loopback(tmp_path: Path) -> None:
         assert r.grants == {"ssh": 2} and r.lockouts == {"scan": 1}, name
         [revoke] = moments(r, mk.CLIENT, "revoke")
         assert revoke["time"] == pytest.approx(40.0), name
+
+
+def test_loopback_frames_of_a_cooked_capture_are_never_queued(tmp_path: Path) -> None:
+    knock = mk.udp(mk.CLIENT, mk.GATEWAY, 7000)
+    lo = struct.pack("!HHH8sH", 0, 772, 6, bytes(8), 0x0800) + knock  # "-i any" on lo
+    eth = struct.pack("!HHH8sH", 0, 1, 6, bytes(8), 0x0800) + knock
+    mk.write(tmp_path / "lo.pcap", [(0.0, lo), (0.1, eth)], dpkt.pcap.DLT_LINUX_SLL)
+    r = Replay(loads(mk.CONFIG, "c.toml")).run(open_capture(str(tmp_path / "lo.pcap")))
+    assert r.not_queued["outbound"] == 1
+    assert [k["outcome"] for k in moments(r, mk.CLIENT, "knock")] == ["advanced"]

@@ -5,8 +5,8 @@
 ``(timestamp, ip_packet, outgoing)`` for each frame that carries IPv4 or IPv6. Link
 types: Ethernet (1), Linux cooked capture v1 (113) and v2 (276, what ``tcpdump -i any``
 writes), raw IP (12, 14, 101, 228, 229) and BSD loopback (0), each with or without VLAN
-tags (802.1Q, 802.1ad, QinQ). ``outgoing`` is True only where the frame says so (the
-cooked captures' packet type: sent by this host).
+tags (802.1Q, 802.1ad, QinQ). ``outgoing`` is True only where the frame says so: in a
+cooked capture, sent by this host, or on loopback (``-i any`` sees lo too; never guarded).
 
 What cannot be read is said, never guessed: a file that is not a capture, or whose link
 type is not one of those, is a :class:`CaptureError` (nothing is replayed); a capture cut
@@ -33,6 +33,7 @@ _IP_TYPES = frozenset((b"\x08\x00", b"\x86\xdd"))
 _VLAN = frozenset((0x8100, 0x88A8, 0x9100))
 _MAX_TAGS = 3
 _OUTGOING = 4  # the cooked captures' packet type of a frame this host sent
+_LOOPBACK = 772  # ARPHRD_LOOPBACK: a frame of lo, which gatekeeper never guards
 _NULL_IPV6 = frozenset((24, 28, 30))  # BSD loopback's AF_INET6 values (host order)
 
 
@@ -159,13 +160,15 @@ def _ethernet(frame: bytes) -> tuple[bytes, bool]:
 def _sll(frame: bytes) -> tuple[bytes, bool]:
     if len(frame) < 16:
         return b"", False
-    return _ethertype(frame, 14), (frame[0] << 8 | frame[1]) == _OUTGOING
+    return _ethertype(frame, 14), ((frame[0] << 8 | frame[1]) == _OUTGOING
+                                   or (frame[2] << 8 | frame[3]) == _LOOPBACK)
 
 
 def _sll2(frame: bytes) -> tuple[bytes, bool]:
     if len(frame) < 20:
         return b"", False
-    kind, outgoing = frame[0] << 8 | frame[1], frame[10] == _OUTGOING
+    kind = frame[0] << 8 | frame[1]
+    outgoing = frame[10] == _OUTGOING or (frame[8] << 8 | frame[9]) == _LOOPBACK
     if kind in (_IPV4, _IPV6):
         return frame[20:], outgoing
     return (_ethertype(frame, 22) if kind in _VLAN else b""), outgoing  # a tag after the header
