@@ -1,5 +1,5 @@
 """gatekeeper replay against the real daemon: tcpdump records the gateway's guarded
-interface while stock clients knock (knockd's ``knock``, ``fwknop``), another host knocks
+interface (and ``-i any``) while stock clients knock (knockd's ``knock``, ``fwknop``), another host knocks
 wrong and scans with nmap; the replay of that capture with the same config reports exactly
 the grants the daemon logged, and the scanner's lockout."""
 
@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from gatekeeper.lab.netns import CLIENT4, GW4, OTHER4, Lab
+from gatekeeper.replay.capture import LINUX_SLL2, open_capture
 from gatekeeper.spa import fwknop
 from tests.conftest import need_tool
 from tests.test_lab import is_open
@@ -45,9 +46,9 @@ open_for = 30
 """
 
 
-def record(lab: Lab, path: Path) -> subprocess.Popen[Any]:
-    """tcpdump on the gateway's guarded interface, both directions, until stopped."""
-    proc = lab.popen("gw", ["tcpdump", "-i", "eth0", "-n", "-U", "--immediate-mode", "-s", "0",
+def record(lab: Lab, path: Path, interface: str = "eth0") -> subprocess.Popen[Any]:
+    """tcpdump on the gateway's guarded interface (or ``any``), both directions, until stopped."""
+    proc = lab.popen("gw", ["tcpdump", "-i", interface, "-n", "-U", "--immediate-mode", "-s", "0",
                              "-w", str(path)],
                      stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     assert proc.stderr is not None
@@ -61,6 +62,13 @@ def record(lab: Lab, path: Path) -> subprocess.Popen[Any]:
     return proc
 
 
+def replay(config: Path, capture: Path) -> list[dict[str, Any]]:
+    out = subprocess.run([sys.executable, "-m", "gatekeeper", "replay", "-c", str(config), "--json",
+                          str(capture)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
 def test_replay_of_a_recorded_capture_matches_the_daemon(lab: Lab, start_daemon: Any,
                                                          tmp_path: Path) -> None:
     need_tool("tcpdump", "scripts/setup.sh installs it")
@@ -72,8 +80,9 @@ def test_replay_of_a_recorded_capture_matches_the_daemon(lab: Lab, start_daemon:
     key.chmod(0o600)
     home = tmp_path / "home"
     home.mkdir()
-    capture = tmp_path / "gw.pcap"
+    capture, cooked = tmp_path / "gw.pcap", tmp_path / "any.pcap"
     tcpdump = record(lab, capture)
+    tcpdump_any = record(lab, cooked, "any")  # Linux cooked v2
     try:
         daemon = start_daemon(CONFIG.format(key=key))
         lab.run("client", ["knock", "-d", "20", GW4, "7000:udp", "8000:tcp", "9000:udp"])
@@ -88,13 +97,17 @@ def test_replay_of_a_recorded_capture_matches_the_daemon(lab: Lab, start_daemon:
         time.sleep(0.3)  # the last packets reach tcpdump's file
     finally:
         lab.stop(tcpdump)
+        lab.stop(tcpdump_any)
     logged = {(m[2], m[1], m[3]) for line in daemon.lines
               if (m := re.search(r"grant door=(\S+) address=(\S+) open_for=\S+ opens=(\S+)", line))}
     assert {(a, d) for a, d, _ in logged} == {(CLIENT4, "ssh"), (CLIENT4, "spa")}
-    out = subprocess.run([sys.executable, "-m", "gatekeeper", "replay", "-c", str(daemon.config),
-                          "--json", str(capture)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    opened = open_capture(str(cooked))
+    opened.close()
+    assert opened.link == LINUX_SLL2  # what tcpdump -i any writes
+    rows = replay(daemon.config, cooked)
+    assert {(r["address"], r["door"], ",".join(r["ports"])) for r in rows
+            if r.get("what") == "grant"} == logged, "the -i any capture"
+    rows = replay(daemon.config, capture)
     replayed = {(r["address"], r["door"], ",".join(r["ports"])) for r in rows if r.get("what") == "grant"}
     assert replayed == logged
     lockouts = [r for r in rows if r.get("what") == "lockout"]
