@@ -1,4 +1,4 @@
-"""Command line: ``gatekeeper run|check|rules|knock|demo|bench``."""
+"""Command line: ``gatekeeper run|check|rules|replay|knock|demo|bench``."""
 
 from __future__ import annotations
 
@@ -55,6 +55,13 @@ def _cmd_rules(args: argparse.Namespace) -> int:
     part = {"all": ruleset.text(), "ipset": ruleset.ipset, "4": ruleset.ipv4, "6": ruleset.ipv6}
     sys.stdout.write(part[args.family])
     return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from gatekeeper import replay
+
+    return replay.main(args.config, args.capture, args.gateway, args.source, args.door, args.json,
+                       args.since, args.until)
 
 
 def _cmd_knock(args: argparse.Namespace) -> int:
@@ -156,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"gatekeeper {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_daemon_commands, _client_commands, _operator_commands, _lab_commands,
+    for add in (_daemon_commands, _replay_command, _client_commands, _operator_commands, _lab_commands,
                 _soak_command, _import_commands):
         add(sub)  # in this order: the order of --help
     return parser
@@ -181,6 +188,26 @@ def _daemon_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     p.add_argument("--family", choices=["all", "ipset", "4", "6"], default="all",
                    help="print one part only, ready for its restore tool")
     p.set_defaults(func=_cmd_rules)
+
+
+def _replay_command(sub: Subcommands[argparse.ArgumentParser]) -> None:
+    """replay: a capture through the engine, offline."""
+    p = sub.add_parser("replay", help="replay a packet capture (pcap, pcapng) through the decoder "
+                       "and engine offline: timelines of knocks, grants, lockouts, then a summary")
+    p.add_argument("-c", "--config", required=True, help="TOML config file")
+    p.add_argument("capture", metavar="CAPTURE", help="pcap or pcapng file (tcpdump -w, -i any too)")
+    p.add_argument("--source", action="append", default=[], metavar="ADDR",
+                   help="show only this source's timeline (an address or a network; repeatable)")
+    p.add_argument("--door", default="", metavar="NAME", help="show only this door's moments")
+    p.add_argument("--gateway", action="append", default=[], metavar="ADDR",
+                   help="an address of the gateway: its packets are outbound, never queued "
+                   "(repeatable; default: the addresses knocks were sent to)")
+    p.add_argument("--json", action="store_true", help="JSON lines: a moment a line, then the summary")
+    p.add_argument("--since", default="", metavar="T",
+                   help="replay packets from T on: Unix seconds, ISO 8601 (UTC unless a zone is "
+                   "given) or +S after the first packet")
+    p.add_argument("--until", default="", metavar="T", help="replay packets up to T (as --since)")
+    p.set_defaults(func=_cmd_replay)
 
 
 def _client_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:

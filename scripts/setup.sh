@@ -20,7 +20,7 @@ POLICY=/usr/sbin/policy-rc.d
 PACKAGES=(
     python3 python3-venv python3-dev gcc libnetfilter-queue-dev libnfnetlink-dev
     iptables ipset nftables conntrack iproute2 knockd procps prometheus systemd
-    fwknop-client fwknop-server vagrant vagrant-libvirt nmap redis-server
+    fwknop-client fwknop-server vagrant vagrant-libvirt nmap redis-server tcpdump
 )
 
 say() { printf 'setup: %s\n' "$*"; }

@@ -219,14 +219,7 @@ class Worker:
                 self.counts[_MALFORMED] += 1
                 return False
             src, dst, proto, port, flags = facts
-            specials = self.specials
-            if specials is not None and proto << 16 | port in specials.keys:
-                decision = self._special(specials, payload, src, dst, proto, port, flags, now)
-            elif self.cluster is not None:
-                decision = self.cluster.decide(src, dst, proto, port, flags, now)
-            else:
-                decision = self.engine.decide(src, dst, proto, port, flags, now)
-            verdict, reason, events = decision
+            verdict, reason, events = self.decide(payload, src, dst, proto, port, flags, now)
             if events:
                 knocks = self.knocks
                 for event in events:  # Knocked events are shared objects: cheap keys
@@ -240,6 +233,18 @@ class Worker:
             self.counts[_ERROR] += 1
             log.exception("worker failed on a packet; dropped it")
             return False
+
+    def decide(self, payload: bytes, src: bytes, dst: bytes, proto: int, port: int, flags: int,
+               now: float) -> tuple[Verdict, Reason, tuple[Any, ...]]:
+        """The decision for one decoded packet, effects not applied: the special doors, the
+        cluster or the engine. :meth:`on_packet` and the offline replay
+        (``gatekeeper/replay/``) both decide through here."""
+        specials = self.specials
+        if specials is not None and proto << 16 | port in specials.keys:
+            return self._special(specials, payload, src, dst, proto, port, flags, now)
+        if self.cluster is not None:
+            return self.cluster.decide(src, dst, proto, port, flags, now)  # type: ignore[no-any-return]
+        return self.engine.decide(src, dst, proto, port, flags, now)
 
     def _special(self, specials: SpecialDoors, packet: bytes, src: bytes, dst: bytes, proto: int,
                  port: int, flags: int, now: float) -> tuple[Verdict, Reason, tuple[Any, ...]]:
