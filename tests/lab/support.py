@@ -3,6 +3,7 @@ gatekeeper may touch, probes run in the namespaces (netprobe.py beside this file
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -13,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gatekeeper.lab.netns import Lab
+from gatekeeper.lab.netns import CLIENT4, GW4, Lab
 from gatekeeper.netfilter.procfs import PROC_QUEUES, parse_queues
+from gatekeeper.spa import fwknop
 
 PROBE = str(Path(__file__).parent / "netprobe.py")
 
@@ -115,3 +117,18 @@ def worker_pids(daemon: Any) -> dict[int, int]:
 def daemon_pid(daemon: Any) -> int:
     """The supervisor (the child of `ip netns exec`, which execs it: same pid)."""
     return int(daemon.proc.pid)
+
+
+# The stock fwknop client's keys in the SPA lab tests, and the client itself.
+KEYS = fwknop.generate_keys()
+K = base64.b64encode(KEYS.encryption).decode()
+H = base64.b64encode(KEYS.hmac).decode()
+
+
+def fwknop_send(lab: Lab, home: str, *extra: str, allow: str = CLIENT4, save: str = "",
+                key: str = K, hmac_key: str = H, access: str = "tcp/22") -> None:
+    argv = ["env", f"HOME={home}", "fwknop", "-A", access, "-a", allow, "-D", GW4, "--use-hmac",
+            "--key-base64-rijndael", key, "--key-base64-hmac", hmac_key, "--no-rc-file", *extra]
+    if save:
+        argv += ["--save-packet", save]
+    lab.run("client", argv)

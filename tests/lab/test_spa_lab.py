@@ -18,11 +18,8 @@ from gatekeeper.control import request
 from gatekeeper.lab.netns import CLIENT4, CLIENT6, GW4, GW6, Lab
 from gatekeeper.spa import fwknop
 from tests.fixtures.needs import need_tool
-from tests.lab.support import is_open, knock, probe
+from tests.lab.support import KEYS, fwknop_send, is_open, knock, probe
 
-KEYS = fwknop.generate_keys()
-K = base64.b64encode(KEYS.encryption).decode()
-H = base64.b64encode(KEYS.hmac).decode()
 SEQ_KEY = base64.b64encode(bytes(range(7, 39))).decode()
 ONCE_PORT = 8443
 RC_LINE = "[*] Creating initial rc file: /root/.fwknoprc."
@@ -103,15 +100,6 @@ def wait_count(daemon: Any, stage: str, at_least: int, door: str = "spa") -> dic
         if counts.get(stage, 0) >= at_least or time.monotonic() > deadline:
             return counts
         time.sleep(0.1)
-
-
-def fwknop_send(lab: Lab, home: str, *extra: str, allow: str = CLIENT4, save: str = "",
-                key: str = K, hmac_key: str = H, access: str = "tcp/22") -> None:
-    argv = ["env", f"HOME={home}", "fwknop", "-A", access, "-a", allow, "-D", GW4, "--use-hmac",
-            "--key-base64-rijndael", key, "--key-base64-hmac", hmac_key, "--no-rc-file", *extra]
-    if save:
-        argv += ["--save-packet", save]
-    lab.run("client", argv)
 
 
 def grants(daemon: Any, door: str) -> int:

@@ -18,9 +18,8 @@ import pytest
 from gatekeeper.lab.netns import CLIENT4, GW4, OTHER4, Lab
 from gatekeeper.replay.capture import LINUX_SLL2, open_capture
 from gatekeeper.spa import fwknop
-from tests.conftest import need_tool
-from tests.test_lab import is_open
-from tests.test_spa_lab import KEYS, fwknop_send
+from tests.fixtures.needs import need_tool
+from tests.lab.support import KEYS, fwknop_send, is_open
 
 pytestmark = pytest.mark.lab
 

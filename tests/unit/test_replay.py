@@ -1,12 +1,11 @@
-"""gatekeeper replay: captures of each link type (tests/captures/, made by
-tests/make_captures.py) through the decoder and engine, bad files, filters, special doors."""
+"""gatekeeper replay: captures of each link type (tests/fixtures/captures/, made by
+tests/fixtures/make_captures.py) through the decoder and engine, bad files, filters, special doors."""
 
 from __future__ import annotations
 
 import json
 import os
 import struct
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,7 @@ from gatekeeper.config.load import loads
 from gatekeeper.replay.capture import open_capture
 from gatekeeper.replay.run import Replay, Result
 from gatekeeper.spa import fwknop
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import make_captures as mk
+from tests.fixtures import make_captures as mk
 
 CAPTURES = mk.OUT
 CONFIG = str(CAPTURES / "config.toml")
