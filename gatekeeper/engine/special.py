@@ -45,6 +45,7 @@ from gatekeeper.engine.engine import Engine, Event, Granted, Knocked, Outcome, R
 from gatekeeper.model import PROTO_NAMES, PROTO_NUMBERS, TCP, UDP, Config, Door, Port, port_key
 from gatekeeper.spa import fwknop
 from gatekeeper.spa import sequence as seqcodec
+from gatekeeper.spa.cipher import Suite
 from gatekeeper.spa.replay import Recorded, ReplayCache
 
 _DROP = Verdict.DROP
@@ -55,6 +56,9 @@ _R_COMPLETED, _R_SCANNER, _R_IGNORED = Reason.COMPLETED, Reason.SCANNER, Reason.
 # encrypted-sequence door SequenceStage names plus ACCESS and SOURCE (checked here).
 SPA_STAGES = tuple(s.name.lower() for s in fwknop.Stage)
 SEQUENCE_STAGES = (*(s.name.lower() for s in seqcodec.SequenceStage), "access", "source")
+# Where a packet another door's key made stops; a door without HMAC learns it later
+_NOT_THIS_KEY = frozenset({fwknop.Stage.SIZE, fwknop.Stage.HMAC})
+_NO_HMAC = frozenset({fwknop.Stage.DECRYPT, fwknop.Stage.PARSE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +126,7 @@ class SpecialDoors:
         self.seen: list[ReplaySeen] = []  # new replay entries, for the worker's journals
         self.shared_replay = False  # [cluster]: new replay entries are a ReplayQuery first
         self._allowed: dict[int, frozenset[tuple[str, int]]] = {}
+        self._suites: dict[int, Suite] = {}
         self._open_keys: dict[int, frozenset[tuple[int, int]]] = {}
         self._encrypted: dict[int, int] = {}  # key -> encrypted door index
         self._collect: dict[int, dict[bytes, tuple[float, list[int]]]] = {}
@@ -135,6 +140,9 @@ class SpecialDoors:
                 self.spa_ports[port] = (*self.spa_ports.get(port, ()), i)
                 self.replay[door.name] = ReplayCache()
                 self._allowed[i] = frozenset((PROTO_NAMES[s.proto], s.port) for s in door.opens)
+                spa = door.spa
+                self._suites[i] = Suite(spa.mode, spa.hmac_digest if spa.hmac else None,
+                                               frozenset(spa.digests))
             elif door.encrypted is not None:
                 e = door.encrypted
                 for proto in (TCP, UDP):
@@ -203,8 +211,9 @@ class SpecialDoors:
             assert spa is not None
             result = fwknop.verify(payload, spa.keys, wall, replay=self.replay[door.name],
                                    allowed=self._allowed[index], source=src,
-                                   other_source=spa.other_source, window=spa.window)
-            if result.stage is fwknop.Stage.HMAC or result.stage is fwknop.Stage.SIZE:
+                                   other_source=spa.other_source, window=spa.window,
+                                   suite=self._suites[index])
+            if result.stage in _NOT_THIS_KEY or (not spa.hmac and result.stage in _NO_HMAC):
                 self._count(door.name, result.stage.name.lower())
                 continue  # not this door's key: maybe the next door's
             return self._seen(index, src, result, now) or self._spa_done(index, result, now)
