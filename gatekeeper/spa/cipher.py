@@ -5,8 +5,8 @@ Pure and I/O-free. What the stock client (libfko 2.6) does, learnt from its pack
 * key and IV: OpenSSL's EVP_BytesToKey with MD5 and one round over the key and an 8-byte
   salt (``D1 = MD5(key || salt)``, ``Di = MD5(D(i-1) || key || salt)``, key = D1||D2,
   IV = D3); the key is the raw Rijndael key, a base64 key decoded or a passphrase as
-  typed (1-32 bytes). ``-M legacy`` (fwknop before 2.5) first pads a key shorter than
-  16 bytes with ASCII ``0`` characters to 16.
+  typed (1-32 bytes). ``-M legacy`` (fwknop before 2.5) first makes the key exactly 16
+  bytes: a shorter one padded with ASCII ``0`` characters, a longer one cut.
 * every mode (``-M cbc|cfb|ofb|ctr|ecb|legacy``) encrypts the PKCS#7-padded plaintext,
   so the ciphertext is whole 16-byte blocks; CFB is CFB-128, CTR a 128-bit big-endian
   counter starting at the IV; legacy is CBC. The result ``b"Salted__" + salt +
@@ -39,7 +39,7 @@ from gatekeeper.spa.keyfile import b64decode
 SALTED = b"Salted__"
 SALTED_PREFIX = b"U2FsdGVkX1"  # base64 of "Salted__", removed by the client
 
-_LEGACY_KEY = 16  # -M legacy pads shorter keys with b"0" to this length
+_LEGACY_KEY = 16  # -M legacy pads shorter keys with b"0" to this length, cuts longer ones
 
 
 def b64encode(data: bytes) -> bytes:
@@ -66,7 +66,7 @@ def text_fits(length: int) -> bool:
 def key_iv(key: bytes, salt: bytes, mode: str = DEFAULT_SPA_MODE) -> tuple[bytes, bytes]:
     """OpenSSL's EVP_BytesToKey with MD5 and one round: 32 bytes of key, 16 of IV."""
     if mode == "legacy":
-        key = key.ljust(_LEGACY_KEY, b"0")
+        key = key[:_LEGACY_KEY].ljust(_LEGACY_KEY, b"0")
     out = b""
     block = b""
     while len(out) < 48:
