@@ -57,7 +57,7 @@ LOCKOUT_CAUSES = _one_of("scan", "source_failures", "prefix_failures")
 REFUSED_CAUSES = _one_of("prefix_quota", "table_full")
 # SPA (fwknop.Stage) and encrypted-sequence (SequenceStage, access, source) stages
 SPA_STAGES = _one_of("ok", "size", "hmac", "decrypt", "parse", "digest", "stale", "replay", "access",
-                     "source", "length", "range", "auth")
+                     "source", "hmac_type", "digest_type", "length", "range", "auth")
 
 # What the supervisor exports on 127.0.0.1:9464 (job "gatekeeper"): the only metric names
 # the dashboard and the alert rules may use.
