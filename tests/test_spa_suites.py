@@ -5,6 +5,7 @@ packet is made with ``fwknop ... -T --save-packet FILE`` (test mode: nothing is 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import logging
 import os
 import subprocess
@@ -15,7 +16,9 @@ import pytest
 
 from gatekeeper.config import ConfigError
 from gatekeeper.config.load import loads
-from gatekeeper.model import Config
+from gatekeeper.engine import Engine
+from gatekeeper.engine.special import TYPE_PROBES, SpecialDoors
+from gatekeeper.model import UDP, Config
 from gatekeeper.spa import fwknop
 from gatekeeper.spa.cipher import Suite
 from gatekeeper.spa.fwknop import SpaKeys, Stage
@@ -177,3 +180,48 @@ def test_bad_door_settings_are_one_error(tmp_path: Path, extra: str, keys: str |
     with pytest.raises(ConfigError) as info:
         load(tmp_path, extra, *(() if keys is None else (keys,)))
     assert error in str(info.value) and H not in str(info.value), str(info.value)
+
+
+# -- the special doors: the cost of telling hmac_type ----------------------------------
+
+TWO_DOORS = """
+[gatekeeper]
+control = ""
+[metrics]
+listen = ""
+[[door]]
+name = "spa"
+spa = true
+key_file = "{spa}"
+opens = ["22"]
+"""
+
+
+def specials(tmp_path: Path) -> SpecialDoors:
+    paths = {}
+    for name, text in (("spa", f"KEY_BASE64: {K}\nHMAC_KEY_BASE64: {H}\n"),):
+        path = tmp_path / f"{name}.key"
+        path.write_text(text)
+        path.chmod(0o600)
+        paths[name] = str(path)
+    config = loads(TWO_DOORS.format(**paths), "t.toml")
+    return SpecialDoors(config, Engine(config))
+
+
+SRC = ipaddress.ip_address(CLIENT).packed
+
+
+def handle(doors: SpecialDoors, data: bytes, now: float) -> object:
+    return doors.handle(SRC, bytes(4), UDP, 62201, 0, data, now, time.time())
+
+
+def test_telling_hmac_type_apart_is_bounded_a_second(tmp_path: Path) -> None:
+    doors = specials(tmp_path)
+    for i in range(TYPE_PROBES + 10):
+        data = fwknop.encode(KEYS, [("tcp", 22)], CLIENT, time.time(),
+                             suite=Suite(hmac_digest="sha512"))
+        handle(doors, data, 5.0 + i / 1000)
+    assert doors.counts[("spa", "hmac_type")] == TYPE_PROBES
+    assert doors.counts[("spa", "hmac")] == 10  # over the budget: one HMAC, counted as hmac
+    handle(doors, data, 6.5)  # the next second: told apart again
+    assert doors.counts[("spa", "hmac_type")] == TYPE_PROBES + 1

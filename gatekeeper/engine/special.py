@@ -56,9 +56,12 @@ _R_COMPLETED, _R_SCANNER, _R_IGNORED = Reason.COMPLETED, Reason.SCANNER, Reason.
 # encrypted-sequence door SequenceStage names plus ACCESS and SOURCE (checked here).
 SPA_STAGES = tuple(s.name.lower() for s in fwknop.Stage)
 SEQUENCE_STAGES = (*(s.name.lower() for s in seqcodec.SequenceStage), "access", "source")
-# Where a packet another door's key made stops; a door without HMAC learns it later
-_NOT_THIS_KEY = frozenset({fwknop.Stage.SIZE, fwknop.Stage.HMAC})
-_NO_HMAC = frozenset({fwknop.Stage.DECRYPT, fwknop.Stage.PARSE})
+# The stages at which verify() may have tried the other HMAC types (TYPE_PROBES)
+_PROBED = frozenset({fwknop.Stage.SIZE, fwknop.Stage.HMAC, fwknop.Stage.HMAC_TYPE})
+# Packets a second a door checks for another HMAC type (up to 4 more HMACs each, to count
+# hmac_type apart from a wrong key); over it, a flood of junk costs one HMAC a packet
+# and a packet of another type counts as hmac
+TYPE_PROBES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,7 @@ class SpecialDoors:
         self.shared_replay = False  # [cluster]: new replay entries are a ReplayQuery first
         self._allowed: dict[int, frozenset[tuple[str, int]]] = {}
         self._suites: dict[int, Suite] = {}
+        self._probes: dict[int, tuple[int, int]] = {}  # door -> (second, HMAC failures in it)
         self._open_keys: dict[int, frozenset[tuple[int, int]]] = {}
         self._encrypted: dict[int, int] = {}  # key -> encrypted door index
         self._collect: dict[int, dict[bytes, tuple[float, list[int]]]] = {}
@@ -205,15 +209,21 @@ class SpecialDoors:
 
     def _spa(self, src: bytes, doors: tuple[int, ...], payload: bytes, now: float,
              wall: float) -> SpecialDecision | ReplayQuery:
+        second = int(now)
         for index in doors:
             door: Door = self.config.doors[index]
             spa = door.spa
             assert spa is not None
+            at, probed = self._probes.get(index, (second, 0))
+            if at != second:
+                probed = 0
             result = fwknop.verify(payload, spa.keys, wall, replay=self.replay[door.name],
                                    allowed=self._allowed[index], source=src,
                                    other_source=spa.other_source, window=spa.window,
-                                   suite=self._suites[index])
-            if result.stage in _NOT_THIS_KEY or (not spa.hmac and result.stage in _NO_HMAC):
+                                   suite=self._suites[index], tell_types=probed < TYPE_PROBES)
+            if result.stage in _PROBED:
+                self._probes[index] = (second, probed + 1)
+            if result.stage is fwknop.Stage.HMAC or result.stage is fwknop.Stage.SIZE:
                 self._count(door.name, result.stage.name.lower())
                 continue  # not this door's key: maybe the next door's
             return self._seen(index, src, result, now) or self._spa_done(index, result, now)

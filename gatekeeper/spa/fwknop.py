@@ -28,6 +28,7 @@ Pure and I/O-free: bytes, keys and a clock in, a result out. The format, as the 
 from __future__ import annotations
 
 import binascii
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -70,11 +71,20 @@ MAX_HMAC_KEY = 128  # the client cuts a longer --key-hmac to 128 bytes; refused 
 MIN_KEY = 16  # gatekeeper's floor for base64 keys; ``fwknop --key-gen`` makes 32 and 64
 
 # The shortest access request that can be granted (16-digit random, 1-byte user, 1-digit
-# timestamp, version and type, "::,tcp/0", an MD5 digest, six colons) is 60 bytes of
-# plaintext, 64 once padded: the shortest useful text follows. The ceiling is fwknop's.
-MIN_TEXT = b64_len(16 + 64) - len(SALTED_PREFIX)
-MIN_PACKET = MIN_TEXT + TAG_LENGTHS[DEFAULT_SPA_HMAC_DIGEST]  # with the default HMAC
-MAX_PACKET = 1500
+# timestamp, version and type, "::,tcp/0", six colons) is 38 bytes and its digest of
+# plaintext: the shortest useful text follows from the shortest digest a door takes.
+_MIN_MESSAGE = 38
+MAX_PACKET = 1500  # fwknop's ceiling
+
+
+@functools.lru_cache(maxsize=64)
+def min_text(suite: Suite) -> int:
+    """The shortest text (prefix removed, no HMAC) of a packet ``suite`` can grant."""
+    plain = _MIN_MESSAGE + min(TAG_LENGTHS[d] for d in suite.digests)
+    return b64_len(16 + (plain // 16 + 1) * 16) - len(SALTED_PREFIX)  # PKCS#7 adds 1-16
+
+
+MIN_PACKET = min_text(DEFAULT_SUITE) + TAG_LENGTHS[DEFAULT_SPA_HMAC_DIGEST]
 
 
 class Stage(IntEnum):
@@ -424,15 +434,16 @@ def verify(
     other_source: bool = False,
     window: float = DEFAULT_WINDOW,
     suite: Suite = DEFAULT_SUITE,
+    tell_types: bool = True,
 ) -> SpaResult:
     """Check one SPA packet (a UDP payload) against one key; never raises on any ``data``.
 
     The checks, in order: size; the HMAC of the suite's type (constant-time, before any
     decryption; a packet whose HMAC is right for this key under another type stops at
-    ``HMAC_TYPE``; a suite without HMAC skips this); decryption in the suite's mode;
-    field parsing; the message digest of a type the suite accepts (``DIGEST_TYPE``),
-    then its value; the timestamp within ``window`` seconds
-    of ``now`` either way; replay (the packet is then remembered for ``2 * window``
+    ``HMAC_TYPE`` if ``tell_types``, else at ``HMAC``; a suite without HMAC skips this);
+    decryption in the suite's mode; field parsing; the message digest of a type the
+    suite accepts (``DIGEST_TYPE``), then its value; the timestamp within ``window``
+    seconds of ``now`` either way; replay (the packet is then remembered for ``2 * window``
     seconds, even if a later check fails); every requested ``(proto, port)`` in
     ``allowed`` and the message an access request (type 1 or 3); the address in the
     message equal to ``source`` (the packet's source address, text or packed) unless
@@ -449,13 +460,17 @@ def verify(
         return SpaResult(Stage.SIZE)
     body = _normalise(data)
     length = 0 if suite.hmac_digest is None else TAG_LENGTHS[suite.hmac_digest]
-    if not MIN_TEXT + length <= len(body) <= MAX_PACKET:
+    if len(body) > MAX_PACKET:
         return SpaResult(Stage.SIZE)
+    if len(body) < min_text(suite) + length:  # of another HMAC type, or too short
+        other = length > 0 and tell_types and _other_hmac(keys, body, suite)
+        return SpaResult(Stage.HMAC_TYPE if other else Stage.SIZE)
     text = body[:len(body) - length]
     if suite.hmac_digest is not None:
         expected_tag = cipher.tag(keys.hmac, SALTED_PREFIX + text, suite.hmac_digest)
         if not hmac.compare_digest(expected_tag, body[-length:]):
-            return SpaResult(Stage.HMAC_TYPE if _other_hmac(keys, body, suite) else Stage.HMAC)
+            other = tell_types and _other_hmac(keys, body, suite)
+            return SpaResult(Stage.HMAC_TYPE if other else Stage.HMAC)
     plaintext = cipher.decrypt(keys.encryption, SALTED_PREFIX + text, suite.mode)
     if plaintext is None:
         return SpaResult(Stage.DECRYPT)
