@@ -161,7 +161,7 @@ def test_door_settings_load(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
         spa = load(tmp_path, 'spa_hmac = false\nspa_encryption_mode = "legacy"',
                    keys="KEY  a passphrase\n").doors[0].spa
     assert spa is not None and not spa.hmac and spa.keys.encryption == b"a passphrase"
-    assert "not authenticated" in caplog.text and "door[0] (spa)" in caplog.text
+    assert "t.toml: door[0] (spa).spa_hmac = false: its SPA packets are not authenticated" in caplog.text
 
 
 @pytest.mark.parametrize(("extra", "keys", "error"), [

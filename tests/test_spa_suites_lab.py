@@ -93,7 +93,7 @@ def test_a_door_naming_the_suite_opens_to_the_first_syn(served: Lab, daemon: Any
 
 def test_rijndael_only_legacy_and_passphrase_doors(served: Lab, daemon: Any) -> None:
     lab = served
-    assert any("door[8] (bare): spa_hmac = false" in line and "not authenticated" in line
+    assert any("door[8] (bare).spa_hmac = false" in line and "not authenticated" in line
                for line in daemon.lines), daemon.lines
     send(lab, daemon, "bare", keys=("--key-rijndael", PHRASE), hmac=False)
     assert is_open(lab, "client", GW4, DOORS["bare"][1])

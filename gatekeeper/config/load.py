@@ -295,9 +295,10 @@ class _Parser(Reader):
                               0, 3600)
         other = self._bool(data.get("spa_other_source", False), f"{where}.spa_other_source")
         if not with_hmac:
-            log.warning("%s: spa_hmac = false: its SPA packets are not authenticated, anyone "
-                        "who can change one in flight can forge what it asks for (fwknop "
-                        "without --use-hmac); use HMAC where the clients can", where)
+            log.warning("%s: %s.spa_hmac = false: its SPA packets are not authenticated, "
+                        "anyone who can change one in flight can forge what it asks for "
+                        "(fwknop without --use-hmac); use HMAC where the clients can",
+                        self.name, where)
         return SpaDoor(path, keys, port, window, other, with_hmac, hmac_digest, digests, mode)
 
     def _bool(self, value: Any, key: str) -> bool:
