@@ -30,6 +30,15 @@ MAX_SEQUENCE_TIMEOUT = 3600
 MAX_ICMP_PAYLOAD = 65507
 DEFAULT_SPA_PORT = 62201  # fwknop's default (UDP)
 DEFAULT_SPA_WINDOW = 120.0
+# fwknop's ENCRYPTION_MODE values (-M; "legacy" is fwknop < 2.5's key handling, CBC)
+SPA_MODES = ("cbc", "cfb", "ofb", "ctr", "ecb", "legacy")
+DEFAULT_SPA_MODE = "cbc"
+# the digest types of --hmac-digest-type (fwknop's HMAC_DIGEST_TYPE) and -m
+SPA_DIGEST_TYPES = ("md5", "sha1", "sha256", "sha384", "sha512")
+DEFAULT_SPA_HMAC_DIGEST = "sha256"
+# -m a door takes unless spa_digests names others: md5 and sha1 are broken for
+# collisions, so taking them (fwknopd does) is an explicit opt-in
+DEFAULT_SPA_DIGESTS = ("sha256", "sha384", "sha512")
 SPA_KINDS = ("sequence", "spa", "encrypted_sequence", "one_time_sequences")
 MAX_ONE_TIME_LINES = 100_000
 ONE_TIME_USED = "#used# "  # how a used line of a one-time sequences file starts
@@ -115,6 +124,11 @@ class SpaDoor:
     port: int = DEFAULT_SPA_PORT
     window: float = DEFAULT_SPA_WINDOW
     other_source: bool = False
+    # spa_hmac = false: Rijndael only, unauthenticated (and the only way to -M legacy)
+    hmac: bool = True
+    hmac_digest: str = DEFAULT_SPA_HMAC_DIGEST  # spa_hmac_digest
+    digests: tuple[str, ...] = DEFAULT_SPA_DIGESTS  # spa_digests
+    mode: str = DEFAULT_SPA_MODE  # spa_encryption_mode
 
     def __repr__(self) -> str:  # never print key material
         return f"SpaDoor(key_file={self.key_file!r}, port={self.port})"

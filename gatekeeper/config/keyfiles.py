@@ -39,15 +39,16 @@ def key_file(path: str, key: str, fail: Fail) -> str:
         raise fail(key, f"{path}: cannot read: {exc}") from None
 
 
-def spa_keys(path: str, key: str, fail: Fail) -> Any:
+def spa_keys(path: str, key: str, fail: Fail, with_hmac: bool = True) -> Any:
     """The keys of an SPA door (a :class:`gatekeeper.spa.fwknop.SpaKeys`): fwknop's
-    ``access.conf`` spellings, read lazily (plain configs need no crypto)."""
+    ``access.conf`` spellings, read lazily (plain configs need no crypto); no HMAC key
+    unless ``with_hmac``."""
     text = key_file(path, key, fail)
     from gatekeeper.spa.fwknop import parse_key_file
     from gatekeeper.spa.keyfile import KeyFileError
 
     try:
-        return parse_key_file(text, path)
+        return parse_key_file(text, path, with_hmac=with_hmac)
     except KeyFileError as exc:
         raise fail(key, str(exc)) from None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 import os
 import re
 import tomllib
@@ -25,6 +26,9 @@ from gatekeeper.model import (
     DEFAULT_CLUSTER_PREFIX,
     DEFAULT_CLUSTER_TIMEOUT_MS,
     DEFAULT_METRICS_LISTEN,
+    DEFAULT_SPA_DIGESTS,
+    DEFAULT_SPA_HMAC_DIGEST,
+    DEFAULT_SPA_MODE,
     DEFAULT_SPA_PORT,
     DEFAULT_SPA_WINDOW,
     MAX_BATCH,
@@ -34,7 +38,9 @@ from gatekeeper.model import (
     MAX_WORKERS,
     MIN_AUDIT_INTERVAL,
     ONE_TIME_USED,
+    SPA_DIGEST_TYPES,
     SPA_KINDS,
+    SPA_MODES,
     TCP,
     UDP,
     Cluster,
@@ -52,6 +58,9 @@ from gatekeeper.model import (
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,24}\Z")
 _IFACE_RE = re.compile(r"^[A-Za-z0-9_.@][^\s/:!]{0,14}\Z")
 _DEFAULTS = Settings()
+SPA_SETTINGS = ("key_file", "spa_port", "spa_window", "spa_other_source", "spa_hmac",
+                "spa_hmac_digest", "spa_digests", "spa_encryption_mode")
+log = logging.getLogger("gatekeeper.config")
 
 
 def default_workers() -> int:
@@ -172,7 +181,7 @@ class _Parser(Reader):
                 "name", "sequence", "sequence_timeout", "tcp_flags", "opens", "open_for",
                 "close_sequence", "start_command", "stop_command", "command_timeout", "host",
                 "wrong_knock",
-                "spa", "key_file", "spa_port", "spa_window", "spa_other_source",
+                "spa", *SPA_SETTINGS,
                 "encrypted_sequence", "one_time_sequences", "cluster_fallback",
             },
         )
@@ -241,9 +250,8 @@ class _Parser(Reader):
 
     def special(self, data: dict[str, Any], where: str, kind: str, kwargs: dict[str, Any]) -> None:
         """The keys of the special kinds: only on a door of that kind."""
-        spa_keys = ("key_file", "spa_port", "spa_window", "spa_other_source")
         if kind != "spa":
-            for key in spa_keys:
+            for key in SPA_SETTINGS:
                 if key in data:
                     raise self.fail(f"{where}.{key}", "only for a door with spa = true")
         if kind != "sequence" and "close_sequence" in data:
@@ -265,14 +273,44 @@ class _Parser(Reader):
         if "key_file" not in data:
             raise self.fail(f"{where}.key_file", "is required with spa = true")
         path = self._str(data["key_file"], f"{where}.key_file")
-        keys = keyfiles.spa_keys(path, f"{where}.key_file", self.fail)
+        with_hmac = self._bool(data.get("spa_hmac", True), f"{where}.spa_hmac")
+        mode = self._choice(data.get("spa_encryption_mode", DEFAULT_SPA_MODE),
+                            f"{where}.spa_encryption_mode", SPA_MODES)
+        if mode == "legacy" and with_hmac:
+            raise self.fail(f"{where}.spa_encryption_mode", "\"legacy\" packets carry no HMAC "
+                            "(the client refuses both): it needs spa_hmac = false")
+        if "spa_hmac_digest" in data and not with_hmac:
+            raise self.fail(f"{where}.spa_hmac_digest", "not with spa_hmac = false")
+        hmac_digest = self._choice(data.get("spa_hmac_digest", DEFAULT_SPA_HMAC_DIGEST),
+                                   f"{where}.spa_hmac_digest", SPA_DIGEST_TYPES)
+        digests = tuple(self._choice(d, f"{where}.spa_digests[{i}]", SPA_DIGEST_TYPES)
+                        for i, d in enumerate(self._list(data.get("spa_digests",
+                                                                  list(DEFAULT_SPA_DIGESTS)),
+                                                         f"{where}.spa_digests")))
+        if not digests:
+            raise self.fail(f"{where}.spa_digests", "names no digest: no packet could pass")
+        keys = keyfiles.spa_keys(path, f"{where}.key_file", self.fail, with_hmac)
         port = self._int(data.get("spa_port", DEFAULT_SPA_PORT), f"{where}.spa_port", 1, 65535)
         window = self._number(data.get("spa_window", DEFAULT_SPA_WINDOW), f"{where}.spa_window",
                               0, 3600)
-        other = data.get("spa_other_source", False)
-        if not isinstance(other, bool):
-            raise self.fail(f"{where}.spa_other_source", f"must be true or false, got {other!r}")
-        return SpaDoor(path, keys, port, window, other)
+        other = self._bool(data.get("spa_other_source", False), f"{where}.spa_other_source")
+        if not with_hmac:
+            log.warning("%s: %s.spa_hmac = false: its SPA packets are not authenticated, "
+                        "anyone who can change one in flight can forge what it asks for "
+                        "(fwknop without --use-hmac); use HMAC where the clients can",
+                        self.name, where)
+        return SpaDoor(path, keys, port, window, other, with_hmac, hmac_digest, digests, mode)
+
+    def _bool(self, value: Any, key: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, f"must be true or false, got {value!r}")
+        return value
+
+    def _choice(self, value: Any, key: str, choices: tuple[str, ...]) -> str:
+        text = self._str(value, key)
+        if text not in choices:
+            raise self.fail(key, f"{text!r}: use one of {', '.join(choices)}")
+        return text
 
     def encrypted(self, raw: Any, key: str) -> EncryptedDoor:
         table = self._table(raw, key, {"key_file", "ports", "window"})

@@ -45,6 +45,7 @@ from gatekeeper.engine.engine import Engine, Event, Granted, Knocked, Outcome, R
 from gatekeeper.model import PROTO_NAMES, PROTO_NUMBERS, TCP, UDP, Config, Door, Port, port_key
 from gatekeeper.spa import fwknop
 from gatekeeper.spa import sequence as seqcodec
+from gatekeeper.spa.cipher import Suite
 from gatekeeper.spa.replay import Recorded, ReplayCache
 
 _DROP = Verdict.DROP
@@ -55,6 +56,12 @@ _R_COMPLETED, _R_SCANNER, _R_IGNORED = Reason.COMPLETED, Reason.SCANNER, Reason.
 # encrypted-sequence door SequenceStage names plus ACCESS and SOURCE (checked here).
 SPA_STAGES = tuple(s.name.lower() for s in fwknop.Stage)
 SEQUENCE_STAGES = (*(s.name.lower() for s in seqcodec.SequenceStage), "access", "source")
+# The stages at which verify() may have tried the other HMAC types (TYPE_PROBES)
+_PROBED = frozenset({fwknop.Stage.SIZE, fwknop.Stage.HMAC, fwknop.Stage.HMAC_TYPE})
+# Packets a second a door checks for another HMAC type (up to 4 more HMACs each, to count
+# hmac_type apart from a wrong key); over it, a flood of junk costs one HMAC a packet
+# and a packet of another type counts as hmac
+TYPE_PROBES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +129,8 @@ class SpecialDoors:
         self.seen: list[ReplaySeen] = []  # new replay entries, for the worker's journals
         self.shared_replay = False  # [cluster]: new replay entries are a ReplayQuery first
         self._allowed: dict[int, frozenset[tuple[str, int]]] = {}
+        self._suites: dict[int, Suite] = {}
+        self._probes: dict[int, tuple[int, int]] = {}  # door -> (second, HMAC failures in it)
         self._open_keys: dict[int, frozenset[tuple[int, int]]] = {}
         self._encrypted: dict[int, int] = {}  # key -> encrypted door index
         self._collect: dict[int, dict[bytes, tuple[float, list[int]]]] = {}
@@ -135,6 +144,9 @@ class SpecialDoors:
                 self.spa_ports[port] = (*self.spa_ports.get(port, ()), i)
                 self.replay[door.name] = ReplayCache()
                 self._allowed[i] = frozenset((PROTO_NAMES[s.proto], s.port) for s in door.opens)
+                spa = door.spa
+                self._suites[i] = Suite(spa.mode, spa.hmac_digest if spa.hmac else None,
+                                               frozenset(spa.digests))
             elif door.encrypted is not None:
                 e = door.encrypted
                 for proto in (TCP, UDP):
@@ -197,13 +209,20 @@ class SpecialDoors:
 
     def _spa(self, src: bytes, doors: tuple[int, ...], payload: bytes, now: float,
              wall: float) -> SpecialDecision | ReplayQuery:
+        second = int(now)
         for index in doors:
             door: Door = self.config.doors[index]
             spa = door.spa
             assert spa is not None
+            at, probed = self._probes.get(index, (second, 0))
+            if at != second:
+                probed = 0
             result = fwknop.verify(payload, spa.keys, wall, replay=self.replay[door.name],
                                    allowed=self._allowed[index], source=src,
-                                   other_source=spa.other_source, window=spa.window)
+                                   other_source=spa.other_source, window=spa.window,
+                                   suite=self._suites[index], tell_types=probed < TYPE_PROBES)
+            if result.stage in _PROBED:
+                self._probes[index] = (second, probed + 1)
             if result.stage is fwknop.Stage.HMAC or result.stage is fwknop.Stage.SIZE:
                 self._count(door.name, result.stage.name.lower())
                 continue  # not this door's key: maybe the next door's

@@ -13,14 +13,10 @@ Pure and I/O-free: bytes, keys and a clock in, a result out. The format, as the 
    base64 with the ``=`` padding removed. ``NAT`` is present for the NAT types, ``TIMEOUT``
    (decimal seconds) for the client-timeout types.
 2. ``:B64(SHA-256(encoded message))`` (the *digest*) is appended.
-3. That plaintext is encrypted the OpenSSL ``enc`` way: an 8-byte random salt; key (32
-   bytes) and IV (16 bytes) from the EVP_BytesToKey construction with MD5 and one round
-   (``D1 = MD5(key || salt)``, ``Di = MD5(D(i-1) || key || salt)``, key = D1||D2,
-   IV = D3), where ``key`` is the raw (base64-decoded) Rijndael key; AES-256-CBC with
-   PKCS#7 padding; the result ``b"Salted__" + salt + ciphertext`` is base64-encoded and
-   the padding removed.
-4. The HMAC-SHA256 (raw HMAC key) of that base64 text is appended in base64 without
-   padding (43 characters).
+3. That plaintext is encrypted (:mod:`gatekeeper.spa.cipher`: AES in the ``-M`` mode,
+   key and IV from the key and a salt) to base64 text starting ``U2FsdGVkX1``.
+4. With ``--use-hmac`` the HMAC (``--hmac-digest-type``, SHA-256 by default) of that
+   text is appended in base64 without padding (43 characters for SHA-256).
 5. The constant first 10 characters ``U2FsdGVkX1`` (base64 of ``Salted__``) are removed
    from the front: what is left is the UDP payload. The HMAC still covers them, so a
    verifier puts them back before checking it.
@@ -31,8 +27,8 @@ Pure and I/O-free: bytes, keys and a clock in, a result out. The format, as the 
 
 from __future__ import annotations
 
-import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -43,36 +39,52 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
-from cryptography.hazmat.primitives import padding
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
+from gatekeeper.model import DEFAULT_SPA_HMAC_DIGEST
+from gatekeeper.spa import cipher
+from gatekeeper.spa.cipher import (
+    DEFAULT_SUITE,
+    DIGEST_LENGTHS,
+    SALTED_PREFIX,
+    TAG_LENGTHS,
+    Suite,
+    b64_len,
+    text_fits,
+)
 from gatekeeper.spa.hosts import host_ip
-from gatekeeper.spa.keyfile import HMAC_KEY, KEY, KeyFileError, b64decode, format_keys, read_keys
+from gatekeeper.spa.keyfile import (
+    HMAC_KEY,
+    HMAC_PASSPHRASE,
+    KEY,
+    PASSPHRASE,
+    KeyFileError,
+    b64decode,
+    format_keys,
+    read_keys,
+)
 from gatekeeper.spa.replay import Recorded, ReplayCache
 
 DEFAULT_WINDOW = 120.0  # seconds a timestamp may be off either way (fwknopd's default)
 FKO_VERSION = "3.0.0"  # the protocol version fwknop 2.6.x writes
 
-SALTED_PREFIX = b"U2FsdGVkX1"  # base64 of "Salted__", removed by the client
-_SALTED = b"Salted__"
-_HMAC_B64_LEN = 43  # HMAC-SHA256 in unpadded base64
-_DIGESTS = {43: "sha256", 64: "sha384", 86: "sha512"}  # unpadded base64 length -> hash
-
-MAX_ENCRYPTION_KEY = 32  # libfko refuses longer Rijndael keys
-MAX_HMAC_KEY = 128
-MIN_KEY = 16  # gatekeeper's own floor; ``fwknop --key-gen`` makes 32 and 64 bytes
-
-
-def _b64_len(n: int) -> int:
-    """Length of ``n`` bytes in base64 without ``=`` padding."""
-    return (4 * n + 2) // 3
-
+MAX_ENCRYPTION_KEY = 32  # libfko refuses longer Rijndael keys (base64 or passphrase)
+MAX_HMAC_KEY = 128  # the client cuts a longer --key-hmac to 128 bytes; refused here
+MIN_KEY = 16  # gatekeeper's floor for base64 keys; ``fwknop --key-gen`` makes 32 and 64
 
 # The shortest access request that can be granted (16-digit random, 1-byte user, 1-digit
-# timestamp, version and type, "::,tcp/0", a SHA-256 digest, six colons) is 81 bytes of
-# plaintext, 96 once padded: the shortest useful packet follows. The ceiling is fwknop's.
-MIN_PACKET = _b64_len(16 + 96) - len(SALTED_PREFIX) + _HMAC_B64_LEN
-MAX_PACKET = 1500
+# timestamp, version and type, "::,tcp/0", six colons) is 38 bytes and its digest of
+# plaintext: the shortest useful text follows from the shortest digest a door takes.
+_MIN_MESSAGE = 38
+MAX_PACKET = 1500  # fwknop's ceiling
+
+
+@functools.lru_cache(maxsize=64)
+def min_text(suite: Suite) -> int:
+    """The shortest text (prefix removed, no HMAC) of a packet ``suite`` can grant."""
+    plain = _MIN_MESSAGE + min(TAG_LENGTHS[d] for d in suite.digests)
+    return b64_len(16 + (plain // 16 + 1) * 16) - len(SALTED_PREFIX)  # PKCS#7 adds 1-16
+
+
+MIN_PACKET = min_text(DEFAULT_SUITE) + TAG_LENGTHS[DEFAULT_SPA_HMAC_DIGEST]
 
 
 class Stage(IntEnum):
@@ -88,6 +100,8 @@ class Stage(IntEnum):
     REPLAY = 7  # this packet was accepted before (or the replay cache is full)
     ACCESS = 8  # asks for something this key may not open, or is not an access message
     SOURCE = 9  # the address in the packet is not the packet's source
+    HMAC_TYPE = 10  # the HMAC is right for the door's key, but of another digest type
+    DIGEST_TYPE = 11  # the message digest is of a type the door does not accept
 
 
 class MessageType(IntEnum):
@@ -110,17 +124,18 @@ Access = tuple[str, int]  # ("tcp", 22)
 
 @dataclass(frozen=True, slots=True, repr=False)
 class SpaKeys:
-    """The raw (base64-decoded) Rijndael and HMAC keys of one fwknop client."""
+    """The raw Rijndael and HMAC keys of one fwknop client: base64 keys decoded, or
+    passphrases as typed; no HMAC key (``b""``) for a door without HMAC."""
 
     encryption: bytes
     hmac: bytes
     origin: str = "<keys>"  # where they came from, for messages
 
     def __post_init__(self) -> None:
-        if not MIN_KEY <= len(self.encryption) <= MAX_ENCRYPTION_KEY:
-            raise ValueError(f"encryption key must be {MIN_KEY}-{MAX_ENCRYPTION_KEY} bytes")
-        if not MIN_KEY <= len(self.hmac) <= MAX_HMAC_KEY:
-            raise ValueError(f"HMAC key must be {MIN_KEY}-{MAX_HMAC_KEY} bytes")
+        if not 1 <= len(self.encryption) <= MAX_ENCRYPTION_KEY:
+            raise ValueError(f"encryption key must be 1-{MAX_ENCRYPTION_KEY} bytes")
+        if len(self.hmac) > MAX_HMAC_KEY:
+            raise ValueError(f"HMAC key must be at most {MAX_HMAC_KEY} bytes")
         if hmac.compare_digest(self.encryption, self.hmac):
             raise ValueError("the encryption and HMAC keys must differ")
 
@@ -163,25 +178,32 @@ class SpaResult:
 
 # -- keys -------------------------------------------------------------------------------
 
-
-def _b64encode(data: bytes) -> bytes:
-    return base64.b64encode(data).rstrip(b"=")
-
-
 _SPA_KEYS = {
     KEY: range(MIN_KEY, MAX_ENCRYPTION_KEY + 1),
     HMAC_KEY: range(MIN_KEY, MAX_HMAC_KEY + 1),
 }
+# access.conf's passphrase lines: the text as typed is the key (what --key-rijndael and
+# --key-hmac take), of any length the client accepts
+_PASSPHRASES = {
+    PASSPHRASE: (KEY, range(1, MAX_ENCRYPTION_KEY + 1)),
+    HMAC_PASSPHRASE: (HMAC_KEY, range(1, MAX_HMAC_KEY + 1)),
+}
 _KEY_GEN = "fwknop --key-gen or gatekeeper spa --key-gen"
 
 
-def parse_key_file(text: str, name: str) -> SpaKeys:
-    """The two keys of a key file in any spelling :mod:`gatekeeper.spa.keyfile` reads;
-    anything else is a :class:`KeyFileError` naming ``name`` and the line."""
-    found = read_keys(text, name, _SPA_KEYS, _KEY_GEN)
-    if hmac.compare_digest(found[KEY], found[HMAC_KEY]):
-        raise KeyFileError(f"{name}: {KEY} and {HMAC_KEY} must differ")
-    return SpaKeys(found[KEY], found[HMAC_KEY], name)
+def parse_key_file(text: str, name: str, *, with_hmac: bool = True) -> SpaKeys:
+    """The keys of a key file in any spelling :mod:`gatekeeper.spa.keyfile` reads: a
+    Rijndael key (``KEY_BASE64`` or the passphrase ``KEY``) and, ``with_hmac``, an HMAC
+    key (``HMAC_KEY_BASE64`` or ``HMAC_KEY``); without, an HMAC key is refused (the door
+    would not check it). Anything else is a :class:`KeyFileError` naming ``name`` and
+    the line."""
+    fields = _SPA_KEYS if with_hmac else {KEY: _SPA_KEYS[KEY]}
+    phrases = _PASSPHRASES if with_hmac else {PASSPHRASE: _PASSPHRASES[PASSPHRASE]}
+    found = read_keys(text, name, fields, _KEY_GEN, phrases)
+    hmac_key = found.get(HMAC_KEY, b"")
+    if hmac.compare_digest(found[KEY], hmac_key):
+        raise KeyFileError(f"{name}: the encryption and HMAC keys must differ")
+    return SpaKeys(found[KEY], hmac_key, name)
 
 
 def format_key_file(keys: SpaKeys) -> str:
@@ -194,55 +216,14 @@ def generate_keys(rng: Callable[[int], bytes] = os.urandom) -> SpaKeys:
     return SpaKeys(rng(32), rng(64), "<generated>")
 
 
-# -- the cipher -------------------------------------------------------------------------
-
-
-def _key_iv(key: bytes, salt: bytes) -> tuple[bytes, bytes]:
-    """OpenSSL's EVP_BytesToKey with MD5 and one round: 32 bytes of key, 16 of IV."""
-    out = b""
-    block = b""
-    while len(out) < 48:
-        block = hashlib.md5(block + key + salt, usedforsecurity=False).digest()
-        out += block
-    return out[:32], out[32:48]
-
-
-def _hmac_b64(key: bytes, text: bytes) -> bytes:
-    return _b64encode(hmac.new(key, text, hashlib.sha256).digest())
-
-
-def seal(keys: SpaKeys, plaintext: bytes, salt: bytes | None = None) -> bytes:
-    """Encrypt and authenticate a plaintext (steps 3-5 above): the UDP payload."""
-    if salt is None:
-        salt = secrets.token_bytes(8)
-    if len(salt) != 8:
-        raise ValueError("the salt must be 8 bytes")
-    key, iv = _key_iv(keys.encryption, salt)
-    padder = padding.PKCS7(128).padder()
-    padded = padder.update(plaintext) + padder.finalize()
-    encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
-    ciphertext = encryptor.update(padded) + encryptor.finalize()
-    text = _b64encode(_SALTED + salt + ciphertext)
-    return text[len(SALTED_PREFIX):] + _hmac_b64(keys.hmac, text)
-
-
-def _unseal(keys: SpaKeys, text: bytes) -> bytes | None:
-    """Decrypt base64 text that starts with the ``Salted__`` prefix; None if it cannot."""
-    try:
-        raw = b64decode(text)
-    except ValueError:
-        return None
-    ciphertext = raw[16:]
-    if raw[:8] != _SALTED or not ciphertext or len(ciphertext) % 16:
-        return None
-    key, iv = _key_iv(keys.encryption, raw[8:16])
-    decryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
-    padded = decryptor.update(ciphertext) + decryptor.finalize()
-    unpadder = padding.PKCS7(128).unpadder()
-    try:
-        return unpadder.update(padded) + unpadder.finalize()
-    except ValueError:
-        return None
+def seal(keys: SpaKeys, plaintext: bytes, salt: bytes | None = None,
+         suite: Suite = DEFAULT_SUITE) -> bytes:
+    """Encrypt and (unless the suite has no HMAC) authenticate a plaintext (steps 3-5
+    above): the UDP payload."""
+    text = cipher.encrypt(keys.encryption, plaintext,
+                          secrets.token_bytes(8) if salt is None else salt, suite.mode)
+    tag = b"" if suite.hmac_digest is None else cipher.tag(keys.hmac, text, suite.hmac_digest)
+    return text[len(SALTED_PREFIX):] + tag
 
 
 # -- encoding ---------------------------------------------------------------------------
@@ -271,8 +252,9 @@ def encode_message(
     client_timeout: int = 0,
     random: str | None = None,
     version: str = FKO_VERSION,
+    digest: str = "sha256",
 ) -> bytes:
-    """The plaintext (encoded message, ``:``, digest) that :func:`seal` encrypts."""
+    """The plaintext (encoded message, ``:``, ``digest`` of it) that :func:`seal` encrypts."""
     if random is None:
         random = str(10**15 + secrets.randbelow(9 * 10**15))
     if not re.fullmatch(r"[0-9]{16}", random):
@@ -286,16 +268,16 @@ def encode_message(
     kind = MessageType.CLIENT_TIMEOUT_ACCESS if client_timeout else MessageType.ACCESS
     fields = [
         random.encode(),
-        _b64encode(user.encode()),
+        cipher.b64encode(user.encode()),
         str(int(now)).encode(),
         version.encode(),
         str(int(kind)).encode(),
-        _b64encode(_access_text(address, access).encode()),
+        cipher.b64encode(_access_text(address, access).encode()),
     ]
     if client_timeout:
         fields.append(str(client_timeout).encode())
     encoded = b":".join(fields)
-    return encoded + b":" + _b64encode(hashlib.sha256(encoded).digest())
+    return encoded + b":" + cipher.b64encode(hashlib.new(digest, encoded).digest())
 
 
 def encode(
@@ -308,16 +290,20 @@ def encode(
     client_timeout: int = 0,
     salt: bytes | None = None,
     random: str | None = None,
+    suite: Suite = DEFAULT_SUITE,
+    digest: str = "sha256",
 ) -> bytes:
-    """An SPA packet as ``fwknop -A ... -a ADDRESS --use-hmac`` sends it (UDP payload).
+    """An SPA packet as ``fwknop -A ... -a ADDRESS --use-hmac`` sends it (UDP payload);
+    ``suite`` and ``digest`` as ``-M``, ``--hmac-digest-type`` (or no ``--use-hmac``) and
+    ``-m`` choose.
 
     ``access`` is a list like ``[("tcp", 22)]``; a ``client_timeout`` makes it a type 3
     message (``fwknop --fw-timeout``). ``salt`` and ``random`` are drawn when not given.
     fwknopd 2.6 only takes an IPv4 ``address``; an IPv6 one is a gatekeeper extension.
     """
     plaintext = encode_message(access, address, now, user=user, client_timeout=client_timeout,
-                               random=random)
-    return seal(keys, plaintext, salt)
+                               random=random, digest=digest)
+    return seal(keys, plaintext, salt, suite)
 
 
 # -- decoding ---------------------------------------------------------------------------
@@ -367,7 +353,7 @@ def _parse(plaintext: bytes) -> tuple[SpaMessage, bytes]:
         raise ValueError("control characters")
     encoded, _, digest = text.rpartition(":")
     fields = encoded.split(":")
-    if len(fields) < 6 or len(digest) not in _DIGESTS:
+    if len(fields) < 6 or len(digest) not in DIGEST_LENGTHS:
         raise ValueError("field count")
     random, user_b64, stamp, version, kind_text, message_b64, *extra = fields
     if not (_RANDOM.match(random) and _DIGITS.match(stamp) and _VERSION.match(version)):
@@ -424,6 +410,19 @@ def _normalise(data: bytes) -> bytes:
     return data
 
 
+def _other_hmac(keys: SpaKeys, body: bytes, suite: Suite) -> bool:
+    """Whether the packet carries an HMAC of another digest type made with this key (the
+    client's --hmac-digest-type differs from the door's): tried only for the types whose
+    length leaves a text the client can make, at most four HMACs."""
+    for name, length in TAG_LENGTHS.items():
+        if name == suite.hmac_digest or not text_fits(len(body) - length + len(SALTED_PREFIX)):
+            continue
+        text, tag = body[:-length], body[-length:]
+        if hmac.compare_digest(cipher.tag(keys.hmac, SALTED_PREFIX + text, name), tag):
+            return True
+    return False
+
+
 def verify(
     data: bytes,
     keys: SpaKeys,
@@ -434,12 +433,17 @@ def verify(
     source: str | bytes,
     other_source: bool = False,
     window: float = DEFAULT_WINDOW,
+    suite: Suite = DEFAULT_SUITE,
+    tell_types: bool = True,
 ) -> SpaResult:
     """Check one SPA packet (a UDP payload) against one key; never raises on any ``data``.
 
-    The checks, in order: size; HMAC-SHA256 (constant-time, before any decryption);
-    decryption; field parsing; the inner digest; the timestamp within ``window`` seconds
-    of ``now`` either way; replay (the packet is then remembered for ``2 * window``
+    The checks, in order: size; the HMAC of the suite's type (constant-time, before any
+    decryption; a packet whose HMAC is right for this key under another type stops at
+    ``HMAC_TYPE`` if ``tell_types``, else at ``HMAC``; a suite without HMAC skips this);
+    decryption in the suite's mode; field parsing; the message digest of a type the
+    suite accepts (``DIGEST_TYPE``), then its value; the timestamp within ``window``
+    seconds of ``now`` either way; replay (the packet is then remembered for ``2 * window``
     seconds, even if a later check fails); every requested ``(proto, port)`` in
     ``allowed`` and the message an access request (type 1 or 3); the address in the
     message equal to ``source`` (the packet's source address, text or packed) unless
@@ -448,25 +452,36 @@ def verify(
     (``::ffff:a.b.c.d``, in the message or as ``source``) is the IPv4 host: the grant is
     always for the IPv4 form, the one its packets come from.
 
-    For several keys on one port call this once per key: a wrong key fails at ``HMAC``,
-    so the first result past ``HMAC`` belongs to the key that made the packet.
+    For several keys on one port call this once per key: a wrong key fails at ``HMAC``
+    (without HMAC: mostly at ``DECRYPT``, else at ``PARSE``), so the first result past
+    those belongs to the key that made the packet.
     """
     if len(data) > 2 * MAX_PACKET:  # bounds the work of normalising
         return SpaResult(Stage.SIZE)
     body = _normalise(data)
-    if not MIN_PACKET <= len(body) <= MAX_PACKET:
+    length = 0 if suite.hmac_digest is None else TAG_LENGTHS[suite.hmac_digest]
+    if len(body) > MAX_PACKET:
         return SpaResult(Stage.SIZE)
-    text, tag = body[:-_HMAC_B64_LEN], body[-_HMAC_B64_LEN:]
-    if not hmac.compare_digest(_hmac_b64(keys.hmac, SALTED_PREFIX + text), tag):
-        return SpaResult(Stage.HMAC)
-    plaintext = _unseal(keys, SALTED_PREFIX + text)
+    if len(body) < min_text(suite) + length:  # of another HMAC type, or too short
+        other = length > 0 and tell_types and _other_hmac(keys, body, suite)
+        return SpaResult(Stage.HMAC_TYPE if other else Stage.SIZE)
+    text = body[:len(body) - length]
+    if suite.hmac_digest is not None:
+        expected_tag = cipher.tag(keys.hmac, SALTED_PREFIX + text, suite.hmac_digest)
+        if not hmac.compare_digest(expected_tag, body[-length:]):
+            other = tell_types and _other_hmac(keys, body, suite)
+            return SpaResult(Stage.HMAC_TYPE if other else Stage.HMAC)
+    plaintext = cipher.decrypt(keys.encryption, SALTED_PREFIX + text, suite.mode)
     if plaintext is None:
         return SpaResult(Stage.DECRYPT)
     try:
         message, encoded = _parse(plaintext)
     except (ValueError, UnicodeError, binascii.Error):
         return SpaResult(Stage.PARSE)
-    expected = _b64encode(hashlib.new(_DIGESTS[len(message.digest)], encoded).digest())
+    kind = DIGEST_LENGTHS[len(message.digest)]
+    if kind not in suite.digests:
+        return SpaResult(Stage.DIGEST_TYPE)
+    expected = cipher.b64encode(hashlib.new(kind, encoded).digest())
     if not hmac.compare_digest(expected, message.digest.encode("ascii")):
         return SpaResult(Stage.DIGEST)
     if abs(now - message.timestamp) > window:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gatekeeper.lab.netns import Lab
-from tests.fixtures.needs import need_root
+from tests.fixtures.needs import need_root, need_tool
 from tests.lab.support import ADMIN_RULES_V4, ADMIN_RULES_V6, Daemon
 
 LAB = Path(__file__).parent
@@ -68,3 +68,9 @@ def start_daemon(lab: Lab, tmp_path: Path) -> Iterator[Any]:
     lab.run("gw", [sys.executable, "-c",
                    "from gatekeeper.netfilter.install import Installer; Installer().remove()"],
             check=False)
+
+
+@pytest.fixture
+def fwknop_client() -> str:
+    """The stock fwknop client (Debian's fwknop-client)."""
+    return need_tool("fwknop", "Debian's fwknop-client")

@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from gatekeeper.control import request
 from gatekeeper.lab.netns import CLIENT4, GW4, Lab
 from gatekeeper.netfilter.procfs import PROC_QUEUES, parse_queues
 from gatekeeper.spa import fwknop
@@ -132,3 +135,32 @@ def fwknop_send(lab: Lab, home: str, *extra: str, allow: str = CLIENT4, save: st
     if save:
         argv += ["--save-packet", save]
     lab.run("client", argv)
+
+
+# The SPA counters and grant lines of a daemon started by the start_daemon fixture.
+def control(daemon: Any) -> str:
+    text: str = daemon.config.read_text()
+    return text.split('control = "', 1)[1].split('"', 1)[0]
+
+
+def spa_counts(daemon: Any, door: str = "spa") -> dict[str, int]:
+    counts: dict[str, int] = request(control(daemon)).get("spa", {}).get(door, {})
+    return counts
+
+
+def wait_count(daemon: Any, stage: str, at_least: int, door: str = "spa") -> dict[str, int]:
+    deadline = time.monotonic() + 5
+    while True:
+        counts = spa_counts(daemon, door)
+        if counts.get(stage, 0) >= at_least or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.1)
+
+
+def grants(daemon: Any, door: str) -> int:
+    """Grant lines the daemon has logged for ``door``."""
+    return sum(1 for line in daemon.lines if f"grant door={door} " in line)
+
+
+# Tests that need the stock fwknop client (the fwknop_client fixture: tests/lab/conftest.py).
+needs_fwknop = pytest.mark.usefixtures("fwknop_client")

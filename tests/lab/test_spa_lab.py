@@ -17,8 +17,17 @@ import pytest
 from gatekeeper.control import request
 from gatekeeper.lab.netns import CLIENT4, CLIENT6, GW4, GW6, Lab
 from gatekeeper.spa import fwknop
-from tests.fixtures.needs import need_tool
-from tests.lab.support import KEYS, fwknop_send, is_open, knock, probe
+from tests.lab.support import (
+    KEYS,
+    control,
+    fwknop_send,
+    grants,
+    is_open,
+    knock,
+    needs_fwknop,
+    probe,
+    wait_count,
+)
 
 SEQ_KEY = base64.b64encode(bytes(range(7, 39))).decode()
 ONCE_PORT = 8443
@@ -83,30 +92,6 @@ def daemon(served: Lab, start_daemon: Any, files: dict[str, str]) -> Iterator[An
     yield d
 
 
-def control(daemon: Any) -> str:
-    text: str = daemon.config.read_text()
-    return text.split('control = "', 1)[1].split('"', 1)[0]
-
-
-def spa_counts(daemon: Any, door: str = "spa") -> dict[str, int]:
-    counts: dict[str, int] = request(control(daemon)).get("spa", {}).get(door, {})
-    return counts
-
-
-def wait_count(daemon: Any, stage: str, at_least: int, door: str = "spa") -> dict[str, int]:
-    deadline = time.monotonic() + 5
-    while True:
-        counts = spa_counts(daemon, door)
-        if counts.get(stage, 0) >= at_least or time.monotonic() > deadline:
-            return counts
-        time.sleep(0.1)
-
-
-def grants(daemon: Any, door: str) -> int:
-    """Grant lines the daemon has logged for ``door``."""
-    return sum(1 for line in daemon.lines if f"grant door={door} " in line)
-
-
 def send_udp(lab: Lab, host: str, data: bytes, port: int = 62201, target: str = GW4) -> None:
     family = "AF_INET6" if ":" in target else "AF_INET"
     code = (f"import socket, sys; s = socket.socket(socket.{family}, socket.SOCK_DGRAM); "
@@ -114,12 +99,6 @@ def send_udp(lab: Lab, host: str, data: bytes, port: int = 62201, target: str = 
     lab.run(host, [sys.executable, "-c", code, data.hex(), target, str(port)])
 
 
-@pytest.fixture
-def fwknop_client() -> str:
-    return need_tool("fwknop", "Debian's fwknop-client")
-
-
-needs_fwknop = pytest.mark.usefixtures("fwknop_client")
 
 
 @needs_fwknop

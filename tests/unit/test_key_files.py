@@ -96,8 +96,11 @@ def test_every_spelling_of_a_sequence_key_loads_the_same_key(tmp_path: Path, spe
 @pytest.mark.parametrize(("which", "text", "line", "expected"), [
     ("spa", f"KEY_BASE64: {K}\n[*] Something else\nHMAC_KEY_BASE64: {H}\n", 2,
      "expected 'KEY_BASE64: ...' or 'HMAC_KEY_BASE64: ...'"),
-    ("spa", f"KEY_BASE64: {K}\nHMAC_KEY: {H}\n", 2, "expected 'KEY_BASE64: ...'"),
-    ("spa", f"KEY_BASE64: {K} {H}\n", 1, "expected 'KEY_BASE64: ...'"),
+    # access.conf's HMAC_KEY is a passphrase: it fills the HMAC key as HMAC_KEY_BASE64 does
+    ("spa", f"KEY_BASE64: {K}\nHMAC_KEY_BASE64: {H}\nHMAC_KEY: pass\n", 3,
+     "HMAC_KEY_BASE64 given twice"),
+    ("spa", f"KEY_BASE64: {K}\nHMAC_PASS: {H}\n", 2, "expected 'KEY_BASE64: ...'"),
+    ("spa", f"KEY_BASE64: {K} {H}\n", 1, "KEY_BASE64 is not valid base64"),
     ("spa", f"KEY_BASE64={K}\nKEY_BASE64: {K}\nHMAC_KEY_BASE64={H}\n", 2, "KEY_BASE64 given twice"),
     ("seq", f"KEY_BASE64: {S}\nHMAC_KEY_BASE64: {H}\n", 2, "expected 'KEY_BASE64: ...'"),
     ("seq", f"KEY_BASE64: {S}\nKEY_BASE64: {S}\n", 2, "KEY_BASE64 given twice"),

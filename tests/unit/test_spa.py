@@ -48,15 +48,20 @@ def test_key_file_forms() -> None:
 
 
 @pytest.mark.parametrize(("text", "error"), [
-    ("KEY_BASE64: {k}\nHMAC_KEY: {h}\n", r"^/etc/k:2: expected 'KEY_BASE64"),
+    ("KEY_BASE64: {k}\nHMAC_KEY: {h}{h}{h}\n", r"^/etc/k:2: HMAC_KEY is 264 bytes, fwknop takes 1-128"),
+    ("KEY: 123456789012345678901234567890123\nHMAC_KEY_BASE64: {h}\n",
+     r"^/etc/k:1: KEY is 33 bytes, fwknop takes 1-32"),
+    ("KEY_BASE64: {k}\nKEY: pass\nHMAC_KEY_BASE64: {h}\n", r"^/etc/k:2: KEY_BASE64 given twice"),
+    ("KEY: same\nHMAC_KEY: same\n", r"^/etc/k: the encryption and HMAC keys must differ"),
+    ("KEY_BASE64: {k}\nHMAC_PASS: {h}\n", r"^/etc/k:2: expected 'KEY_BASE64"),
     ("KEY_BASE64: {k}\n", r"^/etc/k: no HMAC_KEY_BASE64 line"),
     ("HMAC_KEY_BASE64: {h}\n", r"^/etc/k: no KEY_BASE64 line"),
     ("KEY_BASE64: {k}\nKEY_BASE64: {k}\nHMAC_KEY_BASE64: {h}\n", r"^/etc/k:2: KEY_BASE64 given twice"),
     ("KEY_BASE64: {k}!\nHMAC_KEY_BASE64: {h}\n", r"^/etc/k:1: KEY_BASE64 is not valid base64"),
     ("KEY_BASE64: {k}\nHMAC_KEY_BASE64: c2hvcnQ=\n", r"^/etc/k:2: HMAC_KEY_BASE64 decodes to 5 bytes"),
     ("KEY_BASE64: {h}\nHMAC_KEY_BASE64: {h}\n", r"^/etc/k:1: KEY_BASE64 decodes to 64 bytes, must be 16-32"),
-    ("KEY_BASE64: {k}\nHMAC_KEY_BASE64: {k}\n", r"^/etc/k: KEY_BASE64 and HMAC_KEY_BASE64 must differ"),
-    ("KEY_BASE64: {k} extra\nHMAC_KEY_BASE64: {h}\n", r"^/etc/k:1: expected"),
+    ("KEY_BASE64: {k}\nHMAC_KEY_BASE64: {k}\n", r"^/etc/k: the encryption and HMAC keys must differ"),
+    ("KEY_BASE64: {k} extra\nHMAC_KEY_BASE64: {h}\n", r"^/etc/k:1: KEY_BASE64 is not valid base64"),
     ("", r"^/etc/k: no KEY_BASE64 line"),
 ])
 def test_key_file_errors(text: str, error: str) -> None:
@@ -201,14 +206,15 @@ def test_parse_checks_the_whole_plaintext() -> None:
     digest = b64(hashlib.sha256(encoded).digest())
     assert check(seal(KEYS, encoded + b":" + digest), now=1_800_000_000).ok
     assert check(seal(KEYS, encoded + b"\t:" + digest), now=1_800_000_000).stage is Stage.PARSE
-    md5_sized = digest[:22]
-    assert check(seal(KEYS, encoded + b":" + md5_sized), now=1_800_000_000).stage is Stage.PARSE
+    md5_sized = digest[:22]  # an md5 digest: a type the default door does not take
+    assert check(seal(KEYS, encoded + b":" + md5_sized), now=1_800_000_000).stage is Stage.DIGEST_TYPE
+    assert check(seal(KEYS, encoded + b":" + digest[:30]), now=1_800_000_000).stage is Stage.PARSE
     assert check(seal(KEYS, encoded + b":" + digest + b"\xff"), now=1_800_000_000).stage is Stage.PARSE
 
 
 def test_spa_keys_are_checked() -> None:
-    for enc, mac in ((bytes(15), bytes(range(64))), (bytes(33), bytes(range(64))),
-                     (bytes(32), bytes(15)), (bytes(32), bytes(129)), (bytes(32), bytes(32))):
+    for enc, mac in ((b"", bytes(range(64))), (bytes(33), bytes(range(64))),
+                     (bytes(32), bytes(129)), (bytes(32), bytes(32))):
         with pytest.raises(ValueError):
             SpaKeys(enc, mac)
 
