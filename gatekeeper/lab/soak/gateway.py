@@ -26,21 +26,21 @@ from gatekeeper.lab.status import worker_pids
 from gatekeeper.model import DEFAULT_CONTROL_SOCKET
 
 
+def _kb(path: str, field: str) -> int:
+    """The kB figure of the first ``field:`` line of a /proc status-like file (0: none)."""
+    with open(path, encoding="ascii", errors="replace") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1])
+    return 0
+
+
 def _proc_memory(pid: int) -> tuple[int, int, int] | None:
     """RSS and PSS in kB and the number of open fds of ``pid``, or None if it is gone."""
-    rss = pss = 0
     try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    rss = int(line.split()[1])
-                    break
+        rss = _kb(f"/proc/{pid}/status", "VmRSS:")
         try:
-            with open(f"/proc/{pid}/smaps_rollup", encoding="ascii", errors="replace") as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        pss = int(line.split()[1])
-                        break
+            pss = _kb(f"/proc/{pid}/smaps_rollup", "Pss:")
         except OSError:
             pss = 0
         fds = len(os.listdir(f"/proc/{pid}/fd"))
