@@ -76,27 +76,29 @@ def decode(pkt: bytes) -> Facts | None:
             return None
         if fragment & _IPV4_FRAGMENT:
             return (src, dst, proto, -1, 0)
-        if proto == TCP:
-            return (src, dst, TCP, port, pkt[33]) if total >= 40 else None
-        if proto == UDP:
-            return (src, dst, UDP, port, 0) if total >= 28 else None
-        if proto == ICMP:
-            return (src, dst, ICMP, total - 28 if kind == 8 else -1, 0) if total >= 28 else None
-        return (src, dst, proto, -1, 0)
+        return _first(pkt, src, dst, proto, port, kind, 20, total, ICMP, 8)
     if n >= 44 and pkt[0] >> 4 == 6:
         length, proto, src, dst, kind, port = _IPV6_COMMON(pkt)
         if proto not in _EXTENSIONS:  # the transport starts at 40
             end = 40 + length
             if end > n:
                 return None
-            if proto == TCP:
-                return (src, dst, TCP, port, pkt[53]) if end >= 60 else None
-            if proto == UDP:
-                return (src, dst, UDP, port, 0) if end >= 48 else None
-            if proto == ICMPV6:
-                return (src, dst, ICMP, end - 48 if kind == 128 else -1, 0) if end >= 48 else None
-            return (src, dst, proto, -1, 0)
+            return _first(pkt, src, dst, proto, port, kind, 40, end, ICMPV6, 128)
     return _decode(pkt, n)
+
+
+def _first(pkt: bytes, src: bytes, dst: bytes, proto: int, port: int, kind: int, off: int,
+           end: int, icmp: int, echo: int) -> Facts | None:
+    """The facts of the common packet's transport header at ``off`` (its port and ICMP
+    type already unpacked), in a datagram that ends at ``end``; ``icmp`` and ``echo``:
+    the family's ICMP protocol and echo-request type."""
+    if proto == TCP:
+        return (src, dst, TCP, port, pkt[off + 13]) if end >= off + 20 else None
+    if proto == UDP:
+        return (src, dst, UDP, port, 0) if end >= off + 8 else None
+    if proto == icmp:
+        return (src, dst, ICMP, end - off - 8 if kind == echo else -1, 0) if end >= off + 8 else None
+    return (src, dst, proto, -1, 0)
 
 
 def _decode(pkt: bytes, n: int) -> Facts | None:
