@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 / Ubuntu machine for gatekeeper, as root: the system packages
 # (netfilter tools, the libnetfilter_queue headers NetfilterQueue builds against, Debian's
-# knockd for its stock knock client, redis-server for the cluster tests) and a virtualenv
+# knockd for its stock knock client, redis-server for the cluster tests, dh-virtualenv,
+# lintian and debootstrap for the Debian package and its test) and a virtualenv
 # at .venv in the repo root with gatekeeper installed editable, test extras included, its
 # hot path compiled with mypyc (GATEKEEPER_PURE=1 bash scripts/setup.sh: pure Python).
 #
@@ -21,6 +22,7 @@ PACKAGES=(
     python3 python3-venv python3-dev gcc libnetfilter-queue-dev libnfnetlink-dev
     iptables ipset nftables conntrack iproute2 knockd procps prometheus systemd
     fwknop-client fwknop-server vagrant vagrant-libvirt nmap redis-server tcpdump
+    dh-virtualenv debhelper dpkg-dev lintian debootstrap
 )
 
 say() { printf 'setup: %s\n' "$*"; }
