@@ -23,7 +23,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from gatekeeper import supervisor
+    from gatekeeper.daemon import supervisor
 
     _setup_logging(args.verbose)
     return supervisor.run(args.config)
@@ -115,7 +115,7 @@ def _cmd_spa(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    from gatekeeper.control import format_status, request
+    from gatekeeper.daemon.control import format_status, request
 
     status = request(args.socket)
     print(json.dumps(status, indent=2) if args.json else format_status(status))

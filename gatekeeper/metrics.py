@@ -24,7 +24,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from gatekeeper import __version__
-from gatekeeper.effects.commands import COMMANDS
+from gatekeeper.daemon.commands import COMMANDS
 from gatekeeper.engine import Guard, Outcome, Reason
 from gatekeeper.model import CLUSTER_FALLBACKS
 from gatekeeper.netfilter import procfs

@@ -1,5 +1,5 @@
 """What the lab reads from a running daemon's status (``gatekeeper status --json``, the
-answer of its control socket: :func:`gatekeeper.control.request`)."""
+answer of its control socket: :func:`gatekeeper.daemon.control.request`)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from gatekeeper import messages as msg
-from gatekeeper.effects.onetime import mark_used
+from gatekeeper.daemon.onetime import mark_used
 from gatekeeper.engine import Engine, Event, Granted, Knocked, Reason, Revoked, Verdict
 from gatekeeper.engine.special import (
     ReplayQuery,
@@ -374,7 +374,7 @@ class Worker:
         """Give every SPA/encrypted door's replay cache a file under ``state_dir``: what
         it held before a restart is taken back, and new entries are appended. Returns
         how many entries were taken back (for caches that had no journal yet)."""
-        from gatekeeper.effects import replaylog
+        from gatekeeper.daemon import replaylog
 
         if not state_dir or self.specials is None:
             return 0

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.control import request
+from gatekeeper.daemon.control import request
 from gatekeeper.lab.netns import CLIENT4, GW4, Lab
 from gatekeeper.netfilter.procfs import PROC_QUEUES, parse_queues
 from gatekeeper.spa import fwknop

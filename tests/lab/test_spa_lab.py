@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.control import request
+from gatekeeper.daemon.control import request
 from gatekeeper.lab.netns import CLIENT4, CLIENT6, GW4, GW6, Lab
 from gatekeeper.spa import fwknop
 from tests.lab.support import (

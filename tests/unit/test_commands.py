@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from gatekeeper.effects.commands import CommandRunner
+from gatekeeper.daemon.commands import CommandRunner
 from gatekeeper.metrics import GatekeeperCollector, Stats
 from gatekeeper.model import Door, Port
 from tests.fixtures.commands import lines, wait_for_file

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.control import ControlServer, request
+from gatekeeper.daemon.control import ControlServer, request
 from gatekeeper.errors import GatekeeperError
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from gatekeeper.config import ConfigError
 from gatekeeper.config.load import loads
-from gatekeeper.effects.onetime import mark_used
+from gatekeeper.daemon.onetime import mark_used
 from gatekeeper.engine import Granted, Reason, Verdict
 from gatekeeper.engine.special import SequenceUsed
 from gatekeeper.model import Config

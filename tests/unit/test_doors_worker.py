@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gatekeeper.config.load import loads
-from gatekeeper.control import format_status
-from gatekeeper.effects.grantbook import GrantBook
+from gatekeeper.daemon.control import format_status
+from gatekeeper.daemon.grantbook import GrantBook
 from gatekeeper.engine import Engine, Granted, Reason, Revoked, Verdict
 from gatekeeper.messages import Message
 from gatekeeper.model import Config, Door, Port
@@ -348,7 +348,7 @@ def test_a_message_new_to_a_replay_cache_is_queued_for_the_journal_not_written(c
 
 
 def test_the_worker_appends_new_replay_entries_to_the_doors_journal(cfg: Config, tmp_path: Path) -> None:
-    from gatekeeper.effects import replaylog
+    from gatekeeper.daemon import replaylog
 
     worker = Worker(cfg, FakeGrants(), lambda m: None, clock=lambda: 5.0, wall=lambda: WALL)
     worker.journal_replays(str(tmp_path))

@@ -70,7 +70,7 @@ def test_stats_too_big_for_one_atomic_write_drop_their_knock_counts_first() -> N
 def test_the_supervisor_counts_and_skips_a_report_it_cannot_read() -> None:
     import os
 
-    from gatekeeper.supervisor import Supervisor
+    from gatekeeper.daemon.supervisor import Supervisor
 
     sup = Supervisor.__new__(Supervisor)  # the report reader alone: no config, no workers
     from gatekeeper.metrics import Stats

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from gatekeeper.config.load import load
-from gatekeeper.control import request
+from gatekeeper.daemon.control import request
 from gatekeeper.errors import GatekeeperError
 from gatekeeper.lab.netns import Lab
 from gatekeeper.lab.status import worker_pids

@@ -125,7 +125,7 @@ Buckets = list[tuple[float, float]]
 
 def gateway_sample(socket_path: str, metrics_url: str,
                    previous: Buckets | None) -> tuple[dict[str, Any], Buckets | None]:
-    from gatekeeper.control import request
+    from gatekeeper.daemon.control import request
 
     out: dict[str, Any] = {}
     supervisor: int | None = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from gatekeeper.effects.commands import CommandRunner
+from gatekeeper.daemon.commands import CommandRunner
 from gatekeeper.model import Config, Door
 
 log = logging.getLogger("gatekeeper")

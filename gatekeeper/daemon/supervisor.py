@@ -21,11 +21,13 @@ from types import FrameType
 from typing import Any
 
 import gatekeeper.config.load as config_mod
-from gatekeeper import __version__, systemd
+from gatekeeper import __version__
 from gatekeeper import messages as msg
-from gatekeeper.control import ControlServer
-from gatekeeper.effects.commands import CommandRunner
-from gatekeeper.effects.grantbook import GrantBook
+from gatekeeper.daemon import systemd
+from gatekeeper.daemon.commands import CommandRunner
+from gatekeeper.daemon.control import ControlServer
+from gatekeeper.daemon.grantbook import GrantBook
+from gatekeeper.daemon.workers import WorkerHandle, WorkerPool
 from gatekeeper.errors import GatekeeperError
 from gatekeeper.metrics import GatekeeperCollector, Stats
 from gatekeeper.netfilter.audit import audit
@@ -33,7 +35,6 @@ from gatekeeper.netfilter.install import Installer
 from gatekeeper.netfilter.interfaces import LinkWatcher, require_present
 from gatekeeper.netfilter.render import render
 from gatekeeper.netfilter.watch import RulesetWatch
-from gatekeeper.workers import WorkerHandle, WorkerPool
 
 log = logging.getLogger("gatekeeper")
 
@@ -175,7 +176,7 @@ class Supervisor(WorkerPool):
         return 0
 
     def _compact_replay_logs(self) -> None:
-        from gatekeeper.effects import replaylog
+        from gatekeeper.daemon import replaylog
 
         state_dir = self.config.settings.state_dir
         for door in self.config.doors:

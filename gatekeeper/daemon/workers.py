@@ -1,6 +1,6 @@
 """The supervisor's workers: one forked process a queue, and the pipes to and from them.
 
-A mixin of :class:`gatekeeper.supervisor.Supervisor` (the state it uses is declared
+A mixin of :class:`gatekeeper.daemon.supervisor.Supervisor` (the state it uses is declared
 below): it forks workers and waits until each has bound its queue, stops them, reaps and
 restarts one that died (the kernel drops what was queued to it meanwhile: fail closed),
 sends them orders and reads their reports (:mod:`gatekeeper.messages`).

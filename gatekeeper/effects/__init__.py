@@ -1,1 +1,0 @@
-"""What a grant or revocation does outside the engine: kernel set entries and commands."""
