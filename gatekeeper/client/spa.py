@@ -11,6 +11,7 @@ from gatekeeper.errors import GatekeeperError
 from gatekeeper.model import DEFAULT_SPA_PORT, PROTO_NUMBERS, TCP
 from gatekeeper.spa import fwknop
 from gatekeeper.spa import sequence as seqcodec
+from gatekeeper.spa.request import Request, encode
 
 
 def key_gen(sequence: bool = False) -> str:
@@ -52,7 +53,7 @@ def send(host: str, key_file: str, access: str, allow: str, source_any: bool, po
     target = resolve(host)
     address = "0.0.0.0" if source_any else allow or local_address(target, port)
     try:
-        packet = fwknop.encode(keys, parse_access(access), address, time.time())
+        packet = encode(keys, Request(parse_access(access), address, time.time()))
     except ValueError as exc:
         raise GatekeeperError(f"spa: {exc}") from None
     with socket.socket(target.family, socket.SOCK_DGRAM) as s:

@@ -35,7 +35,7 @@ import ipaddress
 import os
 import re
 import secrets
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -224,86 +224,6 @@ def seal(keys: SpaKeys, plaintext: bytes, salt: bytes | None = None,
                           secrets.token_bytes(8) if salt is None else salt, suite.mode)
     tag = b"" if suite.hmac_digest is None else cipher.tag(keys.hmac, text, suite.hmac_digest)
     return text[len(SALTED_PREFIX):] + tag
-
-
-# -- encoding ---------------------------------------------------------------------------
-
-
-def _access_text(address: str, access: Sequence[Access]) -> str:
-    ip = ipaddress.ip_address(address)
-    if not access:
-        raise ValueError("ask for at least one proto/port")
-    specs = []
-    for proto, port in access:
-        if proto not in PROTOCOLS:
-            raise ValueError(f"protocol {proto!r}: must be one of {', '.join(sorted(PROTOCOLS))}")
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port {port}: must be 0-65535")
-        specs.append(f"{proto}/{port}")
-    return f"{ip},{','.join(specs)}"
-
-
-def encode_message(
-    access: Sequence[Access],
-    address: str,
-    now: float,
-    *,
-    user: str = "gatekeeper",
-    client_timeout: int = 0,
-    random: str | None = None,
-    version: str = FKO_VERSION,
-    digest: str = "sha256",
-) -> bytes:
-    """The plaintext (encoded message, ``:``, ``digest`` of it) that :func:`seal` encrypts."""
-    if random is None:
-        random = str(10**15 + secrets.randbelow(9 * 10**15))
-    if not re.fullmatch(r"[0-9]{16}", random):
-        raise ValueError("random must be 16 decimal digits")
-    if not user or not user.isprintable() or len(user.encode()) > 64:
-        raise ValueError("user must be 1-64 bytes of printable text")
-    if not 0 <= client_timeout <= 0xFFFFFFFF:
-        raise ValueError("client_timeout must be 0-4294967295")
-    if not re.fullmatch(r"[0-9A-Za-z._-]{1,8}", version):
-        raise ValueError("version must be 1-8 characters like 3.0.0")
-    kind = MessageType.CLIENT_TIMEOUT_ACCESS if client_timeout else MessageType.ACCESS
-    fields = [
-        random.encode(),
-        cipher.b64encode(user.encode()),
-        str(int(now)).encode(),
-        version.encode(),
-        str(int(kind)).encode(),
-        cipher.b64encode(_access_text(address, access).encode()),
-    ]
-    if client_timeout:
-        fields.append(str(client_timeout).encode())
-    encoded = b":".join(fields)
-    return encoded + b":" + cipher.b64encode(hashlib.new(digest, encoded).digest())
-
-
-def encode(
-    keys: SpaKeys,
-    access: Sequence[Access],
-    address: str,
-    now: float,
-    *,
-    user: str = "gatekeeper",
-    client_timeout: int = 0,
-    salt: bytes | None = None,
-    random: str | None = None,
-    suite: Suite = DEFAULT_SUITE,
-    digest: str = "sha256",
-) -> bytes:
-    """An SPA packet as ``fwknop -A ... -a ADDRESS --use-hmac`` sends it (UDP payload);
-    ``suite`` and ``digest`` as ``-M``, ``--hmac-digest-type`` (or no ``--use-hmac``) and
-    ``-m`` choose.
-
-    ``access`` is a list like ``[("tcp", 22)]``; a ``client_timeout`` makes it a type 3
-    message (``fwknop --fw-timeout``). ``salt`` and ``random`` are drawn when not given.
-    fwknopd 2.6 only takes an IPv4 ``address``; an IPv6 one is a gatekeeper extension.
-    """
-    plaintext = encode_message(access, address, now, user=user, client_timeout=client_timeout,
-                               random=random, digest=digest)
-    return seal(keys, plaintext, salt, suite)
 
 
 # -- decoding ---------------------------------------------------------------------------

@@ -19,9 +19,9 @@ import pytest
 
 from gatekeeper.spa.fwknop import (
     SpaKeys,
-    encode,
     generate_keys,
 )
+from gatekeeper.spa.request import Request, encode
 from tests.fixtures.doors import CLIENT
 from tests.fixtures.needs import need_tool
 
@@ -72,8 +72,8 @@ def fwknopd_decodes(tmp: Path, keys: SpaKeys, packets: list[bytes], open_ports: 
 def test_fwknopd_accepts_our_packets(tmp_path: Path) -> None:
     keys = generate_keys()
     now = time.time()
-    packets = [encode(keys, [("tcp", 22)], CLIENT, now),
-               encode(keys, [("tcp", 22), ("udp", 53)], CLIENT, now, client_timeout=45, user="bob")]
+    packets = [encode(keys, Request([("tcp", 22)], CLIENT, now)),
+               encode(keys, Request([("tcp", 22), ("udp", 53)], CLIENT, now, client_timeout=45, user="bob"))]
     log = fwknopd_decodes(tmp_path, keys, packets, "tcp/22, udp/53")
     assert log.count("--test mode enabled, skipping firewall manipulation") == 2, log
     assert f"Message String: {CLIENT},tcp/22\n" in log, log
@@ -85,7 +85,7 @@ def test_fwknopd_accepts_our_packets(tmp_path: Path) -> None:
 def test_fwknopd_refuses_a_tampered_packet(tmp_path: Path) -> None:
     """The negative control: the same set-up refuses our packet once a byte changes."""
     keys = generate_keys()
-    packet = bytearray(encode(keys, [("tcp", 22)], CLIENT, time.time()))
+    packet = bytearray(encode(keys, Request([("tcp", 22)], CLIENT, time.time())))
     packet[20] = ord("A") if packet[20] != ord("A") else ord("B")
     log = fwknopd_decodes(tmp_path, keys, [bytes(packet)], "tcp/22")
     assert "skipping firewall manipulation" not in log, log

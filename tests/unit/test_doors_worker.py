@@ -25,6 +25,7 @@ from gatekeeper.queue.decode import udp_payload
 from gatekeeper.queue.worker import Worker
 from gatekeeper.spa import fwknop
 from gatekeeper.spa import sequence as seqcodec
+from gatekeeper.spa.request import Request, encode
 from tests.fixtures.doors import (
     CLIENT,
     CLIENT_B,
@@ -141,7 +142,7 @@ def test_spa_grants_only_the_ports_it_asks_for(wide: Config) -> None:
 
 def test_spa_asking_for_several_ports_grants_them_all(wide: Config) -> None:
     engine, doors = specials(wide)
-    packet = fwknop.encode(KEYS, [("tcp", 80), ("tcp", 22)], CLIENT, WALL)
+    packet = encode(KEYS, Request([("tcp", 80), ("tcp", 22)], CLIENT, WALL))
     decision = doors.handle(CLIENT_B, GW_B, 17, 62201, 0, packet, 10.0, WALL)
     assert granted_steps(decision) == [["22:tcp", "80:tcp"]]
     assert is_accepted(engine, 22, 11.0) and is_accepted(engine, 80, 11.0)
@@ -149,7 +150,7 @@ def test_spa_asking_for_several_ports_grants_them_all(wide: Config) -> None:
 
 def test_spa_asking_for_one_port_too_many_grants_nothing(wide: Config) -> None:
     engine, doors = specials(wide)
-    packet = fwknop.encode(KEYS, [("tcp", 22), ("tcp", 443)], CLIENT, WALL)
+    packet = encode(KEYS, Request([("tcp", 22), ("tcp", 443)], CLIENT, WALL))
     decision = doors.handle(CLIENT_B, GW_B, 17, 62201, 0, packet, 10.0, WALL)
     assert decision is not None and decision[1] is Reason.WRONG and granted_steps(decision) == []
     assert doors.counts == {("spa", "access"): 1} and list(engine.grants()) == []
@@ -158,7 +159,7 @@ def test_spa_asking_for_one_port_too_many_grants_nothing(wide: Config) -> None:
 def test_spa_client_timeout_shortens_the_grant_only(wide: Config) -> None:
     engine, doors = specials(wide)
     for address, timeout, now in ((CLIENT, 5, 10.0), ("203.0.113.20", 3600, 10.0)):
-        packet = fwknop.encode(KEYS, [("tcp", 22)], address, WALL, client_timeout=timeout)
+        packet = encode(KEYS, Request([("tcp", 22)], address, WALL, client_timeout=timeout))
         src = ipaddress.ip_address(address).packed
         decision = doors.handle(src, GW_B, 17, 62201, 0, packet, now, WALL)
         granted = [e for e in decision[2] if isinstance(e, Granted)]  # type: ignore[index]

@@ -17,6 +17,7 @@ from gatekeeper.config.load import loads
 from gatekeeper.replay.capture import open_capture
 from gatekeeper.replay.run import Replay, Result
 from gatekeeper.spa import fwknop
+from gatekeeper.spa.request import Request, encode
 from tests.fixtures import make_captures as mk
 
 CAPTURES = mk.OUT
@@ -184,7 +185,7 @@ one_time_sequences = "{once}"
 opens = ["3389"]
 """, "c.toml")
     t = 100.0
-    packet = fwknop.encode(KEYS, [("tcp", 22)], mk.CLIENT, mk.T0 + t)
+    packet = encode(KEYS, Request([("tcp", 22)], mk.CLIENT, mk.T0 + t))
     spa = mk.udp(mk.CLIENT, mk.GATEWAY, 62201, data=packet)
     frames = [(t, spa), (t + 1, spa),  # the same packet again: a replay
               (t + 2, mk.tcp(mk.WRONG, mk.GATEWAY, 1001)), (t + 2.1, mk.udp(mk.WRONG, mk.GATEWAY, 1002)),

@@ -20,14 +20,13 @@ from gatekeeper.spa.fwknop import (
     KeyFileError,
     SpaKeys,
     Stage,
-    encode,
-    encode_message,
     format_key_file,
     generate_keys,
     parse_key_file,
     seal,
 )
 from gatekeeper.spa.replay import Admission, ReplayCache
+from gatekeeper.spa.request import Request, encode
 from tests.fixtures.doors import CLIENT, KEYS
 from tests.fixtures.spa import FAST, OTHER, b64, b64s, check, with_hmac
 
@@ -78,41 +77,41 @@ def test_a_mapped_address_is_granted_as_the_ipv4_host() -> None:
     mapped = f"::ffff:{CLIENT}"
     for asked, source in ((mapped, CLIENT), (CLIENT, mapped), (mapped, mapped),
                           (mapped, ipaddress.ip_address(mapped).packed)):
-        result = check(encode(KEYS, [("tcp", 22)], asked, time.time()), source=source)
+        result = check(encode(KEYS, Request([("tcp", 22)], asked, time.time())), source=source)
         assert result.ok and result.grant == CLIENT, (asked, source)
     v6 = "2001:db8::5"
-    assert check(encode(KEYS, [("tcp", 22)], mapped, time.time()), source=v6).stage is Stage.SOURCE
-    other = check(encode(KEYS, [("tcp", 22)], mapped, time.time()), source=v6, other_source=True)
+    assert check(encode(KEYS, Request([("tcp", 22)], mapped, time.time())), source=v6).stage is Stage.SOURCE
+    other = check(encode(KEYS, Request([("tcp", 22)], mapped, time.time())), source=v6, other_source=True)
     assert other.ok and other.grant == CLIENT
-    anyone = check(encode(KEYS, [("tcp", 22)], "::ffff:0.0.0.0", time.time()), source=OTHER,
+    anyone = check(encode(KEYS, Request([("tcp", 22)], "::ffff:0.0.0.0", time.time())), source=OTHER,
                    other_source=True)
     assert anyone.ok and anyone.grant == OTHER
 
 
 def test_encode_round_trip() -> None:
     now = 1_800_000_000.0
-    packet = encode(KEYS, [("tcp", 22)], CLIENT, now, user="bob")
+    packet = encode(KEYS, Request([("tcp", 22)], CLIENT, now, user="bob"))
     assert not packet.startswith(SALTED_PREFIX) and packet.isascii() and b"=" not in packet
     assert base64.b64decode(SALTED_PREFIX + packet[:-43] + b"==")[:8] == b"Salted__"
     result = check(packet, now=now + 5)
     assert result.ok and result.message is not None
     msg = result.message
     assert (msg.user, msg.timestamp, msg.message_type) == ("bob", int(now), 1)
-    timed = check(encode(KEYS, [("tcp", 22), ("udp", 53)], CLIENT, now, client_timeout=90), now=now,
+    timed = check(encode(KEYS, Request([("tcp", 22), ("udp", 53)], CLIENT, now, client_timeout=90)), now=now,
                   allowed={("tcp", 22), ("udp", 53)})
     assert timed.ok and timed.message is not None
     assert (timed.message.message_type, timed.message.client_timeout) == (3, 90)
-    v6 = check(encode(KEYS, [("tcp", 22)], "2001:db8::10", now), now=now, source="2001:db8::10")
+    v6 = check(encode(KEYS, Request([("tcp", 22)], "2001:db8::10", now)), now=now, source="2001:db8::10")
     assert v6.ok and v6.grant == "2001:db8::10"
 
 
 def test_encode_is_deterministic_given_salt_and_random() -> None:
-    a = encode(KEYS, [("tcp", 22)], CLIENT, 1_800_000_000, salt=b"12345678", random="1234567890123456")
-    b = encode(KEYS, [("tcp", 22)], CLIENT, 1_800_000_000, salt=b"12345678", random="1234567890123456")
-    c = encode(KEYS, [("tcp", 22)], CLIENT, 1_800_000_000)
+    a = encode(KEYS, Request([("tcp", 22)], CLIENT, 1800000000, random="1234567890123456"), salt=b"12345678")
+    b = encode(KEYS, Request([("tcp", 22)], CLIENT, 1800000000, random="1234567890123456"), salt=b"12345678")
+    c = encode(KEYS, Request([("tcp", 22)], CLIENT, 1800000000))
     assert a == b != c
     encoded = b"1234567890123456:cm9vdA:1800000000:3.0.0:1:MjAzLjAuMTEzLjEwLHRjcC8yMg"
-    plaintext = encode_message([("tcp", 22)], CLIENT, 1_800_000_000, user="root", random="1234567890123456")
+    plaintext = Request([("tcp", 22)], CLIENT, 1800000000, user="root", random="1234567890123456").message()
     assert plaintext == encoded + b":" + b64(hashlib.sha256(encoded).digest())
 
 
@@ -121,10 +120,11 @@ def test_encode_is_deterministic_given_salt_and_random() -> None:
     {"user": ""}, {"user": "a\nb"}, {"client_timeout": -1}, {"salt": b"short"}, {"random": "12"},
 ])
 def test_encode_rejects_bad_arguments(bad: dict[str, object]) -> None:
-    args: dict[str, object] = {"keys": KEYS, "access": [("tcp", 22)], "address": CLIENT, "now": 1e9}
+    args: dict[str, object] = {"access": [("tcp", 22)], "address": CLIENT, "now": 1e9}
     args.update(bad)
+    salt = args.pop("salt", None)
     with pytest.raises(ValueError):
-        encode(**args)  # type: ignore[arg-type]
+        encode(KEYS, Request(**args), salt=salt)  # type: ignore[arg-type]
 
 
 def test_each_stage_has_its_own_failure() -> None:
@@ -137,7 +137,7 @@ def test_each_stage_has_its_own_failure() -> None:
     assert check(with_hmac(KEYS, b"A" * 150)).stage is Stage.DECRYPT
     assert check(with_hmac(KEYS, b"!" * 150)).stage is Stage.DECRYPT
     assert check(seal(KEYS, b"not an spa message at all, but long enough" * 3)).stage is Stage.PARSE
-    good = encode_message([("tcp", 22)], CLIENT, now, random="1234567890123456")
+    good = Request([("tcp", 22)], CLIENT, now, random="1234567890123456").message()
     bad_digest = good[:-43] + (b"B" if good[-43:-42] == b"A" else b"A") + good[-42:]
     assert check(seal(KEYS, bad_digest), now=now).stage is Stage.DIGEST
     assert check(seal(KEYS, good), now=now + 121).stage is Stage.STALE
@@ -223,11 +223,12 @@ def test_full_replay_cache_fails_closed() -> None:
     cache = ReplayCache(max_entries=2)
     now = 1_800_000_000.0
     for _ in range(2):
-        assert check(encode(KEYS, [("tcp", 22)], CLIENT, now), now=now, replay=cache).ok
-    assert check(encode(KEYS, [("tcp", 22)], CLIENT, now), now=now, replay=cache).stage is Stage.REPLAY
+        assert check(encode(KEYS, Request([("tcp", 22)], CLIENT, now)), now=now, replay=cache).ok
+    again = check(encode(KEYS, Request([("tcp", 22)], CLIENT, now)), now=now, replay=cache)
+    assert again.stage is Stage.REPLAY
     assert cache.overflows == 1
     # entries live for twice the window, then make room
-    assert check(encode(KEYS, [("tcp", 22)], CLIENT, now + 240), now=now + 240, replay=cache).ok
+    assert check(encode(KEYS, Request([("tcp", 22)], CLIENT, now + 240)), now=now + 240, replay=cache).ok
 
 
 def test_replay_cache_unit() -> None:
@@ -268,7 +269,8 @@ def test_random_base64_fails_the_hmac(text: str) -> None:
 @FAST
 @given(st.integers(0, 400), st.integers(0, 400), st.binary(max_size=8))
 def test_cut_and_patched_packets_never_pass(head: int, tail: int, junk: bytes) -> None:
-    packet = encode(KEYS, [("tcp", 22)], CLIENT, 1_800_000_000, salt=b"saltsalt", random="1234567890123456")
+    request = Request([("tcp", 22)], CLIENT, 1_800_000_000, random="1234567890123456")
+    packet = encode(KEYS, request, salt=b"saltsalt")
     cache = ReplayCache()
     for piece in (packet[:head], packet[head:], packet[:head] + junk + packet[head + tail:]):
         if piece.strip() == packet:  # surrounding whitespace is ignored by design

@@ -23,6 +23,7 @@ from gatekeeper.spa import fwknop
 from gatekeeper.spa.cipher import Suite
 from gatekeeper.spa.fwknop import SpaKeys, Stage
 from gatekeeper.spa.replay import ReplayCache
+from gatekeeper.spa.request import Request, encode
 from tests.fixtures.needs import need_tool
 
 CLIENT = "203.0.113.10"
@@ -124,7 +125,7 @@ def test_our_encoder_matches_the_client_in_every_suite() -> None:
     for suite, digest in ((Suite(mode="ctr", hmac_digest="sha512"), "md5"),
                           (Suite(mode="legacy", hmac_digest=None), "sha1"),
                           (Suite(mode="ofb", hmac_digest="md5"), "sha384")):
-        data = fwknop.encode(KEYS, [("tcp", 22)], CLIENT, time.time(), suite=suite, digest=digest)
+        data = encode(KEYS, Request([("tcp", 22)], CLIENT, time.time(), digest=digest), suite=suite)
         assert verify(data, Suite(suite.mode, suite.hmac_digest, frozenset({digest}))) is Stage.OK
 
 
@@ -218,8 +219,7 @@ def handle(doors: SpecialDoors, data: bytes, now: float) -> object:
 def test_telling_hmac_type_apart_is_bounded_a_second(tmp_path: Path) -> None:
     doors = specials(tmp_path)
     for i in range(TYPE_PROBES + 10):
-        data = fwknop.encode(KEYS, [("tcp", 22)], CLIENT, time.time(),
-                             suite=Suite(hmac_digest="sha512"))
+        data = encode(KEYS, Request([("tcp", 22)], CLIENT, time.time()), suite=Suite(hmac_digest="sha512"))
         handle(doors, data, 5.0 + i / 1000)
     assert doors.counts[("spa", "hmac_type")] == TYPE_PROBES
     assert doors.counts[("spa", "hmac")] == 10  # over the budget: one HMAC, counted as hmac
