@@ -185,10 +185,7 @@ class Replay:
                 self._tick(now)
             facts = decode(ip)
             if facts is None:
-                res.malformed += 1
-                if res.malformed <= MAX_NOTES:
-                    self.note(f"packet {n + capture.not_ip} ({len(ip)} bytes at {clock(now)}): the "
-                              "decoder refused it (no whole IPv4/IPv6 header and transport header)")
+                self._malformed(n + capture.not_ip, len(ip), now)
                 continue
             src, dst, proto, port, flags = facts
             key = proto << 16 | port
@@ -219,10 +216,7 @@ class Replay:
                     spa_before = dict(worker.spa_counts)
                 verdict, reason, events = decide(ip, src, dst, proto, port, flags, now)
             except Exception as exc:
-                res.errors += 1
-                if res.errors <= MAX_NOTES:
-                    self.note(f"packet {n + capture.not_ip} at {clock(now)}: the decision failed "
-                              f"({exc.__class__.__name__}: {exc}); the worker would drop it")
+                self._failed(n + capture.not_ip, now, exc)
                 continue
             counts[reason] += 1
             self._seen.add(src)
@@ -238,6 +232,18 @@ class Replay:
         res.seconds = time.perf_counter() - started
         self._finish(capture, counts, not_queued, first, now)
         return res
+
+    def _malformed(self, number: int, size: int, now: float) -> None:
+        self.result.malformed += 1
+        if self.result.malformed <= MAX_NOTES:
+            self.note(f"packet {number} ({size} bytes at {clock(now)}): the decoder refused it "
+                      "(no whole IPv4/IPv6 header and transport header)")
+
+    def _failed(self, number: int, now: float, exc: Exception) -> None:
+        self.result.errors += 1
+        if self.result.errors <= MAX_NOTES:
+            self.note(f"packet {number} at {clock(now)}: the decision failed "
+                      f"({exc.__class__.__name__}: {exc}); the worker would drop it")
 
     def _tick(self, now: float) -> None:
         for revoked in self.worker.engine.tick(now):
