@@ -280,7 +280,12 @@ def _run(lab: Lab, open_for: int, tmp: str, console: Console) -> None:
     if log.has(f"address={OTHER4}"):
         raise DemoFailure(f"step 3: the daemon logged a grant or revoke for {OTHER4}")
 
-    # 6. Stop the daemon: everything it installed goes.
+    _stop(lab, daemon, log, before, console)
+
+
+def _stop(lab: Lab, daemon: subprocess.Popen[str], log: DaemonLog, before: dict[str, list[str]],
+          console: Console) -> None:
+    """6. Stop the daemon: everything it installed goes."""
     console.say("6. stopping the daemon with SIGTERM")
     code = Lab.stop(daemon, signal.SIGTERM, 15)
     log.join(5.0)

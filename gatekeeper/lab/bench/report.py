@@ -30,7 +30,6 @@ def _ratios(a: Sequence[Drain], b: Sequence[Drain]) -> list[float]:
 
 
 def report(opts: Options, res: Results, lab: Lab, out: Callable[[str], None]) -> None:
-    w = opts.workers
     load = os.getloadavg()[0]
     out("")
     out(f"gatekeeper bench: {os.cpu_count()} CPUs ({platform.machine()}), Linux {platform.release()}, "
@@ -46,6 +45,17 @@ def report(opts: Options, res: Results, lab: Lab, out: Callable[[str], None]) ->
     out("  the engine decides: " + ", ".join(
         f"{reason} {100 * count / n:.1f}%" for reason, count in decided.most_common()))
     out("")
+    _throughput(opts, res, out)
+    _scaling(opts, res, out)
+    _latency(res, out)
+    _knocks(opts, res, out)
+    _memory(opts, res, out)
+    _queue_drops(opts, res, out)
+
+
+def _throughput(opts: Options, res: Results, out: Callable[[str], None]) -> None:
+    """Drained verdicts a second and CPU a verdict, each run against the bare loops."""
+    w = opts.workers
     out(f"THROUGHPUT  drain method, {opts.rounds} round(s) of {opts.packets:,} packets; "
         "median [min - max]")
     out("  the readers are stopped (SIGSTOP), the queue filled from the client namespace, the "
@@ -108,6 +118,11 @@ def report(opts: Options, res: Results, lab: Lab, out: Callable[[str], None]) ->
             f"{res.in_process.metered_ns / 1000:.2f} us a verdict ({extra:+.2f} us): "
             f"{100 * extra / (off_cpu + extra):.1f}% of throughput when a verdict costs the drained "
             f"{off_cpu:.2f} us CPU without metrics")
+
+
+def _scaling(opts: Options, res: Results, out: Callable[[str], None]) -> None:
+    """k workers against one, and the machine's own scaling."""
+    w = opts.workers
     if res.many:
         scale = _ratios(res.many, res.one)
         machine = _ratios(res.bare_many, res.bare)
@@ -131,6 +146,9 @@ def report(opts: Options, res: Results, lab: Lab, out: Callable[[str], None]) ->
     fill = median([d.fill_rate for d in res.one])
     out(f"  (one Python raw-socket sender filled the queue at {fill:,.0f} packets/s)")
     out("")
+
+
+def _latency(res: Results, out: Callable[[str], None]) -> None:
     lat = res.latency
     out("LATENCY  each packet's read-to-verdict time (perf_counter_ns from the recvmmsg that brought it "
         "to the send that carried its verdict), 1 worker, paced load")
@@ -140,6 +158,10 @@ def report(opts: Options, res: Results, lab: Lab, out: Callable[[str], None]) ->
     out(f"  p50 {lat['p50']:.1f} us   p99 {lat['p99']:.1f} us   p99.9 {lat['p999']:.1f} us   "
         f"max {lat['max']:.1f} us")
     out("")
+
+
+def _knocks(opts: Options, res: Results, out: Callable[[str], None]) -> None:
+    w = opts.workers
     ok = [k for k in res.knocks if k["ok"]]
     total = sorted(k["total_ms"] for k in ok)
     conn = sorted(k["ms"] for k in ok)
@@ -150,6 +172,9 @@ def report(opts: Options, res: Results, lab: Lab, out: Callable[[str], None]) ->
         f"{percentile(total, 50):.2f} ms, p99 {percentile(total, 99):.2f} ms; connect() alone: median "
         f"{percentile(conn, 50):.2f} ms, p99 {percentile(conn, 99):.2f} ms")
     out("")
+
+
+def _memory(opts: Options, res: Results, out: Callable[[str], None]) -> None:
     out(f"MEMORY  per tracked source, {opts.memory_sources:,} sources part-way through a sequence "
         "(address bytes included; 3 doors, 4 tracks)")
     for family in (4, 6):
@@ -162,6 +187,11 @@ def report(opts: Options, res: Results, lab: Lab, out: Callable[[str], None]) ->
     worst = max((m.per_source for m in res.mem), default=0.0)
     out(f"  so the default max_sources (65,536) holds at most about {65536 * worst / 1e6:.0f} MB a worker")
     out("")
+
+
+def _queue_drops(opts: Options, res: Results, out: Callable[[str], None]) -> None:
+    w = opts.workers
+    lat = res.latency
     out("QUEUE DROPS  /proc/net/netfilter/nfnetlink_queue: queue_dropped (queue full), "
         "queue_user_dropped (socket full)")
     runs = [("bare loop, 1 queue", res.bare), ("bare batch loop, 1 queue", res.bare_batch),
@@ -183,5 +213,3 @@ def report(opts: Options, res: Results, lab: Lab, out: Callable[[str], None]) ->
         + (f"  (and {lat['refused']:,.0f} refused by the sender's own stack)" if lat["refused"] else ""))
     out("  (sent but not queued: TCP headers under 4 bytes and ICMPv6 under 8, which the ruleset's "
         "own multiport and icmp6 matches drop before the queue)")
-
-

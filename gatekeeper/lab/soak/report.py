@@ -60,6 +60,31 @@ def summarise(by_role: dict[str, list[dict[str, Any]]], files: list[str], bad_li
     t0 = min(times) if times else 0.0
     span = (max(times) - t0) if times else 0.0
 
+    client = _client(attempts)
+    attacker = _attacker(loops)
+    unauthorised = attacker["unauthorised_accepts"]
+    gateway, growth = _gateway(samples)
+    rate = client["successes"] / len(attempts) if attempts else None
+    checks = _checks(by_role, attacker, rate, len(attempts), growth,
+                     (min_success, max_growth_mb, max_growth_pct))
+    return {
+        "version": __version__,
+        "files": files,
+        "bad_lines": bad_lines,
+        "started": t0,
+        "duration_s": round(span, 1),
+        "unauthorised_accepts": unauthorised,
+        "client": client,
+        "attacker": attacker,
+        "gateway": gateway,
+        "warnings": _warnings(gateway, attacker, bad_lines),
+        "checks": checks,
+        "ok": all(c["ok"] for c in checks),
+    }
+
+
+def _client(attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The client's knock-and-connect attempts: success, latency, failures by stage."""
     ok = sum(1 for a in attempts if a.get("ok"))
     connect = [float(a["connect_ms"]) for a in attempts if a.get("ok") and "connect_ms" in a]
     total = [float(a["connect_ms"]) + float(a.get("knock_ms", 0)) + float(a.get("reply_ms", 0))
@@ -69,9 +94,9 @@ def summarise(by_role: dict[str, list[dict[str, Any]]], files: list[str], bad_li
         if not a.get("ok"):
             key = f"{a.get('stage', '?')}: {a.get('error', '?')}"
             failures[key] = failures.get(key, 0) + 1
-    rate = ok / len(attempts) if attempts else None
-    client = {
-        "attempts": len(attempts), "successes": ok, "success_rate": _r(rate, 5),
+    return {
+        "attempts": len(attempts), "successes": ok,
+        "success_rate": _r(ok / len(attempts) if attempts else None, 5),
         "sources": len({a.get("source", "") for a in attempts}),
         "connect_ms": {"p50": _r(pct(connect, 0.5), 3), "p99": _r(pct(connect, 0.99), 3),
                        "max": _r(max(connect) if connect else None, 3)},
@@ -80,8 +105,11 @@ def summarise(by_role: dict[str, list[dict[str, Any]]], files: list[str], bad_li
         "failures": failures,
     }
 
+
+def _attacker(loops: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the attacker tried, and what got through."""
     unauthorised = sum(int(lp.get("protected_accepted", 0)) for lp in loops)
-    attacker = {
+    return {
         "loops": len(loops),
         "protected_connects": sum(int(lp.get("protected_tried", 0)) for lp in loops),
         "unauthorised_accepts": unauthorised,
@@ -91,6 +119,9 @@ def summarise(by_role: dict[str, list[dict[str, Any]]], files: list[str], bad_li
         "udp_junk_sent": sum(int(lp.get("udp_sent", 0)) for lp in loops),
     }
 
+
+def _gateway(samples: list[dict[str, Any]]) -> tuple[dict[str, Any], tuple[float, float] | None]:
+    """The daemon's samples: memory, latency, grants, drops; and its RSS growth (MB, %)."""
     mem = [s for s in samples if "rss_kb" in s]
     gateway: dict[str, Any] = {"samples": len(samples), "memory_samples": len(mem)}
     growth_mb = growth_pct = None
@@ -135,7 +166,11 @@ def summarise(by_role: dict[str, list[dict[str, Any]]], files: list[str], bad_li
         "status": sum(1 for s in samples if "status_error" in s),
         "metrics": sum(1 for s in samples if "metrics_error" in s),
     }
+    growth = None if growth_mb is None or growth_pct is None else (growth_mb, growth_pct)
+    return gateway, growth
 
+
+def _warnings(gateway: dict[str, Any], attacker: dict[str, Any], bad_lines: int) -> list[str]:
     warnings: list[str] = []
     if gateway.get("grants") and not gateway.get("verdicts"):
         warnings.append("the exporter counted no verdicts (gatekeeper_verdict_seconds, "
@@ -150,19 +185,28 @@ def summarise(by_role: dict[str, list[dict[str, Any]]], files: list[str], bad_li
                         f"exporter, {kernel_dropped} by /proc/net/netfilter/nfnetlink_queue")
     if bad_lines:
         warnings.append(f"{bad_lines} unreadable line(s) in the .jsonl files")
+    return warnings
 
+
+def _checks(by_role: dict[str, list[dict[str, Any]]], attacker: dict[str, Any], rate: float | None,
+            attempts: int, growth: tuple[float, float] | None,
+            bounds: tuple[float, float, float]) -> list[dict[str, Any]]:
+    """The pass/fail lines of the report."""
+    min_success, max_growth_mb, max_growth_pct = bounds
+    unauthorised = attacker["unauthorised_accepts"]
     checks: list[dict[str, Any]] = []
 
     def check(name: str, ok: bool, detail: str) -> None:
         checks.append({"name": name, "ok": ok, "detail": detail})
 
-    check("unauthorised accepts", bool(loops) and unauthorised == 0,
+    check("unauthorised accepts", bool(attacker["loops"]) and unauthorised == 0,
           f"{unauthorised} == 0 over {attacker['protected_connects']} connects without a valid knock"
-          if loops else "no attacker data")
+          if attacker["loops"] else "no attacker data")
     check("client success rate", rate is not None and rate >= min_success,
-          f"{100 * rate:.2f} % of {len(attempts)} >= {100 * min_success:g} %" if rate is not None
+          f"{100 * rate:.2f} % of {attempts} >= {100 * min_success:g} %" if rate is not None
           else "no client attempts")
-    if growth_mb is not None and growth_pct is not None:
+    if growth is not None:
+        growth_mb, growth_pct = growth
         check("RSS growth", growth_mb <= max_growth_mb and growth_pct <= max_growth_pct,
               f"{growth_mb:+.2f} MB ({growth_pct:+.1f} %) between the first and last 10 % of samples; "
               f"bound +{max_growth_mb:g} MB and +{max_growth_pct:g} %")
@@ -179,21 +223,7 @@ def summarise(by_role: dict[str, list[dict[str, Any]]], files: list[str], bad_li
         check("daemon stopped cleanly", code == 0, f"gatekeeper run exited {code} on SIGTERM")
         bad = {k: v for k, v in lab.get("role_exits", {}).items() if v != 0}
         check("role processes", not bad, "every role exited 0" if not bad else f"exits: {bad}")
-
-    return {
-        "version": __version__,
-        "files": files,
-        "bad_lines": bad_lines,
-        "started": t0,
-        "duration_s": round(span, 1),
-        "unauthorised_accepts": unauthorised,
-        "client": client,
-        "attacker": attacker,
-        "gateway": gateway,
-        "warnings": warnings,
-        "checks": checks,
-        "ok": all(c["ok"] for c in checks),
-    }
+    return checks
 
 
 def format_summary(s: dict[str, Any]) -> str:
