@@ -113,13 +113,36 @@ def _cmd_spa(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    """The daemon on ``--socket``, or on the control socket ``--config`` names (then it must
+    be running that config); exit 3 when none is running there."""
     import json
 
-    from gatekeeper.daemon.control import format_status, request
+    from gatekeeper.daemon.control import NotRunning, format_status, request
 
-    status = request(args.socket)
-    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    path = args.socket or DEFAULT_CONTROL_SOCKET
+    if args.config is not None:
+        control = config_mod.load(args.config).settings.control
+        if not control:
+            raise GatekeeperError(f'{args.config}: [gatekeeper] control = "": its daemon has no '
+                                  "control socket to ask")
+        path = args.socket or control
+    try:
+        status = request(path)
+    except NotRunning as exc:
+        print(f"gatekeeper status: {exc}", file=sys.stderr)
+        return 3
+    if args.config is not None and not _same_file(status.get("config", ""), args.config):
+        raise GatekeeperError(f"{path}: the daemon there runs {status.get('config')}, "
+                              f"not {args.config}")
+    print(json.dumps({"socket": path, **status}, indent=2) if args.json else format_status(status, path))
     return 0
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
 
 
 def _cmd_unit(args: argparse.Namespace) -> int:
@@ -257,8 +280,12 @@ def _client_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
 def _operator_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     """status, unit: the running daemon and its installation."""
     p = sub.add_parser("status", help="doors, active grants and counters of the running daemon")
-    p.add_argument("-s", "--socket", default=DEFAULT_CONTROL_SOCKET,
-                   help="the daemon's control socket ([gatekeeper] control)")
+    p.add_argument("-s", "--socket", default=None,
+                   help=f"the daemon's control socket (default: the one --config names, else "
+                        f"{DEFAULT_CONTROL_SOCKET})")
+    p.add_argument("-c", "--config", default=None,
+                   help="ask the daemon running this config: its [gatekeeper] control socket, "
+                        "and an error if the daemon there runs another config")
     p.add_argument("--json", action="store_true", help="the raw answer, as JSON")
     p.set_defaults(func=_cmd_status)
 

@@ -91,7 +91,13 @@ class ControlServer:
             pass
 
 
+class NotRunning(GatekeeperError):
+    """No daemon answers on the socket: there is none, or only a stale one."""
+
+
 def request(path: str, what: str = "status", timeout: float = 5.0) -> dict[str, Any]:
+    """The daemon's answer to ``what`` on the control socket ``path``; :class:`NotRunning`
+    when nothing listens there, a :class:`GatekeeperError` naming the socket otherwise."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
@@ -101,16 +107,21 @@ def request(path: str, what: str = "status", timeout: float = 5.0) -> dict[str, 
             while chunk := sock.recv(1 << 16):
                 chunks.append(chunk)
         except FileNotFoundError:
-            raise GatekeeperError(f"{path}: no such socket; is gatekeeper running?") from None
+            raise NotRunning(f"no gatekeeper is running on {path} (no such socket)") from None
+        except ConnectionRefusedError:
+            raise NotRunning(f"no gatekeeper is running on {path} (a stale socket: connection "
+                             "refused)") from None
         except OSError as exc:
             raise GatekeeperError(f"{path}: {exc.strerror or exc}") from None
     answer: dict[str, Any] = json.loads(b"".join(chunks))
     return answer
 
 
-def format_status(status: dict[str, Any]) -> str:
+def format_status(status: dict[str, Any], path: str) -> str:
+    """The daemon's answer on socket ``path``, for a person."""
     lines = [
-        f"gatekeeper {status['version']}: up {status['uptime']:.0f} s, config {status['config']}",
+        f"gatekeeper {status['version']} on {path}: up {status['uptime']:.0f} s, "
+        f"config {status['config']}",
         f"workers: {len(status['workers'])} (restarts {status['restarts']}); "
         f"reloads ok {status['reloads']['ok']}, refused {status['reloads']['refused']}",
     ]

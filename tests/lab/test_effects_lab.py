@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gatekeeper import __version__
 from gatekeeper.lab.netns import CLIENT4, GW4, Lab
 from tests.fixtures.commands import lines, wait_for_file
 from tests.fixtures.configs import SSH, config
@@ -111,7 +112,35 @@ def test_run_replaces_the_stale_socket_of_a_killed_daemon(
     text = config().replace("[gatekeeper]\n", f'[gatekeeper]\ncontrol = "{path}"\n', 1)
     start_daemon(text).stop(9)
     assert path.is_socket(), "kill -9 leaves the socket file"
+    status = [sys.executable, "-m", "gatekeeper", "status", "-s", str(path)]
+    stale = lab.run("gw", status, check=False)
+    assert (stale.returncode, stale.stdout) == (3, "")
+    assert stale.stderr == (f"gatekeeper status: no gatekeeper is running on {path} (a stale socket: "
+                            "connection refused)\n")
     again = start_daemon(text)
-    out = lab.run("gw", [sys.executable, "-m", "gatekeeper", "status", "-s", str(path)]).stdout
-    assert out.startswith("gatekeeper "), out
+    out = lab.run("gw", status).stdout
+    assert out.startswith(f"gatekeeper {__version__} on {path}: up "), out
+    assert f"config {again.config}" in out.splitlines()[0]
     assert again.stop() == 0
+
+
+def test_status_asks_the_daemon_of_the_config_it_is_given(
+        lab: Lab, start_daemon: Any, tmp_path: Path) -> None:
+    """-c reads the socket from the config and checks that its daemon runs that config: never
+    the default socket's daemon by mistake; none running is exit 3, naming the socket."""
+    daemon = start_daemon(config())
+    text = daemon.config.read_text()
+    socket_path = text.split('control = "', 1)[1].split('"', 1)[0]
+    status = [sys.executable, "-m", "gatekeeper", "status", "-c", str(daemon.config)]
+    first = lab.run("gw", status).stdout.splitlines()[0]
+    assert first.startswith(f"gatekeeper {__version__} on {socket_path}: up "), first
+    assert first.endswith(f"config {daemon.config}"), first
+    other = tmp_path / "other.toml"
+    other.write_text(text)  # the same socket, another config
+    wrong = lab.run("gw", [*status[:-1], str(other)], check=False)
+    assert (wrong.returncode, wrong.stderr) == (
+        2, f"gatekeeper: {socket_path}: the daemon there runs {daemon.config}, not {other}\n")
+    assert daemon.stop() == 0
+    gone = lab.run("gw", status, check=False)
+    assert gone.returncode == 3
+    assert gone.stderr == f"gatekeeper status: no gatekeeper is running on {socket_path} (no such socket)\n"

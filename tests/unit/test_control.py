@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
+from gatekeeper import cli
 from gatekeeper.daemon.control import ControlServer, request
 from gatekeeper.errors import GatekeeperError
+from tests.fixtures.configs import config
 
 
 def answer(what: str) -> dict[str, Any]:
@@ -95,3 +97,23 @@ def test_anything_but_a_socket_is_refused_and_left_alone(tmp_path: Path, what: s
     if what == "a directory":
         assert (path / "inside").read_text() == "keep me\n"
     assert target.read_text() == "keep me\n"
+
+
+def test_status_says_when_no_daemon_runs_and_names_the_socket(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "none.sock"
+    assert cli.main(["status", "-s", str(missing)]) == 3
+    assert capsys.readouterr() == ("", f"gatekeeper status: no gatekeeper is running on {missing} "
+                                       "(no such socket)\n")
+    stale_socket(tmp_path / "stale.sock")
+    assert cli.main(["status", "-s", str(tmp_path / "stale.sock")]) == 3
+    assert "(a stale socket: connection refused)" in capsys.readouterr().err
+
+
+def test_status_of_a_config_without_a_control_socket_is_an_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "gatekeeper.toml"
+    path.write_text(config().replace("[gatekeeper]\n", '[gatekeeper]\ncontrol = ""\n', 1))
+    assert cli.main(["status", "-c", str(path)]) == 2
+    assert capsys.readouterr().err == (f'gatekeeper: {path}: [gatekeeper] control = "": its daemon has '
+                                       "no control socket to ask\n")

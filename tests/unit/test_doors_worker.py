@@ -256,7 +256,7 @@ def test_status_lists_the_ports_of_each_grant() -> None:
     status = {"version": "x", "uptime": 1.0, "config": "c", "workers": [], "restarts": 0,
               "reloads": {"ok": 0, "refused": 0}, "doors": [], "packets": {},
               "grants": [{"address": CLIENT, "door": "spa", "opens": ["22:tcp"], "remaining": 9.5}]}
-    (line,) = [line for line in format_status(status).splitlines() if CLIENT in line]
+    (line,) = [line for line in format_status(status, "control.sock").splitlines() if CLIENT in line]
     assert line.split() == [CLIENT, "spa", "9.5", "s", "left", "22:tcp"]
 
 
