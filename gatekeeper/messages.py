@@ -27,7 +27,13 @@ class MessageError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Message:
+    """A message; a subclass names its ``KIND`` in its class line (``kind="ready"``)."""
+
     KIND: ClassVar[str] = ""
+
+    def __init_subclass__(cls, kind: str = "") -> None:
+        if kind:  # (no super(): slots=True remakes the class, without the keyword)
+            cls.KIND = kind
 
     def wire(self) -> dict[str, Any]:
         """The message as its JSON object (``"t"`` first)."""
@@ -38,26 +44,23 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
-class Ready(Message):
+class Ready(Message, kind="ready"):
     """Bound to the queue, grants of the kernel set adopted: verdicting."""
 
-    KIND: ClassVar[str] = "ready"
     adopted: int
 
 
 @dataclass(frozen=True, slots=True)
-class Failed(Message):
+class Failed(Message, kind="error"):
     """The worker could not start (the reason, one line)."""
 
-    KIND: ClassVar[str] = "error"
     message: str
 
 
 @dataclass(frozen=True, slots=True)
-class Stats(Message):
+class Stats(Message, kind="stats"):
     """Everything counted since the worker started (``gatekeeper.metrics.Snapshot``)."""
 
-    KIND: ClassVar[str] = "stats"
     counts: list[int]
     hist: list[int]
     hist_sum_ns: int
@@ -80,27 +83,24 @@ class _GrantChange(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class Granted(_GrantChange):
+class Granted(_GrantChange, kind="grant"):
     """A grant made, for ``seconds`` (``renewed``: the address held one of the door)."""
 
-    KIND: ClassVar[str] = "grant"
     seconds: float
     renewed: bool
 
 
 @dataclass(frozen=True, slots=True)
-class Revoked(_GrantChange):
+class Revoked(_GrantChange, kind="revoke"):
     """A grant closed (``cause``: a close sequence)."""
 
-    KIND: ClassVar[str] = "revoke"
     cause: str
 
 
 @dataclass(frozen=True, slots=True)
-class Used(Message):
+class Used(Message, kind="used"):
     """A one-time sequence used: its line marked in the file (``error``: it could not be)."""
 
-    KIND: ClassVar[str] = "used"
     door: str
     path: str
     line: int
@@ -109,15 +109,14 @@ class Used(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class Reloaded(Message):
-    KIND: ClassVar[str] = "reloaded"
+class Reloaded(Message, kind="reloaded"):
+    """The config of a :class:`Reload` read: the new engine decides from the next packet."""
 
 
 @dataclass(frozen=True, slots=True)
-class Counts(Message):
+class Counts(Message, kind="counts"):
     """The answer to :class:`CountsRequest`: packets by reason, sources tracked."""
 
-    KIND: ClassVar[str] = "counts"
     counts: list[int]
     tracked: int
 
@@ -126,26 +125,24 @@ class Counts(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class Reload(Message):
+class Reload(Message, kind="reload"):
     """Read this config text (of ``path``) and swap in a new engine."""
 
-    KIND: ClassVar[str] = "reload"
     text: str
     path: str
 
 
 @dataclass(frozen=True, slots=True)
-class Forget(Message):
+class Forget(Message, kind="revoke"):
     """A grant closed on another gateway (mirrored): stop admitting it from the queue."""
 
-    KIND: ClassVar[str] = "revoke"
     address: str
     door: str
 
 
 @dataclass(frozen=True, slots=True)
-class CountsRequest(Message):
-    KIND: ClassVar[str] = "counts"
+class CountsRequest(Message, kind="counts"):
+    """Send :class:`Counts` now."""
 
 
 @dataclass(frozen=True, slots=True)
