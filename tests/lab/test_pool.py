@@ -247,14 +247,6 @@ def test_status_reads_the_running_daemon(lab: Lab, start_daemon: Any) -> None:
     assert sorted(w["queue"] for w in status["workers"]) == [0, 1]
 
 
-def test_status_without_a_daemon_is_one_clear_line(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "gatekeeper", "status", "-s",
-                             str(tmp_path / "none.sock")], capture_output=True, text=True,
-                            timeout=10, check=False)
-    assert result.returncode == 2
-    assert result.stderr.strip().endswith("no such socket; is gatekeeper running?")
-
-
 def test_a_burst_of_failed_knocks_is_one_log_line(lab: Lab, start_daemon: Any) -> None:
     daemon = start_daemon(config())
     mark = len(daemon.lines)
