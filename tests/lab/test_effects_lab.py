@@ -15,7 +15,7 @@ from gatekeeper import __version__
 from gatekeeper.lab.netns import CLIENT4, GW4, Lab
 from tests.fixtures.commands import lines, wait_for_file
 from tests.fixtures.configs import SSH, config
-from tests.lab.support import knock, snapshot
+from tests.lab.support import control, knock, snapshot
 
 CLOSE = ["9000:tcp", "8000:udp", "7000:tcp"]
 RULE = "INPUT -s %IP% -p tcp --dport 2223 -j ACCEPT"
@@ -130,7 +130,7 @@ def test_status_asks_the_daemon_of_the_config_it_is_given(
     the default socket's daemon by mistake; none running is exit 3, naming the socket."""
     daemon = start_daemon(config())
     text = daemon.config.read_text()
-    socket_path = text.split('control = "', 1)[1].split('"', 1)[0]
+    socket_path = control(daemon)
     status = [sys.executable, "-m", "gatekeeper", "status", "-c", str(daemon.config)]
     first = lab.run("gw", status).stdout.splitlines()[0]
     assert first.startswith(f"gatekeeper {__version__} on {socket_path}: up "), first
