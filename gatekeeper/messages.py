@@ -109,6 +109,15 @@ class Used(Message, kind="used"):
 
 
 @dataclass(frozen=True, slots=True)
+class Command(Message, kind="command"):
+    """An allowed SPA server command asked for by ``address``: the supervisor runs it."""
+
+    door: str
+    address: str
+    command: str
+
+
+@dataclass(frozen=True, slots=True)
 class Reloaded(Message, kind="reloaded"):
     """The config of a :class:`Reload` read: the new engine decides from the next packet."""
 
@@ -155,7 +164,7 @@ class Sender:
 
 
 REPORTS: dict[str, type[Message]] = {
-    m.KIND: m for m in (Ready, Failed, Stats, Granted, Revoked, Used, Reloaded, Counts)
+    m.KIND: m for m in (Ready, Failed, Stats, Granted, Revoked, Used, Command, Reloaded, Counts)
 }
 ORDERS: dict[str, type[Message]] = {m.KIND: m for m in (Reload, Forget, CountsRequest)}
 

@@ -317,9 +317,10 @@ class GatekeeperCollector(Collector):
             reloads.add_metric([result], n)
         yield reloads
         not_run = self.commands_dropped()
-        commands = CounterMetricFamily("gatekeeper_commands_dropped", "start_commands not run "
-                                       "because too many commands were waiting, and their "
-                                       "stop_commands", labels=["command"])
+        commands = CounterMetricFamily("gatekeeper_commands_dropped", "start and SPA server "
+                                       "commands not run because too many commands were "
+                                       "waiting, and the stop_commands of such starts",
+                                       labels=["command"])
         for what in COMMANDS:
             commands.add_metric([what], not_run.get(what, 0))
         yield commands

@@ -129,9 +129,16 @@ class SpaDoor:
     hmac_digest: str = DEFAULT_SPA_HMAC_DIGEST  # spa_hmac_digest
     digests: tuple[str, ...] = DEFAULT_SPA_DIGESTS  # spa_digests
     mode: str = DEFAULT_SPA_MODE  # spa_encryption_mode
+    # spa_commands: what ``fwknop --server-cmd TEXT`` may run, TEXT exactly -> argv (no
+    # shell; %IP% is the client's address); none by default (fwknopd's ENABLE_CMD_EXEC)
+    commands: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __repr__(self) -> str:  # never print key material
         return f"SpaDoor(key_file={self.key_file!r}, port={self.port})"
+
+    def command(self, text: str) -> tuple[str, ...] | None:
+        """The argv that the server command ``text`` runs, or None: not allowed."""
+        return next((argv for name, argv in self.commands if name == text), None)
 
 
 @dataclass(frozen=True, slots=True, repr=False)

@@ -59,7 +59,10 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,24}\Z")
 _IFACE_RE = re.compile(r"^[A-Za-z0-9_.@][^\s/:!]{0,14}\Z")
 _DEFAULTS = Settings()
 SPA_SETTINGS = ("key_file", "spa_port", "spa_window", "spa_other_source", "spa_hmac",
-                "spa_hmac_digest", "spa_digests", "spa_encryption_mode")
+                "spa_hmac_digest", "spa_digests", "spa_encryption_mode", "spa_commands")
+MAX_SPA_COMMANDS = 64
+# the command text rides in the message field (256 bytes) after the address and a comma
+MAX_SPA_COMMAND = 200
 log = logging.getLogger("gatekeeper.config")
 
 
@@ -299,7 +302,27 @@ class _Parser(Reader):
                         "anyone who can change one in flight can forge what it asks for "
                         "(fwknop without --use-hmac); use HMAC where the clients can",
                         self.name, where)
-        return SpaDoor(path, keys, port, window, other, with_hmac, hmac_digest, digests, mode)
+        commands = self.spa_commands(data.get("spa_commands", {}), f"{where}.spa_commands")
+        return SpaDoor(path, keys, port, window, other, with_hmac, hmac_digest, digests, mode,
+                       commands)
+
+    def spa_commands(self, raw: Any, key: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """``{ "TEXT" = argv, ... }``: the exact texts ``fwknop --server-cmd`` may send."""
+        if not isinstance(raw, dict):
+            raise self.fail(key, 'must be a table of "command text" = ["/path/to/program", "arg", ...]')
+        if len(raw) > MAX_SPA_COMMANDS:
+            raise self.fail(key, f"{len(raw)} commands: at most {MAX_SPA_COMMANDS}")
+        out = []
+        for text, argv in raw.items():
+            where = f"{key}.{text!r}"
+            if not text or not text.isprintable() or len(text.encode()) > MAX_SPA_COMMAND:
+                raise self.fail(where, f"the command text must be 1-{MAX_SPA_COMMAND} bytes of "
+                                "printable text")
+            command = self.command(argv, where)
+            if not command[0].startswith("/"):
+                raise self.fail(where, f"{command[0]!r}: name the program by its absolute path")
+            out.append((text, command))
+        return tuple(out)
 
     def _bool(self, value: Any, key: str) -> bool:
         if not isinstance(value, bool):

@@ -28,7 +28,7 @@ from gatekeeper.model import Door
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("start_command", "stop_command")
+COMMANDS = ("start_command", "stop_command", "server_command")
 MAX_PENDING = 1024  # commands waiting or running, all lanes together
 KILL_WAIT = 1.0  # seconds a killed command's process group gets to die
 
@@ -91,6 +91,19 @@ class CommandRunner:
             if door.stop_command:
                 self._queue(key, Job("stop_command", substitute(door.stop_command, address),
                                      door.command_timeout, f"door={door.name} address={address}"))
+
+    def server(self, address: str, door: Door, argv: tuple[str, ...]) -> None:
+        """An allowed SPA server command (``fwknop --server-cmd``), in the lane of the
+        address and door, after what it holds; not run past the limit (counted)."""
+        where = f"door={door.name} address={address}"
+        with self._cond:
+            if self._pending >= self._limit or self._closing:
+                self._dropped["server_command"] += 1
+                log.error("server_command not run: %s (%s)", "shutting down" if self._closing
+                          else f"{self._pending} commands waiting or running (the limit)", where)
+                return
+            self._queue((address, door.name), Job("server_command", substitute(argv, address),
+                                                  door.command_timeout, where))
 
     def dropped(self) -> dict[str, int]:
         """Commands not run since the start, by kind (the metric)."""

@@ -102,6 +102,8 @@ class Supervisor(WorkerPool):
                               message.opens)
         elif isinstance(message, msg.Used):
             self._sequence_used(message)
+        elif isinstance(message, msg.Command):
+            self._server_command(message)
         elif isinstance(message, msg.Reloaded):
             log.debug("worker %d reloaded", sender.worker)
 
@@ -379,6 +381,19 @@ class Supervisor(WorkerPool):
         log.info("one-time sequence used: door=%s file=%s line=%s", used.door, used.path,
                  used.line)
         self.reload()
+
+    def _server_command(self, asked: msg.Command) -> None:
+        """Run the argv the door maps an SPA server command to, as the config in force now
+        says (a worker only names the command; one the config no longer has is not run)."""
+        door = next((d for d in self.config.doors if d.name == asked.door), None)
+        argv = door.spa.command(asked.command) if door is not None and door.spa else None
+        if door is None or argv is None:
+            log.error("spa command not run: door=%s address=%s command=%r is not in the door's "
+                      "spa_commands now", asked.door, asked.address, asked.command)
+            return
+        log.info("spa command: door=%s address=%s command=%r", door.name, asked.address,
+                 asked.command)
+        self.commands.server(asked.address, door, argv)
 
     # -- reload -------------------------------------------------------------------------
 

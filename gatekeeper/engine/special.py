@@ -75,6 +75,16 @@ class SequenceUsed:
 
 
 @dataclass(frozen=True, slots=True)
+class CommandAsked:
+    """An SPA command message (``fwknop --server-cmd``) that door ``door`` allows: the
+    supervisor runs its argv (the door's ``spa_commands``) for ``address``; no grant."""
+
+    door: str
+    address: str
+    command: str
+
+
+@dataclass(frozen=True, slots=True)
 class ReplaySeen:
     """A message new to door ``door``'s replay cache: to be kept until ``expires`` (wall
     clock) in the door's journal, so that a restart does not forget it."""
@@ -99,7 +109,7 @@ class ReplayQuery:
     now: float
 
 
-SpecialEvent = Event | SequenceUsed
+SpecialEvent = Event | SequenceUsed | CommandAsked
 SpecialDecision = tuple[Verdict, Reason, tuple[SpecialEvent, ...]]
 
 
@@ -130,6 +140,7 @@ class SpecialDoors:
         self.shared_replay = False  # [cluster]: new replay entries are a ReplayQuery first
         self._allowed: dict[int, frozenset[tuple[str, int]]] = {}
         self._suites: dict[int, Suite] = {}
+        self._commands: dict[int, frozenset[str]] = {}  # door -> its spa_commands texts
         self._probes: dict[int, tuple[int, int]] = {}  # door -> (second, HMAC failures in it)
         self._open_keys: dict[int, frozenset[tuple[int, int]]] = {}
         self._encrypted: dict[int, int] = {}  # key -> encrypted door index
@@ -145,6 +156,7 @@ class SpecialDoors:
                 self.replay[door.name] = ReplayCache()
                 self._allowed[i] = frozenset((PROTO_NAMES[s.proto], s.port) for s in door.opens)
                 spa = door.spa
+                self._commands[i] = frozenset(text for text, _ in spa.commands)
                 self._suites[i] = Suite(spa.mode, spa.hmac_digest if spa.hmac else None,
                                                frozenset(spa.digests))
             elif door.encrypted is not None:
@@ -220,7 +232,8 @@ class SpecialDoors:
             result = fwknop.verify(payload, spa.keys, wall, replay=self.replay[door.name],
                                    allowed=self._allowed[index], source=src,
                                    other_source=spa.other_source, window=spa.window,
-                                   suite=self._suites[index], tell_types=probed < TYPE_PROBES)
+                                   suite=self._suites[index], tell_types=probed < TYPE_PROBES,
+                                   commands=self._commands[index])
             if result.stage in _PROBED:
                 self._probes[index] = (second, probed + 1)
             if result.stage is fwknop.Stage.HMAC or result.stage is fwknop.Stage.SIZE:
@@ -234,6 +247,10 @@ class SpecialDoors:
         self._count(self.config.doors[index].name, result.stage.name.lower())
         message = result.message
         if result.ok and result.grant is not None and message is not None:
+            if message.command is not None:  # verify() checked the door allows it
+                door = self.config.doors[index].name
+                return (_DROP, _R_COMPLETED, (Knocked(door, Outcome.COMPLETED),
+                                              CommandAsked(door, result.grant, message.command)))
             # verify() checked every requested port is one the door opens
             steps = [Port(PROTO_NUMBERS[name], port) for name, port in message.access]
             return self._grant(ipaddress.ip_address(result.grant).packed, index, now,
@@ -408,5 +425,5 @@ class SpecialDoors:
                 del progress[s]
 
 
-__all__ = ["SEQUENCE_STAGES", "SPA_STAGES", "ReplayQuery", "ReplaySeen", "SequenceUsed",
+__all__ = ["SEQUENCE_STAGES", "SPA_STAGES", "CommandAsked", "ReplayQuery", "ReplaySeen", "SequenceUsed",
            "SpecialDecision", "SpecialDoors", "SpecialEvent", "has_special", "shared_admits"]

@@ -29,6 +29,7 @@ from gatekeeper import messages as msg
 from gatekeeper.daemon.onetime import mark_used
 from gatekeeper.engine import Engine, Event, Granted, Knocked, Reason, Revoked, Verdict
 from gatekeeper.engine.special import (
+    CommandAsked,
     ReplayQuery,
     ReplaySeen,
     SequenceUsed,
@@ -293,6 +294,8 @@ class Worker:
                     self._grant(event, now)
             elif isinstance(event, Revoked):
                 self._revoke(event, now)
+            elif isinstance(event, CommandAsked):
+                self.report(msg.Command(event.door, event.address, event.command))
 
     def _mark_used(self, events: tuple[Event, ...] | tuple[SpecialEvent, ...]) -> set[str]:
         """Mark each one-time line used in its file before its grant is given (a restart

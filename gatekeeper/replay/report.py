@@ -54,6 +54,8 @@ def describe(m: Moment, config: Config) -> str:
     if m.what == "one-time":
         return (f"one-time line {f['line']} used ({f['sequence']}); the daemon marks it in "
                 f"{f['path']}, the replay leaves the file alone")
+    if m.what == "command":
+        return f"COMMAND {f['command']!r} for {f['address']}: the daemon runs it, the replay does not"
     return f"{m.what} {f}"
 
 

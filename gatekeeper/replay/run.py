@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from gatekeeper.engine import Granted, Guard, Knocked, Reason, Revoked, Verdict
-from gatekeeper.engine.special import SequenceUsed
+from gatekeeper.engine.special import CommandAsked, SequenceUsed
 from gatekeeper.model import ICMP, PROTO_NAMES, TCP, UDP, Config, Door, Port
 from gatekeeper.queue.decode import decode
 from gatekeeper.queue.worker import TICK_SECONDS, Worker
@@ -329,6 +329,9 @@ class Replay:
             elif kind is SequenceUsed:
                 self._moment(now, source, event.door, "one-time", line=event.line, path=event.path,
                              sequence=event.steps)
+            elif kind is CommandAsked:
+                self._moment(now, source, event.door, "command", address=event.address,
+                             command=event.command)
 
     def _guards(self, now: float, src: bytes, before: list[int], after: list[int]) -> None:
         res = self.result

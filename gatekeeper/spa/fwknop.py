@@ -102,6 +102,7 @@ class Stage(IntEnum):
     SOURCE = 9  # the address in the packet is not the packet's source
     HMAC_TYPE = 10  # the HMAC is right for the door's key, but of another digest type
     DIGEST_TYPE = 11  # the message digest is of a type the door does not accept
+    COMMAND = 12  # a command message (fwknop --server-cmd) whose text the door does not allow
 
 
 class MessageType(IntEnum):
@@ -168,7 +169,7 @@ class SpaResult:
 
     stage: Stage
     message: SpaMessage | None = None
-    grant: str | None = None  # the address to open the access for
+    grant: str | None = None  # the address to open the access (or run the command) for
     recorded: Recorded | None = None  # new to the replay cache (from ACCESS on): now recorded
 
     @property
@@ -355,6 +356,7 @@ def verify(
     window: float = DEFAULT_WINDOW,
     suite: Suite = DEFAULT_SUITE,
     tell_types: bool = True,
+    commands: Collection[str] = (),
 ) -> SpaResult:
     """Check one SPA packet (a UDP payload) against one key; never raises on any ``data``.
 
@@ -365,7 +367,8 @@ def verify(
     suite accepts (``DIGEST_TYPE``), then its value; the timestamp within ``window``
     seconds of ``now`` either way; replay (the packet is then remembered for ``2 * window``
     seconds, even if a later check fails); every requested ``(proto, port)`` in
-    ``allowed`` and the message an access request (type 1 or 3); the address in the
+    ``allowed`` and the message an access request (type 1 or 3), or a command message
+    (type 0) whose text is one of ``commands`` (else ``COMMAND``); the address in the
     message equal to ``source`` (the packet's source address, text or packed) unless
     ``other_source``. With ``other_source`` the message's address is granted, or
     ``source`` when the client sent ``0.0.0.0`` (``fwknop -s``). An IPv4-mapped address
@@ -409,7 +412,10 @@ def verify(
     seen = replay.record(replay_key(text), now, 2 * window)
     if not isinstance(seen, Recorded):
         return SpaResult(Stage.REPLAY, message)
-    if message.message_type not in _GRANTABLE_TYPES or not all(a in allowed for a in message.access):
+    if message.message_type == MessageType.COMMAND:
+        if message.command not in commands:
+            return SpaResult(Stage.COMMAND, message, recorded=seen)
+    elif message.message_type not in _GRANTABLE_TYPES or not all(a in allowed for a in message.access):
         return SpaResult(Stage.ACCESS, message, recorded=seen)
     try:
         sender = host_ip(source)

@@ -37,6 +37,7 @@ class Request:
     random: str | None = None
     version: str = FKO_VERSION
     digest: str = "sha256"
+    command: str | None = None  # fwknop --server-cmd: a command message instead of access
 
     def message(self) -> bytes:
         """The plaintext (encoded message, ``:``, its digest) that :func:`seal` encrypts;
@@ -50,7 +51,10 @@ class Request:
             raise ValueError("client_timeout must be 0-4294967295")
         if not re.fullmatch(r"[0-9A-Za-z._-]{1,8}", self.version):
             raise ValueError("version must be 1-8 characters like 3.0.0")
-        kind = MessageType.CLIENT_TIMEOUT_ACCESS if self.client_timeout else MessageType.ACCESS
+        if self.command is not None:
+            kind = MessageType.COMMAND
+        else:
+            kind = MessageType.CLIENT_TIMEOUT_ACCESS if self.client_timeout else MessageType.ACCESS
         fields = [
             random.encode(),
             cipher.b64encode(self.user.encode()),
@@ -66,6 +70,10 @@ class Request:
 
     def _access_text(self) -> str:
         ip = ipaddress.ip_address(self.address)
+        if self.command is not None:
+            if not self.command or not self.command.isprintable():
+                raise ValueError("command must be printable text")
+            return f"{ip},{self.command}"
         if not self.access:
             raise ValueError("ask for at least one proto/port")
         specs = []

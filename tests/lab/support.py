@@ -129,9 +129,11 @@ H = base64.b64encode(KEYS.hmac).decode()
 
 
 def fwknop_send(lab: Lab, home: str, *extra: str, allow: str = CLIENT4, save: str = "",
-                key: str = K, hmac_key: str = H, access: str = "tcp/22") -> None:
-    argv = ["env", f"HOME={home}", "fwknop", "-A", access, "-a", allow, "-D", GW4, "--use-hmac",
-            "--key-base64-rijndael", key, "--key-base64-hmac", hmac_key, "--no-rc-file", *extra]
+                key: str = K, hmac_key: str = H, access: str | None = "tcp/22") -> None:
+    """The stock client, as the lab's client; ``access`` None: no ``-A`` (``--server-cmd``)."""
+    argv = ["env", f"HOME={home}", "fwknop", *(["-A", access] if access else []), "-a", allow,
+            "-D", GW4, "--use-hmac", "--key-base64-rijndael", key, "--key-base64-hmac", hmac_key,
+            "--no-rc-file", *extra]
     if save:
         argv += ["--save-packet", save]
     lab.run("client", argv)

@@ -87,14 +87,14 @@ def test_an_overflow_refuses_new_starts_and_their_stops_never_a_stop_whose_start
         runner.start("192.0.2.2", d)  # not finished: 2
         runner.start("192.0.2.3", d)  # not finished: 3, the limit
         runner.start("192.0.2.4", d)  # refused
-        assert runner.dropped() == {"start_command": 1, "stop_command": 0}
+        assert runner.dropped() == {"start_command": 1, "stop_command": 0, "server_command": 0}
         assert ("start_command not run: 3 commands waiting or running (the limit); its "
                 "stop_command will not run either (door=ssh address=192.0.2.4)") in caplog.text
         runner.stop("192.0.2.4", d)  # its start never ran: nothing to undo
         runner.stop("192.0.2.2", d)  # over the limit, and queued: its start is waiting
         runner.stop("192.0.2.1", blocker)  # its start is running
         runner.start("192.0.2.4", d)  # still full: refused again
-        assert runner.dropped() == {"start_command": 2, "stop_command": 1}
+        assert runner.dropped() == {"start_command": 2, "stop_command": 1, "server_command": 0}
         assert ("stop_command not run: its start_command was not run "
                 "(door=ssh address=192.0.2.4)") in caplog.text
         go.touch()
@@ -136,7 +136,7 @@ def test_a_door_without_commands_runs_nothing_and_a_bad_command_is_logged(
         runner.stop(CLIENT, door("exit 3", "echo bad >&2; exit 4"))
     finally:
         runner.shutdown(wait=True)
-    assert runner.dropped() == {"start_command": 0, "stop_command": 0}
+    assert runner.dropped() == {"start_command": 0, "stop_command": 0, "server_command": 0}
     assert [r.getMessage() for r in caplog.records] == [
         "start_command /bin/sh: exit status 3 (door=ssh address=203.0.113.10)",
         "stop_command /bin/sh: exit status 4: bad (door=ssh address=203.0.113.10)"]
@@ -153,4 +153,4 @@ def test_after_shutdown_a_stop_still_runs_and_a_start_does_not(tmp_path: Path) -
     runner.stop(OTHER, d)
     runner.shutdown(wait=True)
     assert lines(log) == [f"start {CLIENT}", f"stop {CLIENT}"]
-    assert runner.dropped() == {"start_command": 1, "stop_command": 1}
+    assert runner.dropped() == {"start_command": 1, "stop_command": 1, "server_command": 0}

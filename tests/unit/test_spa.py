@@ -146,8 +146,8 @@ def test_each_stage_has_its_own_failure() -> None:
     rm = b64(f"{CLIENT},rm -rf /".encode())
     encoded = b"1234567890123456:" + b64(b"root") + f":{now}:3.0.0:0:".encode() + rm
     command = encoded + b":" + b64(hashlib.sha256(encoded).digest())
-    result = check(seal(KEYS, command), now=now)
-    assert result.stage is Stage.ACCESS and result.message is not None
+    result = check(seal(KEYS, command), now=now)  # a door without spa_commands
+    assert result.stage is Stage.COMMAND and result.message is not None
     assert result.message.command == "rm -rf /" and result.message.access == ()
     assert check(seal(KEYS, good), now=now, source=OTHER).stage is Stage.SOURCE
     assert check(seal(KEYS, good), now=now, source="not an address").stage is Stage.SOURCE
