@@ -198,3 +198,41 @@ def test_latency_panels_and_alert_agree_with_the_buckets() -> None:
         assert panel["options"]["calculate"] is False, "the exporter's buckets, not Grafana's"
         assert all(t.get("format") == "heatmap" for t in panel["targets"])
         assert all("gatekeeper_verdict_seconds_bucket" in t["expr"] for t in panel["targets"])
+
+
+def test_the_exporter_writes_only_what_the_contract_allows_and_every_closed_value() -> None:
+    """The collector as the supervisor builds it (an SPA door, an encrypted-sequence door):
+    every series is a contract metric with the contract's labels, every closed label takes
+    exactly the contract's values. The live monitoring test checks the same in Prometheus."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from gatekeeper.daemon.commands import CommandRunner
+    from gatekeeper.engine.special import SEQUENCE_STAGES, SPA_STAGES
+    from gatekeeper.metrics import GatekeeperCollector, Stats
+
+    runner = CommandRunner(workers=1)
+    try:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(GatekeeperCollector(
+            Stats(), dict, lambda: 1, lambda: ["ssh", "spa", "seq"],
+            spa_doors=lambda: {"spa": SPA_STAGES, "seq": SEQUENCE_STAGES},
+            commands_dropped=runner.dropped, ruleset=lambda: {4: (True, 0), 6: (True, 0)}))
+        text = generate_latest(registry).decode()
+    finally:
+        runner.shutdown(wait=True)
+    seen: dict[tuple[str, str], set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            metric = contract_metric(sample.name)
+            if metric is None:
+                assert not sample.name.startswith("gatekeeper_"), f"{sample.name} is not in the contract"
+                continue
+            labels = set(sample.labels) - {"le"}
+            assert labels == set(CONTRACT[metric].labels), (sample.name, sorted(labels))
+            for label in labels:
+                seen.setdefault((metric, label), set()).add(sample.labels[label])
+    for (metric, label), values in sorted(seen.items()):
+        allowed = CONTRACT[metric].labels[label]
+        if allowed is not None and metric != "gatekeeper_cluster_state":  # one state at a time
+            assert values == allowed, f"{metric}: {label} = {sorted(values)}, contract {sorted(allowed)}"
