@@ -43,7 +43,13 @@ from gatekeeper.importers.fwknop_conf import (
     sources,
     yes,
 )
-from gatekeeper.importers.output import CHECK_NAME, Notice, config_reason, printable, toml_list, toml_str
+from gatekeeper.importers.output import (
+    Notice,
+    interface_problem,
+    printable,
+    toml_list,
+    toml_str,
+)
 from gatekeeper.model import DEFAULT_SPA_DIGESTS, DEFAULT_SPA_PORT, MAX_OPEN_FOR
 from gatekeeper.spa.fwknop import MAX_ENCRYPTION_KEY, MAX_HMAC_KEY, MIN_KEY
 
@@ -232,12 +238,8 @@ class _Converter:
         iface = DEFAULT_INTERFACE if value is None else value.text
         line = None if value is None else value.line
         out = ["[gatekeeper]"]
-        check = (f"[gatekeeper]\ninterfaces = [{toml_str(iface)}]\n"
-                 "[[door]]\nname = \"x\"\nsequence = [\"1:udp\"]\nopens = [\"2:tcp\"]\n")
-        try:
-            config_mod.loads(check, CHECK_NAME)
-        except ConfigError as exc:
-            reason = config_reason(exc)
+        reason = interface_problem(iface)
+        if reason is not None:
             self.warn(line, None, f"PCAP_INTF {iface!r} cannot be guarded ({reason}); interfaces left "
                       "out, which guards every interface but loopback: set it", server=value is not None)
             out.append(f"# interfaces = [{toml_str(iface)}]  # fwknopd's PCAP_INTF: {reason}")

@@ -53,7 +53,15 @@ from gatekeeper.importers.knockd_conf import (
     read,
 )
 from gatekeeper.importers.knockd_onetime import line_notices, one_time_path
-from gatekeeper.importers.output import CHECK_NAME, Notice, config_reason, printable, toml_list, toml_str
+from gatekeeper.importers.output import (
+    CHECK_NAME,
+    Notice,
+    config_reason,
+    interface_problem,
+    printable,
+    toml_list,
+    toml_str,
+)
 from gatekeeper.model import MAX_OPEN_FOR, MAX_SEQUENCE_TIMEOUT
 
 __all__ = [
@@ -305,12 +313,8 @@ class _Converter:
                 self.warn(line, "options", f"interface {value.text} is an alias; gatekeeper guards the "
                           f"device, {iface}")
         out = ["[gatekeeper]"]
-        check = (f"[gatekeeper]\ninterfaces = [{toml_str(iface)}]\n"
-                 "[[door]]\nname = \"x\"\nsequence = [\"1:udp\"]\nopens = [\"2:tcp\"]\n")
-        try:
-            config_mod.loads(check, CHECK_NAME)
-        except ConfigError as exc:
-            reason = config_reason(exc)
+        reason = interface_problem(iface)
+        if reason is not None:
             self.warn(line, "options", f"interface {iface!r} cannot be guarded ({reason}); interfaces "
                       "left out, which guards every interface but loopback: set it")
             out.append(f"# interfaces = [{toml_str(iface)}]  # {comment}: {reason}")

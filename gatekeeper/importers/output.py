@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import gatekeeper.config.load as config_mod
 from gatekeeper.config import ConfigError
 
 CHECK_NAME = "<import>"  # the name a candidate config is checked under
@@ -60,3 +61,14 @@ _DOOR_PREFIX = re.compile(r"^door\[\d+\] \([^)]*\)\.")
 def config_reason(exc: ConfigError) -> str:
     """A ConfigError from checking a candidate, without the candidate's name and index."""
     return _DOOR_PREFIX.sub("", str(exc).removeprefix(f"{CHECK_NAME}: "))
+
+
+def interface_problem(iface: str) -> str | None:
+    """Why gatekeeper cannot guard the interface an imported file names, or None."""
+    check = (f"[gatekeeper]\ninterfaces = [{toml_str(iface)}]\n"
+             "[[door]]\nname = \"x\"\nsequence = [\"1:udp\"]\nopens = [\"2:tcp\"]\n")
+    try:
+        config_mod.loads(check, CHECK_NAME)
+    except ConfigError as exc:
+        return config_reason(exc)
+    return None
