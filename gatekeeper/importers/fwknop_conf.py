@@ -74,8 +74,9 @@ class FwknopConf:
     notices: list[Notice] = field(default_factory=list)
 
 
-def _lines(text: str, name: str) -> list[tuple[int, str, str]]:
-    """(line number, name, value) of each setting line; a name with no value is a notice."""
+def _lines(text: str, notices: list[Notice]) -> list[tuple[int, str, str]]:
+    """(line number, name, value) of each setting line; a name with no value is ignored,
+    as fwknopd does, with a notice."""
     out = []
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.lstrip(" \t")
@@ -83,6 +84,9 @@ def _lines(text: str, name: str) -> list[tuple[int, str, str]]:
             continue
         parts = re.match(r"(\S+)[ \t]*([^;\r\n]*)", line)
         assert parts is not None  # a non-blank line has a first word
+        if not parts.group(2).strip():
+            notices.append(Notice(number, None, f"{parts.group(1)} has no value: ignored, as fwknopd does"))
+            continue
         out.append((number, parts.group(1).removesuffix(":"), parts.group(2)))
     return out
 
@@ -90,10 +94,7 @@ def _lines(text: str, name: str) -> list[tuple[int, str, str]]:
 def parse_access(text: str, name: str) -> FwknopConf:
     """access.conf's stanzas; raises :class:`FwknopError` on what fwknopd refuses too."""
     conf = FwknopConf(name)
-    for number, key, value in _lines(text, name):
-        if not value.strip():
-            conf.notices.append(Notice(number, None, f"{key} has no value: ignored, as fwknopd does"))
-            continue
+    for number, key, value in _lines(text, conf.notices):
         if key.startswith("%include"):
             conf.notices.append(Notice(number, None, f"{key} {value.strip()}: not followed; import "
                                        "that file too (its doors need their own spa_port)"))
@@ -127,10 +128,7 @@ def parse_access(text: str, name: str) -> FwknopConf:
 def parse_server(text: str, name: str) -> FwknopConf:
     """fwknopd.conf's settings (every name; the converter says which it takes)."""
     conf = FwknopConf(name)
-    for number, key, value in _lines(text, name):
-        if not value.strip():
-            conf.notices.append(Notice(number, None, f"{key} has no value: ignored"))
-            continue
+    for number, key, value in _lines(text, conf.notices):
         conf.values[key] = Value(value.strip(), number)
     return conf
 

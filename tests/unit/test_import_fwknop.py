@@ -200,6 +200,9 @@ def test_lines_before_the_first_source_and_includes_are_warned_about() -> None:
     result = conv(f"# comment\nKEY early\n%include /etc/fwknop/more.conf\n{BASIC}")
     assert warned(result, 2, "before any SOURCE") and warned(result, 3, "not followed")
     assert doors(result)[0]["name"] == "spa"
+    result = conv(BASIC + "REQUIRE_USERNAME\n", "PCAP_FILTER   \n")
+    assert warned(result, 5, "REQUIRE_USERNAME has no value: ignored")
+    assert warned(result, 1, "PCAP_FILTER has no value", "s.conf")
 
 
 # --- several stanzas -------------------------------------------------------------------
