@@ -31,6 +31,10 @@ from pathlib import Path
 import gatekeeper.config.load as config_mod
 from gatekeeper.config import ConfigError
 from gatekeeper.importers.fwknop_conf import (
+    NOT_NEEDED,
+    SERVER_FLAGS,
+    STANZA_WARNINGS,
+    YES_NO,
     FwknopConf,
     FwknopError,
     Stanza,
@@ -61,52 +65,6 @@ DEFAULT_INTERFACE = "eth0"  # fwknopd's PCAP_INTF
 MAX_WINDOW = 3600  # spa_window's ceiling
 _GATEKEEPER_MODES = ("cbc", "cfb", "ofb", "ctr", "ecb", "legacy")
 _GATEKEEPER_HMACS = ("md5", "sha1", "sha256", "sha384", "sha512")
-# fwknopd.conf settings gatekeeper has no use for: how fwknopd sniffs, runs iptables, logs
-_NOT_NEEDED = frozenset({
-    "PCAP_DISPATCH_COUNT", "PCAP_LOOP_SLEEP", "ENABLE_PCAP_PROMISC", "MAX_SNIFF_BYTES",
-    "EXIT_AT_INTF_DOWN", "ENABLE_DIGEST_PERSISTENCE", "RULES_CHECK_THRESHOLD", "CMD_EXEC_TIMEOUT",
-    "LOCALE", "SYSLOG_IDENTITY", "SYSLOG_FACILITY", "ENABLE_RULE_PREPEND", "ENABLE_NAT_DNS",
-    "ENABLE_IPT_OUTPUT", "FLUSH_IPT_AT_INIT", "FLUSH_IPT_AT_EXIT", "IPT_INPUT_ACCESS",
-    "IPT_OUTPUT_ACCESS", "IPT_FORWARD_ACCESS", "IPT_DNAT_ACCESS", "IPT_SNAT_ACCESS",
-    "IPT_MASQUERADE_ACCESS", "ENABLE_IPT_COMMENT_CHECK", "FWKNOP_RUN_DIR", "FWKNOP_CONF_DIR",
-    "ACCESS_FILE", "FWKNOP_PID_FILE", "DIGEST_FILE", "DIGEST_DB_FILE", "GPG_HOME_DIR", "GPG_EXE",
-    "SUDO_EXE", "FIREWALL_EXE", "VERBOSE", "UDPSERV_SELECT_TIMEOUT", "TCPSERV_PORT",
-    "ENABLE_X_FORWARDED_FOR", "SNAT_TRANSLATE_IP", "FIREWD_INPUT_ACCESS", "FIREWD_OUTPUT_ACCESS",
-    "FIREWD_FORWARD_ACCESS", "FIREWD_DNAT_ACCESS", "FIREWD_SNAT_ACCESS", "FIREWD_MASQUERADE_ACCESS",
-    "ENABLE_FIREWD_COMMENT_CHECK", "ENABLE_FIREWD_OUTPUT", "FAULT_INJECTION_TAG",
-})
-# fwknopd.conf Y/N settings with no gatekeeper counterpart: a warning when on
-_SERVER_FLAGS = {
-    "ENABLE_TCP_SERVER": "SPA over TCP (fwknop -P tcp) is not supported by gatekeeper yet",
-    "ENABLE_SPA_OVER_HTTP": "SPA over HTTP (fwknop -P http) is not supported by gatekeeper yet",
-    "ENABLE_IPT_FORWARDING": "NAT access (fwknop -N) is not supported by gatekeeper yet",
-    "ENABLE_IPT_LOCAL_NAT": "NAT access (fwknop -N) is not supported by gatekeeper yet",
-    "ENABLE_IPT_SNAT": "SNAT of granted traffic is not supported by gatekeeper",
-    "ENABLE_FIREWD_FORWARDING": "NAT access (fwknop -N) is not supported by gatekeeper yet",
-    "ENABLE_PCAP_ANY_DIRECTION": "gatekeeper takes SPA packets addressed to the gateway only",
-    "ENABLE_DESTINATION_RULE": "gatekeeper doors have no destination filter",
-}
-_STANZA_WARNINGS = {
-    "REQUIRE_USERNAME": "gatekeeper does not check the username an SPA packet carries (fwknop -U)",
-    "ACCESS_EXPIRE": "gatekeeper doors do not expire: remove the door when access should end",
-    "ACCESS_EXPIRE_EPOCH": "gatekeeper doors do not expire: remove the door when access should end",
-    "CMD_CYCLE_OPEN": "not carried over: a door's start_command (argv, %IP% the client's address) "
-                      "runs when a grant begins; write it by hand",
-    "CMD_CYCLE_CLOSE": "not carried over: a door's stop_command runs when a grant ends; write it by hand",
-    "CMD_CYCLE_TIMER": "not carried over: a grant lasts open_for",
-    "CMD_EXEC_USER": "gatekeeper runs server commands as the daemon's user (the unit: gatekeeper)",
-    "CMD_EXEC_GROUP": "gatekeeper runs server commands as the daemon's group (the unit: gatekeeper)",
-    "ENABLE_CMD_SUDO_EXEC": "gatekeeper runs no command through sudo: list each in spa_commands",
-    "CMD_SUDO_EXEC_USER": "gatekeeper runs no command through sudo",
-    "CMD_SUDO_EXEC_GROUP": "gatekeeper runs no command through sudo",
-    "FORCE_SNAT": "SNAT of granted traffic is not supported by gatekeeper",
-    "FORCE_MASQUERADE": "masquerading granted traffic is not supported by gatekeeper",
-    "DISABLE_DNAT": "NAT access is not supported by gatekeeper yet, nor this refinement of it",
-    "FORWARD_ALL": "NAT access is not supported by gatekeeper yet, nor forwarding everything",
-}
-_YES_NO = frozenset({"ENABLE_CMD_SUDO_EXEC", "FORCE_MASQUERADE", "DISABLE_DNAT", "FORWARD_ALL"})
-
-
 @dataclass(frozen=True, slots=True)
 class KeyFile:
     """A key file to write (mode 0600): its absolute path and text."""
@@ -259,13 +217,13 @@ class _Converter:
         if self.server is None:
             return
         for key, value in sorted(self.server.values.items(), key=lambda kv: kv[1].line):
-            if key in _SERVER_FLAGS:
+            if key in SERVER_FLAGS:
                 if yes(value):
-                    self.warn(value.line, None, f"{key} {value.text}: {_SERVER_FLAGS[key]}", server=True)
+                    self.warn(value.line, None, f"{key} {value.text}: {SERVER_FLAGS[key]}", server=True)
             elif key == "ACCESS_FOLDER":
                 self.warn(value.line, None, f"ACCESS_FOLDER {value.text}: only the access.conf given is "
                           "imported; import the folder's files one by one", server=True)
-            elif key not in _NOT_NEEDED and key not in ("PCAP_INTF", "PCAP_FILTER", "ENABLE_UDP_SERVER",
+            elif key not in NOT_NEEDED and key not in ("PCAP_INTF", "PCAP_FILTER", "ENABLE_UDP_SERVER",
                                                         "UDPSERV_PORT", "ENABLE_SPA_PACKET_AGING",
                                                         "MAX_SPA_PACKET_AGE"):
                 self.warn(value.line, None, f"{key} is not an fwknopd 2.6 setting gatekeeper knows: "
@@ -436,9 +394,9 @@ class _Converter:
             self.warn(nat.line, door.name, f"FORCE_NAT {nat.text}: NAT access is not supported by "
                       "gatekeeper yet, and opening the gateway's own ports instead would open something "
                       "else: door left commented out")
-        for key, why in _STANZA_WARNINGS.items():
+        for key, why in STANZA_WARNINGS.items():
             value = values.get(key)
-            if value is None or (key in _YES_NO and not yes(value)):
+            if value is None or (key in YES_NO and not yes(value)):
                 continue
             self.warn(value.line, door.name, f"{key} {value.text}: {why}")
 

@@ -39,6 +39,52 @@ _NUMBER = re.compile(r"\d{1,10}\Z")
 MODES = ("cbc", "cfb", "ofb", "ctr", "ecb", "legacy", "asymmetric")  # ENCRYPTION_MODE, any case
 HMAC_TYPES = ("md5", "sha1", "sha256", "sha384", "sha512", "sha3_256", "sha3_512")
 
+# What the converter makes of them. fwknopd.conf settings gatekeeper has no use for
+# (how fwknopd sniffs, runs iptables, logs):
+NOT_NEEDED = frozenset({
+    "PCAP_DISPATCH_COUNT", "PCAP_LOOP_SLEEP", "ENABLE_PCAP_PROMISC", "MAX_SNIFF_BYTES",
+    "EXIT_AT_INTF_DOWN", "ENABLE_DIGEST_PERSISTENCE", "RULES_CHECK_THRESHOLD", "CMD_EXEC_TIMEOUT",
+    "LOCALE", "SYSLOG_IDENTITY", "SYSLOG_FACILITY", "ENABLE_RULE_PREPEND", "ENABLE_NAT_DNS",
+    "ENABLE_IPT_OUTPUT", "FLUSH_IPT_AT_INIT", "FLUSH_IPT_AT_EXIT", "IPT_INPUT_ACCESS",
+    "IPT_OUTPUT_ACCESS", "IPT_FORWARD_ACCESS", "IPT_DNAT_ACCESS", "IPT_SNAT_ACCESS",
+    "IPT_MASQUERADE_ACCESS", "ENABLE_IPT_COMMENT_CHECK", "FWKNOP_RUN_DIR", "FWKNOP_CONF_DIR",
+    "ACCESS_FILE", "FWKNOP_PID_FILE", "DIGEST_FILE", "DIGEST_DB_FILE", "GPG_HOME_DIR", "GPG_EXE",
+    "SUDO_EXE", "FIREWALL_EXE", "VERBOSE", "UDPSERV_SELECT_TIMEOUT", "TCPSERV_PORT",
+    "ENABLE_X_FORWARDED_FOR", "SNAT_TRANSLATE_IP", "FIREWD_INPUT_ACCESS", "FIREWD_OUTPUT_ACCESS",
+    "FIREWD_FORWARD_ACCESS", "FIREWD_DNAT_ACCESS", "FIREWD_SNAT_ACCESS", "FIREWD_MASQUERADE_ACCESS",
+    "ENABLE_FIREWD_COMMENT_CHECK", "ENABLE_FIREWD_OUTPUT", "FAULT_INJECTION_TAG",
+})
+# fwknopd.conf Y/N settings with no gatekeeper counterpart: a warning when on
+SERVER_FLAGS = {
+    "ENABLE_TCP_SERVER": "SPA over TCP (fwknop -P tcp) is not supported by gatekeeper yet",
+    "ENABLE_SPA_OVER_HTTP": "SPA over HTTP (fwknop -P http) is not supported by gatekeeper yet",
+    "ENABLE_IPT_FORWARDING": "NAT access (fwknop -N) is not supported by gatekeeper yet",
+    "ENABLE_IPT_LOCAL_NAT": "NAT access (fwknop -N) is not supported by gatekeeper yet",
+    "ENABLE_IPT_SNAT": "SNAT of granted traffic is not supported by gatekeeper",
+    "ENABLE_FIREWD_FORWARDING": "NAT access (fwknop -N) is not supported by gatekeeper yet",
+    "ENABLE_PCAP_ANY_DIRECTION": "gatekeeper takes SPA packets addressed to the gateway only",
+    "ENABLE_DESTINATION_RULE": "gatekeeper doors have no destination filter",
+}
+STANZA_WARNINGS = {
+    "REQUIRE_USERNAME": "gatekeeper does not check the username an SPA packet carries (fwknop -U)",
+    "ACCESS_EXPIRE": "gatekeeper doors do not expire: remove the door when access should end",
+    "ACCESS_EXPIRE_EPOCH": "gatekeeper doors do not expire: remove the door when access should end",
+    "CMD_CYCLE_OPEN": "not carried over: a door's start_command (argv, %IP% the client's address) "
+                      "runs when a grant begins; write it by hand",
+    "CMD_CYCLE_CLOSE": "not carried over: a door's stop_command runs when a grant ends; write it by hand",
+    "CMD_CYCLE_TIMER": "not carried over: a grant lasts open_for",
+    "CMD_EXEC_USER": "gatekeeper runs server commands as the daemon's user (the unit: gatekeeper)",
+    "CMD_EXEC_GROUP": "gatekeeper runs server commands as the daemon's group (the unit: gatekeeper)",
+    "ENABLE_CMD_SUDO_EXEC": "gatekeeper runs no command through sudo: list each in spa_commands",
+    "CMD_SUDO_EXEC_USER": "gatekeeper runs no command through sudo",
+    "CMD_SUDO_EXEC_GROUP": "gatekeeper runs no command through sudo",
+    "FORCE_SNAT": "SNAT of granted traffic is not supported by gatekeeper",
+    "FORCE_MASQUERADE": "masquerading granted traffic is not supported by gatekeeper",
+    "DISABLE_DNAT": "NAT access is not supported by gatekeeper yet, nor this refinement of it",
+    "FORWARD_ALL": "NAT access is not supported by gatekeeper yet, nor forwarding everything",
+}
+YES_NO = frozenset({"ENABLE_CMD_SUDO_EXEC", "FORCE_MASQUERADE", "DISABLE_DNAT", "FORWARD_ALL"})
+
 
 class FwknopError(GatekeeperError):
     """An fwknop config that cannot be read or parsed: one line naming file and line."""
