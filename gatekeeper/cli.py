@@ -180,6 +180,12 @@ def _cmd_import_knockd(args: argparse.Namespace) -> int:
     return knockd.main(args.file, args.output)
 
 
+def _cmd_import_fwknop(args: argparse.Namespace) -> int:
+    from gatekeeper.importers import fwknop
+
+    return fwknop.main(args.file, args.server_conf, args.output, args.key_dir)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gatekeeper", description="Inline port-knocking gatekeeper for Linux gateways."
@@ -387,11 +393,23 @@ def _soak_command(sub: Subcommands[argparse.ArgumentParser]) -> None:
 
 
 def _import_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
-    """import-knockd."""
+    """import-knockd, import-fwknop."""
     p = sub.add_parser("import-knockd", help="convert a knockd.conf into a gatekeeper config")
     p.add_argument("file", metavar="FILE", help="knockd config, e.g. /etc/knockd.conf")
     p.add_argument("-o", "--output", metavar="OUT", help="write the TOML here (default: stdout)")
     p.set_defaults(func=_cmd_import_knockd)
+
+    p = sub.add_parser("import-fwknop", help="convert fwknopd's access.conf (and fwknopd.conf) into a "
+                       "gatekeeper config and key files")
+    p.add_argument("file", metavar="ACCESS_CONF", help="fwknopd's access.conf, e.g. /etc/fwknop/access.conf")
+    p.add_argument("--server-conf", metavar="FILE",
+                   help="fwknopd.conf, for the SPA port, packet age and interface (default: fwknopd's "
+                   "defaults)")
+    p.add_argument("-o", "--output", metavar="OUT", help="write the TOML here (default: stdout)")
+    p.add_argument("--key-dir", metavar="DIR",
+                   help="write each door's key file (mode 0600) here (default: OUT's directory, "
+                   "else /etc/gatekeeper)")
+    p.set_defaults(func=_cmd_import_fwknop)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,13 +47,21 @@ from gatekeeper.importers.knockd_conf import (
     Knock,
     KnockdConfig,
     KnockdError,
-    Notice,
     Section,
     parse,
     parse_sequence,
     read,
 )
 from gatekeeper.importers.knockd_onetime import line_notices, one_time_path
+from gatekeeper.importers.output import (
+    CHECK_NAME,
+    Notice,
+    config_reason,
+    interface_problem,
+    printable,
+    toml_list,
+    toml_str,
+)
 from gatekeeper.model import MAX_OPEN_FOR, MAX_SEQUENCE_TIMEOUT
 
 __all__ = [
@@ -65,7 +72,6 @@ __all__ = [
 
 DEFAULT_INTERFACE = "eth0"  # where knockd listens without Interface or -i
 DEFAULT_OPEN_FOR = 30  # when knockd never closed the port itself: gatekeeper's own default
-_CHECK_NAME = "<import>"
 
 
 # --- converting -------------------------------------------------------------------------
@@ -96,40 +102,6 @@ class _Door:
         return [f"# NOT CONVERTED: {self.problem}"] + [f"# {ln}" for ln in out]
 
 
-def _toml_str(text: str) -> str:
-    escapes = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-    out = []
-    for ch in text:
-        if ch in escapes:
-            out.append(escapes[ch])
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def _toml_list(items: Iterable[object]) -> str:
-    return "[" + ", ".join(_toml_str(str(i)) for i in items) + "]"
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
-
-def _printable(text: str) -> str:
-    """Control characters shown as ``\\xNN``: TOML comments may not hold them, and a
-    warning stays one line. (Values are escaped by _toml_str and hold none.)"""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
-_DOOR_PREFIX = re.compile(r"^door\[\d+\] \([^)]*\)\.")
-
-
-def _config_reason(exc: ConfigError) -> str:
-    """A ConfigError from checking a candidate, without the candidate's name and index."""
-    return _DOOR_PREFIX.sub("", str(exc).removeprefix(f"{_CHECK_NAME}: "))
-
-
 class _Converter:
     def __init__(self, cfg: KnockdConfig, base_dir: Path | None) -> None:
         self.cfg = cfg
@@ -156,14 +128,14 @@ class _Converter:
         if closer is not None:
             origin += f"; close_sequence from [{closer.sec.name}], line {closer.sec.line}"
         door = _Door(sec, name, origin)
-        door.add("name", _toml_str(name))
+        door.add("name", toml_str(name))
         self.sequence(door)
         self.timeout(door)
         self.flags(door, closer)
         opens = self.opens(door, plan)
         self.open_for(door, plan, closer, opens)
         if closer is not None:
-            door.add("close_sequence", _toml_list(closer.sec.sequence))
+            door.add("close_sequence", toml_list(closer.sec.sequence))
         self.commands(door, plan, closer, opens)
         return door
 
@@ -174,11 +146,11 @@ class _Converter:
         sec = door.sec
         one_time = sec.values.get("ONE_TIME_SEQUENCES")
         if one_time is None:
-            door.add("sequence", _toml_list(sec.sequence))
+            door.add("sequence", toml_list(sec.sequence))
             return
         path, notices = one_time_path(sec, self.base_dir, self.cfg.name)
         self.notices += notices
-        door.add("one_time_sequences", _toml_str(path), "knockd's file: each line opens the door once")
+        door.add("one_time_sequences", toml_str(path), "knockd's file: each line opens the door once")
 
     def timeout(self, door: _Door) -> None:
         sec = door.sec
@@ -195,11 +167,11 @@ class _Converter:
         sec = door.sec
         flags = sec.tcp_flags
         if flags is not None:
-            door.add("tcp_flags", _toml_str(flags))
+            door.add("tcp_flags", toml_str(flags))
         elif any(k.proto == "tcp" for k in sec.sequence):
             self.warn(sec.line, sec.name, "no tcpflags: knockd counted any tcp packet as a knock, "
                       "gatekeeper counts only those with tcp_flags (\"syn\", what knock clients send)")
-            door.add("tcp_flags", _toml_str("syn"), "knockd had none: any tcp packet")
+            door.add("tcp_flags", toml_str("syn"), "knockd had none: any tcp packet")
         if closer is not None:
             other = closer.sec
             if other.tcp_flags != sec.tcp_flags or other.seq_timeout != sec.seq_timeout:
@@ -227,7 +199,7 @@ class _Converter:
                         self.warn(cmd.line, sec.name, note)
         host = opens[0].host if opens else None
         if host is not None:
-            door.add("host", _toml_str(host), "the FORWARD rule's -d")
+            door.add("host", toml_str(host), "the FORWARD rule's -d")
         target = sec.values.get("TARGET")
         if target is not None and target.text != host:
             self.warn(target.line, sec.name, f"target {target.text} not carried over: gatekeeper takes "
@@ -238,7 +210,7 @@ class _Converter:
             self.warn(plan.start6.line or sec.line, sec.name, f"knockd opened {ports_text(four)} for "
                       f"IPv4 knockers and {ports_text(six)} for IPv6 ones; the door opens "
                       f"{ports_text(opens)} for both")
-        door.add("opens", _toml_list(opens))
+        door.add("opens", toml_list(opens))
         if not opens and door.problem is None:
             if plan.deletes() and not plan.adds():
                 door.problem = "it only deletes rules, and no section adds exactly those with no " \
@@ -275,7 +247,7 @@ class _Converter:
         sec = plan.sec
         start = self.kept(door, plan.start, plan.start6, "start_command", sec)
         if start:
-            door.add("start_command", _toml_list(start))
+            door.add("start_command", toml_list(start))
         deleted: set[Port] = set()
         for cmd in distinct(plan.stop, plan.stop6):
             for i, rule in sorted(cmd.rules.items()):
@@ -302,7 +274,7 @@ class _Converter:
                           f"becomes door {door.name!r}'s stop_command: it runs when the grant ends, by the "
                           "close_sequence or after open_for")
         if stop:
-            door.add("stop_command", _toml_list(stop))
+            door.add("stop_command", toml_list(stop))
 
     def kept(self, door: _Door, four: Command, six: Command, key: str, sec: Section) -> list[str]:
         """The argv for the rest of a command; gatekeeper runs one command for IPv4 and IPv6
@@ -320,7 +292,7 @@ class _Converter:
         if six is not four and six.rest() != rest and six.value is not None:
             self.warn(six.value.line, sec.name, f"{six.key}: gatekeeper runs one {key} for IPv4 and IPv6 "
                       f"knockers; this IPv6 one ({six.rest() or 'nothing'!r}) is not carried over")
-            door.extra.append(f"# {six.key} = {_toml_str(six.rest())}  # IPv6 only, not carried over")
+            door.extra.append(f"# {six.key} = {toml_str(six.rest())}  # IPv6 only, not carried over")
         return argv
 
     # the whole file
@@ -341,18 +313,14 @@ class _Converter:
                 self.warn(line, "options", f"interface {value.text} is an alias; gatekeeper guards the "
                           f"device, {iface}")
         out = ["[gatekeeper]"]
-        check = (f"[gatekeeper]\ninterfaces = [{_toml_str(iface)}]\n"
-                 "[[door]]\nname = \"x\"\nsequence = [\"1:udp\"]\nopens = [\"2:tcp\"]\n")
-        try:
-            config_mod.loads(check, _CHECK_NAME)
-        except ConfigError as exc:
-            reason = _config_reason(exc)
+        reason = interface_problem(iface)
+        if reason is not None:
             self.warn(line, "options", f"interface {iface!r} cannot be guarded ({reason}); interfaces "
                       "left out, which guards every interface but loopback: set it")
-            out.append(f"# interfaces = [{_toml_str(iface)}]  # {comment}: {reason}")
+            out.append(f"# interfaces = [{toml_str(iface)}]  # {comment}: {reason}")
             guarded = "every interface but loopback"
         else:
-            out.append(f"interfaces = [{_toml_str(iface)}]  # {comment}")
+            out.append(f"interfaces = [{toml_str(iface)}]  # {comment}")
             guarded = iface
         self.warn(line, "options", f"gatekeeper drops every new connection on {guarded} that no door "
                   "grants (knockd only added rules): list what must stay reachable in [gatekeeper] public")
@@ -386,11 +354,11 @@ class _Converter:
         for door in doors:
             if door.problem is None:
                 try:
-                    loaded = config_mod.loads(_printable("\n".join([*head, *accepted, *door.lines()])),
-                                              _CHECK_NAME)
+                    loaded = config_mod.loads(printable("\n".join([*head, *accepted, *door.lines()])),
+                                              CHECK_NAME)
                 except ConfigError as exc:
-                    door.problem = f"gatekeeper refuses it: {_config_reason(exc)}"
-                    if door.one_time and _config_reason(exc).startswith("one_time_sequences ("):
+                    door.problem = f"gatekeeper refuses it: {config_reason(exc)}"
+                    if door.one_time and config_reason(exc).startswith("one_time_sequences ("):
                         door.problem += " (fix or delete that line, then import again)"
                     self.warn(door.sec.line, door.sec.name, f"{door.problem}: door left commented out")
                 else:
@@ -401,8 +369,8 @@ class _Converter:
             body += ["", *door.lines()]
         notices = sorted(self.notices, key=lambda n: n.line or 0)
         return Conversion(
-            toml=_printable("\n".join([*head, *body])) + "\n",
-            warnings=tuple(_printable(n.render(self.cfg.name)) for n in notices),
+            toml=printable("\n".join([*head, *body])) + "\n",
+            warnings=tuple(printable(n.render(self.cfg.name)) for n in notices),
             doors=sum(d.problem is None for d in doors),
         )
 

@@ -17,7 +17,8 @@ from gatekeeper.importers.firewall import (
     split_script,
     split_words,
 )
-from gatekeeper.importers.knockd_conf import Notice, Section, Value
+from gatekeeper.importers.knockd_conf import Section, Value
+from gatekeeper.importers.output import Notice
 
 
 @dataclass

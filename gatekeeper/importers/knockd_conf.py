@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gatekeeper.errors import GatekeeperError
+from gatekeeper.importers.output import Notice
 
 DEFAULT_SEQ_TIMEOUT = 25  # knockd's SEQ_TIMEOUT
 DEFAULT_CMD_TIMEOUT = 10  # knockd's CMD_TIMEOUT
@@ -57,20 +58,6 @@ class Value:
 
     text: str
     line: int
-
-
-@dataclass(frozen=True, slots=True)
-class Notice:
-    """A warning: what did not carry over, where in the knockd file."""
-
-    line: int | None
-    section: str | None
-    message: str
-
-    def render(self, name: str) -> str:
-        where = f"{name}:{self.line}:" if self.line is not None else f"{name}:"
-        section = f" [{self.section}]" if self.section is not None else ""
-        return f"{where} warning:{section} {self.message}"
 
 
 @dataclass

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gatekeeper.importers.knockd_conf import Notice, Section, knockd_reads
+from gatekeeper.importers.knockd_conf import Section, knockd_reads
+from gatekeeper.importers.output import Notice
 from gatekeeper.model import OneTimeDoor, Settings
 
 STATE_DIR = Settings().state_dir  # the shipped unit's StateDirectory: all it may write

@@ -1,0 +1,259 @@
+"""fwknopd's access.conf and fwknopd.conf as fwknopd 2.6 reads them, for
+``gatekeeper import-fwknop``.
+
+Both files are lines ``NAME value``: the name is the first word (a trailing ``:`` is
+dropped, names are case-sensitive), the value the rest of the line after the blanks that
+follow it, up to a ``;``. A line whose first non-blank character is ``#`` is a comment; a
+later ``#`` belongs to the value. In access.conf each ``SOURCE`` line starts a stanza, the
+lines after it up to the next ``SOURCE`` are its settings, and a setting given twice counts
+the last time, as in fwknopd. What fwknopd itself refuses (an unknown ``SOURCE`` entry, a
+port that is not ``tcp/N`` or ``udp/N``, a timeout that is not a number, bad base64, a
+stanza without a key) is an :class:`FwknopError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+from gatekeeper.errors import GatekeeperError
+from gatekeeper.importers.output import Notice
+from gatekeeper.spa.keyfile import b64decode
+
+ACCESS_KEYS = frozenset({
+    "SOURCE", "DESTINATION", "OPEN_PORTS", "RESTRICT_PORTS", "KEY", "KEY_BASE64", "HMAC_KEY",
+    "HMAC_KEY_BASE64", "HMAC_DIGEST_TYPE", "ENCRYPTION_MODE", "FW_ACCESS_TIMEOUT", "MAX_FW_TIMEOUT",
+    "ENABLE_CMD_EXEC", "ENABLE_CMD_SUDO_EXEC", "CMD_SUDO_EXEC_USER", "CMD_SUDO_EXEC_GROUP",
+    "CMD_EXEC_USER", "CMD_EXEC_GROUP", "CMD_CYCLE_OPEN", "CMD_CYCLE_CLOSE", "CMD_CYCLE_TIMER",
+    "REQUIRE_USERNAME", "REQUIRE_SOURCE_ADDRESS", "REQUIRE_SOURCE", "FORCE_NAT", "FORCE_SNAT",
+    "FORCE_MASQUERADE", "DISABLE_DNAT", "FORWARD_ALL", "ACCESS_EXPIRE", "ACCESS_EXPIRE_EPOCH",
+    "GPG_HOME_DIR", "GPG_EXE", "GPG_DECRYPT_ID", "GPG_DECRYPT_PW", "GPG_ALLOW_NO_PW",
+    "GPG_REQUIRE_SIG", "GPG_DISABLE_SIG", "GPG_IGNORE_SIG_VERIFY_ERROR", "GPG_REMOTE_ID",
+    "GPG_FINGERPRINT_ID",
+})
+KEY_NAMES = ("KEY", "KEY_BASE64", "HMAC_KEY", "HMAC_KEY_BASE64")
+_RAW = frozenset(KEY_NAMES)  # their values are kept as written: blanks at the end count
+_PORT = re.compile(r"(tcp|udp)/(\d{1,5})\Z")
+_NUMBER = re.compile(r"\d{1,10}\Z")
+MODES = ("cbc", "cfb", "ofb", "ctr", "ecb", "legacy", "asymmetric")  # ENCRYPTION_MODE, any case
+HMAC_TYPES = ("md5", "sha1", "sha256", "sha384", "sha512", "sha3_256", "sha3_512")
+
+# What the converter makes of them. fwknopd.conf settings gatekeeper has no use for
+# (how fwknopd sniffs, runs iptables, logs):
+NOT_NEEDED = frozenset({
+    "PCAP_DISPATCH_COUNT", "PCAP_LOOP_SLEEP", "ENABLE_PCAP_PROMISC", "MAX_SNIFF_BYTES",
+    "EXIT_AT_INTF_DOWN", "ENABLE_DIGEST_PERSISTENCE", "RULES_CHECK_THRESHOLD", "CMD_EXEC_TIMEOUT",
+    "LOCALE", "SYSLOG_IDENTITY", "SYSLOG_FACILITY", "ENABLE_RULE_PREPEND", "ENABLE_NAT_DNS",
+    "ENABLE_IPT_OUTPUT", "FLUSH_IPT_AT_INIT", "FLUSH_IPT_AT_EXIT", "IPT_INPUT_ACCESS",
+    "IPT_OUTPUT_ACCESS", "IPT_FORWARD_ACCESS", "IPT_DNAT_ACCESS", "IPT_SNAT_ACCESS",
+    "IPT_MASQUERADE_ACCESS", "ENABLE_IPT_COMMENT_CHECK", "FWKNOP_RUN_DIR", "FWKNOP_CONF_DIR",
+    "ACCESS_FILE", "FWKNOP_PID_FILE", "DIGEST_FILE", "DIGEST_DB_FILE", "GPG_HOME_DIR", "GPG_EXE",
+    "SUDO_EXE", "FIREWALL_EXE", "VERBOSE", "UDPSERV_SELECT_TIMEOUT", "TCPSERV_PORT",
+    "ENABLE_X_FORWARDED_FOR", "SNAT_TRANSLATE_IP", "FIREWD_INPUT_ACCESS", "FIREWD_OUTPUT_ACCESS",
+    "FIREWD_FORWARD_ACCESS", "FIREWD_DNAT_ACCESS", "FIREWD_SNAT_ACCESS", "FIREWD_MASQUERADE_ACCESS",
+    "ENABLE_FIREWD_COMMENT_CHECK", "ENABLE_FIREWD_OUTPUT", "FAULT_INJECTION_TAG",
+})
+# fwknopd.conf Y/N settings with no gatekeeper counterpart: a warning when on
+SERVER_FLAGS = {
+    "ENABLE_TCP_SERVER": "SPA over TCP (fwknop -P tcp) is not supported by gatekeeper yet",
+    "ENABLE_SPA_OVER_HTTP": "SPA over HTTP (fwknop -P http) is not supported by gatekeeper yet",
+    "ENABLE_IPT_FORWARDING": "NAT access (fwknop -N) is not supported by gatekeeper yet",
+    "ENABLE_IPT_LOCAL_NAT": "NAT access (fwknop -N) is not supported by gatekeeper yet",
+    "ENABLE_IPT_SNAT": "SNAT of granted traffic is not supported by gatekeeper",
+    "ENABLE_FIREWD_FORWARDING": "NAT access (fwknop -N) is not supported by gatekeeper yet",
+    "ENABLE_PCAP_ANY_DIRECTION": "gatekeeper takes SPA packets addressed to the gateway only",
+    "ENABLE_DESTINATION_RULE": "gatekeeper doors have no destination filter",
+}
+STANZA_WARNINGS = {
+    "REQUIRE_USERNAME": "gatekeeper does not check the username an SPA packet carries (fwknop -U)",
+    "ACCESS_EXPIRE": "gatekeeper doors do not expire: remove the door when access should end",
+    "ACCESS_EXPIRE_EPOCH": "gatekeeper doors do not expire: remove the door when access should end",
+    "CMD_CYCLE_OPEN": "not carried over: a door's start_command (argv, %IP% the client's address) "
+                      "runs when a grant begins; write it by hand",
+    "CMD_CYCLE_CLOSE": "not carried over: a door's stop_command runs when a grant ends; write it by hand",
+    "CMD_CYCLE_TIMER": "not carried over: a grant lasts open_for",
+    "CMD_EXEC_USER": "gatekeeper runs server commands as the daemon's user (the unit: gatekeeper)",
+    "CMD_EXEC_GROUP": "gatekeeper runs server commands as the daemon's group (the unit: gatekeeper)",
+    "ENABLE_CMD_SUDO_EXEC": "gatekeeper runs no command through sudo: list each in spa_commands",
+    "CMD_SUDO_EXEC_USER": "gatekeeper runs no command through sudo",
+    "CMD_SUDO_EXEC_GROUP": "gatekeeper runs no command through sudo",
+    "FORCE_SNAT": "SNAT of granted traffic is not supported by gatekeeper",
+    "FORCE_MASQUERADE": "masquerading granted traffic is not supported by gatekeeper",
+    "DISABLE_DNAT": "NAT access is not supported by gatekeeper yet, nor this refinement of it",
+    "FORWARD_ALL": "NAT access is not supported by gatekeeper yet, nor forwarding everything",
+}
+YES_NO = frozenset({"ENABLE_CMD_SUDO_EXEC", "FORCE_MASQUERADE", "DISABLE_DNAT", "FORWARD_ALL"})
+
+
+class FwknopError(GatekeeperError):
+    """An fwknop config that cannot be read or parsed: one line naming file and line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """A setting's value (trimmed, except a key's) and the line it is on."""
+
+    text: str
+    line: int
+
+
+@dataclass
+class Stanza:
+    """One ``SOURCE`` stanza of access.conf."""
+
+    source: Value
+    values: dict[str, Value] = field(default_factory=dict)
+
+    @property
+    def line(self) -> int:
+        return self.source.line
+
+
+@dataclass
+class FwknopConf:
+    """A parsed file: access.conf's stanzas, or fwknopd.conf's settings (``values``)."""
+
+    name: str
+    stanzas: list[Stanza] = field(default_factory=list)
+    values: dict[str, Value] = field(default_factory=dict)
+    notices: list[Notice] = field(default_factory=list)
+
+
+def _lines(text: str, notices: list[Notice]) -> list[tuple[int, str, str]]:
+    """(line number, name, value) of each setting line; a name with no value is ignored,
+    as fwknopd does, with a notice."""
+    out = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.lstrip(" \t")
+        if not line or line[0] in "#;":
+            continue
+        parts = re.match(r"(\S+)[ \t]*([^;\r\n]*)", line)
+        assert parts is not None  # a non-blank line has a first word
+        if not parts.group(2).strip():
+            notices.append(Notice(number, None, f"{parts.group(1)} has no value: ignored, as fwknopd does"))
+            continue
+        out.append((number, parts.group(1).removesuffix(":"), parts.group(2)))
+    return out
+
+
+def parse_access(text: str, name: str) -> FwknopConf:
+    """access.conf's stanzas; raises :class:`FwknopError` on what fwknopd refuses too."""
+    conf = FwknopConf(name)
+    for number, key, value in _lines(text, conf.notices):
+        if key.startswith("%include"):
+            conf.notices.append(Notice(number, None, f"{key} {value.strip()}: not followed; import "
+                                       "that file too (its doors need their own spa_port)"))
+            continue
+        if key not in ACCESS_KEYS:
+            conf.notices.append(Notice(number, None, f"{key} is not an fwknopd 2.6 access.conf "
+                                       "setting: ignored, as fwknopd does"))
+            continue
+        found = Value(value if key in _RAW else value.strip(), number)
+        if key == "SOURCE":
+            sources(found, name)
+            conf.stanzas.append(Stanza(found))
+            continue
+        if not conf.stanzas:
+            conf.notices.append(Notice(number, None, f"{key} before any SOURCE line: ignored, as "
+                                       "fwknopd does"))
+            continue
+        stanza = conf.stanzas[-1]
+        before = stanza.values.get(key)
+        if before is not None:
+            conf.notices.append(Notice(number, None, f"{key} is set again (line {before.line}): the "
+                                       "last one counts, as in fwknopd"))
+        stanza.values[key] = found
+    if not conf.stanzas:
+        raise FwknopError(f"{name}: no SOURCE line: fwknopd needs at least one access stanza")
+    for stanza in conf.stanzas:
+        check_stanza(stanza, name)
+    return conf
+
+
+def parse_server(text: str, name: str) -> FwknopConf:
+    """fwknopd.conf's settings (every name; the converter says which it takes)."""
+    conf = FwknopConf(name)
+    for number, key, value in _lines(text, conf.notices):
+        conf.values[key] = Value(value.strip(), number)
+    return conf
+
+
+def sources(value: Value, name: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None:
+    """A SOURCE's networks, or None for ``ANY`` (among them)."""
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    any_source = False
+    for entry in (e.strip() for e in value.text.split(",")):
+        if entry.upper() == "ANY":
+            any_source = True
+            continue
+        try:
+            nets.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise FwknopError(f"{name}:{value.line}: SOURCE: {entry!r} is not ANY, an address or "
+                              "a network") from None
+    return None if any_source else nets
+
+
+def ports(value: Value, name: str) -> list[tuple[str, int]]:
+    """OPEN_PORTS / RESTRICT_PORTS: ``proto/port`` entries, comma-separated."""
+    out = []
+    for entry in (e.strip() for e in value.text.split(",")):
+        found = _PORT.match(entry.lower())
+        if found is None or int(found.group(2)) > 65535:
+            raise FwknopError(f"{name}:{value.line}: {entry!r} is not tcp/PORT or udp/PORT "
+                              "(0-65535)")
+        out.append((found.group(1), int(found.group(2))))
+    return out
+
+
+def number(value: Value, name: str, key: str) -> int:
+    """A whole number of seconds."""
+    if not _NUMBER.match(value.text):
+        raise FwknopError(f"{name}:{value.line}: {key} {value.text!r} is not a whole number of seconds")
+    return int(value.text)
+
+
+def yes(value: Value | None) -> bool:
+    """fwknopd's Y/N: a value starting with Y or y is yes."""
+    return value is not None and value.text[:1] in ("Y", "y")
+
+
+def key_bytes(stanza: Stanza, base64_name: str, phrase_name: str, name: str) -> tuple[Value, bytes] | None:
+    """The key a stanza gives under either name (the later line counts): its line and bytes."""
+    given = [v for k, v in stanza.values.items() if k in (base64_name, phrase_name)]
+    if not given:
+        return None
+    value = max(given, key=lambda v: v.line)
+    if stanza.values.get(phrase_name) is value:
+        return value, value.text.encode("utf-8", "surrogateescape")
+    try:
+        raw = b64decode(value.text.strip().encode("ascii"))
+    except (ValueError, UnicodeError):
+        raw = b""
+    if not raw:
+        raise FwknopError(f"{name}:{value.line}: {base64_name} is not base64")
+    return value, raw
+
+
+def check_stanza(stanza: Stanza, name: str) -> None:
+    """What fwknopd refuses in a stanza: no key at all, equal keys, bad values."""
+    values = stanza.values
+    keys = key_bytes(stanza, "KEY_BASE64", "KEY", name)
+    hmac_key = key_bytes(stanza, "HMAC_KEY_BASE64", "HMAC_KEY", name)
+    if keys is None and not any(k.startswith("GPG_") for k in values):
+        raise FwknopError(f"{name}:{stanza.line}: the stanza of SOURCE {stanza.source.text} has no "
+                          "KEY or KEY_BASE64 (fwknopd refuses it too)")
+    if keys is not None and hmac_key is not None and keys[1] == hmac_key[1]:
+        raise FwknopError(f"{name}:{hmac_key[0].line}: the encryption and HMAC keys are the same "
+                          "(fwknopd refuses them too)")
+    for key in ("OPEN_PORTS", "RESTRICT_PORTS"):
+        if key in values:
+            ports(values[key], name)
+    for key, known in (("ENCRYPTION_MODE", MODES), ("HMAC_DIGEST_TYPE", HMAC_TYPES)):
+        if key in values and values[key].text.lower() not in known:
+            raise FwknopError(f"{name}:{values[key].line}: {key} {values[key].text!r}: fwknopd takes "
+                              f"{', '.join(known)}")
+    for key in ("FW_ACCESS_TIMEOUT", "MAX_FW_TIMEOUT"):
+        if key in values:
+            number(values[key], name, key)
