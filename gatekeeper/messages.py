@@ -118,6 +118,18 @@ class Command(Message, kind="command"):
 
 
 @dataclass(frozen=True, slots=True)
+class Refused(Message, kind="refused"):
+    """An SPA packet (or encrypted sequence) from ``address`` that ``door`` refused at
+    ``stage``; ``withheld``: refusals the worker did not report since its last one
+    (``gatekeeper.queue.refusals``)."""
+
+    door: str
+    address: str
+    stage: str
+    withheld: int
+
+
+@dataclass(frozen=True, slots=True)
 class Reloaded(Message, kind="reloaded"):
     """The config of a :class:`Reload` read: the new engine decides from the next packet."""
 
@@ -164,7 +176,8 @@ class Sender:
 
 
 REPORTS: dict[str, type[Message]] = {
-    m.KIND: m for m in (Ready, Failed, Stats, Granted, Revoked, Used, Command, Reloaded, Counts)
+    m.KIND: m for m in (Ready, Failed, Stats, Granted, Revoked, Used, Command, Refused, Reloaded,
+                        Counts)
 }
 ORDERS: dict[str, type[Message]] = {m.KIND: m for m in (Reload, Forget, CountsRequest)}
 
@@ -263,6 +276,6 @@ def decode_order(line: bytes) -> Message:
 
 __all__ = [
     "ORDERS", "REPORTS", "Counts", "CountsRequest", "Failed", "Forget", "Granted", "Message",
-    "MessageError", "Ready", "Reload", "Reloaded", "Revoked", "Sender", "Stats", "Used",
+    "MessageError", "Ready", "Refused", "Reload", "Reloaded", "Revoked", "Sender", "Stats", "Used",
     "decode_order", "decode_report", "encode",
 ]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 / Ubuntu machine for gatekeeper, as root: the system packages
 # (netfilter tools, the libnetfilter_queue headers NetfilterQueue builds against, Debian's
-# knockd for its stock knock client, redis-server for the cluster tests, dh-virtualenv,
+# knockd for its stock knock client, redis-server for the cluster tests, fail2ban for
+# fail2ban-regex and the SPA filter under rules/fail2ban, dh-virtualenv,
 # lintian and debootstrap for the Debian package and its test) and a virtualenv
 # at .venv in the repo root with gatekeeper installed editable, test extras included, its
 # hot path compiled with mypyc (GATEKEEPER_PURE=1 bash scripts/setup.sh: pure Python).
@@ -9,7 +10,7 @@
 # Idempotent and fast on a rerun: apt is skipped when every package is installed, pip
 # when the virtualenv already holds this checkout's install for the same pyproject.toml
 # and the same sources of the compiled modules.
-# Installing knockd or redis-server never starts their daemons: service starts are
+# Installing knockd, fail2ban or redis-server never starts their daemons: service starts are
 # forbidden for the duration of the install (policy-rc.d), and a service that the install
 # enabled is disabled again.
 set -euo pipefail
@@ -22,7 +23,7 @@ PACKAGES=(
     python3 python3-venv python3-dev gcc libnetfilter-queue-dev libnfnetlink-dev
     iptables ipset nftables conntrack iproute2 knockd procps prometheus systemd
     fwknop-client fwknop-server vagrant vagrant-libvirt nmap redis-server tcpdump
-    dh-virtualenv debhelper dpkg-dev lintian debootstrap
+    dh-virtualenv debhelper dpkg-dev lintian debootstrap fail2ban
 )
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -61,9 +62,9 @@ if [[ ${#missing[@]} -eq 0 ]]; then
 else
     say "installing: ${missing[*]}"
     # services whose packages we need only for a binary (knock, promtool, the lab's
-    # prometheus): if this install enables them, they are disabled again below
+    # prometheus, fail2ban-regex): if this install enables them, they are disabled again below
     newly=()
-    for svc in knockd prometheus fwknop-server redis-server; do installed "$svc" || newly+=("$svc"); done
+    for svc in knockd prometheus fwknop-server redis-server fail2ban; do installed "$svc" || newly+=("$svc"); done
     if [[ ! -e $POLICY ]]; then
         # 101 = "action forbidden": invoke-rc.d and deb-systemd-invoke start nothing.
         printf '#!/bin/sh\n# gatekeeper scripts/setup.sh: no service starts during its apt-get install\nexit 101\n' \
@@ -78,7 +79,8 @@ else
     if [[ ${#newly[@]} -gt 0 && -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
         # knockd.service ignores START_KNOCKD in /etc/default/knockd, prometheus.service
         # would scrape from the next boot on, redis-server.service would listen on 6379
-        # (the cluster tests start their own redis-server): none is wanted on a machine
+        # (the cluster tests start their own redis-server), fail2ban.service would ban
+        # with its sshd jail: none is wanted on a machine
         # that only tests.
         for svc in "${newly[@]}"; do
             if systemctl is-enabled --quiet "$svc.service" 2>/dev/null; then

@@ -45,6 +45,13 @@ FAILED = ("reset", "timeout", "locked")
 EXPIRE_SECONDS = 0.5
 
 
+def refusal_line(refused: msg.Refused) -> str:
+    """The log line of a refused SPA packet: one a fail2ban filter can match
+    (``address=<HOST>``), naming what the worker held back before it."""
+    more = f" ({refused.withheld} more refused, not logged)" if refused.withheld else ""
+    return f"spa refused door={refused.door} address={refused.address} stage={refused.stage}{more}"
+
+
 class Supervisor(WorkerPool):
     def __init__(self, path: str) -> None:
         self.path = path
@@ -106,6 +113,8 @@ class Supervisor(WorkerPool):
             self._sequence_used(message)
         elif isinstance(message, msg.Command):
             self._server_command(message)
+        elif isinstance(message, msg.Refused):
+            log.warning("%s", refusal_line(message))
         elif isinstance(message, msg.Reloaded):
             log.debug("worker %d reloaded", sender.worker)
 

@@ -85,6 +85,17 @@ class CommandAsked:
 
 
 @dataclass(frozen=True, slots=True)
+class SpaRefused:
+    """An SPA packet or an encrypted sequence from ``source`` that ``door`` refused at
+    ``stage`` (its gatekeeper_spa_total label; for a packet no door's key made, the doors
+    of its port, comma-separated): for the worker's rate-limited log line."""
+
+    door: str
+    source: bytes
+    stage: str
+
+
+@dataclass(frozen=True, slots=True)
 class ReplaySeen:
     """A message new to door ``door``'s replay cache: to be kept until ``expires`` (wall
     clock) in the door's journal, so that a restart does not forget it."""
@@ -109,7 +120,7 @@ class ReplayQuery:
     now: float
 
 
-SpecialEvent = Event | SequenceUsed | CommandAsked
+SpecialEvent = Event | SequenceUsed | CommandAsked | SpaRefused
 SpecialDecision = tuple[Verdict, Reason, tuple[SpecialEvent, ...]]
 
 
@@ -208,6 +219,11 @@ class SpecialDoors:
         k = (door, stage)
         self.counts[k] = self.counts.get(k, 0) + 1
 
+    def _refuse(self, door: str, src: bytes, stage: str) -> SpecialDecision:
+        """Count a refusal at ``stage`` and drop, saying so."""
+        self._count(door, stage)
+        return (_DROP, _R_WRONG, (SpaRefused(door, src, stage),))
+
     def _grant(self, address: bytes, index: int, now: float,
                extra: Iterable[SpecialEvent] = (), steps: Iterable[Port] | None = None,
                open_for: float = 0) -> SpecialDecision:
@@ -222,6 +238,7 @@ class SpecialDoors:
     def _spa(self, src: bytes, doors: tuple[int, ...], payload: bytes, now: float,
              wall: float) -> SpecialDecision | ReplayQuery:
         second = int(now)
+        stage = "size"  # (every SPA port has a door)
         for index in doors:
             door: Door = self.config.doors[index]
             spa = door.spa
@@ -237,13 +254,18 @@ class SpecialDoors:
             if result.stage in _PROBED:
                 self._probes[index] = (second, probed + 1)
             if result.stage is fwknop.Stage.HMAC or result.stage is fwknop.Stage.SIZE:
-                self._count(door.name, result.stage.name.lower())
+                stage = result.stage.name.lower()
+                self._count(door.name, stage)
                 continue  # not this door's key: maybe the next door's
-            return self._seen(index, src, result, now) or self._spa_done(index, result, now)
-        return (_DROP, _R_WRONG, ())
+            return self._seen(index, src, result, now) or self._spa_done(index, src, result, now)
+        names = ",".join(self.config.doors[i].name for i in doors)
+        return (_DROP, _R_WRONG, (SpaRefused(names, src, stage),))
 
-    def _spa_done(self, index: int, result: fwknop.SpaResult, now: float) -> SpecialDecision:
+    def _spa_done(self, index: int, src: bytes, result: fwknop.SpaResult,
+                  now: float) -> SpecialDecision:
         """The decision for the result of the door whose key made the packet."""
+        if not result.ok:
+            return self._refuse(self.config.doors[index].name, src, result.stage.name.lower())
         self._count(self.config.doors[index].name, result.stage.name.lower())
         message = result.message
         if result.ok and result.grant is not None and message is not None:
@@ -279,12 +301,11 @@ class SpecialDoors:
         "closed" one admits nothing)."""
         result = query.result
         if not shared_admits(query.door, fresh):
-            self._count(query.door.name, "replay")
-            return (_DROP, _R_WRONG, ())
+            return self._refuse(query.door.name, query.src, "replay")
         assert result.recorded is not None
         self.seen.append(ReplaySeen(query.door.name, query.key, result.recorded.expires))
         if isinstance(result, fwknop.SpaResult):
-            return self._spa_done(query.index, result, query.now)
+            return self._spa_done(query.index, query.src, result, query.now)
         return self._sequence_done(query.index, query.src, result, query.now)
 
     # -- encrypted port sequences -------------------------------------------------------
@@ -323,18 +344,15 @@ class SpecialDoors:
         door = self.config.doors[index]
         grant = result.grant
         if not result.ok or grant is None:
-            self._count(door.name, result.stage.name.lower())
-            return (_DROP, _R_WRONG, ())
+            return self._refuse(door.name, src, result.stage.name.lower())
         if (grant.proto, grant.port) not in self._open_keys[index]:
-            self._count(door.name, "access")
-            return (_DROP, _R_WRONG, ())
+            return self._refuse(door.name, src, "access")
         try:
             same = ipaddress.ip_address(grant.address) == ipaddress.ip_address(src)
         except ValueError:
             same = False
         if not same:
-            self._count(door.name, "source")
-            return (_DROP, _R_WRONG, ())
+            return self._refuse(door.name, src, "source")
         self._count(door.name, "ok")
         return self._grant(src, index, now, steps=(Port(grant.proto, grant.port),),
                            open_for=grant.open_for)
@@ -426,4 +444,5 @@ class SpecialDoors:
 
 
 __all__ = ["SEQUENCE_STAGES", "SPA_STAGES", "CommandAsked", "ReplayQuery", "ReplaySeen", "SequenceUsed",
+           "SpaRefused",
            "SpecialDecision", "SpecialDoors", "SpecialEvent", "has_special", "shared_admits"]

@@ -33,6 +33,7 @@ from gatekeeper.engine.special import (
     ReplayQuery,
     ReplaySeen,
     SequenceUsed,
+    SpaRefused,
     SpecialDoors,
     SpecialEvent,
     has_special,
@@ -42,6 +43,7 @@ from gatekeeper.metrics import BUCKETS_NS
 from gatekeeper.metrics import KNOCK_OUTCOMES as OUTCOMES
 from gatekeeper.model import DEFAULT_BATCH, Config, Door, Port
 from gatekeeper.queue.decode import decode, udp_payload
+from gatekeeper.queue.refusals import RefusalLimit
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +128,7 @@ class Worker:
         self.hist = [0] * (len(BUCKETS_NS) + 1)
         self.hist_sum_ns = 0
         self.knocks: dict[Knocked, int] = {}
+        self.refusals = RefusalLimit()  # which refused SPA packets get a log line
 
     # -- queue --------------------------------------------------------------------------
 
@@ -262,7 +265,17 @@ class Worker:
             decision = specials.answer(decision, fresh)
         if specials.seen:
             self._journal(specials.seen)
+        events = decision[2]
+        if events and events[0].__class__ is SpaRefused:
+            self._refused(events[0], now)
         return decision
+
+    def _refused(self, event: SpaRefused, now: float) -> None:
+        """Report a refused SPA packet for the log, within :class:`RefusalLimit`."""
+        withheld = self.refusals.admit(event.source, now)
+        if withheld is not None:
+            address = str(ipaddress.ip_address(event.source))
+            self.report(msg.Refused(event.door, address, event.stage, withheld))
 
     def _journal(self, seen: list[ReplaySeen]) -> None:
         """Append new replay entries to their doors' journals (with a state_dir)."""

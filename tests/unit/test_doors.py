@@ -17,7 +17,7 @@ from gatekeeper.config import ConfigError
 from gatekeeper.config.load import loads
 from gatekeeper.daemon.onetime import mark_used
 from gatekeeper.engine import Granted, Reason, Verdict
-from gatekeeper.engine.special import SequenceUsed
+from gatekeeper.engine.special import SequenceUsed, SpaRefused
 from gatekeeper.model import Config
 from gatekeeper.queue.worker import Worker
 from gatekeeper.spa import fwknop
@@ -140,7 +140,9 @@ def test_spa_grants_the_door_and_a_replay_does_not(cfg: Config) -> None:
 def test_spa_failures_grant_nothing_and_count_their_stage(cfg: Config, packet: Any, stage: str) -> None:
     engine, doors = specials(cfg)
     decision = doors.handle(CLIENT_B, GW_B, 17, 62201, 0, packet(), 10.0, WALL)
-    assert decision is not None and decision[1] is Reason.WRONG and decision[2] == ()
+    # nothing granted; the refusal said, with its source, for the log (test_spa_refusals.py)
+    assert decision is not None and decision[1] is Reason.WRONG
+    assert decision[2] == (SpaRefused("spa", CLIENT_B, stage),)
     assert list(engine.grants()) == []
     assert doors.counts == {("spa", stage): 1}
 
@@ -206,7 +208,8 @@ def test_100k_junk_spa_packets_grant_nothing_and_leave_the_replay_cache_empty(cf
         payload = rng.randbytes(size) if i % 2 else base64.b64encode(rng.randbytes(size))[:size]
         src = (0xCB007100 + i % 250).to_bytes(4, "big")
         verdict, _, events = doors.handle(src, GW_B, 17, 62201, 0, payload, i / 1000, WALL)  # type: ignore[misc]
-        assert verdict is Verdict.DROP and events == ()
+        assert verdict is Verdict.DROP
+        assert [e.__class__ for e in events] == [SpaRefused]  # a refusal, never an effect
     assert list(engine.grants()) == []
     assert len(doors.replay["spa"]) == 0
     assert sum(doors.counts.values()) == 100_000
