@@ -43,6 +43,12 @@ SETS = (*SET_PROGRESS.values(), *SET_SCAN.values())
 # where a set that refused would shut out every new client until the flood stopped.
 PROGRESS_MAXELEM = 1 << 18
 SCAN_MAXELEM = 1 << 16
+# The kernel grows a hash set only when userspace adds to it: an add by a rule (SET) into a
+# full bucket (at most 12 entries) fails silently. So both sets start with the buckets
+# their largest size needs (about two entries a bucket when full): a source's first knock
+# is then always remembered, or its next knocks would be dropped here.
+PROGRESS_HASHSIZE = PROGRESS_MAXELEM // 2
+SCAN_HASHSIZE = SCAN_MAXELEM // 2
 HASHLIMIT_NAME = {4: "gatekeeper4", 6: "gatekeeper6"}  # at most 15 characters
 _BURST_MAX = 10_000  # the kernel's XT_HASHLIMIT_BURST_MAX
 CAUSES = ("junk", "scanner")
@@ -135,9 +141,9 @@ def render_sets() -> list[str]:
     """``ipset restore`` lines creating the progress and scanner sets."""
     lines = []
     for family, inet in ((4, "inet"), (6, "inet6")):
-        lines.append(f"create {SET_PROGRESS[family]} hash:ip family {inet} hashsize 4096 "
+        lines.append(f"create {SET_PROGRESS[family]} hash:ip family {inet} hashsize {PROGRESS_HASHSIZE} "
                      f"maxelem {PROGRESS_MAXELEM} timeout 0 forceadd")
-        lines.append(f"create {SET_SCAN[family]} hash:ip family {inet} hashsize 1024 "
+        lines.append(f"create {SET_SCAN[family]} hash:ip family {inet} hashsize {SCAN_HASHSIZE} "
                      f"maxelem {SCAN_MAXELEM} timeout 0")
     return lines
 

@@ -163,9 +163,9 @@ def test_removal_and_swaps_take_the_chain_with_them() -> None:
 def test_sets_only_with_the_prefilter() -> None:
     assert "gatekeeper-prog" not in render(lab()).ipset
     ipset = render(lab(**ON)).ipset.splitlines()
-    assert (f"create {SET_PROGRESS[4]} hash:ip family inet hashsize 4096 maxelem 262144 "
+    assert (f"create {SET_PROGRESS[4]} hash:ip family inet hashsize 131072 maxelem 262144 "
             "timeout 0 forceadd") in ipset
-    assert f"create {SET_SCAN[6]} hash:ip family inet6 hashsize 1024 maxelem 65536 timeout 0" in ipset
+    assert f"create {SET_SCAN[6]} hash:ip family inet6 hashsize 32768 maxelem 65536 timeout 0" in ipset
 
 
 def test_counters_are_read_from_the_rule_counters_and_kept_over_resets() -> None:
