@@ -8,6 +8,7 @@ three consecutive tcp ports, the case an ordered port sweep walks through.
 from __future__ import annotations
 
 import re
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -159,3 +160,29 @@ def test_removal_of_the_prefilter_is_found_and_repaired_and_stop_removes_it(
     assert is_open(lab, "client", GW4)
     assert daemon.stop() == 0
     assert snapshot(lab) == before  # rules, chains and every set gone
+
+
+def test_a_reload_turns_the_prefilter_on_and_off_in_one_swap(lab: Lab, start_daemon: Any) -> None:
+    """SIGHUP with prefilter turned on: chain and sets in place, junk no longer queued;
+    turned off again: junk queued, chain and sets gone. A knock works throughout."""
+    before = snapshot(lab)
+    daemon = start_daemon(prefiltered(on=False))
+    for on in (True, False):
+        text = daemon.config.read_text()  # as the fixture wrote it (its state_dir, control)
+        daemon.config.write_text(text.replace(f"prefilter = {str(not on).lower()}",
+                                              f"prefilter = {str(on).lower()}"))
+        since = len(daemon.lines)
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_for(r"reloaded ", since=since)
+        sets = set(lab.run("gw", ["ipset", "list", "-name"]).stdout.split())
+        assert ("GATEKEEPER-PRE" in lab.run("gw", ["iptables-save"]).stdout) is on
+        assert ({"gatekeeper-prog4", "gatekeeper-scan4"} <= sets) is on
+        assert not ({"gatekeeper-prog4", "gatekeeper-scan4"} & sets) or on
+        queued_before = queued(lab)
+        send_junk(lab, "other", GW4, [31337, 40000, 51234])
+        time.sleep(0.3)
+        assert (queued(lab) == queued_before) is on, "junk is queued exactly when the prefilter is off"
+        knock(lab, "client", GW4, *SSH)
+        assert is_open(lab, "client", GW4)
+    assert daemon.stop() == 0
+    assert snapshot(lab) == before
