@@ -126,6 +126,26 @@ def daemon_pid(daemon: Any) -> int:
 KEYS = fwknop.generate_keys()
 K = base64.b64encode(KEYS.encryption).decode()
 H = base64.b64encode(KEYS.hmac).decode()
+# One SPA door opening 22/tcp with those keys (str.format: key, and extra door lines).
+SPA_CONFIG = """
+[gatekeeper]
+queue = 0
+interfaces = ["eth0"]
+
+[[door]]
+name = "spa"
+spa = true
+key_file = "{key}"
+opens = ["22:tcp"]
+{extra}"""
+
+
+def spa_config(tmp_path: Path, extra: str = "") -> str:
+    """:data:`SPA_CONFIG` with :data:`KEYS` written to a key file (mode 0600) in ``tmp_path``."""
+    key = tmp_path / "spa.key"
+    key.write_text(fwknop.format_key_file(KEYS))
+    os.chmod(key, 0o600)
+    return SPA_CONFIG.format(key=key, extra=extra)
 
 
 def fwknop_send(lab: Lab, home: str, *extra: str, allow: str = CLIENT4, save: str = "",

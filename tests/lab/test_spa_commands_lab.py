@@ -4,39 +4,23 @@ command text runs its argv (no shell) for the client's address, anything else is
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from gatekeeper.lab.netns import CLIENT4, GW4, Lab
-from gatekeeper.spa import fwknop
-from tests.lab.support import KEYS, fwknop_send, is_open, needs_fwknop, wait_count
+from tests.lab.support import fwknop_send, is_open, needs_fwknop, spa_config, wait_count
 
-CONFIG = """
-[gatekeeper]
-queue = 0
-interfaces = ["eth0"]
-
-[[door]]
-name = "spa"
-spa = true
-key_file = "{key}"
-opens = ["22:tcp"]
-spa_commands = {{ "mark me" = ["/usr/bin/touch", "{marker}-%IP%"] }}
-"""
+COMMANDS = 'spa_commands = {{ "mark me" = ["/usr/bin/touch", "{marker}-%IP%"] }}\n'
 
 
 @needs_fwknop
 def test_an_allowed_server_command_runs_and_another_does_not(
         lab: Lab, start_daemon: Any, tmp_path: Path) -> None:
-    key = tmp_path / "spa.key"
-    key.write_text(fwknop.format_key_file(KEYS))
-    os.chmod(key, 0o600)
     marker = tmp_path / "ran"
     home = tmp_path / "home"
     home.mkdir()
-    daemon = start_daemon(CONFIG.format(key=key, marker=marker))
+    daemon = start_daemon(spa_config(tmp_path, COMMANDS.format(marker=marker)))
     done = marker.parent / f"{marker.name}-{CLIENT4}"
 
     fwknop_send(lab, str(home), "--server-cmd", "mark me too", access=None)  # not allowed

@@ -5,7 +5,6 @@ filter under rules/fail2ban."""
 from __future__ import annotations
 
 import base64
-import os
 import re
 import subprocess
 import time
@@ -14,23 +13,11 @@ from typing import Any
 
 from gatekeeper.lab.netns import CLIENT4, GW4, Lab
 from gatekeeper.queue.refusals import PER_SOURCE_BURST, PER_SOURCE_EVERY
-from gatekeeper.spa import fwknop
 from tests.fixtures.configs import ROOT
 from tests.fixtures.needs import need_tool
-from tests.lab.support import KEYS, fwknop_send, is_open, needs_fwknop, wait_count
+from tests.lab.support import fwknop_send, is_open, needs_fwknop, spa_config, wait_count
 
 FILTER = ROOT / "rules" / "fail2ban" / "filter.d" / "gatekeeper-spa.conf"
-CONFIG = """
-[gatekeeper]
-queue = 0
-interfaces = ["eth0"]
-
-[[door]]
-name = "spa"
-spa = true
-key_file = "{key}"
-opens = ["22:tcp"]
-"""
 SENT = PER_SOURCE_BURST + 3
 
 
@@ -38,12 +25,9 @@ SENT = PER_SOURCE_BURST + 3
 def test_refused_packets_are_logged_a_few_a_source_and_fail2ban_reads_them(
         lab: Lab, start_daemon: Any, tmp_path: Path) -> None:
     fail2ban_regex = need_tool("fail2ban-regex", "scripts/setup.sh installs fail2ban")
-    key = tmp_path / "spa.key"
-    key.write_text(fwknop.format_key_file(KEYS))
-    os.chmod(key, 0o600)
     home = tmp_path / "home"
     home.mkdir()
-    daemon = start_daemon(CONFIG.format(key=key))
+    daemon = start_daemon(spa_config(tmp_path))
     wrong = base64.b64encode(bytes(32)).decode()
     for _ in range(SENT):
         fwknop_send(lab, str(home), hmac_key=wrong)  # another HMAC key: no door's
