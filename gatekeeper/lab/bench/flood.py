@@ -56,6 +56,7 @@ from gatekeeper.lab.netns import Lab, sigterm_unwinds
 
 MODES = ("off", "on")
 PASS = 0.99  # legitimate first tries that must succeed
+CEILING = 10_000_000.0  # asked of the senders for the lab's ceiling: as fast as they go
 
 
 def plan(args: argparse.Namespace) -> Plan:
@@ -67,6 +68,7 @@ def plan(args: argparse.Namespace) -> Plan:
 class Results:
     share: dict[str, Sample] = field(default_factory=dict)
     floor: Sample | None = None
+    ceiling: Sample | None = None  # the senders unpaced into a raw-table DROP
     steps: dict[str, list[Sample]] = field(default_factory=lambda: {m: [] for m in MODES})
     door: list[tuple[str, Sample]] = field(default_factory=list)  # (quotas, sample)
     door_rate: float = 0.0
@@ -88,6 +90,8 @@ def run_share(b: FloodBench, res: Results) -> None:
         res.share[mode] = b.measure(mode, p.share_rate, seconds=p.share_seconds)
     _say("floor: the same flood into a raw-table DROP, no daemon")
     res.floor = b.measure("floor", p.share_rate, seconds=p.share_seconds)
+    _say("ceiling: two senders unpaced into the raw-table DROP")
+    res.ceiling = b.measure("floor", CEILING, seconds=min(2.0, p.share_seconds))
 
 
 def run_steps(b: FloodBench, res: Results) -> None:
@@ -167,6 +171,9 @@ def report(p: Plan, res: Results, say: Callable[[str], None]) -> None:
         f"on/off {_ratio(on.share, off.share, 5)}")
     say(f"  2. legitimate client (knock, connect() with a {0.9:g} s timeout) during a random-port "
         f"flood, the rate doubled from {p.first_rate:,.0f}/s until it fails or the senders fall short:")
+    if res.ceiling:
+        say(f"    the lab's ceiling: two senders unpaced into a raw-table DROP, no daemon: "
+            f"{res.ceiling.rate:,.0f}/s")
     best_rates = {}
     for mode in MODES:
         for s in res.steps[mode]:
@@ -185,7 +192,7 @@ def report(p: Plan, res: Results, say: Callable[[str], None]) -> None:
         cut = " (stopped at the failure limit)" if len(s.trials) < p.tries else ""
         say(f"    prefilter {s.mode:<3}  {quotas:<14}  first SYN accepted {s.ok}/{len(s.trials)}{cut}  "
             f"sent {s.rate:,.0f}/s  queued {s.queued:,}  queue_dropped {s.queue_dropped:,}  "
-            f"tracked {s.tracked:,}  defences: {_defences(s.defences)}")
+            f"tracked {s.tracked:,}  progress set {s.progress:,}  defences: {_defences(s.defences)}")
     say("  4. CPU per dropped junk packet (phase 1; the senders, the daemon and the machine's "
         "interrupts, over the flood packets that reached the gateway):")
     fl = res.floor
