@@ -22,8 +22,12 @@ _QUEUE = re.compile(r"-j NFQUEUE --queue-num (\d+)")
 
 
 def _target_of(line: str) -> str:
-    """The target of a rule (restore or save format)."""
-    return line.rsplit(" -j ", 1)[-1].split(" ", 1)[0]
+    """The target of a rule (restore or save format); "" for a rule with none (it counts
+    and goes on), the chain for a ``-g`` (goto)."""
+    for flag in (" -j ", " -g "):
+        if flag in line:
+            return line.rsplit(flag, 1)[-1].split(" ", 1)[0]
+    return ""
 
 
 def _ports(spec: str) -> set[int]:
@@ -65,7 +69,7 @@ def audit_text(config: Config, family: int, text: str) -> list[str]:
             continue
         if chain == CHAIN_PRE:  # its RETURNs go back to the queue rules that follow its jumps
             problems += [f"IPv{family}: '{line}' accepts in {CHAIN_PRE}, before the queue"
-                         for line in body if _target_of(line) not in ("RETURN", "DROP", "SET")]
+                         for line in body if _target_of(line) not in ("RETURN", "DROP", "SET", "")]
             continue
         for line in body:
             if _QUEUE.search(line) or "-j HMARK" in line:

@@ -23,8 +23,11 @@ longest ``sequence_timeout``; a ``hashlimit``), enters the *scanner* set for ``s
 seconds, and every packet of it is dropped there, first steps included: a port sweep
 cannot walk a sequence of consecutive ports.
 
-The chain's two DROP rules are the kernel's counters (``iptables-save -c``):
-``junk`` (the chain's last rule) and ``scanner`` (its first).
+The kernel's counters (``iptables-save -c``) are the scanner set's DROP (the chain's first
+rule) and, for ``junk``, a rule with no target right after the last RETURN: it counts every
+packet the chain drops from there on, including those the ``hashlimit`` match drops itself
+when its table of sources is full (``xt_hashlimit`` then drops the packet before any rule
+has counted it: under a random-source flood, a third of the junk went uncounted).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ SCAN_HASHSIZE = SCAN_MAXELEM // 2
 HASHLIMIT_NAME = {4: "gatekeeper4", 6: "gatekeeper6"}  # at most 15 characters
 _BURST_MAX = 10_000  # the kernel's XT_HASHLIMIT_BURST_MAX
 CAUSES = ("junk", "scanner")
+JUNK_COUNTER = f"-A {CHAIN_PRE} -m comment --comment gatekeeper-junk"  # no target: counts
 _ECHO = {4: "-p icmp -m icmp --icmp-type 8", 6: "-p ipv6-icmp -m icmp6 --icmpv6-type 128"}
 
 
@@ -124,6 +128,7 @@ def render_chain(config: Config, family: int) -> list[str]:
         opens = sorted({s for d in config.doors for s in d.opens}, key=lambda s: (s.proto, s.port))
         lines += [f"{a} {m} -j RETURN" for m in _matches(opens, [], family)]
     lines.append(f"{a} -m set --match-set {SET_PROGRESS[family]} src -j RETURN")
+    lines.append(JUNK_COUNTER)
     if lockout:
         burst = min(scan_limit(config), _BURST_MAX)
         per_minute = max(1, math.ceil(burst * 60 / window(config)))
@@ -150,7 +155,7 @@ def render_sets() -> list[str]:
 
 def parse_counters(family: int, saved: str) -> dict[str, int]:
     """Packets dropped by the prefilter, by cause, from ``iptables-save -c -t filter``."""
-    rules = {f"-A {CHAIN_PRE} -j DROP": "junk",
+    rules = {JUNK_COUNTER: "junk",
              f"-A {CHAIN_PRE} -m set --match-set {SET_SCAN[family]} src -j DROP": "scanner"}
     out = dict.fromkeys(CAUSES, 0)
     for line in saved.splitlines():

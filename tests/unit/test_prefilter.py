@@ -75,6 +75,18 @@ def test_first_steps_enter_the_progress_set_and_the_rest_of_a_sequence_does_not(
     assert "--icmpv6-type 128" in "\n".join(chain(lab(**ON), 6))
 
 
+def test_junk_is_counted_before_the_hashlimit_can_drop_it() -> None:
+    """xt_hashlimit drops a packet itself when its table of sources is full, before any
+    later rule counts it: the junk counter must come before it (a third of a random-source
+    flood went uncounted when the chain's final DROP was the counter)."""
+    for family in (4, 6):
+        rules = chain(lab(**ON), family)
+        counter = rules.index(prefilter.JUNK_COUNTER)
+        limit = next(i for i, r in enumerate(rules) if "-m hashlimit" in r)
+        assert rules[counter - 1].endswith("src -j RETURN") and counter < limit, rules
+        assert " -j " not in prefilter.JUNK_COUNTER and " -g " not in prefilter.JUNK_COUNTER
+
+
 def test_the_progress_set_outlives_the_engines_state() -> None:
     cfg = lab(**ON)  # sequence_timeout 3 and 5 (default): the engine keeps 6 s
     assert prefilter.progress_timeout(cfg) == 7
@@ -147,6 +159,9 @@ def test_an_accept_in_the_prefilter_chain_is_refused() -> None:
     text = render(cfg).ipv4.replace(f"-A {CHAIN_PRE} -j DROP", f"-A {CHAIN_PRE} -j ACCEPT")
     assert audit_text(cfg, 4, text) == [
         f"IPv4: '-A {CHAIN_PRE} -j ACCEPT' accepts in {CHAIN_PRE}, before the queue"]
+    goto = render(cfg).ipv4.replace(f"-A {CHAIN_PRE} -j DROP", f"-A {CHAIN_PRE} -g OTHER")
+    assert audit_text(cfg, 4, goto) == [
+        f"IPv4: '-A {CHAIN_PRE} -g OTHER' accepts in {CHAIN_PRE}, before the queue"]
 
 
 def test_removal_and_swaps_take_the_chain_with_them() -> None:
@@ -171,7 +186,8 @@ def test_sets_only_with_the_prefilter() -> None:
 def test_counters_are_read_from_the_rule_counters_and_kept_over_resets() -> None:
     saved = (f"[12:600] -A {CHAIN_PRE} -m set --match-set {SET_SCAN[4]} src -j DROP\n"
              f"[3:100] -A {CHAIN_PRE} -m set --match-set {SET_PROGRESS[4]} src -j RETURN\n"
-             f"[345:9000] -A {CHAIN_PRE} -j DROP\n[9:9] -A GATEKEEPER-IN -j DROP\n")
+             f"[345:9000] -A {CHAIN_PRE} -m comment --comment gatekeeper-junk\n"
+             f"[200:5000] -A {CHAIN_PRE} -j DROP\n[9:9] -A GATEKEEPER-IN -j DROP\n")
     assert prefilter.parse_counters(4, saved) == {"junk": 345, "scanner": 12}
     assert prefilter.parse_counters(6, saved) == {"junk": 345, "scanner": 0}
     counter = DropCounter()
