@@ -159,10 +159,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.cluster and args.flood:
+        print("gatekeeper bench: --cluster and --flood are separate benches", file=sys.stderr)
+        return 2
     if args.cluster:
         from gatekeeper.lab.bench import cluster
 
         return cluster.main(args)
+    if args.flood:
+        from gatekeeper.lab.bench import flood
+
+        return flood.main(args)
     from gatekeeper.lab.bench import run
 
     return run.main(args)
@@ -332,6 +339,11 @@ def _lab_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
                    help="instead: the [cluster] backend (a redis-server in a two-gateway lab) beside "
                    "the local engine: 1-worker throughput, knock-to-connected, store round trip, "
                    "mirror delay (default 3 rounds of 20000 packets, 50 knocks)")
+    p.add_argument("--flood", action="store_true",
+                   help="instead: a spoofed-source flood from a C sendmmsg sender, the kernel "
+                   "prefilter off and on: the share reaching the queue, the highest flood rate a "
+                   "legitimate client still gets in at (99/100 first tries), a flood of first "
+                   "knocks, CPU per dropped packet (needs gcc)")
     p.set_defaults(func=_cmd_bench)
 
 

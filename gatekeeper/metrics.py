@@ -213,7 +213,8 @@ class GatekeeperCollector(Collector):
                  cluster_state: Callable[[], str] = lambda: "off",
                  interfaces: Callable[[], list[tuple[str, bool, bool, dict[str, int]]]] = list,
                  commands_dropped: Callable[[], dict[str, int]] = dict,
-                 ruleset: Callable[[], dict[int, tuple[bool, int]]] = dict) -> None:
+                 ruleset: Callable[[], dict[int, tuple[bool, int]]] = dict,
+                 prefilter: Callable[[], dict[tuple[int, str], int]] = dict) -> None:
         self.stats = stats
         self.grants_active = grants_active
         self.workers = workers
@@ -223,6 +224,7 @@ class GatekeeperCollector(Collector):
         self.interfaces = interfaces  # (name, hotplug, present, changes) of each named one
         self.commands_dropped = commands_dropped  # CommandRunner.dropped
         self.ruleset = ruleset  # by family: (intact, repairs made), from the ruleset watch
+        self.prefilter = prefilter  # (family, cause) -> packets the kernel prefilter dropped
 
     def collect(self) -> Iterator[Metric]:
         total = self.stats.total()
@@ -258,6 +260,7 @@ class GatekeeperCollector(Collector):
         yield from self._cluster(total)
         yield from self._interfaces()
         yield from self._ruleset()
+        yield from self._prefilter()
         info = GaugeMetricFamily("gatekeeper_build_info", "Build information", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
@@ -337,6 +340,16 @@ class GatekeeperCollector(Collector):
             repairs.add_metric([str(family)], n)
         yield intact
         yield repairs
+
+    def _prefilter(self) -> Iterator[Metric]:
+        """Read from the kernel's rule counters at scrape time (zeros with prefilter off)."""
+        dropped = CounterMetricFamily("gatekeeper_prefilter_dropped", "Packets the kernel "
+                                      "prefilter dropped without queueing them: junk (no sequence "
+                                      "in progress, no first step), scanner (a source over the "
+                                      "kernel's scan limit)", labels=["family", "cause"])
+        for (family, cause), n in sorted(self.prefilter().items()):
+            dropped.add_metric([str(family), cause], n)
+        yield dropped
 
     def _cluster(self, total: Snapshot) -> Iterator[Metric]:
         """[cluster]: every series exists (at 0) without it too, state "off"."""

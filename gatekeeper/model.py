@@ -202,6 +202,8 @@ class Settings:
     failure_lockout: int = 300  # the window those limits count in, and how long they lock out
     audit_interval: float = DEFAULT_AUDIT_INTERVAL  # seconds between audits of the running ruleset
     ruleset_repair: bool = True  # put our jumps back first when another program got ahead
+    # drop in the kernel what cannot change a decision (gatekeeper.netfilter.prefilter)
+    prefilter: bool = False
 
     @property
     def queues(self) -> range:

@@ -101,7 +101,7 @@ class _Parser(Reader):
             {"queue", "interfaces", "hotplug_interfaces", "public", "max_sources", "workers",
              "queue_maxlen", "batch", "control", "scan_limit", "scan_lockout", "state_dir",
              "prefix_quota", "failure_limit", "prefix_failure_limit", "failure_lockout",
-             "audit_interval", "ruleset_repair"},
+             "audit_interval", "ruleset_repair", "prefilter"},
         )
         queue = self._setting(data, "queue", 0, 65535)
         ifaces = tuple(
@@ -140,9 +140,8 @@ class _Parser(Reader):
         if audit_interval < MIN_AUDIT_INTERVAL:
             raise self.fail("gatekeeper.audit_interval", f"must be at least {MIN_AUDIT_INTERVAL:g} s "
                             f"(each audit runs iptables-save twice), got {audit_interval:g}")
-        repair = data.get("ruleset_repair", _DEFAULTS.ruleset_repair)
-        if not isinstance(repair, bool):
-            raise self.fail("gatekeeper.ruleset_repair", f"must be true or false, got {repair!r}")
+        repair = self._bool(data.get("ruleset_repair", _DEFAULTS.ruleset_repair), "gatekeeper.ruleset_repair")
+        pre = self._bool(data.get("prefilter", _DEFAULTS.prefilter), "gatekeeper.prefilter")
         state_dir = self._str(data.get("state_dir", _DEFAULTS.state_dir), "gatekeeper.state_dir")
         if state_dir and not state_dir.startswith("/"):
             raise self.fail("gatekeeper.state_dir", f"{state_dir!r}: an absolute path "
@@ -153,7 +152,7 @@ class _Parser(Reader):
                         scan_limit=scan_limit, scan_lockout=scan_lockout, state_dir=state_dir,
                         prefix_quota=prefix_quota, failure_limit=failure_limit,
                         prefix_failure_limit=prefix_failure_limit, failure_lockout=failure_lockout,
-                        audit_interval=audit_interval, ruleset_repair=repair)
+                        audit_interval=audit_interval, ruleset_repair=repair, prefilter=pre)
 
     def _setting(self, data: dict[str, Any], name: str, lo: int, hi: int) -> int:
         """A whole number of [gatekeeper], or its default (:class:`Settings`)."""

@@ -33,6 +33,7 @@ from gatekeeper.metrics import GatekeeperCollector, Stats
 from gatekeeper.netfilter.audit import audit
 from gatekeeper.netfilter.install import Installer
 from gatekeeper.netfilter.interfaces import LinkWatcher, require_present
+from gatekeeper.netfilter.prefilter import DropCounter
 from gatekeeper.netfilter.render import render
 from gatekeeper.netfilter.watch import RulesetWatch
 
@@ -77,6 +78,7 @@ class Supervisor(WorkerPool):
         self._notes: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self.links = LinkWatcher()  # the guarded interfaces, polled from the loop
         self.watch = RulesetWatch(self.installer, lambda: self.config, self._wake_w)  # others' rules
+        self.prefilter = DropCounter()  # the kernel prefilter's drops, kept over ruleset swaps
 
     # -- reports from workers -----------------------------------------------------------
 
@@ -277,12 +279,20 @@ class Supervisor(WorkerPool):
             self.stats, active, lambda: len(self.workers), lambda: [d.name for d in self.config.doors],
             self._spa_doors, self._cluster_state, self.links.rows,
             commands_dropped=self.commands.dropped, ruleset=self.watch.figures,
+            prefilter=self.prefilter_dropped,
         )
         try:
             metrics.serve(collector, listen)
         except OSError as exc:
             raise GatekeeperError(f"metrics.listen {listen}: cannot listen ({exc.strerror}); "
                                   "choose another address or set listen = \"\"") from None
+
+    def prefilter_dropped(self) -> dict[tuple[int, str], int]:
+        """What the kernel prefilter dropped, by (family, cause), read now."""
+        if self.config.settings.prefilter:
+            for family, counts in self.installer.prefilter_counters().items():
+                self.prefilter.update(family, counts)
+        return self.prefilter.totals()
 
     def _spa_doors(self) -> dict[str, tuple[str, ...]]:
         from gatekeeper.engine.special import SEQUENCE_STAGES, SPA_STAGES
@@ -368,6 +378,9 @@ class Supervisor(WorkerPool):
             "cluster": self._cluster_status(total),
             "interfaces": self.links.status(self.config.settings),
             "ruleset": self.watch.status(),
+            "prefilter": {"on": self.config.settings.prefilter,
+                          "dropped": {f"{cause}{family}": n
+                                      for (family, cause), n in self.prefilter_dropped().items()}},
         }
 
     def _cluster_status(self, total: Any) -> dict[str, Any]:
@@ -429,6 +442,7 @@ class Supervisor(WorkerPool):
             problems = audit(new, ruleset)
             if problems:
                 raise GatekeeperError(f"refusing the new ruleset: {problems[0]}")
+            self.prefilter_dropped()  # the swap starts the kernel's counters at 0
             self.installer.replace(ruleset)
         except GatekeeperError:
             self._stop_workers([self.workers[q] for q in added if q in self.workers])

@@ -4,7 +4,8 @@ Checked before anything is installed (on the rendered text) and again after (on 
 kernel holds, admin rules included): no queue rule for our queues may carry
 ``--queue-bypass`` or ``--fail-open``; no rule of ours that returns or accepts before the
 queue may match a knock or protected port; our jump must be the first rule of its chain;
-with several workers, a packet that no shard rule took must be dropped.
+with several workers, a packet that no shard rule took must be dropped. The prefilter's
+chain may only return (to the queue rules after its jump) or drop: it accepts nothing.
 """
 
 from __future__ import annotations
@@ -13,10 +14,20 @@ import re
 from dataclasses import dataclass
 
 from gatekeeper.model import PROTO_NAMES, TCP, UDP, Config
+from gatekeeper.netfilter.prefilter import CHAIN_PRE
 from gatekeeper.netfilter.render import CHAIN_FWD, CHAIN_IN, CHAINS, Ruleset
 
 _DPORTS = re.compile(r"-p (tcp|udp) -m multiport --dports ([\d,:]+)")
 _QUEUE = re.compile(r"-j NFQUEUE --queue-num (\d+)")
+
+
+def _target_of(line: str) -> str:
+    """The target of a rule (restore or save format); "" for a rule with none (it counts
+    and goes on), the chain for a ``-g`` (goto)."""
+    for flag in (" -j ", " -g "):
+        if flag in line:
+            return line.rsplit(flag, 1)[-1].split(" ", 1)[0]
+    return ""
 
 
 def _ports(spec: str) -> set[int]:
@@ -55,6 +66,10 @@ def audit_text(config: Config, family: int, text: str) -> list[str]:
     for chain in CHAINS:
         body = [ln for ln in lines if ln.startswith(f"-A {chain} ")]
         if not body:
+            continue
+        if chain == CHAIN_PRE:  # its RETURNs go back to the queue rules that follow its jumps
+            problems += [f"IPv{family}: '{line}' accepts in {CHAIN_PRE}, before the queue"
+                         for line in body if _target_of(line) not in ("RETURN", "DROP", "SET", "")]
             continue
         for line in body:
             if _QUEUE.search(line) or "-j HMARK" in line:

@@ -18,6 +18,7 @@ import subprocess
 
 from gatekeeper.errors import GatekeeperError
 from gatekeeper.model import Config
+from gatekeeper.netfilter import prefilter
 from gatekeeper.netfilter.audit import audit_text
 from gatekeeper.netfilter.render import CHAINS, SET_FWD, SET_IN, Ruleset, render_removal, render_swap
 
@@ -142,12 +143,27 @@ class Installer:
                     out[queue] = out.get(queue, 0) + packets
         return out
 
+    def prefilter_counters(self) -> dict[int, dict[str, int]]:
+        """Packets the prefilter dropped, by family and cause (zeros when it is off)."""
+        return {family: prefilter.parse_counters(
+                    family, _run([_TOOLS[family][0], "-c", "-t", "filter"]).stdout)
+                for family in (4, 6)}
+
     def replace(self, ruleset: Ruleset) -> None:
         """Swap in a new ruleset (a reload), one transaction per family: the old rules
-        stay in force until the new ones are, and a rejected ruleset changes nothing."""
+        stay in force until the new ones are, and a rejected ruleset changes nothing.
+        A reload that turns the prefilter off removes its sets after the swap."""
         self._create_sets(ruleset)
         self._swap(4, ruleset.ipv4)
         self._swap(6, ruleset.ipv6)
+        if prefilter.SET_PROGRESS[4] not in ruleset.ipset:
+            self._destroy_sets(prefilter.SETS)
+
+    def _destroy_sets(self, names: tuple[str, ...]) -> None:
+        for name in names:
+            result = _run(["ipset", "destroy", name])
+            if result.returncode != 0 and "does not exist" not in result.stderr:
+                log.error("ipset destroy %s: %s", name, _first_line(result.stderr))
 
     def _swap(self, family: int, text: str) -> None:
         """One transaction: delete our jumps, flush (or drop) our chains, add the new ones."""
@@ -163,10 +179,7 @@ class Installer:
     def remove(self) -> None:
         """Remove rules, then sets, then a filter table that only we brought into being."""
         self.remove_rules()
-        for name in (*SET_IN.values(), *SET_FWD.values()):
-            result = _run(["ipset", "destroy", name])
-            if result.returncode != 0 and "does not exist" not in result.stderr:
-                log.error("ipset destroy %s: %s", name, _first_line(result.stderr))
+        self._destroy_sets((*SET_IN.values(), *SET_FWD.values(), *prefilter.SETS))
         for family in (4, 6):
             if self._created_table[family]:
                 self._drop_pristine_table(family)

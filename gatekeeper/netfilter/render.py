@@ -12,7 +12,9 @@ and public ports return to the admin's rules untouched; a source holding a grant
 the destination port is accepted by the kernel set; everything else is queued to the
 worker, with no ``--queue-bypass``: if no worker listens, it is dropped (fail closed).
 ``GATEKEEPER-FWD`` does the same for new packets to a door's ``host`` behind the gateway;
-other forwarded traffic returns to the admin's rules.
+other forwarded traffic returns to the admin's rules. With ``prefilter = true`` both jump
+to ``GATEKEEPER-PRE`` (:mod:`gatekeeper.netfilter.prefilter`) right before their queue
+rules: what cannot change a decision is dropped there, in the kernel.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gatekeeper.model import ICMP, PROTO_NAMES, TCP, UDP, Config, Port
+from gatekeeper.netfilter import prefilter
+from gatekeeper.netfilter.prefilter import CHAIN_PRE
 
 CHAIN_IN = "GATEKEEPER-IN"
 CHAIN_FWD = "GATEKEEPER-FWD"
-CHAINS = (CHAIN_IN, CHAIN_FWD)
+CHAINS = (CHAIN_IN, CHAIN_FWD, CHAIN_PRE)
 COMMENT = "gatekeeper"
 # Grant sets: hash:ip,port for ports on the gateway, hash:ip,port,ip for hosts behind it.
 SET_IN = {4: "gatekeeper-in4", 6: "gatekeeper-in6"}
@@ -124,9 +128,12 @@ def _one_time_matches(config: Config, family: int) -> list[str]:
 
 def render_family(config: Config, family: int) -> str:
     fwd_doors = [d for d in config.doors if d.host is not None and d.host.version == family]
+    pre = config.settings.prefilter
     lines = ["*filter", f":{CHAIN_IN} - [0:0]"]
     if fwd_doors:
         lines.append(f":{CHAIN_FWD} - [0:0]")
+    if pre:
+        lines.append(f":{CHAIN_PRE} - [0:0]")
     lines += _jumps(config, "INPUT", CHAIN_IN)
     if fwd_doors:
         lines += _jumps(config, "FORWARD", CHAIN_FWD)
@@ -139,6 +146,8 @@ def render_family(config: Config, family: int) -> str:
         for chunk in _multiport(_ports(public, proto)):
             lines.append(f"{a} -p {PROTO_NAMES[proto]} -m multiport --dports {chunk} -j RETURN")
     lines.append(f"{a} -m set --match-set {SET_IN[family]} src,dst -j ACCEPT")
+    if pre:
+        lines.append(f"{a} -j {CHAIN_PRE}")
     lines += _queue_rules(config, family, CHAIN_IN)
     if fwd_doors:
         # A protected host behind the gateway is as invisible as the gateway itself:
@@ -151,22 +160,29 @@ def render_family(config: Config, family: int) -> str:
         lines.append(f"{f} -m set --match-set {SET_FWD[family]} src,dst,dst -j ACCEPT")
         prefix = 32 if family == 4 else 128
         for host in dict.fromkeys(str(d.host) for d in fwd_doors):
+            if pre:
+                lines.append(f"{f} -d {host}/{prefix} -j {CHAIN_PRE}")
             lines += _queue_rules(config, family, CHAIN_FWD, f"-d {host}/{prefix}")
+    if pre:
+        lines += prefilter.render_chain(config, family)
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
 
-def render_sets() -> str:
+def render_sets(config: Config | None = None) -> str:
+    """The grant sets; with the prefilter, its progress and scanner sets too."""
     lines = []
     for family, inet in ((4, "inet"), (6, "inet6")):
         opts = f"family {inet} hashsize 1024 maxelem {SET_MAXELEM} timeout 0 comment"
         lines.append(f"create {SET_IN[family]} hash:ip,port {opts}")
         lines.append(f"create {SET_FWD[family]} hash:ip,port,ip {opts}")
+    if config is not None and config.settings.prefilter:
+        lines += prefilter.render_sets()
     return "\n".join(lines) + "\n"
 
 
 def render(config: Config) -> Ruleset:
-    return Ruleset(ipset=render_sets(), ipv4=render_family(config, 4), ipv6=render_family(config, 6))
+    return Ruleset(ipset=render_sets(config), ipv4=render_family(config, 4), ipv6=render_family(config, 6))
 
 
 def render_removal(saved: str) -> str | None:

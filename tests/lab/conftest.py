@@ -1,6 +1,8 @@
 """Fixtures for tests against the real kernel: a namespace lab and the real daemon.
 
-Every test under tests/lab is marked ``lab``. Lab tests need root. Locally without root they
+Every test under tests/lab is marked ``lab``. ``GATEKEEPER_TEST_PREFILTER=1`` (or ``0``) runs
+every daemon the fixture starts with ``prefilter = true`` (``false``) unless its config sets it,
+so the behaviour tests can be run both ways. Lab tests need root. Locally without root they
 are skipped with a reason; under CI (``CI`` set) a missing privilege is a failure, never a skip.
 """
 
@@ -54,6 +56,10 @@ def start_daemon(lab: Lab, tmp_path: Path) -> Iterator[Any]:
         if "state_dir =" not in config_text:  # nor its /var/lib/gatekeeper
             config_text = config_text.replace(
                 "[gatekeeper]\n", f'[gatekeeper]\nstate_dir = "{tmp_path / "state"}"\n', 1)
+        forced = os.environ.get("GATEKEEPER_TEST_PREFILTER", "")
+        if forced in ("0", "1") and "prefilter =" not in config_text:
+            config_text = config_text.replace(
+                "[gatekeeper]\n", f"[gatekeeper]\nprefilter = {'true' if forced == '1' else 'false'}\n", 1)
         path.write_text(config_text)
         daemon = Daemon(lab, path, env, argv)
         started.append(daemon)

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gatekeeper.lab.bench.traffic import dump, step
 from gatekeeper.lab.netns import GW4, Lab
 from tests.fixtures.configs import SSH, config
@@ -57,14 +59,24 @@ def rss_kb(pids: list[int]) -> int:
     return total
 
 
-def test_spoofed_flood_does_not_keep_a_legitimate_client_out(
-    lab: Lab, start_daemon: Any, tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def legitimate(lab: Lab) -> None:
+    """The legitimate clients' addresses, once for the module's lab; spoofed sources let in."""
     for i in range(LEGIT):
         lab.add_address("client", f"203.0.113.{150 + i}")
     lab.sysctl("gw", "net.ipv4.conf.all.rp_filter", "0")
     lab.sysctl("gw", "net.ipv4.conf.eth0.rp_filter", "0")
-    daemon = start_daemon(config(open_for=300) + "")
+
+
+@pytest.mark.parametrize("prefilter", [False, True], ids=["queued", "prefiltered"])
+@pytest.mark.usefixtures("legitimate")
+def test_spoofed_flood_does_not_keep_a_legitimate_client_out(
+    lab: Lab, start_daemon: Any, tmp_path: Path, prefilter: bool
+) -> None:
+    """Prefiltered, the flood's first knocks fill the kernel's progress set (every flood
+    source that sent one): the legitimate client's first knock must still get in it."""
+    daemon = start_daemon(config(open_for=300).replace(
+        "[gatekeeper]\n", f"[gatekeeper]\nprefilter = {str(prefilter).lower()}\n", 1))
     control = daemon.config.read_text().split('control = "', 1)[1].split('"', 1)[0]
 
     def status() -> dict[str, Any]:

@@ -1,11 +1,12 @@
 """Knock, then connect at once; run inside the lab's client namespace. Prints JSON.
 
-    python -m gatekeeper.lab.bench.probe trials HOST PORT N FIRST_SOURCE STEPS
+    python -m gatekeeper.lab.bench.probe trials HOST PORT N FIRST_SOURCE STEPS [MAX_FAILURES]
 
 For N source addresses from FIRST_SOURCE upwards (already on the client's interface):
 knock STEPS (``7000:udp,8000:tcp,...``) from that address, then connect() to HOST:PORT
 from it with a 0.9 s timeout. The kernel retransmits a first SYN after 1 s, so a
-successful connect() means the very first SYN after the knock was accepted.
+successful connect() means the very first SYN after the knock was accepted. With
+MAX_FAILURES it stops once that many tries have failed (a failure costs the 0.9 s).
 """
 
 from __future__ import annotations
@@ -37,11 +38,14 @@ def connect(host: str, port: int, source: str | None = None,
         s.close()
 
 
-def trials(host: str, port: int, n: int, first_source: str, steps: str) -> list[dict[str, Any]]:
+def trials(host: str, port: int, n: int, first_source: str, steps: str,
+           max_failures: int = 0) -> list[dict[str, Any]]:
     seq = [parse_step(p) for p in steps.split(",")]
     base = ipaddress.ip_address(first_source)
-    out = []
+    out: list[dict[str, Any]] = []
     for i in range(n):
+        if max_failures and sum(1 for r in out if not r["ok"]) >= max_failures:
+            break
         source = str(base + i)
         target = resolve(host, source=source)
         start = time.perf_counter()
@@ -58,11 +62,12 @@ def trials(host: str, port: int, n: int, first_source: str, steps: str) -> list[
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 6 or args[0] != "trials":
+    if len(args) not in (6, 7) or args[0] != "trials":
         print(__doc__, file=sys.stderr)
         return 2
-    _, host, port, n, first, steps = args
-    print(json.dumps(trials(host, int(port), int(n), first, steps)), flush=True)
+    _, host, port, n, first, steps, *most = args
+    print(json.dumps(trials(host, int(port), int(n), first, steps, int(most[0]) if most else 0)),
+          flush=True)
     return 0
 
 
