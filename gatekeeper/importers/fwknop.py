@@ -47,6 +47,7 @@ from gatekeeper.importers.fwknop_conf import (
     sources,
     yes,
 )
+from gatekeeper.importers.key_files import KeyFile, remove, write_key_files
 from gatekeeper.importers.output import (
     Notice,
     interface_problem,
@@ -65,14 +66,6 @@ DEFAULT_INTERFACE = "eth0"  # fwknopd's PCAP_INTF
 MAX_WINDOW = 3600  # spa_window's ceiling
 _GATEKEEPER_MODES = ("cbc", "cfb", "ofb", "ctr", "ecb", "legacy")
 _GATEKEEPER_HMACS = ("md5", "sha1", "sha256", "sha384", "sha512")
-@dataclass(frozen=True, slots=True)
-class KeyFile:
-    """A key file to write (mode 0600): its absolute path and text."""
-
-    path: str
-    text: str
-
-
 @dataclass(frozen=True, slots=True)
 class Conversion:
     toml: str
@@ -451,47 +444,6 @@ def _read(path: str) -> str:
         raise FwknopError(f"{path}: no such file") from None
     except OSError as exc:
         raise FwknopError(f"{path}: cannot read: {exc.strerror or exc}") from None
-
-
-def write_key_files(files: tuple[KeyFile, ...]) -> tuple[list[str], list[str]]:
-    """Write each key file, mode 0600, never over another file (the same text is fine),
-    making its folder (0750) if need be: the files and folders made. On any failure those
-    are removed again."""
-    written: list[str] = []
-    made: list[str] = []
-    try:
-        for key in files:
-            folder = os.path.dirname(key.path)
-            if not os.path.isdir(folder):
-                os.makedirs(folder, 0o750)
-                made.append(folder)
-            data = key.text.encode("utf-8", "surrogateescape")
-            try:
-                fd = os.open(key.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                if Path(key.path).read_bytes() == data:
-                    continue
-                raise FwknopError(f"{key.path}: exists with other keys; not overwritten (remove it, "
-                                  "or give another --key-dir)") from None
-            written.append(key.path)
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), 0o600)
-                f.write(data)
-    except OSError as exc:
-        remove(written, made)
-        raise FwknopError(f"{exc.filename or 'key file'}: cannot write: {exc.strerror or exc}") from None
-    except FwknopError:
-        remove(written, made)
-        raise
-    return written, made
-
-
-def remove(files: list[str], folders: list[str]) -> None:
-    """Undo :func:`write_key_files`."""
-    for path in files:
-        os.unlink(path)
-    for folder in reversed(folders):
-        os.rmdir(folder)
 
 
 def main(path: str, server_conf: str | None = None, output: str | None = None,

@@ -417,6 +417,12 @@ def verify(
             return SpaResult(Stage.COMMAND, message, recorded=seen)
     elif message.message_type not in _GRANTABLE_TYPES or not all(a in allowed for a in message.access):
         return SpaResult(Stage.ACCESS, message, recorded=seen)
+    return _grantee(message, seen, source, other_source)
+
+
+def _grantee(message: SpaMessage, seen: Recorded, source: str | bytes, other_source: bool) -> SpaResult:
+    """:func:`verify`'s last check: the address granted, the packet's source or (with
+    ``other_source``) the message's."""
     try:
         sender = host_ip(source)
     except ValueError:
