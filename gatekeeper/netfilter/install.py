@@ -144,10 +144,22 @@ class Installer:
         return out
 
     def prefilter_counters(self) -> dict[int, dict[str, int]]:
-        """Packets the prefilter dropped, by family and cause (zeros when it is off)."""
-        return {family: prefilter.parse_counters(
-                    family, _run([_TOOLS[family][0], "-c", "-t", "filter"]).stdout)
-                for family in (4, 6)}
+        """Packets the prefilter dropped, by family and cause (zeros when it is off). A
+        family whose rules could not be read is left out, with a warning: read as zeros,
+        it would look like a reset of the kernel's counters."""
+        out = {}
+        for family in (4, 6):
+            tool = _TOOLS[family][0]
+            try:
+                result = _run([tool, "-c", "-t", "filter"])
+            except GatekeeperError as exc:
+                log.warning("prefilter counters: %s", exc)
+                continue
+            if result.returncode != 0:
+                log.warning("prefilter counters: %s failed: %s", tool, _first_line(result.stderr))
+                continue
+            out[family] = prefilter.parse_counters(family, result.stdout)
+        return out
 
     def replace(self, ruleset: Ruleset) -> None:
         """Swap in a new ruleset (a reload), one transaction per family: the old rules

@@ -195,3 +195,23 @@ def test_counters_are_read_from_the_rule_counters_and_kept_over_resets() -> None
     counter.update(4, {"junk": 5, "scanner": 0})  # a reload swapped the chain: counters at 0
     totals = counter.totals()
     assert totals[(4, "junk")] == 350 and totals[(4, "scanner")] == 12 and totals[(6, "junk")] == 0
+
+
+def test_a_failed_counter_read_is_skipped_not_taken_for_a_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An iptables-save that fails (or hangs) must not read as counters back at 0: the
+    drop counter would add what it had seen once more at the next good read."""
+    import subprocess
+
+    from gatekeeper.netfilter import install
+
+    good = f"[345:9000] {prefilter.JUNK_COUNTER}\n"
+    answers = iter([(0, good), (0, good), (1, ""), (0, "")])
+
+    def run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        code, out = next(answers)
+        return subprocess.CompletedProcess(argv, code, out, "iptables-save: cannot lock")
+
+    monkeypatch.setattr(install, "_run", run)
+    counts = install.Installer().prefilter_counters()
+    assert counts[4]["junk"] == 345 and counts[6]["junk"] == 345
+    assert install.Installer().prefilter_counters() == {6: {"junk": 0, "scanner": 0}}
