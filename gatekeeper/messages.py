@@ -25,15 +25,19 @@ class MessageError(ValueError):
     """A line that is not a message of this vocabulary (named in the error)."""
 
 
-@dataclass(frozen=True, slots=True)
+@typing.dataclass_transform(frozen_default=True)
 class Message:
-    """A message; a subclass names its ``KIND`` in its class line (``kind="ready"``)."""
+    """A message; a subclass is a frozen dataclass (made so here, not by a decorator on
+    each) that names its ``KIND`` in its class line (``kind="ready"``)."""
 
     KIND: ClassVar[str] = ""
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
-    def __init_subclass__(cls, kind: str = "") -> None:
-        if kind:  # (no super(): slots=True remakes the class, without the keyword)
+    def __init_subclass__(cls, kind: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if kind:
             cls.KIND = kind
+        dataclass(frozen=True)(cls)
 
     def wire(self) -> dict[str, Any]:
         """The message as its JSON object (``"t"`` first)."""
@@ -43,21 +47,18 @@ class Message:
 # -- worker -> supervisor ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class Ready(Message, kind="ready"):
     """Bound to the queue, grants of the kernel set adopted: verdicting."""
 
     adopted: int
 
 
-@dataclass(frozen=True, slots=True)
 class Failed(Message, kind="error"):
     """The worker could not start (the reason, one line)."""
 
     message: str
 
 
-@dataclass(frozen=True, slots=True)
 class Stats(Message, kind="stats"):
     """Everything counted since the worker started (``gatekeeper.metrics.Snapshot``)."""
 
@@ -71,7 +72,6 @@ class Stats(Message, kind="stats"):
     cluster: dict[str, Any] | None
 
 
-@dataclass(frozen=True, slots=True)
 class _GrantChange(Message):
     """A grant of ``door`` to ``address`` written into (or taken out of) the kernel set,
     of the ports ``opens``; ``error``: the set refused it."""
@@ -82,7 +82,6 @@ class _GrantChange(Message):
     error: str | None
 
 
-@dataclass(frozen=True, slots=True)
 class Granted(_GrantChange, kind="grant"):
     """A grant made, for ``seconds`` (``renewed``: the address held one of the door)."""
 
@@ -90,14 +89,12 @@ class Granted(_GrantChange, kind="grant"):
     renewed: bool
 
 
-@dataclass(frozen=True, slots=True)
 class Revoked(_GrantChange, kind="revoke"):
     """A grant closed (``cause``: a close sequence)."""
 
     cause: str
 
 
-@dataclass(frozen=True, slots=True)
 class Used(Message, kind="used"):
     """A one-time sequence used: its line marked in the file (``error``: it could not be)."""
 
@@ -108,7 +105,6 @@ class Used(Message, kind="used"):
     error: str
 
 
-@dataclass(frozen=True, slots=True)
 class Command(Message, kind="command"):
     """An allowed SPA server command asked for by ``address``: the supervisor runs it."""
 
@@ -117,7 +113,6 @@ class Command(Message, kind="command"):
     command: str
 
 
-@dataclass(frozen=True, slots=True)
 class Refused(Message, kind="refused"):
     """An SPA packet (or encrypted sequence) from ``address`` that ``door`` refused at
     ``stage``; ``withheld``: refusals the worker did not report since its last one
@@ -129,12 +124,10 @@ class Refused(Message, kind="refused"):
     withheld: int
 
 
-@dataclass(frozen=True, slots=True)
 class Reloaded(Message, kind="reloaded"):
     """The config of a :class:`Reload` read: the new engine decides from the next packet."""
 
 
-@dataclass(frozen=True, slots=True)
 class Counts(Message, kind="counts"):
     """The answer to :class:`CountsRequest`: packets by reason, sources tracked."""
 
@@ -145,7 +138,6 @@ class Counts(Message, kind="counts"):
 # -- supervisor -> worker ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class Reload(Message, kind="reload"):
     """Read this config text (of ``path``) and swap in a new engine."""
 
@@ -153,7 +145,6 @@ class Reload(Message, kind="reload"):
     path: str
 
 
-@dataclass(frozen=True, slots=True)
 class Forget(Message, kind="revoke"):
     """A grant closed on another gateway (mirrored): stop admitting it from the queue."""
 
@@ -161,7 +152,6 @@ class Forget(Message, kind="revoke"):
     door: str
 
 
-@dataclass(frozen=True, slots=True)
 class CountsRequest(Message, kind="counts"):
     """Send :class:`Counts` now."""
 
