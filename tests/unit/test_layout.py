@@ -5,6 +5,7 @@ not the product, and is held to the module size only."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,3 +39,14 @@ def test_no_test_file_is_over_600_lines() -> None:
     long = {str(p.relative_to(ROOT)): n for p in (ROOT / "tests").rglob("*.py")
             if (n := _lines(p)) > TEST_LINES}
     assert long == {}
+
+
+def test_every_path_the_readme_names_exists() -> None:
+    """The README points readers at files (tests backing a claim, scripts, modules): a
+    move must take the README along."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    pattern = (r"(?<![\w/.-])((?:tests|gatekeeper|scripts|rules|grafana|vagrant)/[\w./-]*"
+               r"\.(?:py|sh|c|lua|json|conf|toml))\b")
+    named = set(re.findall(pattern, text))
+    assert named, "the README names no file: the pattern is wrong"
+    assert sorted(p for p in named if not (ROOT / p).exists()) == []
