@@ -197,6 +197,8 @@ def test_install_check_purge(deb: Path, chroot: Chroot) -> None:
     assert "nfnetlink_queue" in chroot.sh("cat /etc/modules-load.d/gatekeeper.conf")
     chroot.sh("test -s /usr/share/gatekeeper/grafana/gatekeeper.json"
               " && test -s /usr/share/gatekeeper/prometheus/alerts.yml"
+              " && grep -q failregex /usr/share/gatekeeper/fail2ban/filter.d/gatekeeper-spa.conf"
+              " && grep -q '^filter' /usr/share/gatekeeper/fail2ban/jail.d/gatekeeper-spa.conf"
               " && zcat /usr/share/man/man8/gatekeeper.8.gz | grep -q '^.SS check'"
               " && zcat /usr/share/man/man5/gatekeeper.toml.5.gz | grep -q sequence_timeout")
 
