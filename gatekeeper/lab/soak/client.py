@@ -10,16 +10,14 @@ from typing import Any
 from gatekeeper import __version__
 from gatekeeper.client.knock import FIRST_SYN_TIMEOUT, Target, knock, resolve
 from gatekeeper.errors import GatekeeperError
+from gatekeeper.lab.soak import common
 from gatekeeper.lab.soak.common import (
     REPLY_TIMEOUT,
-    Records,
     SoakError,
-    bound,
     check_duration,
     error_name,
     parse_sequence,
     parse_sources,
-    sleep_until,
 )
 from gatekeeper.model import PROTO_NAMES
 
@@ -84,10 +82,10 @@ def run_client(gateway: str, duration: float, sequence: str, port: int, out: str
     steps = parse_sequence(sequence)
     addresses = parse_sources(sources)
     target = resolve(gateway)
-    limit = bound(duration, interval)
+    limit = common.bound(duration, interval)
     if max_attempts > 0:
         limit = min(limit, max_attempts)
-    records = Records(out, "client")
+    records = common.Records(out, "client")
     records.write("start", version=__version__, host=socket.gethostname(), gateway=target.address,
                   port=port, duration=duration, interval=interval, timeout=timeout,
                   sequence=[f"{p}:{PROTO_NAMES[proto]}" for proto, p in steps],
@@ -103,7 +101,7 @@ def run_client(gateway: str, duration: float, sequence: str, port: int, out: str
             records.write("attempt", **result)
             ok += bool(result["ok"])
             n += 1
-            sleep_until(begin + n * interval, deadline)
+            common.sleep_until(begin + n * interval, deadline)
         records.write("end", attempts=n, ok=ok, reason="count" if n >= limit else "duration")
     finally:
         records.close()

@@ -15,15 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from gatekeeper.lab.netns import CLIENT4, GW4, OTHER4, Lab, sigterm_unwinds
-from gatekeeper.lab.soak.common import (
-    MAX_RSS_GROWTH_MB,
-    MAX_RSS_GROWTH_PCT,
-    MIN_SUCCESS,
-    PLOT_FILE,
-    SUMMARY_FILE,
-    SoakError,
-    check_duration,
-)
+from gatekeeper.lab.soak import common
+from gatekeeper.lab.soak.common import SoakError, check_duration
 from gatekeeper.lab.soak.report import run_report
 
 LAB_PORT = 22
@@ -49,8 +42,9 @@ def lab_config(control: str) -> str:
     )
 
 
-def run_lab(duration: float, out: str, sources: int = 30, min_success: float = MIN_SUCCESS,
-            max_growth_mb: float = MAX_RSS_GROWTH_MB, max_growth_pct: float = MAX_RSS_GROWTH_PCT) -> int:
+def run_lab(duration: float, out: str, sources: int = 30, min_success: float = common.MIN_SUCCESS,
+            max_growth_mb: float = common.MAX_RSS_GROWTH_MB,
+            max_growth_pct: float = common.MAX_RSS_GROWTH_PCT) -> int:
     duration = check_duration(duration)
     if not 0 <= sources <= 100:
         raise SoakError("--sources must be 0-100")
@@ -60,7 +54,7 @@ def run_lab(duration: float, out: str, sources: int = 30, min_success: float = M
     if strangers:
         raise SoakError(f"{out}: holds other .jsonl files ({', '.join(strangers[:3])}), which the "
                         "report would merge; use an empty directory")
-    for name in (*ROLE_FILES, SUMMARY_FILE, PLOT_FILE):
+    for name in (*ROLE_FILES, common.SUMMARY_FILE, common.PLOT_FILE):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(out, name))
 
