@@ -31,12 +31,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from gatekeeper.netfilter.interfaces import require_present
+    from gatekeeper.netfilter.nat import require_forwarding
 
     cfg = config_mod.load(args.config)
     require_present(cfg)  # as run does: in the network namespace it runs in
+    require_forwarding(cfg)
     def how(d: Door) -> str:
         if d.spa is not None:
-            return f"spa on {d.spa.port}:udp"
+            nat = ",".join(f"{h}:{p}" for h, p in d.spa.nat_targets)
+            return f"spa on {d.spa.port}:udp" + (f", NAT to {nat}" if nat else "")
         if d.encrypted is not None:
             return f"encrypted sequence on {d.encrypted.first}-{d.encrypted.last}"
         if d.one_time is not None:

@@ -98,6 +98,10 @@ class _NoKernel:
     def remove(self, address: str, door: Door, steps: tuple[Port, ...] | None = None) -> None:
         return None
 
+    def add_nat(self, address: str, door: Door, seconds: float, step: Port, host: str,
+                port: int) -> None:
+        return None
+
 
 def _ignore(message: Any) -> None:
     return None
