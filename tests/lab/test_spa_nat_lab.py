@@ -1,0 +1,113 @@
+"""SPA NAT access (``fwknop -N HOST:PORT``) with the stock client against the real daemon:
+the gateway (203.0.113.1) DNATs the client's connections to a gateway port to the server
+behind it (198.51.100.10, listening on 3389; the gateway itself listens on no port used
+here), for that client's address only, from its first SYN; gone after expiry and stop."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gatekeeper.lab.netns import GW4, SERVER4, Lab
+from gatekeeper.netfilter.nat import CHAIN_NAT, set_name
+from tests.lab.support import fwknop_send, is_open, needs_fwknop, snapshot, spa_config, wait_count
+
+GATEWAY_PORT, FORCED_PORT, TARGET_PORT = 4422, 4423, 3389
+TARGET = f"{SERVER4}:{TARGET_PORT}"
+NAT_DOORS = f"""spa_nat = ["{TARGET}"]
+open_for = 3
+
+[[door]]
+name = "forced"
+spa = true
+key_file = "{{key}}"
+spa_port = 62202
+opens = ["{FORCED_PORT}:tcp"]
+spa_force_nat = "{TARGET}"
+open_for = 3
+"""
+
+
+@pytest.fixture
+def nat_daemon(lab: Lab, start_daemon: Any, tmp_path: Path) -> Iterator[Any]:
+    text = spa_config(tmp_path).replace('opens = ["22:tcp"]', f'opens = ["{GATEWAY_PORT}:tcp"]')
+    key = str(tmp_path / "spa.key")
+    home = tmp_path / "home"
+    home.mkdir()
+    before = snapshot(lab)
+    daemon = start_daemon(text + NAT_DOORS.replace("{key}", key))
+    daemon.home = str(home)
+    daemon.before = before
+    yield daemon
+
+
+def nat_entries(lab: Lab) -> str:
+    return str(lab.run("gw", ["ipset", "list", set_name(SERVER4, TARGET_PORT)]).stdout)
+
+
+def wait_expired(lab: Lab, seconds: float = 10) -> None:
+    """Until the kernel set timed the grant out (bounded)."""
+    deadline = time.monotonic() + seconds
+    while "203.0.113." in nat_entries(lab).split("Members:", 1)[1]:
+        assert time.monotonic() < deadline, nat_entries(lab)
+        time.sleep(0.2)
+
+
+@needs_fwknop
+def test_nat_access_first_syn_to_the_internal_host_only_for_that_client(
+        lab: Lab, nat_daemon: Any) -> None:
+    assert not is_open(lab, "client", GW4, GATEWAY_PORT)
+    fwknop_send(lab, nat_daemon.home, "-N", TARGET, access=f"tcp/{GATEWAY_PORT}")
+    assert is_open(lab, "client", GW4, GATEWAY_PORT), "the first SYN, DNATed to the server"
+    assert not is_open(lab, "other", GW4, GATEWAY_PORT), "another address is not forwarded"
+    assert not is_open(lab, "client", GW4, 22), "a NAT grant opens nothing on the gateway"
+    nat_daemon.wait_for(rf"grant door=spa address=203\.0\.113\.10 .*opens={GATEWAY_PORT}:tcp->"
+                        rf"{SERVER4}:{TARGET_PORT}")
+    assert wait_count(nat_daemon, "ok", 1)["ok"] == 1
+    wait_expired(lab)
+    assert not is_open(lab, "client", GW4, GATEWAY_PORT), "expired"
+    nat_daemon.stop()
+    assert snapshot(lab) == nat_daemon.before, "the nat table, its chain and sets are gone"
+
+
+@needs_fwknop
+def test_targets_not_allowed_and_local_nat_are_refused_at_access(
+        lab: Lab, nat_daemon: Any) -> None:
+    fwknop_send(lab, nat_daemon.home, "-N", f"{SERVER4}:22", access=f"tcp/{GATEWAY_PORT}")
+    fwknop_send(lab, nat_daemon.home, "--nat-local", access=f"tcp/{GATEWAY_PORT}")
+    counts = wait_count(nat_daemon, "access", 2)
+    assert counts.get("access") == 2 and "ok" not in counts, counts
+    assert not is_open(lab, "client", GW4, GATEWAY_PORT)
+    assert "203.0.113." not in nat_entries(lab).split("Members:", 1)[1]
+
+
+@needs_fwknop
+def test_forced_target_whatever_the_client_asks(lab: Lab, nat_daemon: Any) -> None:
+    assert not is_open(lab, "client", GW4, FORCED_PORT)
+    fwknop_send(lab, nat_daemon.home, "-p", "62202", access=f"tcp/{FORCED_PORT}")
+    assert is_open(lab, "client", GW4, FORCED_PORT), "a plain request, forced to the server"
+    assert not is_open(lab, "other", GW4, FORCED_PORT)
+    nat_daemon.wait_for(rf"grant door=forced .*opens={FORCED_PORT}:tcp->{SERVER4}:{TARGET_PORT}")
+    saved = lab.run("gw", ["iptables-save", "-t", "nat"]).stdout
+    assert f":{CHAIN_NAT} " in saved and f"--to-destination {TARGET}" in saved
+
+
+def test_check_and_run_refuse_nat_without_forwarding(lab: Lab, tmp_path: Path) -> None:
+    config = tmp_path / "nat.toml"
+    config.write_text(spa_config(tmp_path, f'spa_nat = ["{TARGET}"]\n')
+                      .replace("[gatekeeper]\n", f'[gatekeeper]\ncontrol = "{tmp_path}/c.sock"\n'))
+    lab.sysctl("gw", "net.ipv4.ip_forward", "0")
+    try:
+        for command in ("check", "run"):
+            result = lab.run("gw", [sys.executable, "-m", "gatekeeper", command, "-c", str(config)],
+                             check=False, timeout=30)
+            assert result.returncode != 0, result.stdout
+            assert "spa_nat needs IPv4 forwarding" in result.stderr, result.stderr
+            assert "sysctl -w net.ipv4.ip_forward=1" in result.stderr
+    finally:
+        lab.sysctl("gw", "net.ipv4.ip_forward", "1")
