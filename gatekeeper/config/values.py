@@ -144,9 +144,11 @@ class Reader:
         """``"HOST:PORT"`` (``"[V6]:PORT"``): an internal host's IP address and a port."""
         text = self._str(value, key)
         host, colon, port = text.rpartition(":")
-        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        bracketed = host.startswith("[") and host.endswith("]")
+        host = host[1:-1] if bracketed else host
         try:
-            if not colon or "%" in host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            if (not colon or "%" in host or (":" in host) != bracketed or not port.isdigit()
+                    or not 1 <= int(port) <= 65535):
                 raise ValueError(text)
             ip = ipaddress.ip_address(host)
         except ValueError:
