@@ -89,5 +89,6 @@ def require_forwarding(config: Config) -> None:
         sysctl = "net.ipv4.ip_forward" if family == 4 else "net.ipv6.conf.all.forwarding"
         doors = ", ".join(d.name for d in config.doors if d.spa is not None
                           and any(_family(h) == family for h, _ in d.spa.nat_targets))
-        raise ConfigError(f"{config.path}: door {doors}: spa_nat needs IPv{family} forwarding, "
-                          f"which is off here: sysctl -w {sysctl}=1 (and keep it in /etc/sysctl.d)")
+        raise ConfigError(f"{config.path}: door {doors}: NAT access (spa_nat, spa_force_nat) needs "
+                          f"IPv{family} forwarding, which is off here: sysctl -w {sysctl}=1 (and keep "
+                          "it in /etc/sysctl.d)")

@@ -107,7 +107,7 @@ def test_check_and_run_refuse_nat_without_forwarding(lab: Lab, tmp_path: Path) -
             result = lab.run("gw", [sys.executable, "-m", "gatekeeper", command, "-c", str(config)],
                              check=False, timeout=30)
             assert result.returncode != 0, result.stdout
-            assert "spa_nat needs IPv4 forwarding" in result.stderr, result.stderr
+            assert "spa_force_nat) needs IPv4 forwarding" in result.stderr, result.stderr
             assert "sysctl -w net.ipv4.ip_forward=1" in result.stderr
     finally:
         lab.sysctl("gw", "net.ipv4.ip_forward", "1")

@@ -225,8 +225,9 @@ def test_forwarding_off_is_refused_for_the_family_with_targets(
     assert nat.forwarding_off(cfg) == [4]
     with pytest.raises(ConfigError) as off:
         nat.require_forwarding(cfg)
-    assert str(off.value) == ("t.toml: door nat: spa_nat needs IPv4 forwarding, which is off "
-                              "here: sysctl -w net.ipv4.ip_forward=1 (and keep it in /etc/sysctl.d)")
+    assert str(off.value) == ("t.toml: door nat: NAT access (spa_nat, spa_force_nat) needs IPv4 "
+                              "forwarding, which is off here: sysctl -w net.ipv4.ip_forward=1 (and "
+                              "keep it in /etc/sysctl.d)")
     v6 = loads(nat_config(files["spa"], 'spa_nat = ["[2001:db8::20]:22"]'), "t.toml")
     nat.require_forwarding(v6)  # IPv6 forwards: nothing to say
     nat.require_forwarding(loads(nat_config(files["spa"], ""), "t.toml"))
