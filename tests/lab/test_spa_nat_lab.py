@@ -5,6 +5,8 @@ here), for that client's address only, from its first SYN; gone after expiry and
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -15,7 +17,15 @@ import pytest
 
 from gatekeeper.lab.netns import GW4, SERVER4, Lab
 from gatekeeper.netfilter.nat import CHAIN_NAT, set_name
-from tests.lab.support import fwknop_send, is_open, needs_fwknop, snapshot, spa_config, wait_count
+from tests.lab.support import (
+    daemon_pid,
+    fwknop_send,
+    is_open,
+    needs_fwknop,
+    snapshot,
+    spa_config,
+    wait_count,
+)
 
 GATEWAY_PORT, FORCED_PORT, TARGET_PORT = 4422, 4423, 3389
 TARGET = f"{SERVER4}:{TARGET_PORT}"
@@ -95,6 +105,22 @@ def test_forced_target_whatever_the_client_asks(lab: Lab, nat_daemon: Any) -> No
     nat_daemon.wait_for(rf"grant door=forced .*opens={FORCED_PORT}:tcp->{SERVER4}:{TARGET_PORT}")
     saved = lab.run("gw", ["iptables-save", "-t", "nat"]).stdout
     assert f":{CHAIN_NAT} " in saved and f"--to-destination {TARGET}" in saved
+
+
+@needs_fwknop
+def test_a_reload_without_targets_takes_the_nat_chain_and_sets_out(lab: Lab, nat_daemon: Any) -> None:
+    text = nat_daemon.config.read_text()
+    nat_daemon.config.write_text(text.split("spa_nat = ", 1)[0])  # the first door, no NAT
+    os.kill(daemon_pid(nat_daemon), signal.SIGHUP)
+    nat_daemon.wait_for("reloaded")
+    assert f":{CHAIN_NAT} " not in lab.run("gw", ["iptables-save", "-t", "nat"]).stdout
+    assert "gatekeeper-nat" not in lab.run("gw", ["ipset", "list", "-n"]).stdout
+    at = len(nat_daemon.lines)
+    nat_daemon.config.write_text(text)
+    os.kill(daemon_pid(nat_daemon), signal.SIGHUP)
+    nat_daemon.wait_for("reloaded", since=at)
+    fwknop_send(lab, nat_daemon.home, "-N", TARGET, access=f"tcp/{GATEWAY_PORT}")
+    assert is_open(lab, "client", GW4, GATEWAY_PORT), "NAT access again after the reload"
 
 
 def test_check_and_run_refuse_nat_without_forwarding(lab: Lab, tmp_path: Path) -> None:
