@@ -105,7 +105,7 @@ def _cmd_spa(args: argparse.Namespace) -> int:
     if not args.host or not args.key_file or not args.access:
         raise GatekeeperError("spa: needs --key-file, -A PROTO/PORT and HOST (or --key-gen)")
     packet = spa.send(args.host, args.key_file, args.access, args.allow, args.source_any,
-                      args.port, verbose=args.verbose)
+                      args.port, verbose=args.verbose, nat=args.nat_access)
     if args.save_packet:
         try:
             with open(args.save_packet, "wb") as f:
@@ -284,6 +284,9 @@ def _client_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
                    help="send 0.0.0.0: the gateway opens for the packet's source (fwknop -s)")
     p.add_argument("--port", type=int, default=DEFAULT_SPA_PORT,
                    help=f"the SPA UDP port (default {DEFAULT_SPA_PORT})")
+    p.add_argument("-N", "--nat-access", default="", metavar="ADDR:PORT",
+                   help="NAT access (fwknop -N): the gateway forwards the -A port to this internal "
+                   "address and port")
     p.add_argument("--save-packet", metavar="FILE",
                    help="also write the packet sent to FILE (to test a replay)")
     p.add_argument("--key-gen", action="store_true", help="print new keys for a key file")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.lab.netns import GW4, SERVER4, Lab
+from gatekeeper.lab.netns import GW4, GW6, SERVER4, SERVER6, Lab
 from gatekeeper.netfilter.nat import CHAIN_NAT, set_name
 from tests.lab.support import (
     daemon_pid,
@@ -29,7 +29,8 @@ from tests.lab.support import (
 
 GATEWAY_PORT, FORCED_PORT, TARGET_PORT = 4422, 4423, 3389
 TARGET = f"{SERVER4}:{TARGET_PORT}"
-NAT_DOORS = f"""spa_nat = ["{TARGET}"]
+TARGET6 = f"[{SERVER6}]:{TARGET_PORT}"
+NAT_DOORS = f"""spa_nat = ["{TARGET}", "{TARGET6}"]
 open_for = 3
 
 [[door]]
@@ -52,6 +53,7 @@ def nat_daemon(lab: Lab, start_daemon: Any, tmp_path: Path) -> Iterator[Any]:
     before = snapshot(lab)
     daemon = start_daemon(text + NAT_DOORS.replace("{key}", key))
     daemon.home = str(home)
+    daemon.key = key
     daemon.before = before
     yield daemon
 
@@ -105,6 +107,16 @@ def test_forced_target_whatever_the_client_asks(lab: Lab, nat_daemon: Any) -> No
     nat_daemon.wait_for(rf"grant door=forced .*opens={FORCED_PORT}:tcp->{SERVER4}:{TARGET_PORT}")
     saved = lab.run("gw", ["iptables-save", "-t", "nat"]).stdout
     assert f":{CHAIN_NAT} " in saved and f"--to-destination {TARGET}" in saved
+
+
+def test_ipv6_nat_access_with_the_gatekeeper_client(lab: Lab, nat_daemon: Any) -> None:
+    """fwknop 2.6 sends no IPv6 request; gatekeeper's client does, and ip6tables DNATs it."""
+    assert not is_open(lab, "client", GW6, GATEWAY_PORT)
+    lab.run("client", [sys.executable, "-m", "gatekeeper", "spa", "--key-file", nat_daemon.key,
+                       "-A", f"tcp/{GATEWAY_PORT}", "-N", TARGET6, GW6])
+    assert is_open(lab, "client", GW6, GATEWAY_PORT), "the first SYN, DNATed to the server"
+    assert not is_open(lab, "other", GW6, GATEWAY_PORT)
+    assert f"--to-destination {TARGET6}" in lab.run("gw", ["ip6tables-save", "-t", "nat"]).stdout
 
 
 @needs_fwknop

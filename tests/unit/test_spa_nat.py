@@ -231,3 +231,14 @@ def test_forwarding_off_is_refused_for_the_family_with_targets(
     v6 = loads(nat_config(files["spa"], 'spa_nat = ["[2001:db8::20]:22"]'), "t.toml")
     nat.require_forwarding(v6)  # IPv6 forwards: nothing to say
     nat.require_forwarding(loads(nat_config(files["spa"], ""), "t.toml"))
+
+
+def test_the_gatekeeper_client_nat_option() -> None:
+    from gatekeeper.client.spa import nat_field
+    from gatekeeper.errors import GatekeeperError
+
+    assert nat_field("198.51.100.20:22") == "198.51.100.20,22"
+    assert nat_field("[2001:db8::20]:443") == "2001:db8::20,443"
+    for bad in ("198.51.100.20", "host:22", "198.51.100.20:0", "198.51.100.20:x"):
+        with pytest.raises(GatekeeperError, match="expected ADDRESS:PORT"):
+            nat_field(bad)
