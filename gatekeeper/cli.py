@@ -38,15 +38,19 @@ def _cmd_check(args: argparse.Namespace) -> int:
     require_forwarding(cfg)
     def how(d: Door) -> str:
         if d.spa is not None:
-            nat = ",".join(f"{h}:{p}" for h, p in d.spa.nat_targets)
-            return f"spa on {d.spa.port}:udp" + (f", NAT to {nat}" if nat else "")
+            return f"spa on {d.spa.port}:udp"
         if d.encrypted is not None:
             return f"encrypted sequence on {d.encrypted.first}-{d.encrypted.last}"
         if d.one_time is not None:
             return f"{len(d.one_time.lines)} one-time sequence(s)"
         return f"{len(d.sequence)} knocks"
 
-    doors = ", ".join(f"{d.name} ({how(d)} -> {' '.join(map(str, d.opens))})" for d in cfg.doors)
+    def nat(d: Door) -> str:
+        targets = " ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
+                           for h, p in (d.spa.nat_targets if d.spa is not None else ()))
+        return f", DNATed to {targets}" if targets else ""
+
+    doors = ", ".join(f"{d.name} ({how(d)} -> {' '.join(map(str, d.opens))}{nat(d)})" for d in cfg.doors)
     print(f"{args.config}: OK: {len(cfg.doors)} door(s): {doors}")
     return 0
 

@@ -149,3 +149,5 @@ def test_check_and_run_refuse_nat_without_forwarding(lab: Lab, tmp_path: Path) -
             assert "sysctl -w net.ipv4.ip_forward=1" in result.stderr
     finally:
         lab.sysctl("gw", "net.ipv4.ip_forward", "1")
+    checked = lab.run("gw", [sys.executable, "-m", "gatekeeper", "check", "-c", str(config)]).stdout
+    assert f"spa (spa on 62201:udp -> 22:tcp, DNATed to {TARGET})" in checked, checked
