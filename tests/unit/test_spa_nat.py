@@ -82,6 +82,8 @@ def test_the_stock_client_nat_messages(tmp_path: Path) -> None:
 
     assert stage("-N", "198.51.100.20:22", nat_targets=[TARGET]) == (Stage.OK, TARGET)
     assert stage("-N", "198.51.100.20:22", "-f", "9", nat_targets=[TARGET]) == (Stage.OK, TARGET)
+    assert check(client.packet("-N", "198.51.100.20:22", "--nat-port", "2222", access="tcp/22"),
+                 client.keys, now, allowed=GATEWAY, nat_targets=[TARGET]).nat == TARGET
     assert stage("-N", "198.51.100.20:23", nat_targets=[TARGET]) == (Stage.ACCESS, None)
     assert stage("-N", "198.51.100.20:22") == (Stage.ACCESS, None)
     assert stage("--nat-local", nat_targets=[TARGET]) == (Stage.ACCESS, None)  # types 5/6
