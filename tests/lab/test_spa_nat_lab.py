@@ -18,6 +18,8 @@ import pytest
 from gatekeeper.lab.netns import GW4, GW6, SERVER4, SERVER6, Lab
 from gatekeeper.netfilter.nat import CHAIN_NAT, set_name
 from tests.lab.support import (
+    H,
+    K,
     daemon_pid,
     fwknop_send,
     is_open,
@@ -151,3 +153,40 @@ def test_check_and_run_refuse_nat_without_forwarding(lab: Lab, tmp_path: Path) -
         lab.sysctl("gw", "net.ipv4.ip_forward", "1")
     checked = lab.run("gw", [sys.executable, "-m", "gatekeeper", "check", "-c", str(config)]).stdout
     assert f"spa (spa on 62201:udp -> 22:tcp, DNATed to {TARGET})" in checked, checked
+
+
+FWKNOPD_ACCESS = f"""SOURCE ANY
+OPEN_PORTS tcp/{FORCED_PORT}
+KEY_BASE64 {K}
+HMAC_KEY_BASE64 {H}
+FORCE_NAT {SERVER4} {TARGET_PORT}
+"""
+
+
+@needs_fwknop
+def test_stock_fwknopd_force_nat_imports_and_the_same_command_reaches_the_same_host(
+        lab: Lab, start_daemon: Any, tmp_path: Path) -> None:
+    from gatekeeper import cli
+    from tests.lab.test_import_fwknop_lab import fwknopd, opened
+
+    access, server = tmp_path / "access.conf", tmp_path / "fwknopd.conf"
+    access.write_text(FWKNOPD_ACCESS)
+    server.write_text("PCAP_INTF eth0\nPCAP_FILTER udp port 62201\nENABLE_IPT_FORWARDING Y\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    stock = fwknopd(lab, tmp_path)
+    try:
+        assert not is_open(lab, "client", GW4, FORCED_PORT)
+        fwknop_send(lab, str(home), access=f"tcp/{FORCED_PORT}")
+        assert opened(lab, FORCED_PORT), (tmp_path / "fwknopd.log").read_text()
+    finally:
+        lab.stop(stock)  # it removes its rules on the way out
+    out = tmp_path / "gatekeeper.toml"
+    assert cli.main(["import-fwknop", str(access), "--server-conf", str(server), "-o", str(out),
+                     "--key-dir", str(tmp_path / "keys")]) == 0
+    assert f'spa_force_nat = "{TARGET}"' in out.read_text()
+    assert not is_open(lab, "client", GW4, FORCED_PORT), "fwknopd's DNAT is gone"
+    start_daemon(out.read_text())
+    fwknop_send(lab, str(home), access=f"tcp/{FORCED_PORT}")
+    assert is_open(lab, "client", GW4, FORCED_PORT), "the first SYN, DNATed to the same host"
+
