@@ -219,10 +219,11 @@ class Installer:
             end = saved.index("COMMIT", at) + 1 if at < len(saved) else at
             saved = saved[at:end]
         builtins = _BUILTINS[table]
-        pristine = all(ln in (f"*{table}", "COMMIT") or ln.startswith(builtins) for ln in saved)
+        if not saved or not all(ln in (f"*{table}", "COMMIT") or ln.startswith(builtins)
+                                for ln in saved):
+            return  # gone, or no longer as created
         nft = shutil.which("nft")
-        version = _run([_TOOLS[family][1], "--version"]).stdout
-        if not saved or not pristine or nft is None or "nf_tables" not in version:
+        if nft is None or "nf_tables" not in _run([_TOOLS[family][1], "--version"]).stdout:
             return
         result = _run([nft, "delete", "table", "ip" if family == 4 else "ip6", table])
         if result.returncode != 0:
