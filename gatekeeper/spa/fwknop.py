@@ -373,9 +373,9 @@ def verify(
     seconds of ``now`` either way; replay (the packet is then remembered for ``2 * window``
     seconds, even if a later check fails); every requested ``(proto, port)`` in
     ``allowed`` and the message an access request (type 1 or 3; NAT: :func:`_nat_target`),
-    or a command message (type 0) whose text is one of ``commands`` (else ``COMMAND``); the address in the
-    message equal to ``source`` (the packet's source address, text or packed) unless
-    ``other_source``. With ``other_source`` the message's address is granted, or
+    or a command message (type 0) whose text is one of ``commands`` (else ``COMMAND``);
+    the address in the message equal to ``source`` (the packet's source address, text or
+    packed) unless ``other_source``. With ``other_source`` the message's address is granted, or
     ``source`` when the client sent ``0.0.0.0`` (``fwknop -s``). An IPv4-mapped address
     (``::ffff:a.b.c.d``, in the message or as ``source``) is the IPv4 host: the grant is
     always for the IPv4 form, the one its packets come from.
