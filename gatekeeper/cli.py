@@ -31,9 +31,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from gatekeeper.netfilter.interfaces import require_present
+    from gatekeeper.netfilter.nat import require_forwarding
 
     cfg = config_mod.load(args.config)
     require_present(cfg)  # as run does: in the network namespace it runs in
+    require_forwarding(cfg)
     def how(d: Door) -> str:
         if d.spa is not None:
             return f"spa on {d.spa.port}:udp"
@@ -43,7 +45,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
             return f"{len(d.one_time.lines)} one-time sequence(s)"
         return f"{len(d.sequence)} knocks"
 
-    doors = ", ".join(f"{d.name} ({how(d)} -> {' '.join(map(str, d.opens))})" for d in cfg.doors)
+    def nat(d: Door) -> str:
+        targets = " ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
+                           for h, p in (d.spa.nat_targets if d.spa is not None else ()))
+        return f", DNATed to {targets}" if targets else ""
+
+    doors = ", ".join(f"{d.name} ({how(d)} -> {' '.join(map(str, d.opens))}{nat(d)})" for d in cfg.doors)
     print(f"{args.config}: OK: {len(cfg.doors)} door(s): {doors}")
     return 0
 
@@ -102,7 +109,7 @@ def _cmd_spa(args: argparse.Namespace) -> int:
     if not args.host or not args.key_file or not args.access:
         raise GatekeeperError("spa: needs --key-file, -A PROTO/PORT and HOST (or --key-gen)")
     packet = spa.send(args.host, args.key_file, args.access, args.allow, args.source_any,
-                      args.port, verbose=args.verbose)
+                      args.port, verbose=args.verbose, nat=args.nat_access)
     if args.save_packet:
         try:
             with open(args.save_packet, "wb") as f:
@@ -281,6 +288,9 @@ def _client_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
                    help="send 0.0.0.0: the gateway opens for the packet's source (fwknop -s)")
     p.add_argument("--port", type=int, default=DEFAULT_SPA_PORT,
                    help=f"the SPA UDP port (default {DEFAULT_SPA_PORT})")
+    p.add_argument("-N", "--nat-access", default="", metavar="ADDR:PORT",
+                   help="NAT access (fwknop -N): the gateway forwards the -A port to this internal "
+                   "address and port")
     p.add_argument("--save-packet", metavar="FILE",
                    help="also write the packet sent to FILE (to test a replay)")
     p.add_argument("--key-gen", action="store_true", help="print new keys for a key file")

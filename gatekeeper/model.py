@@ -132,9 +132,19 @@ class SpaDoor:
     # spa_commands: what ``fwknop --server-cmd TEXT`` may run, TEXT exactly -> argv (no
     # shell; %IP% is the client's address); none by default (fwknopd's ENABLE_CMD_EXEC)
     commands: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # spa_nat: the internal (host, port) targets ``fwknop -N HOST:PORT`` may ask for,
+    # DNATed from the gateway port it asks for with -A (fwknopd's ENABLE_IPT_FORWARDING);
+    # spa_force_nat: every request goes to this one, whatever it asks (FORCE_NAT)
+    nat: tuple[tuple[str, int], ...] = ()
+    force_nat: tuple[str, int] | None = None
 
     def __repr__(self) -> str:  # never print key material
         return f"SpaDoor(key_file={self.key_file!r}, port={self.port})"
+
+    @property
+    def nat_targets(self) -> tuple[tuple[str, int], ...]:
+        """Every internal target of the door, the forced one included."""
+        return tuple(dict.fromkeys((*self.nat, *((self.force_nat,) if self.force_nat else ()))))
 
     def command(self, text: str) -> tuple[str, ...] | None:
         """The argv that the server command ``text`` runs, or None: not allowed."""

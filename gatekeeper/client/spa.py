@@ -46,14 +46,25 @@ def parse_access(text: str) -> list[tuple[str, int]]:
     return out
 
 
+def nat_field(text: str) -> str:
+    """``-N HOST:PORT`` (``[V6]:PORT``) as the message carries it, ``HOST,PORT``."""
+    host, _, port = text.rpartition(":")
+    field = f"{host.removeprefix('[').removesuffix(']')},{port}"
+    if fwknop.nat_target(field) is None:
+        raise GatekeeperError(f"-N {text!r}: expected ADDRESS:PORT, e.g. 198.51.100.20:22 "
+                              "([2001:db8::20]:22)")
+    return field
+
+
 def send(host: str, key_file: str, access: str, allow: str, source_any: bool, port: int,
-         verbose: bool = False) -> bytes:
-    """Send one SPA datagram to ``host``; returns it."""
+         verbose: bool = False, nat: str = "") -> bytes:
+    """Send one SPA datagram to ``host`` (``nat``: a NAT access request, fwknop -N); returns it."""
     keys = fwknop.parse_key_file(_read(key_file), key_file)  # a KeyFileError is a GatekeeperError
     target = resolve(host)
     address = "0.0.0.0" if source_any else allow or local_address(target, port)
     try:
-        packet = encode(keys, Request(parse_access(access), address, time.time()))
+        packet = encode(keys, Request(parse_access(access), address, time.time(),
+                                      nat=nat_field(nat) if nat else None))
     except ValueError as exc:
         raise GatekeeperError(f"spa: {exc}") from None
     with socket.socket(target.family, socket.SOCK_DGRAM) as s:

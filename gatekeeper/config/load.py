@@ -59,7 +59,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,24}\Z")
 _IFACE_RE = re.compile(r"^[A-Za-z0-9_.@][^\s/:!]{0,14}\Z")
 _DEFAULTS = Settings()
 SPA_SETTINGS = ("key_file", "spa_port", "spa_window", "spa_other_source", "spa_hmac",
-                "spa_hmac_digest", "spa_digests", "spa_encryption_mode", "spa_commands")
+                "spa_hmac_digest", "spa_digests", "spa_encryption_mode", "spa_commands",
+                "spa_nat", "spa_force_nat")
 MAX_SPA_COMMANDS = 64
 # the command text rides in the message field (256 bytes) after the address and a comma
 MAX_SPA_COMMAND = 200
@@ -303,7 +304,7 @@ class _Parser(Reader):
                         self.name, where)
         commands = self.spa_commands(data.get("spa_commands", {}), f"{where}.spa_commands")
         return SpaDoor(path, keys, port, window, other, with_hmac, hmac_digest, digests, mode,
-                       commands)
+                       commands, **self.spa_nat(data, where))
 
     def spa_commands(self, raw: Any, key: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
         """``{ "TEXT" = argv, ... }``: the exact texts ``fwknop --server-cmd`` may send."""

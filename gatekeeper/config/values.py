@@ -3,6 +3,7 @@ flags and commands, each checked and read into a model value."""
 
 from __future__ import annotations
 
+import ipaddress
 import shlex
 from typing import Any
 
@@ -138,3 +139,43 @@ class Reader:
         if not argv or not argv[0]:
             raise self.fail(key, "must name a program")
         return tuple(argv)
+
+    def nat_target(self, value: Any, key: str) -> tuple[str, int]:
+        """``"HOST:PORT"`` (``"[V6]:PORT"``): an internal host's IP address and a port."""
+        text = self._str(value, key)
+        host, colon, port = text.rpartition(":")
+        bracketed = host.startswith("[") and host.endswith("]")
+        host = host[1:-1] if bracketed else host
+        try:
+            if (not colon or "%" in host or (":" in host) != bracketed or not port.isdigit()
+                    or not 1 <= int(port) <= 65535):
+                raise ValueError(text)
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            raise self.fail(key, f"{text!r}: use HOST:PORT, an IP address (IPv6 in brackets) "
+                            "and a port 1-65535") from None
+        if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
+            raise self.fail(key, f"{text!r}: not an address a host behind the gateway has")
+        return str(ip), int(port)
+
+    def spa_nat(self, data: dict[str, Any], where: str) -> dict[str, Any]:
+        """``spa_nat`` (the targets ``fwknop -N`` may ask for) and ``spa_force_nat``, as
+        SpaDoor's keywords."""
+        out: dict[str, Any] = {}
+        if "spa_nat" in data:
+            key = f"{where}.spa_nat"
+            raw = self._list(data["spa_nat"], key)
+            nat = tuple(self.nat_target(v, f"{key}[{i}]") for i, v in enumerate(raw))
+            if len(set(nat)) != len(nat):
+                raise self.fail(key, "lists a target twice")
+            out["nat"] = nat
+        if "spa_force_nat" in data:
+            if "spa_nat" in data:
+                raise self.fail(f"{where}.spa_force_nat", "not with spa_nat: the forced target is "
+                                "the only one any request gets")
+            out["force_nat"] = self.nat_target(data["spa_force_nat"], f"{where}.spa_force_nat")
+        if out and "host" in data:
+            raise self.fail(f"{where}.host", "not with spa_nat or spa_force_nat (the target names "
+                            "the host behind the gateway)")
+        return out
+

@@ -72,9 +72,10 @@ class GrantBook:
         ports = self._ports(door, opens)
         for name in ports:
             entry.ports[name] = now + seconds
-        if error:
-            log.error("grant door=%s address=%s: kernel set not updated (%s); "
-                      "the worker admits it from the queue", door.name, address, error)
+        if error:  # a NAT grant ("22:tcp->HOST:PORT") lives in the kernel sets alone
+            log.error("grant door=%s address=%s: kernel set not updated (%s); %s", door.name,
+                      address, error, "nothing is forwarded" if "->" in "".join(ports)
+                      else "the worker admits it from the queue")
         log.info("grant door=%s address=%s open_for=%ds opens=%s%s%s%s", door.name, address,
                  round(seconds), ",".join(ports),
                  f" host={door.host}" if door.host else "", " renewed" if renewed else "",

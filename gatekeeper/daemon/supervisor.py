@@ -33,6 +33,7 @@ from gatekeeper.metrics import GatekeeperCollector, Stats
 from gatekeeper.netfilter.audit import audit
 from gatekeeper.netfilter.install import Installer
 from gatekeeper.netfilter.interfaces import LinkWatcher, require_present
+from gatekeeper.netfilter.nat import require_forwarding
 from gatekeeper.netfilter.prefilter import DropCounter
 from gatekeeper.netfilter.render import render
 from gatekeeper.netfilter.watch import RulesetWatch
@@ -138,6 +139,7 @@ class Supervisor(WorkerPool):
 
     def run(self) -> int:
         require_present(self.config)  # a rule for an absent interface would guard nothing
+        require_forwarding(self.config)  # spa_nat: DNATed packets must be forwarded
         self.installer.preflight()
         if self.config.cluster is not None:
             from gatekeeper.cluster.store import require_client
@@ -431,6 +433,7 @@ class Supervisor(WorkerPool):
     def _reload(self) -> None:
         new = config_mod.load(self.path)
         require_present(new)
+        require_forwarding(new)
         old_queues = set(self.workers)
         new_queues = list(new.settings.queues)
         added = [q for q in new_queues if q not in old_queues]

@@ -85,6 +85,17 @@ class CommandAsked:
 
 
 @dataclass(frozen=True, slots=True)
+class NatGranted:
+    """An SPA NAT access grant (``fwknop -N``): ``granted`` (the gateway port the client
+    connects to, for how long) is DNATed to ``host``:``port`` for that address only. It
+    lives in the kernel sets alone: the engine's table never admits the gateway port."""
+
+    granted: Granted
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
 class SpaRefused:
     """An SPA packet or an encrypted sequence from ``source`` that ``door`` refused at
     ``stage`` (its gatekeeper_spa_total label; for a packet no door's key made, the doors
@@ -120,7 +131,7 @@ class ReplayQuery:
     now: float
 
 
-SpecialEvent = Event | SequenceUsed | CommandAsked | SpaRefused
+SpecialEvent = Event | SequenceUsed | CommandAsked | SpaRefused | NatGranted
 SpecialDecision = tuple[Verdict, Reason, tuple[SpecialEvent, ...]]
 
 
@@ -250,7 +261,8 @@ class SpecialDoors:
                                    allowed=self._allowed[index], source=src,
                                    other_source=spa.other_source, window=spa.window,
                                    suite=self._suites[index], tell_types=probed < TYPE_PROBES,
-                                   commands=self._commands[index])
+                                   commands=self._commands[index], nat=spa.nat,
+                                   force_nat=spa.force_nat)
             if result.stage in _PROBED:
                 self._probes[index] = (second, probed + 1)
             if result.stage is fwknop.Stage.HMAC or result.stage is fwknop.Stage.SIZE:
@@ -275,9 +287,24 @@ class SpecialDoors:
                                               CommandAsked(door, result.grant, message.command)))
             # verify() checked every requested port is one the door opens
             steps = [Port(PROTO_NUMBERS[name], port) for name, port in message.access]
+            if result.nat is not None:
+                return self._nat_grant(index, result.grant, steps[0], result.nat, now,
+                                       message.client_timeout or 0)
             return self._grant(ipaddress.ip_address(result.grant).packed, index, now,
                                steps=steps, open_for=message.client_timeout or 0)
         return (_DROP, _R_WRONG, ())  # this door's key made it: no other door's will
+
+    def _nat_grant(self, index: int, address: str, step: Port, target: tuple[str, int],
+                   now: float, open_for: int) -> SpecialDecision:
+        """A NAT access grant: checked against the lockouts as any grant, kept out of the
+        engine's table (a queued packet to the gateway port must not reach the gateway)."""
+        door = self.config.doors[index]
+        completed = Knocked(door.name, Outcome.COMPLETED)
+        if self.engine.locked_out(ipaddress.ip_address(address).packed, now):
+            return (_DROP, _R_SCANNER, (completed, Knocked(door.name, Outcome.LOCKED)))
+        seconds = min(open_for, door.open_for) if open_for > 0 else door.open_for
+        granted = Granted(door, address, now + seconds, False, (step,))
+        return (_DROP, _R_COMPLETED, (completed, NatGranted(granted, *target)))
 
     # -- replay caches: what they saw ---------------------------------------------------
 
@@ -443,6 +470,6 @@ class SpecialDoors:
                 del progress[s]
 
 
-__all__ = ["SEQUENCE_STAGES", "SPA_STAGES", "CommandAsked", "ReplayQuery", "ReplaySeen", "SequenceUsed",
-           "SpaRefused",
+__all__ = ["SEQUENCE_STAGES", "SPA_STAGES", "CommandAsked", "NatGranted", "ReplayQuery", "ReplaySeen",
+           "SequenceUsed", "SpaRefused",
            "SpecialDecision", "SpecialDoors", "SpecialEvent", "has_special", "shared_admits"]

@@ -10,13 +10,16 @@ Every ``SOURCE`` stanza becomes an SPA door (``spa = true``):
 * ``OPEN_PORTS`` less ``RESTRICT_PORTS`` is ``opens``; ``FW_ACCESS_TIMEOUT`` (default
   30 s) is ``open_for``; ``HMAC_DIGEST_TYPE`` and ``ENCRYPTION_MODE`` carry over;
   ``REQUIRE_SOURCE_ADDRESS N`` (fwknopd's default) is ``spa_other_source = true``;
+  ``FORCE_NAT IP PORT`` is ``spa_force_nat = "IP:PORT"``; with fwknopd.conf's
+  ``ENABLE_IPT_FORWARDING Y`` each other door gets a commented ``spa_nat`` line (fwknopd
+  forwarded to any target a client named, gatekeeper only to those listed);
 * from fwknopd.conf, the UDP port of ``PCAP_FILTER`` (or ``UDPSERV_PORT``) is
   ``spa_port``, ``MAX_SPA_PACKET_AGE`` ``spa_window``, ``PCAP_INTF`` the guarded interface.
 
 Gatekeeper takes one key an SPA port, so the second stanza's door listens on the next
 free port, and so on. What does not carry over is a warning, one line each naming the file
 and line; a door that cannot work as fwknopd's did (no OPEN_PORTS: fwknopd opened any port
-asked for; FORCE_NAT; a key the key file cannot hold; GPG only) is written commented out.
+asked for; a key the key file cannot hold; GPG only) is written commented out.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from gatekeeper.importers.fwknop_conf import (
     FwknopError,
     Stanza,
     Value,
+    force_nat,
     key_bytes,
     number,
     parse_access,
@@ -381,17 +385,26 @@ class _Converter:
                       "gatekeeper runs only those listed in spa_commands (exact text -> argv): list them")
             door.extra.append('# spa_commands = { "TEXT" = ["/absolute/program", "arg"] }  # what '
                               "fwknop --server-cmd TEXT may run, exactly; none until listed")
-        nat = values.get("FORCE_NAT")
-        if nat is not None:
-            door.problem = door.problem or f"FORCE_NAT {nat.text}: NAT access is not supported yet"
-            self.warn(nat.line, door.name, f"FORCE_NAT {nat.text}: NAT access is not supported by "
-                      "gatekeeper yet, and opening the gateway's own ports instead would open something "
-                      "else: door left commented out")
+        self.nat(door)
         for key, why in STANZA_WARNINGS.items():
             value = values.get(key)
             if value is None or (key in YES_NO and not yes(value)):
                 continue
             self.warn(value.line, door.name, f"{key} {value.text}: {why}")
+
+    def nat(self, door: _Door) -> None:
+        """FORCE_NAT IP PORT: spa_force_nat; else, when fwknopd forwarded NAT requests, a
+        commented spa_nat line to fill in."""
+        nat = door.stanza.values.get("FORCE_NAT")
+        forwarding = any(yes(self.server_value(k)) for k in ("ENABLE_IPT_FORWARDING",
+                                                             "ENABLE_FIREWD_FORWARDING"))
+        if nat is None:
+            if forwarding:
+                door.extra.append('# spa_nat = ["HOST:PORT"]  # the internal targets fwknop -N may '
+                                  "ask for (fwknopd's ENABLE_IPT_FORWARDING took any); none until listed")
+            return
+        door.add("spa_force_nat", toml_str(force_nat(nat, self.access.name)), "FORCE_NAT: every "
+                 "request is DNATed to it from the -A port; needs IPv4 forwarding on")
 
     # the whole file
 

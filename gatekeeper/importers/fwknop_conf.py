@@ -54,14 +54,21 @@ NOT_NEEDED = frozenset({
     "FIREWD_FORWARD_ACCESS", "FIREWD_DNAT_ACCESS", "FIREWD_SNAT_ACCESS", "FIREWD_MASQUERADE_ACCESS",
     "ENABLE_FIREWD_COMMENT_CHECK", "ENABLE_FIREWD_OUTPUT", "FAULT_INJECTION_TAG",
 })
-# fwknopd.conf Y/N settings with no gatekeeper counterpart: a warning when on
+NAT_FORWARDING = ("fwknopd forwarded NAT access (fwknop -N) to whatever internal address and port "
+                  "the client named (host names too, with ENABLE_NAT_DNS); gatekeeper forwards only "
+                  "to the targets a door lists in spa_nat (addresses, no names): list them (each "
+                  "door has a commented spa_nat line)")
+# fwknopd.conf Y/N settings with no gatekeeper counterpart (or not the same): a warning when on
 SERVER_FLAGS = {
     "ENABLE_TCP_SERVER": "SPA over TCP (fwknop -P tcp) is not supported by gatekeeper yet",
     "ENABLE_SPA_OVER_HTTP": "SPA over HTTP (fwknop -P http) is not supported by gatekeeper yet",
-    "ENABLE_IPT_FORWARDING": "NAT access (fwknop -N) is not supported by gatekeeper yet",
-    "ENABLE_IPT_LOCAL_NAT": "NAT access (fwknop -N) is not supported by gatekeeper yet",
+    "ENABLE_IPT_FORWARDING": NAT_FORWARDING,
+    "ENABLE_IPT_LOCAL_NAT": "local NAT access (fwknop --nat-local) is not supported by gatekeeper: "
+                            "such requests are refused (stage access)",
     "ENABLE_IPT_SNAT": "SNAT of granted traffic is not supported by gatekeeper",
-    "ENABLE_FIREWD_FORWARDING": "NAT access (fwknop -N) is not supported by gatekeeper yet",
+    "ENABLE_FIREWD_FORWARDING": NAT_FORWARDING,
+    "ENABLE_FIREWD_LOCAL_NAT": "local NAT access (fwknop --nat-local) is not supported by gatekeeper: "
+                               "such requests are refused (stage access)",
     "ENABLE_PCAP_ANY_DIRECTION": "gatekeeper takes SPA packets addressed to the gateway only",
     "ENABLE_DESTINATION_RULE": "gatekeeper doors have no destination filter",
 }
@@ -80,8 +87,8 @@ STANZA_WARNINGS = {
     "CMD_SUDO_EXEC_GROUP": "gatekeeper runs no command through sudo",
     "FORCE_SNAT": "SNAT of granted traffic is not supported by gatekeeper",
     "FORCE_MASQUERADE": "masquerading granted traffic is not supported by gatekeeper",
-    "DISABLE_DNAT": "NAT access is not supported by gatekeeper yet, nor this refinement of it",
-    "FORWARD_ALL": "NAT access is not supported by gatekeeper yet, nor forwarding everything",
+    "DISABLE_DNAT": "gatekeeper always DNATs a NAT access grant (spa_nat); not carried over",
+    "FORWARD_ALL": "forwarding everything is not supported by gatekeeper; not carried over",
 }
 YES_NO = frozenset({"ENABLE_CMD_SUDO_EXEC", "FORCE_MASQUERADE", "DISABLE_DNAT", "FORWARD_ALL"})
 
@@ -214,6 +221,19 @@ def number(value: Value, name: str, key: str) -> int:
     return int(value.text)
 
 
+def force_nat(value: Value, name: str) -> str:
+    """FORCE_NAT ``IP PORT`` (an IPv4 address, as fwknopd takes it) as ``IP:PORT``."""
+    words = value.text.split()
+    try:
+        host = ipaddress.IPv4Address(words[0]) if len(words) == 2 and words[1].isdigit() else None
+    except ValueError:
+        host = None
+    if host is None or not 1 <= int(words[1]) <= 65535:
+        raise FwknopError(f"{name}:{value.line}: FORCE_NAT {value.text!r}: need an IPv4 address and "
+                          "a port 1-65535 (fwknopd refuses it too)")
+    return f"{host}:{int(words[1])}"
+
+
 def yes(value: Value | None) -> bool:
     """fwknopd's Y/N: a value starting with Y or y is yes."""
     return value is not None and value.text[:1] in ("Y", "y")
@@ -257,3 +277,5 @@ def check_stanza(stanza: Stanza, name: str) -> None:
     for key in ("FW_ACCESS_TIMEOUT", "MAX_FW_TIMEOUT"):
         if key in values:
             number(values[key], name, key)
+    if "FORCE_NAT" in values:
+        force_nat(values["FORCE_NAT"], name)

@@ -80,7 +80,8 @@ def audit_text(config: Config, family: int, text: str) -> list[str]:
                 if leaked:
                     problems.append(f"IPv{family}: '{line}' lets {m.group(1)} port(s) "
                                     f"{','.join(map(str, leaked))} past the queue")
-        if config.settings.workers > 1 and not body[-1].endswith("-j DROP"):
+        sharded = any(_QUEUE.search(ln) or "-j HMARK" in ln for ln in body)  # (spa_nat alone: none)
+        if config.settings.workers > 1 and sharded and not body[-1].endswith("-j DROP"):
             problems.append(f"IPv{family}: {chain} does not end in DROP: a packet no shard took "
                             "would return to the admin's rules")
     for builtin, chain in (("INPUT", CHAIN_IN), ("FORWARD", CHAIN_FWD)):

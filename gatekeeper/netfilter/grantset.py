@@ -24,6 +24,7 @@ from pyroute2 import IPSet
 from pyroute2.ipset import PortEntry
 
 from gatekeeper.model import PROTO_NAMES, Door, Port
+from gatekeeper.netfilter.nat import COMMENT_PREFIX, set_name
 from gatekeeper.netfilter.render import SET_FWD, SET_IN
 
 
@@ -155,6 +156,18 @@ class GrantSets:
                 continue
             count += 1
         return count
+
+    def add_nat(self, address: str, door: Door, seconds: float, step: Port, host: str,
+                port: int) -> None:
+        """An SPA NAT grant (gatekeeper.netfilter.nat): the forward grant to the target
+        first, then the (address, gateway port) pair its DNAT rule matches; commented
+        ``nat:DOOR``, so that adoption after a restart leaves them to their timeout."""
+        timeout = max(1, math.ceil(seconds))
+        packed = ipaddress.ip_address(address).packed
+        comment = COMMENT_PREFIX + door.name
+        self._adder.add(SET_FWD[_family(address)], packed, step.proto, port,
+                        ipaddress.ip_address(host).packed, timeout, comment)
+        self._adder.add(set_name(host, port), packed, step.proto, step.port, None, timeout, comment)
 
     def remove(self, address: str, door: Door, steps: tuple[Port, ...] | None = None) -> None:
         """Remove the entries of ``steps`` (None: all of the door's ``opens``)."""

@@ -18,7 +18,7 @@ import subprocess
 
 from gatekeeper.errors import GatekeeperError
 from gatekeeper.model import Config
-from gatekeeper.netfilter import prefilter
+from gatekeeper.netfilter import nat, prefilter
 from gatekeeper.netfilter.audit import audit_text
 from gatekeeper.netfilter.render import CHAINS, SET_FWD, SET_IN, Ruleset, render_removal, render_swap
 
@@ -29,6 +29,10 @@ _TOOLS = {
     6: ("ip6tables-save", "ip6tables-restore"),
 }
 _CAP_NET_ADMIN = 12
+_BUILTINS = {
+    "filter": (":INPUT ACCEPT", ":FORWARD ACCEPT", ":OUTPUT ACCEPT"),
+    "nat": (":PREROUTING ACCEPT", ":INPUT ACCEPT", ":OUTPUT ACCEPT", ":POSTROUTING ACCEPT"),
+}
 
 
 def has_net_admin() -> bool:
@@ -61,6 +65,7 @@ class Installer:
 
     def __init__(self) -> None:
         self._created_table: dict[int, bool] = {4: False, 6: False}
+        self._created_nat: dict[int, bool] = {4: False, 6: False}  # spa_nat's nat table
 
     def preflight(self) -> None:
         if not has_net_admin():
@@ -97,11 +102,11 @@ class Installer:
         an earlier run left, then audit them (when ``config`` is given). On failure a
         first start removes what went in; over leftovers, the rules stay (fail closed)."""
         saved = {family: self.saved(family, table=False) for family in (4, 6)}
-        leftovers = any(f":{c} " in text for text in saved.values() for c in CHAINS)
+        leftovers = any(f":{c} " in text for text in saved.values() for c in (*CHAINS, nat.CHAIN_NAT))
         for family in (4, 6):
-            self._created_table[family] = not any(
-                line.startswith("*filter") for line in saved[family].splitlines()
-            )
+            tables = {line[1:].strip() for line in saved[family].splitlines() if line.startswith("*")}
+            self._created_table[family] = "filter" not in tables
+            self._created_nat[family] = "nat" not in tables
         try:
             self._create_sets(ruleset)
             self._swap(4, ruleset.ipv4)
@@ -170,6 +175,12 @@ class Installer:
         self._swap(6, ruleset.ipv6)
         if prefilter.SET_PROGRESS[4] not in ruleset.ipset:
             self._destroy_sets(prefilter.SETS)
+        self._destroy_sets(tuple(n for n in self._nat_sets() if f"create {n} " not in ruleset.ipset))
+
+    def _nat_sets(self) -> list[str]:
+        """The per-target sets of spa_nat in the kernel, of this run or an earlier one."""
+        result = _run(["ipset", "list", "-n"])
+        return [n for n in result.stdout.split() if n.startswith(nat.SET_PREFIX)]
 
     def _destroy_sets(self, names: tuple[str, ...]) -> None:
         for name in names:
@@ -179,38 +190,42 @@ class Installer:
 
     def _swap(self, family: int, text: str) -> None:
         """One transaction: delete our jumps, flush (or drop) our chains, add the new ones."""
-        self._restore(family, render_swap(self.saved(family), text))
+        self._restore(family, render_swap(self.saved(family, table=False), text))
 
     def remove_rules(self) -> None:
         """Remove every jump to our chains and the chains."""
         for family in (4, 6):
-            removal = render_removal(self.saved(family))
+            removal = render_removal(self.saved(family, table=False))
             if removal is not None:
                 self._restore(family, removal)
 
     def remove(self) -> None:
         """Remove rules, then sets, then a filter table that only we brought into being."""
         self.remove_rules()
-        self._destroy_sets((*SET_IN.values(), *SET_FWD.values(), *prefilter.SETS))
+        self._destroy_sets((*SET_IN.values(), *SET_FWD.values(), *prefilter.SETS, *self._nat_sets()))
         for family in (4, 6):
+            if self._created_nat[family]:
+                self._drop_pristine_table(family, "nat")
             if self._created_table[family]:
                 self._drop_pristine_table(family)
 
-    def _drop_pristine_table(self, family: int) -> None:
-        """iptables-nft creates the filter table on first use; drop it again if it is
-        still exactly as created, so iptables-save reads as it did before the start."""
+    def _drop_pristine_table(self, family: int, table: str = "filter") -> None:
+        """iptables-nft creates the filter (and nat) table on first use; drop it again if
+        it is still exactly as created, so iptables-save reads as it did before the start."""
         saved = [ln for ln in self.saved(family, table=False).splitlines()
                  if ln and not ln.startswith("#")]
-        pristine = all(
-            ln in ("*filter", "COMMIT")
-            or (ln.startswith((":INPUT ACCEPT", ":FORWARD ACCEPT", ":OUTPUT ACCEPT")))
-            for ln in saved
-        )
+        if table == "nat":  # its own part of the save only; its built-ins, policy ACCEPT
+            at = saved.index("*nat") if "*nat" in saved else len(saved)
+            end = saved.index("COMMIT", at) + 1 if at < len(saved) else at
+            saved = saved[at:end]
+        builtins = _BUILTINS[table]
+        if not saved or not all(ln in (f"*{table}", "COMMIT") or ln.startswith(builtins)
+                                for ln in saved):
+            return  # gone, or no longer as created
         nft = shutil.which("nft")
-        version = _run([_TOOLS[family][1], "--version"]).stdout
-        if not saved or not pristine or nft is None or "nf_tables" not in version:
+        if nft is None or "nf_tables" not in _run([_TOOLS[family][1], "--version"]).stdout:
             return
-        result = _run([nft, "delete", "table", "ip" if family == 4 else "ip6", "filter"])
+        result = _run([nft, "delete", "table", "ip" if family == 4 else "ip6", table])
         if result.returncode != 0:
-            log.warning("could not drop the empty filter table: %s", _first_line(result.stderr))
-        self._created_table[family] = False
+            log.warning("could not drop the empty %s table: %s", table, _first_line(result.stderr))
+        (self._created_nat if table == "nat" else self._created_table)[family] = False

@@ -22,12 +22,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gatekeeper.model import ICMP, PROTO_NAMES, TCP, UDP, Config, Port
-from gatekeeper.netfilter import prefilter
+from gatekeeper.netfilter import nat, prefilter
+from gatekeeper.netfilter.nat import CHAIN_NAT
 from gatekeeper.netfilter.prefilter import CHAIN_PRE
 
 CHAIN_IN = "GATEKEEPER-IN"
 CHAIN_FWD = "GATEKEEPER-FWD"
 CHAINS = (CHAIN_IN, CHAIN_FWD, CHAIN_PRE)
+TABLES = (("nat", (CHAIN_NAT,)), ("filter", CHAINS))  # our chains by table, in restore order
 COMMENT = "gatekeeper"
 # Grant sets: hash:ip,port for ports on the gateway, hash:ip,port,ip for hosts behind it.
 SET_IN = {4: "gatekeeper-in4", 6: "gatekeeper-in6"}
@@ -126,16 +128,27 @@ def _one_time_matches(config: Config, family: int) -> list[str]:
     return out
 
 
+def _render_nat(config: Config, family: int) -> list[str]:
+    """The nat table's part (spa_nat targets of the family), before the filter table's."""
+    rules = nat.render_rules(config, family)
+    if not rules:
+        return []
+    return ["*nat", f":{CHAIN_NAT} - [0:0]", *_jumps(config, "PREROUTING", CHAIN_NAT), *rules,
+            "COMMIT"]
+
+
 def render_family(config: Config, family: int) -> str:
     fwd_doors = [d for d in config.doors if d.host is not None and d.host.version == family]
     pre = config.settings.prefilter
-    lines = ["*filter", f":{CHAIN_IN} - [0:0]"]
-    if fwd_doors:
+    lines = _render_nat(config, family)
+    nat_forward = bool(lines)  # DNATed packets are accepted by the forward grant set
+    lines += ["*filter", f":{CHAIN_IN} - [0:0]"]
+    if fwd_doors or nat_forward:
         lines.append(f":{CHAIN_FWD} - [0:0]")
     if pre:
         lines.append(f":{CHAIN_PRE} - [0:0]")
     lines += _jumps(config, "INPUT", CHAIN_IN)
-    if fwd_doors:
+    if fwd_doors or nat_forward:
         lines += _jumps(config, "FORWARD", CHAIN_FWD)
     a = f"-A {CHAIN_IN}"
     lines.append(f"{a} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN")
@@ -149,7 +162,7 @@ def render_family(config: Config, family: int) -> str:
     if pre:
         lines.append(f"{a} -j {CHAIN_PRE}")
     lines += _queue_rules(config, family, CHAIN_IN)
-    if fwd_doors:
+    if fwd_doors or nat_forward:
         # A protected host behind the gateway is as invisible as the gateway itself:
         # every new packet to it is verdicted, so knocks may be sent to its address too.
         f = f"-A {CHAIN_FWD}"
@@ -176,6 +189,8 @@ def render_sets(config: Config | None = None) -> str:
         opts = f"family {inet} hashsize 1024 maxelem {SET_MAXELEM} timeout 0 comment"
         lines.append(f"create {SET_IN[family]} hash:ip,port {opts}")
         lines.append(f"create {SET_FWD[family]} hash:ip,port,ip {opts}")
+    if config is not None:
+        lines += nat.render_sets(config)
     if config is not None and config.settings.prefilter:
         lines += prefilter.render_sets()
     return "\n".join(lines) + "\n"
@@ -185,42 +200,67 @@ def render(config: Config) -> Ruleset:
     return Ruleset(ipset=render_sets(config), ipv4=render_family(config, 4), ipv6=render_family(config, 6))
 
 
-def render_removal(saved: str) -> str | None:
-    """Given ``iptables-save -t filter`` output, the restore input that removes every jump
-    to our chains and the chains themselves; None when nothing of ours is installed."""
+def _sections(text: str) -> dict[str, list[str]]:
+    """The lines of each table (``*TABLE`` through ``COMMIT``, both left out) of save or
+    restore text."""
+    out: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("*"):
+            current = out.setdefault(line[1:].strip(), [])
+        elif line == "COMMIT":
+            current = None
+        elif current is not None:
+            current.append(line)
+    return out
+
+
+def _removal(saved: list[str], chains: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(deletes of every jump to ``chains``, ``chains`` present) in one table's lines."""
     deletes: list[str] = []
     ours: list[str] = []
-    for line in saved.splitlines():
-        if line.startswith(":") and line[1:].split(" ", 1)[0] in CHAINS:
+    for line in saved:
+        if line.startswith(":") and line[1:].split(" ", 1)[0] in chains:
             ours.append(line[1:].split(" ", 1)[0])
         elif line.startswith("-A "):
             chain, _, spec = line[3:].partition(" ")
-            if chain not in CHAINS and any(spec.endswith(f"-j {c}") for c in CHAINS):
+            if chain not in chains and any(spec.endswith(f"-j {c}") for c in chains):
                 deletes.append(f"-D {chain} {spec}")
-    if not deletes and not ours:
-        return None
-    lines = ["*filter", *deletes]
-    lines += [f"-F {c}" for c in ours]
-    lines += [f"-X {c}" for c in ours]
-    lines.append("COMMIT")
-    return "\n".join(lines) + "\n"
+    return deletes, ours
+
+
+def render_removal(saved: str) -> str | None:
+    """Given ``iptables-save`` output, the restore input that removes every jump to our
+    chains and the chains themselves, table by table (nat, then filter; one transaction);
+    None when nothing of ours is installed."""
+    sections = _sections(saved)
+    out = []
+    for table, chains in TABLES:
+        deletes, ours = _removal(sections.get(table, []), chains)
+        if deletes or ours:
+            out += [f"*{table}", *deletes, *(f"-F {c}" for c in ours), *(f"-X {c}" for c in ours),
+                    "COMMIT"]
+    return "\n".join(out) + "\n" if out else None
 
 
 def render_swap(saved: str, text: str) -> str:
-    """Given ``iptables-save -t filter`` output and a family's rendered rules, one restore
-    transaction that replaces whatever of ours is installed with the new rules (a plain
-    install when nothing is): no moment where a guarded packet meets neither."""
-    removal = render_removal(saved) or ""
-    present = {c for c in CHAINS if f":{c} " in saved}
-    wanted = {c for c in CHAINS if f":{c} " in text}
-    lines = ["*filter"]
-    lines += [ln for ln in removal.splitlines() if ln.startswith("-D ")]
-    lines += [f"-F {c}" for c in sorted(present)]
-    lines += [f"-X {c}" for c in sorted(present - wanted)]
-    for line in text.splitlines():
-        if line.startswith(":") and line[1:].split(" ", 1)[0] in present:
-            continue  # exists already, flushed above
-        if line not in ("*filter", "COMMIT"):
-            lines.append(line)
-    lines.append("COMMIT")
+    """Given ``iptables-save`` output and a family's rendered rules, one restore
+    transaction that replaces whatever of ours is installed with the new rules, table by
+    table (a plain install when nothing is): no moment where a guarded packet meets
+    neither. A table of ours that the new rules no longer have is removed."""
+    have, want = _sections(saved), _sections(text)
+    lines = []
+    for table, chains in TABLES:
+        deletes, present_list = _removal(have.get(table, []), chains)
+        present = set(present_list)
+        rules = want.get(table, [])
+        wanted = {c for c in chains if any(ln.startswith(f":{c} ") for ln in rules)}
+        if table != "filter" and not present and not rules:
+            continue
+        lines += [f"*{table}", *deletes]
+        lines += [f"-F {c}" for c in sorted(present)]
+        lines += [f"-X {c}" for c in sorted(present - wanted)]
+        lines += [ln for ln in rules
+                  if not (ln.startswith(":") and ln[1:].split(" ", 1)[0] in present)]
+        lines.append("COMMIT")
     return "\n".join(lines) + "\n"

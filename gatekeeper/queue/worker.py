@@ -30,6 +30,7 @@ from gatekeeper.daemon.onetime import mark_used
 from gatekeeper.engine import Engine, Event, Granted, Knocked, Reason, Revoked, Verdict
 from gatekeeper.engine.special import (
     CommandAsked,
+    NatGranted,
     ReplayQuery,
     ReplaySeen,
     SequenceUsed,
@@ -90,6 +91,8 @@ class Grants(Protocol):
     def add(self, address: str, door: Door, seconds: float,
             steps: tuple[Port, ...] | None = None) -> int: ...
     def remove(self, address: str, door: Door, steps: tuple[Port, ...] | None = None) -> None: ...
+    def add_nat(self, address: str, door: Door, seconds: float, step: Port, host: str,
+                port: int) -> None: ...
 
 
 Report = Callable[[msg.Message], None]
@@ -309,6 +312,8 @@ class Worker:
                 self._revoke(event, now)
             elif isinstance(event, CommandAsked):
                 self.report(msg.Command(event.door, event.address, event.command))
+            elif isinstance(event, NatGranted):
+                self._nat_grant(event, now)
 
     def _mark_used(self, events: tuple[Event, ...] | tuple[SpecialEvent, ...]) -> set[str]:
         """Mark each one-time line used in its file before its grant is given (a restart
@@ -344,6 +349,22 @@ class Worker:
                                 seconds=event.expires - now, renewed=event.renewed))
         if self.cluster is not None:
             self.cluster.share(event, now)  # an SPA/encrypted/one-time grant: to the others
+
+    def _nat_grant(self, event: NatGranted, now: float) -> None:
+        """DNAT the gateway port to the target for the address (and accept it forwarded),
+        before the SPA packet's verdict; the kernel sets time it out. Not shared with a
+        cluster's other gateways, whose rules may have no such target."""
+        granted = event.granted
+        step = granted.steps[0]
+        error = None
+        try:
+            self.grants.add_nat(granted.address, granted.door, granted.expires - now, step,
+                                event.host, event.port)
+        except Exception as exc:  # nothing is admitted: the engine holds no NAT grant
+            error = str(exc)
+        target = f"[{event.host}]" if ":" in event.host else event.host
+        self.report(msg.Granted(granted.door.name, granted.address, [f"{step}->{target}:{event.port}"],
+                                error, seconds=granted.expires - now, renewed=False))
 
     def _revoke(self, event: Revoked, now: float) -> None:
         if event.cause != "closed":

@@ -35,7 +35,8 @@ def describe(m: Moment, config: Config) -> str:
         return text
     if m.what == "grant":
         renewed = " (renewed)" if f["renewed"] else ""
-        return f"GRANT {ports}{whom} for {f['seconds']:g} s{renewed}"
+        nat = f" DNATed to {f['nat']}" if "nat" in f else ""
+        return f"GRANT {ports}{whom}{nat} for {f['seconds']:g} s{renewed}"
     if m.what == "revoke":
         return f"revoke {ports}{whom} ({f['cause']})"
     if m.what == "open":

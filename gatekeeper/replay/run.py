@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from gatekeeper.engine import Granted, Guard, Knocked, Reason, Revoked, Verdict
-from gatekeeper.engine.special import CommandAsked, SequenceUsed
+from gatekeeper.engine.special import CommandAsked, NatGranted, SequenceUsed
 from gatekeeper.model import ICMP, PROTO_NAMES, TCP, UDP, Config, Door, Port
 from gatekeeper.queue.decode import decode
 from gatekeeper.queue.worker import TICK_SECONDS, Worker
@@ -96,6 +96,10 @@ class _NoKernel:
         return 0
 
     def remove(self, address: str, door: Door, steps: tuple[Port, ...] | None = None) -> None:
+        return None
+
+    def add_nat(self, address: str, door: Door, seconds: float, step: Port, host: str,
+                port: int) -> None:
         return None
 
 
@@ -332,6 +336,11 @@ class Replay:
             elif kind is CommandAsked:
                 self._moment(now, source, event.door, "command", address=event.address,
                              command=event.command)
+            elif kind is NatGranted:  # fwknop -N: the port DNATed to the target
+                granted = event.granted
+                self._moment(now, source, granted.door.name, "grant", address=granted.address,
+                             ports=[str(s) for s in granted.steps], seconds=granted.expires - now,
+                             renewed=False, nat=f"{event.host}:{event.port}")
 
     def _guards(self, now: float, src: bytes, before: list[int], after: list[int]) -> None:
         res = self.result

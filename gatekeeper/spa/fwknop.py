@@ -118,9 +118,11 @@ class MessageType(IntEnum):
 _NAT_TYPES = frozenset({2, 4, 5, 6})
 _TIMEOUT_TYPES = frozenset({3, 4, 6})
 _GRANTABLE_TYPES = frozenset({MessageType.ACCESS, MessageType.CLIENT_TIMEOUT_ACCESS})
+_FORWARD_NAT_TYPES = frozenset({MessageType.NAT_ACCESS, MessageType.CLIENT_TIMEOUT_NAT_ACCESS})
 PROTOCOLS = frozenset({"tcp", "udp", "icmp", "none"})  # what fwknop lets a client ask for
 
 Access = tuple[str, int]  # ("tcp", 22)
+NatTarget = tuple[str, int]  # ("198.51.100.20", 22): an internal host (IP text) and port
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -171,6 +173,7 @@ class SpaResult:
     message: SpaMessage | None = None
     grant: str | None = None  # the address to open the access (or run the command) for
     recorded: Recorded | None = None  # new to the replay cache (from ACCESS on): now recorded
+    nat: NatTarget | None = None  # on OK for NAT access: DNAT the -A port to this target
 
     @property
     def ok(self) -> bool:
@@ -357,6 +360,8 @@ def verify(
     suite: Suite = DEFAULT_SUITE,
     tell_types: bool = True,
     commands: Collection[str] = (),
+    nat: Collection[NatTarget] = (),
+    force_nat: NatTarget | None = None,
 ) -> SpaResult:
     """Check one SPA packet (a UDP payload) against one key; never raises on any ``data``.
 
@@ -367,10 +372,10 @@ def verify(
     suite accepts (``DIGEST_TYPE``), then its value; the timestamp within ``window``
     seconds of ``now`` either way; replay (the packet is then remembered for ``2 * window``
     seconds, even if a later check fails); every requested ``(proto, port)`` in
-    ``allowed`` and the message an access request (type 1 or 3), or a command message
-    (type 0) whose text is one of ``commands`` (else ``COMMAND``); the address in the
-    message equal to ``source`` (the packet's source address, text or packed) unless
-    ``other_source``. With ``other_source`` the message's address is granted, or
+    ``allowed`` and the message an access request (type 1 or 3; NAT: :func:`_nat_target`),
+    or a command message (type 0) whose text is one of ``commands`` (else ``COMMAND``);
+    the address in the message equal to ``source`` (the packet's source address, text or
+    packed) unless ``other_source``. With ``other_source`` the message's address is granted, or
     ``source`` when the client sent ``0.0.0.0`` (``fwknop -s``). An IPv4-mapped address
     (``::ffff:a.b.c.d``, in the message or as ``source``) is the IPv4 host: the grant is
     always for the IPv4 form, the one its packets come from.
@@ -412,12 +417,55 @@ def verify(
     seen = replay.record(replay_key(text), now, 2 * window)
     if not isinstance(seen, Recorded):
         return SpaResult(Stage.REPLAY, message)
+    target = None
     if message.message_type == MessageType.COMMAND:
         if message.command not in commands:
             return SpaResult(Stage.COMMAND, message, recorded=seen)
-    elif message.message_type not in _GRANTABLE_TYPES or not all(a in allowed for a in message.access):
-        return SpaResult(Stage.ACCESS, message, recorded=seen)
-    return _grantee(message, seen, source, other_source)
+    else:
+        grantable, target = _nat_target(message, nat, force_nat)
+        if not grantable or not all(a in allowed for a in message.access):
+            return SpaResult(Stage.ACCESS, message, recorded=seen)
+    return _nat_grant(_grantee(message, seen, source, other_source), target)
+
+
+def _nat_grant(result: SpaResult, target: NatTarget | None) -> SpaResult:
+    """A grant with its NAT target (DNAT keeps the family: else ``ACCESS``)."""
+    if target is None or not result.ok or result.grant is None:
+        return result
+    if ipaddress.ip_address(result.grant).version != ipaddress.ip_address(target[0]).version:
+        return SpaResult(Stage.ACCESS, result.message, recorded=result.recorded)
+    return SpaResult(Stage.OK, result.message, result.grant, result.recorded, target)
+
+
+def nat_target(text: str) -> NatTarget | None:
+    """The ``HOST,PORT`` of a NAT access field (``fwknop -N HOST:PORT``) as an IP text and a
+    port, or None: not that form, or a host name (gatekeeper resolves no names)."""
+    host, comma, port = text.partition(",")
+    if not comma or not _DIGITS.match(port) or not 1 <= int(port) <= 65535:
+        return None
+    try:
+        return str(ipaddress.ip_address(host)), int(port)
+    except ValueError:
+        return None
+
+
+def _nat_target(message: SpaMessage, nat: Collection[NatTarget],
+                force_nat: NatTarget | None) -> tuple[bool, NatTarget | None]:
+    """Whether an access message (its ports allowed) may be granted, and the NAT target it
+    is granted with (None: the ports themselves). A NAT grant takes exactly one tcp or udp
+    port (the gateway's, which the client then connects to; fwknopd uses the first).
+    With ``force_nat`` every access request is NAT to it; else a type 2/4 message needs its
+    own target in ``nat``. Local NAT (types 5/6, ``--nat-local``) is never granted."""
+    kind = message.message_type
+    if kind not in _GRANTABLE_TYPES and kind not in _FORWARD_NAT_TYPES:
+        return False, None
+    if force_nat is None and kind in _GRANTABLE_TYPES:
+        return True, None
+    one_port = len(message.access) == 1 and message.access[0][0] in ("tcp", "udp")
+    if force_nat is not None:
+        return one_port, force_nat
+    target = nat_target(message.nat_access or "")
+    return one_port and target is not None and target in nat, target
 
 
 def _grantee(message: SpaMessage, seen: Recorded, source: str | bytes, other_source: bool) -> SpaResult:

@@ -38,6 +38,7 @@ class Request:
     version: str = FKO_VERSION
     digest: str = "sha256"
     command: str | None = None  # fwknop --server-cmd: a command message instead of access
+    nat: str | None = None  # fwknop -N HOST:PORT, as the message carries it: "HOST,PORT"
 
     def message(self) -> bytes:
         """The plaintext (encoded message, ``:``, its digest) that :func:`seal` encrypts;
@@ -53,6 +54,9 @@ class Request:
             raise ValueError("version must be 1-8 characters like 3.0.0")
         if self.command is not None:
             kind = MessageType.COMMAND
+        elif self.nat is not None:
+            kind = (MessageType.CLIENT_TIMEOUT_NAT_ACCESS if self.client_timeout
+                    else MessageType.NAT_ACCESS)
         else:
             kind = MessageType.CLIENT_TIMEOUT_ACCESS if self.client_timeout else MessageType.ACCESS
         fields = [
@@ -63,6 +67,8 @@ class Request:
             str(int(kind)).encode(),
             cipher.b64encode(self._access_text().encode()),
         ]
+        if self.nat is not None:
+            fields.append(cipher.b64encode(self.nat.encode()))
         if self.client_timeout:
             fields.append(str(self.client_timeout).encode())
         encoded = b":".join(fields)

@@ -183,7 +183,6 @@ def test_what_does_not_carry_over_is_a_warning_with_its_line(line: str, text: st
 @pytest.mark.parametrize(("lines", "reason", "at"), [
     ("SOURCE ANY\nKEY secret", "no OPEN_PORTS", 1),
     ("SOURCE ANY\nKEY secret\nOPEN_PORTS tcp/22\nRESTRICT_PORTS tcp/22", "no port", 3),
-    ("SOURCE ANY\nKEY secret\nOPEN_PORTS tcp/22\nFORCE_NAT 192.168.1.2 22", "FORCE_NAT", 4),
     ("SOURCE ANY\nGPG_DECRYPT_ID ABCD1234\nOPEN_PORTS tcp/22", "GPG only", 1),
     ("SOURCE ANY\nKEY secret\nHMAC_KEY other\nHMAC_DIGEST_TYPE sha3_256\nOPEN_PORTS tcp/22",
      "sha3_256", 4),
@@ -194,6 +193,22 @@ def test_a_door_that_cannot_work_as_fwknopds_is_commented_out(lines: str, reason
     assert [d["name"] for d in doors(result)] == ["spa-2"]
     assert "# NOT CONVERTED:" in result.toml and reason in result.toml.split("# NOT CONVERTED:")[1]
     assert warned(result, at, "commented out"), result.warnings
+
+
+def test_nat_access_settings_map_to_spa_nat_and_spa_force_nat() -> None:
+    forced = door(f"{BASIC}FORCE_NAT  192.168.10.2   22\n")
+    assert forced["spa_force_nat"] == "192.168.10.2:22" and "spa_nat" not in forced
+    result = conv(BASIC + "DISABLE_DNAT Y\nFORWARD_ALL Y\n",
+                  "ENABLE_IPT_FORWARDING Y\nENABLE_IPT_LOCAL_NAT Y\nENABLE_IPT_SNAT Y\n")
+    assert warned(result, 1, "gatekeeper forwards only to the targets a door lists in spa_nat", "s.conf")
+    assert warned(result, 2, "--nat-local) is not supported", "s.conf")
+    assert warned(result, 3, "SNAT of granted traffic is not supported", "s.conf")
+    assert warned(result, 5, "DISABLE_DNAT Y: gatekeeper always DNATs") and warned(result, 6, "FORWARD_ALL")
+    assert '# spa_nat = ["HOST:PORT"]' in result.toml and len(doors(result)) == 1
+    assert "# spa_nat" not in conv(BASIC).toml
+    for bad in ("192.168.10.2", "192.168.10.2 0", "nat.example 22", "2001:db8::2 22", "1.2.3.4 22 x"):
+        with pytest.raises(FwknopError, match=r"^a.conf:5: FORCE_NAT .*need an IPv4 address"):
+            conv(f"{BASIC}FORCE_NAT {bad}\n")
 
 
 def test_lines_before_the_first_source_and_includes_are_warned_about() -> None:

@@ -238,3 +238,20 @@ def test_loopback_frames_of_a_cooked_capture_are_never_queued(tmp_path: Path) ->
     r = Replay(loads(mk.CONFIG, "c.toml")).run(open_capture(str(tmp_path / "lo.pcap")))
     assert r.not_queued["outbound"] == 1
     assert [k["outcome"] for k in moments(r, mk.CLIENT, "knock")] == ["advanced"]
+
+
+def test_an_spa_nat_grant_replays_as_a_grant_with_its_target(tmp_path: Path) -> None:
+    from gatekeeper.replay.report import describe
+
+    key = tmp_path / "spa.key"
+    key.write_text(fwknop.format_key_file(KEYS))
+    os.chmod(key, 0o600)
+    config = loads(f'[[door]]\nname = "nat"\nspa = true\nkey_file = "{key}"\nopens = ["2222"]\n'
+                   'spa_nat = ["198.51.100.20:22"]\n', "c.toml")
+    packet = encode(KEYS, Request([("tcp", 2222)], mk.CLIENT, mk.T0 + 100, nat="198.51.100.20,22"))
+    mk.write(tmp_path / "n.pcap", [(100.0, mk.udp(mk.CLIENT, mk.GATEWAY, 62201, data=packet))], 101)
+    r = Replay(config).run(open_capture(str(tmp_path / "n.pcap")))
+    [grant] = moments(r, mk.CLIENT, "grant")
+    assert grant["ports"] == ["2222:tcp"] and grant["nat"] == "198.51.100.20:22" and r.grants == {"nat": 1}
+    [moment] = [m for m in r.timelines[mk.CLIENT] if m.what == "grant"]
+    assert "DNATed to 198.51.100.20:22" in describe(moment, config)

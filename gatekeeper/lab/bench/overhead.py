@@ -30,6 +30,10 @@ class _Grants:
     def remove(self, address: str, door: Door, steps: Any = None) -> None:
         pass
 
+    def add_nat(self, address: str, door: Door, seconds: float, step: Any, host: str,
+                port: int) -> None:
+        pass
+
 
 def _ignore(_message: object) -> None:
     pass
