@@ -52,6 +52,9 @@ def _directory(raw: Any, key: str, reader: Reader) -> str:
         raise reader.fail(key, f"{path!r}: must be an absolute path")
     if not os.path.isdir(path):
         raise reader.fail(key, f"{path}: no such directory (a GnuPG home: gpg --homedir {path} ...)")
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise reader.fail(key, f"{path}: the daemon cannot write it (gpg keeps its agent's socket "
+                          "there); keep it where it may write, e.g. under state_dir")
     return path
 
 
