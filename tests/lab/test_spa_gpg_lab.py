@@ -182,3 +182,45 @@ def test_a_gnupg_flood_stays_within_the_budget(served: Lab, start_daemon: Any, g
     if not budget:
         assert counts.get("gpg_busy", 0) > 0, counts
         assert opened == {"gpgh": True, "spa": True}, "legitimate clients get in during the flood"
+
+
+def test_a_gnupg_stanza_of_stock_fwknopd_imports_and_the_same_client_command_opens(
+        served: Lab, start_daemon: Any, gnupg: Homes, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """access.conf with GPG_* that stock fwknopd runs (the client's packet opens 22 there),
+    imported: gatekeeper opens 22 to the same client command, first SYN."""
+    from types import SimpleNamespace
+
+    from gatekeeper import cli
+    from tests.lab.test_import_fwknop_lab import fwknopd, opened
+
+    lab = served
+    access, server = tmp_path / "access.conf", tmp_path / "fwknopd.conf"
+    access.write_text(f"SOURCE ANY\nOPEN_PORTS tcp/22\nGPG_HOME_DIR {gnupg.home('server')}\n"
+                      f"GPG_DECRYPT_ID {gnupg.key_id('server')}\nGPG_ALLOW_NO_PW Y\n"
+                      f"GPG_REMOTE_ID {gnupg.fpr['client'][-8:]}\nHMAC_KEY_BASE64 {H}\n")
+    server.write_text("PCAP_INTF eth0\nPCAP_FILTER udp port 62201\n")
+    for path in (access, server):
+        path.chmod(0o600)
+    client = SimpleNamespace(home=str(tmp_path / "home"))
+    os.mkdir(client.home)
+    drop = ["-p", "tcp", "-s", "203.0.113.0/24", "--dport", "22", "-j", "DROP"]
+    lab.run("gw", ["iptables", "-A", "INPUT", *drop])
+    try:
+        proc = fwknopd(lab, tmp_path)
+        try:
+            assert not is_open(lab, "client", GW4, 22)
+            send(lab, client, gnupg, "gpg", hmac=True)
+            assert opened(lab, 22), (tmp_path / "fwknopd.log").read_text()
+        finally:
+            lab.stop(proc)
+    finally:
+        lab.run("gw", ["iptables", "-D", "INPUT", *drop])
+    out = tmp_path / "gatekeeper.toml"
+    rc = cli.main(["import-fwknop", str(access), "--server-conf", str(server), "-o", str(out),
+                   "--key-dir", str(tmp_path / "keys")])
+    assert rc == 0, capsys.readouterr().err
+    start_daemon(out.read_text())
+    assert not is_open(lab, "client", GW4, 22)
+    send(lab, client, gnupg, "gpg", hmac=True)
+    assert is_open(lab, "client", GW4, 22), "the first SYN after the packet"
