@@ -133,7 +133,7 @@ def judge(run: Decrypted, policy: Policy) -> Stage | bytes:
     valid = [line for line in lines if line[0] == "VALIDSIG"]
     if signatures > 1 or words & bad or "GOODSIG" not in words or len(valid) != 1:
         return Stage.GPG_SIGNER
-    args = valid[0][1:]  # signing key's fingerprint ... primary key's fingerprint (last)
+    args = valid[0][1:] or [""]  # signing key's fingerprint ... primary key's fingerprint (last)
     fprs = tuple(a for a in (args[0], args[-1]) if len(a) >= 32 and _HEX.match(a))
     if not fprs or not _signer_allowed(fprs, policy):
         return Stage.GPG_SIGNER

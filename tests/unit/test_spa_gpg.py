@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gatekeeper.config import ConfigError
 from gatekeeper.config.load import loads
@@ -113,6 +115,20 @@ def test_judge_reads_the_status_lines(lines: tuple[str, ...], code: int, policy:
     assert got == (b"plain" if stage is None else stage)
     assert gpg.judge(gpg.Decrypted(b"plain", status(*lines), "timeout", code), policy) in (
         Stage.DECRYPT, Stage.GPG_RECIPIENT)
+
+
+_WORDS = st.sampled_from(["NEWSIG", "GOODSIG", "VALIDSIG", "BADSIG", "ERRSIG", "DECRYPTION_OKAY",
+                          "GOODMDC", "NO_SECKEY", "DECRYPTION_KEY", "DECRYPTION_FAILED", "X"])
+
+
+@given(data=st.binary(max_size=1600), lines=st.lists(st.tuples(_WORDS, st.text(max_size=60)), max_size=12))
+def test_unwrap_and_judge_never_raise(data: bytes, lines: list[tuple[str, str]]) -> None:
+    assert isinstance(gpg.unwrap(data, HMAC, "sha256"), Stage | gpg.Sealed)
+    assert isinstance(gpg.unwrap(data, b"", None), Stage | gpg.Sealed)
+    text = status(*(f"{w} {rest}".rstrip() for w, rest in lines))
+    for code in (0, 2):
+        got = gpg.judge(gpg.Decrypted(b"p", text, code=code), gpg.Policy("A" * 16, ("A" * 8,)))
+        assert got == b"p" or isinstance(got, Stage)
 
 
 # -- real gpg, throwaway homes -------------------------------------------------------------
