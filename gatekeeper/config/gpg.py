@@ -2,7 +2,7 @@
 
 ::
 
-    spa_gpg = { home = "/etc/gatekeeper/gnupg", recipient = "KEYID", fingerprints = ["..."] }
+    spa_gpg = { home = "/var/lib/gatekeeper/gnupg", recipient = "KEYID", fingerprints = ["..."] }
 
 ``home`` is the GnuPG home with the door's secret key (GPG_HOME_DIR) and the signers'
 public keys; ``recipient`` the key ID or fingerprint of the secret key (GPG_DECRYPT_ID);
