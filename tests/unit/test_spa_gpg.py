@@ -285,3 +285,15 @@ def test_worker_checks_the_hmac_first_and_counts_the_flood_over_budget(
     assert w2.spa_counts == {("gpg", "decrypt"): 2, ("gpg", "gpg_busy"): 18} and len(runs) == 2
     assert not w.on_packet(udp(seal(gnupg, plaintext(), hmac_key=HMAC)), 5.0)
     assert grants.added == [(CLIENT, "gpg")]
+
+
+def test_a_gnupg_door_with_another_hmac_digest_and_message_digest(gnupg: Homes, tmp_path: Path) -> None:
+    text = gpg_config(gnupg, tmp_path, key=True).replace(
+        'opens = ["22"]', 'opens = ["22"]\nspa_hmac_digest = "sha512"\nspa_digests = ["sha1"]')
+    w, grants = worker(loads(text, "t.toml"))
+    sha1 = Request([("tcp", 22)], CLIENT, WALL, digest="sha1").message()
+    assert not w.on_packet(udp(seal(gnupg, sha1, hmac_key=HMAC)), 5.0)  # sha256 HMAC: refused
+    assert not w.on_packet(udp(seal(gnupg, plaintext(), hmac_key=HMAC, hmac_digest="sha512")), 5.0)
+    assert not w.on_packet(udp(seal(gnupg, sha1, hmac_key=HMAC, hmac_digest="sha512")), 5.0)
+    assert w.spa_counts == {("gpg", "hmac"): 1, ("gpg", "digest_type"): 1, ("gpg", "ok"): 1}
+    assert grants.added == [(CLIENT, "gpg")]
