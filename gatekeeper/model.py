@@ -137,6 +137,7 @@ class SpaDoor:
     # spa_force_nat: every request goes to this one, whatever it asks (FORCE_NAT)
     nat: tuple[tuple[str, int], ...] = ()
     force_nat: tuple[str, int] | None = None
+    gpg: SpaGpg | None = None  # spa_gpg: fwknop's GnuPG packets instead of Rijndael
 
     def __repr__(self) -> str:  # never print key material
         return f"SpaDoor(key_file={self.key_file!r}, port={self.port})"
@@ -149,6 +150,29 @@ class SpaDoor:
     def command(self, text: str) -> tuple[str, ...] | None:
         """The argv that the server command ``text`` runs, or None: not allowed."""
         return next((argv for name, argv in self.commands if name == text), None)
+
+
+DEFAULT_GPG_BUDGET = 0.2  # spa_gpg.budget: share of a worker's time one door may spend in gpg
+DEFAULT_GPG_TIMEOUT = 1.0  # spa_gpg.timeout: seconds one gpg run may take before it is killed
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class SpaGpg:
+    """``spa_gpg = { home, recipient, ... }``: decrypt (and check the signature of) fwknop's
+    GnuPG SPA packets with ``gpg`` in ``home``; ``hmac_key`` from the door's key file, if any."""
+
+    home: str
+    recipient: str  # key ID or fingerprint (upper-case hex) of the secret key to decrypt with
+    signers: tuple[str, ...] = ()  # key IDs (8 or 16 hex digits) a signature may come from
+    fingerprints: tuple[str, ...] = ()  # fingerprints (40 hex digits) likewise
+    require_signature: bool = True
+    passphrase_file: str = ""
+    budget: float = DEFAULT_GPG_BUDGET
+    timeout: float = DEFAULT_GPG_TIMEOUT
+    hmac_key: bytes = b""  # b"": the door checks no HMAC
+
+    def __repr__(self) -> str:  # never print key material
+        return f"SpaGpg(home={self.home!r}, recipient={self.recipient!r})"
 
 
 @dataclass(frozen=True, slots=True, repr=False)

@@ -22,7 +22,7 @@ POLICY=/usr/sbin/policy-rc.d
 PACKAGES=(
     python3 python3-venv python3-dev gcc libnetfilter-queue-dev libnfnetlink-dev
     iptables ipset nftables conntrack iproute2 knockd procps prometheus systemd
-    fwknop-client fwknop-server vagrant vagrant-libvirt nmap redis-server tcpdump
+    fwknop-client fwknop-server gnupg vagrant vagrant-libvirt nmap redis-server tcpdump
     dh-virtualenv debhelper dpkg-dev lintian debootstrap fail2ban
 )
 

@@ -11,7 +11,7 @@ import pytest
 from gatekeeper import native
 
 # the fixtures of the special doors (files, cfg), for every test file that uses them
-pytest_plugins = ["tests.fixtures.doors"]
+pytest_plugins = ["tests.fixtures.doors", "tests.fixtures.gnupg"]
 
 
 def pytest_report_header() -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gatekeeper.config import ConfigError, keyfiles
+from gatekeeper.config import ConfigError, gpg, keyfiles
 from gatekeeper.config.checks import cross_check
 from gatekeeper.config.values import Reader
 from gatekeeper.errors import GatekeeperError
@@ -60,7 +60,7 @@ _IFACE_RE = re.compile(r"^[A-Za-z0-9_.@][^\s/:!]{0,14}\Z")
 _DEFAULTS = Settings()
 SPA_SETTINGS = ("key_file", "spa_port", "spa_window", "spa_other_source", "spa_hmac",
                 "spa_hmac_digest", "spa_digests", "spa_encryption_mode", "spa_commands",
-                "spa_nat", "spa_force_nat")
+                "spa_nat", "spa_force_nat", "spa_gpg")
 MAX_SPA_COMMANDS = 64
 # the command text rides in the message field (256 bytes) after the address and a comma
 MAX_SPA_COMMAND = 200
@@ -273,10 +273,17 @@ class _Parser(Reader):
     def spa(self, data: dict[str, Any], where: str) -> SpaDoor:
         if data["spa"] is not True:
             raise self.fail(f"{where}.spa", f"must be true or false, got {data['spa']!r}")
-        if "key_file" not in data:
-            raise self.fail(f"{where}.key_file", "is required with spa = true")
-        path = self._str(data["key_file"], f"{where}.key_file")
+        if "key_file" not in data and "spa_gpg" not in data:
+            raise self.fail(f"{where}.key_file", "is required with spa = true (without spa_gpg)")
+        path = self._str(data.get("key_file", ""), f"{where}.key_file")
         with_hmac = self._bool(data.get("spa_hmac", True), f"{where}.spa_hmac")
+        spa_gpg = None
+        if "spa_gpg" in data:  # GnuPG packets: an HMAC key (if any) instead of the Rijndael keys
+            with_hmac = "key_file" in data
+            if "spa_hmac" in data or "spa_encryption_mode" in data:
+                raise self.fail(f"{where}.spa_gpg", "not with spa_hmac or spa_encryption_mode (a "
+                                "key_file with an HMAC key turns HMAC on)")
+            spa_gpg = gpg.spa_gpg(self, data["spa_gpg"], where, path if with_hmac else None)
         mode = self._choice(data.get("spa_encryption_mode", DEFAULT_SPA_MODE),
                             f"{where}.spa_encryption_mode", SPA_MODES)
         if mode == "legacy" and with_hmac:
@@ -292,19 +299,19 @@ class _Parser(Reader):
                                                          f"{where}.spa_digests")))
         if not digests:
             raise self.fail(f"{where}.spa_digests", "names no digest: no packet could pass")
-        keys = keyfiles.spa_keys(path, f"{where}.key_file", self.fail, with_hmac)
+        keys = None if spa_gpg else keyfiles.spa_keys(path, f"{where}.key_file", self.fail, with_hmac)
         port = self._int(data.get("spa_port", DEFAULT_SPA_PORT), f"{where}.spa_port", 1, 65535)
         window = self._number(data.get("spa_window", DEFAULT_SPA_WINDOW), f"{where}.spa_window",
                               0, 3600)
         other = self._bool(data.get("spa_other_source", False), f"{where}.spa_other_source")
-        if not with_hmac:
+        if not with_hmac and spa_gpg is None:
             log.warning("%s: %s.spa_hmac = false: its SPA packets are not authenticated, "
                         "anyone who can change one in flight can forge what it asks for "
                         "(fwknop without --use-hmac); use HMAC where the clients can",
                         self.name, where)
         commands = self.spa_commands(data.get("spa_commands", {}), f"{where}.spa_commands")
         return SpaDoor(path, keys, port, window, other, with_hmac, hmac_digest, digests, mode,
-                       commands, **self.spa_nat(data, where))
+                       commands, gpg=spa_gpg, **self.spa_nat(data, where))
 
     def spa_commands(self, raw: Any, key: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
         """``{ "TEXT" = argv, ... }``: the exact texts ``fwknop --server-cmd`` may send."""

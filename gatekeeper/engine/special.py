@@ -44,6 +44,7 @@ from typing import Any
 from gatekeeper.engine.engine import Engine, Event, Granted, Knocked, Outcome, Reason, Verdict
 from gatekeeper.model import PROTO_NAMES, PROTO_NUMBERS, TCP, UDP, Config, Door, Port, port_key
 from gatekeeper.spa import fwknop
+from gatekeeper.spa import gpg as gpgcodec
 from gatekeeper.spa import sequence as seqcodec
 from gatekeeper.spa.cipher import Suite
 from gatekeeper.spa.replay import Recorded, ReplayCache
@@ -131,6 +132,19 @@ class ReplayQuery:
     now: float
 
 
+@dataclass(frozen=True, slots=True)
+class GpgQuery:
+    """A GnuPG SPA packet past size and HMAC, within budget: the worker runs ``gpg`` on it (the
+    door's ``spa_gpg``) and hands the run and its time to :meth:`SpecialDoors.gpg_answer`."""
+
+    door: Door
+    index: int
+    src: bytes
+    sealed: gpgcodec.Sealed
+    now: float
+    wall: float
+
+
 SpecialEvent = Event | SequenceUsed | CommandAsked | SpaRefused | NatGranted
 SpecialDecision = tuple[Verdict, Reason, tuple[SpecialEvent, ...]]
 
@@ -164,6 +178,7 @@ class SpecialDoors:
         self._suites: dict[int, Suite] = {}
         self._commands: dict[int, frozenset[str]] = {}  # door -> its spa_commands texts
         self._probes: dict[int, tuple[int, int]] = {}  # door -> (second, HMAC failures in it)
+        self._gpg: dict[int, tuple[gpgcodec.Budget, gpgcodec.Policy]] = {}  # GnuPG doors
         self._open_keys: dict[int, frozenset[tuple[int, int]]] = {}
         self._encrypted: dict[int, int] = {}  # key -> encrypted door index
         self._collect: dict[int, dict[bytes, tuple[float, list[int]]]] = {}
@@ -178,6 +193,9 @@ class SpecialDoors:
                 self.replay[door.name] = ReplayCache()
                 self._allowed[i] = frozenset((PROTO_NAMES[s.proto], s.port) for s in door.opens)
                 spa = door.spa
+                if (g := spa.gpg) is not None:
+                    self._gpg[i] = (gpgcodec.Budget(g.budget, max(g.budget, g.timeout)), gpgcodec.Policy(
+                        g.recipient, g.signers, g.fingerprints, g.require_signature))
                 self._commands[i] = frozenset(text for text, _ in spa.commands)
                 self._suites[i] = Suite(spa.mode, spa.hmac_digest if spa.hmac else None,
                                                frozenset(spa.digests))
@@ -199,6 +217,8 @@ class SpecialDoors:
                 self._lines[i] = lines
                 self._progress[i] = {}
         self.spa_keys = frozenset(port_key(UDP, p) for p in self.spa_ports)
+        # Rijndael doors first; the first GnuPG door a packet passes size and HMAC for decrypts it
+        self._spa_order = {p: tuple(sorted(d, key=self._gpg.__contains__)) for p, d in self.spa_ports.items()}
         self.keys = self.spa_keys | frozenset(self._encrypted) | frozenset(self._one_time)
 
     def adopt(self, old: SpecialDoors) -> None:
@@ -212,12 +232,13 @@ class SpecialDoors:
     # -- the entry point ----------------------------------------------------------------
 
     def handle(self, src: bytes, dst: bytes, proto: int, port: int, flags: int, payload: bytes,
-               now: float, wall: float) -> SpecialDecision | ReplayQuery | None:
+               now: float, wall: float) -> SpecialDecision | ReplayQuery | GpgQuery | None:
         """The decision for a packet to a special key, or None: not ours, ask the engine;
-        with ``shared_replay``, a :class:`ReplayQuery` for a message new here."""
+        with ``shared_replay``, a :class:`ReplayQuery` for a message new here; for a GnuPG
+        packet, a :class:`GpgQuery` (GnuPG's work, for the worker to do)."""
         key = proto << 16 | port
         if key in self.spa_keys:
-            return self._spa(src, self.spa_ports[port], payload, now, wall)
+            return self._spa(src, self._spa_order[port], payload, now, wall)
         index = self._encrypted.get(key)
         if index is not None:
             return self._encrypted_knock(index, src, proto, port, flags, now, wall)
@@ -247,13 +268,24 @@ class SpecialDoors:
     # -- SPA ----------------------------------------------------------------------------
 
     def _spa(self, src: bytes, doors: tuple[int, ...], payload: bytes, now: float,
-             wall: float) -> SpecialDecision | ReplayQuery:
+             wall: float) -> SpecialDecision | ReplayQuery | GpgQuery:
         second = int(now)
         stage = "size"  # (every SPA port has a door)
         for index in doors:
             door: Door = self.config.doors[index]
             spa = door.spa
             assert spa is not None
+            if (g := spa.gpg) is not None:  # HMAC (if any), then GnuPG's work for the worker
+                sealed = gpgcodec.unwrap(payload, g.hmac_key, spa.hmac_digest if g.hmac_key else None)
+                if isinstance(sealed, gpgcodec.Sealed):
+                    if not self._gpg[index][0].take(now):
+                        return self._refuse(door.name, src, "gpg_busy")
+                    return GpgQuery(door, index, src, sealed, now, wall)
+                stage = sealed.name.lower()
+                if sealed is fwknop.Stage.DECRYPT:
+                    return self._refuse(door.name, src, stage)
+                self._count(door.name, stage)
+                continue
             at, probed = self._probes.get(index, (second, 0))
             if at != second:
                 probed = 0
@@ -305,6 +337,25 @@ class SpecialDoors:
         seconds = min(open_for, door.open_for) if open_for > 0 else door.open_for
         granted = Granted(door, address, now + seconds, False, (step,))
         return (_DROP, _R_COMPLETED, (completed, NatGranted(granted, *target)))
+    def gpg_answer(self, query: GpgQuery, run: gpgcodec.Decrypted,
+                   seconds: float) -> SpecialDecision | ReplayQuery:
+        """The decision for a :class:`GpgQuery` given GnuPG's ``run``, which took ``seconds``
+        (taken out of the door's budget): its plaintext is checked as a Rijndael one is."""
+        index, door = query.index, query.door
+        budget, policy = self._gpg[index]
+        budget.spend(seconds)
+        plaintext = gpgcodec.judge(run, policy)
+        if isinstance(plaintext, fwknop.Stage):
+            return self._refuse(door.name, query.src, plaintext.name.lower())
+        spa = door.spa
+        assert spa is not None
+        result = fwknop.check_plaintext(
+            plaintext, fwknop.replay_key(b"gpg\0" + plaintext), query.wall,
+            replay=self.replay[door.name], allowed=self._allowed[index], source=query.src,
+            other_source=spa.other_source, window=spa.window, digests=spa.digests,
+            commands=self._commands[index], nat=spa.nat, force_nat=spa.force_nat)
+        return self._seen(index, query.src, result, query.now) or self._spa_done(
+            index, query.src, result, query.now)
 
     # -- replay caches: what they saw ---------------------------------------------------
 
@@ -470,6 +521,6 @@ class SpecialDoors:
                 del progress[s]
 
 
-__all__ = ["SEQUENCE_STAGES", "SPA_STAGES", "CommandAsked", "NatGranted", "ReplayQuery", "ReplaySeen",
-           "SequenceUsed", "SpaRefused",
-           "SpecialDecision", "SpecialDoors", "SpecialEvent", "has_special", "shared_admits"]
+__all__ = ["SEQUENCE_STAGES", "SPA_STAGES", "CommandAsked", "GpgQuery", "NatGranted", "ReplayQuery",
+           "ReplaySeen", "SequenceUsed", "SpaRefused", "SpecialDecision", "SpecialDoors",
+           "SpecialEvent", "has_special", "shared_admits"]

@@ -19,7 +19,8 @@ Every ``SOURCE`` stanza becomes an SPA door (``spa = true``):
 Gatekeeper takes one key an SPA port, so the second stanza's door listens on the next
 free port, and so on. What does not carry over is a warning, one line each naming the file
 and line; a door that cannot work as fwknopd's did (no OPEN_PORTS: fwknopd opened any port
-asked for; a key the key file cannot hold; GPG only) is written commented out.
+asked for; a key the key file cannot hold) is written commented out. The GnuPG settings
+(``GPG_*``) are :mod:`gatekeeper.importers.fwknop_gpg`'s.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from gatekeeper.importers.fwknop_conf import (
     sources,
     yes,
 )
+from gatekeeper.importers.fwknop_gpg import gpg_table, is_gpg
 from gatekeeper.importers.key_files import KeyFile, remove, write_key_files
 from gatekeeper.importers.output import (
     Notice,
@@ -70,6 +72,7 @@ DEFAULT_INTERFACE = "eth0"  # fwknopd's PCAP_INTF
 MAX_WINDOW = 3600  # spa_window's ceiling
 _GATEKEEPER_MODES = ("cbc", "cfb", "ofb", "ctr", "ecb", "legacy")
 _GATEKEEPER_HMACS = ("md5", "sha1", "sha256", "sha384", "sha512")
+HMAC_NAMES = ("HMAC_KEY_BASE64", "HMAC_KEY")
 @dataclass(frozen=True, slots=True)
 class Conversion:
     toml: str
@@ -262,15 +265,16 @@ class _Converter:
         lines = [f"# keys of gatekeeper door {door.name}, from {printable(name)} line {stanza.line}"]
         enc = key_bytes(stanza, "KEY_BASE64", "KEY", name)
         mac = key_bytes(stanza, "HMAC_KEY_BASE64", "HMAC_KEY", name)
-        for key in sorted(k for k in stanza.values if k.startswith("GPG_")):
-            self.warn(stanza.values[key].line, door.name, f"{key}: GPG is not supported by gatekeeper "
-                      "yet; not carried over")
+        if enc is None and "GPG_DECRYPT_ID" in stanza.values:  # a GnuPG door
+            return self.gpg(door, path, mac, lines)
+        if is_gpg(stanza):
+            self.warn(min(v.line for k, v in stanza.values.items() if k.startswith("GPG_")), door.name,
+                      "GnuPG settings beside a Rijndael key (or no GPG_DECRYPT_ID): this door takes "
+                      "Rijndael packets; for GnuPG add a door with spa_gpg on another spa_port")
         if enc is None:
-            door.problem = "GPG only: gatekeeper has no GPG doors yet"
-            self.warn(stanza.line, door.name, f"{door.problem}: door left commented out")
-            return mac is not None
+            return self.gpg(door, path, mac, lines)  # GPG_* without GPG_DECRYPT_ID: commented out
         for given, names, longest in ((enc, ("KEY_BASE64", "KEY"), MAX_ENCRYPTION_KEY),
-                                      (mac, ("HMAC_KEY_BASE64", "HMAC_KEY"), MAX_HMAC_KEY)):
+                                      (mac, HMAC_NAMES, MAX_HMAC_KEY)):
             if given is None:
                 continue
             phrase = stanza.values.get(names[1]) is given[0]
@@ -291,6 +295,25 @@ class _Converter:
                       "forge what it asks for: give the clients HMAC keys when they can")
         return mac is not None
 
+    def gpg(self, door: _Door, path: str, mac: tuple[Value, bytes] | None, lines: list[str]) -> bool:
+        """A GnuPG door: its spa_gpg table, a passphrase file, and a key file if it has an HMAC key."""
+        table, files, problem = gpg_table(door.stanza, door.name, self.key_dir,
+                                          self.server_value("GPG_HOME_DIR"), self.warn)
+        door.keys = [k for k in door.keys if k[0] != "key_file"]
+        if mac is not None:
+            line = _key_line(mac, door.stanza.values.get("HMAC_KEY") is mac[0], HMAC_NAMES, MAX_HMAC_KEY)
+            if line is None:
+                problem = problem or "its HMAC key cannot go into a gatekeeper key file"
+            else:
+                self.key_files.append(KeyFile(path, "\n".join([*lines, line]) + "\n"))
+                door.add("key_file", toml_str(path), "0600: the HMAC key")
+        door.add("spa_gpg", table, "fwknopd's GPG_* settings")
+        self.key_files += files
+        if problem is not None:
+            door.problem = problem
+            self.warn(door.stanza.line, door.name, f"{problem}: door left commented out")
+        return mac is not None
+
     def suite(self, door: _Door, with_hmac: bool) -> None:
         values = door.stanza.values
         digest = values.get("HMAC_DIGEST_TYPE")
@@ -308,8 +331,9 @@ class _Converter:
         if mode is not None:
             kind = mode.text.lower()
             if kind == "asymmetric":
-                self.warn(mode.line, door.name, "ENCRYPTION_MODE asymmetric is GPG: not supported by "
-                          "gatekeeper yet; the door takes Rijndael (CBC) packets")
+                if not any(k == "spa_gpg" for k, _, _ in door.keys):
+                    self.warn(mode.line, door.name, "ENCRYPTION_MODE asymmetric is GnuPG: this door "
+                              "takes Rijndael (CBC) packets (a GnuPG door needs GPG_DECRYPT_ID)")
             elif kind == "legacy" and with_hmac:
                 door.problem = door.problem or "ENCRYPTION_MODE legacy with an HMAC key"
                 self.warn(mode.line, door.name, "ENCRYPTION_MODE legacy goes without HMAC (the client "

@@ -30,6 +30,7 @@ from gatekeeper.daemon.onetime import mark_used
 from gatekeeper.engine import Engine, Event, Granted, Knocked, Reason, Revoked, Verdict
 from gatekeeper.engine.special import (
     CommandAsked,
+    GpgQuery,
     NatGranted,
     ReplayQuery,
     ReplaySeen,
@@ -43,6 +44,7 @@ from gatekeeper.errors import GatekeeperError
 from gatekeeper.metrics import BUCKETS_NS
 from gatekeeper.metrics import KNOCK_OUTCOMES as OUTCOMES
 from gatekeeper.model import DEFAULT_BATCH, Config, Door, Port
+from gatekeeper.queue import gpg
 from gatekeeper.queue.decode import decode, udp_payload
 from gatekeeper.queue.refusals import RefusalLimit
 
@@ -262,6 +264,11 @@ class Worker:
         decision = specials.handle(src, dst, proto, port, flags, payload, now, self.wall())
         if decision is None:
             return self.engine.decide(src, dst, proto, port, flags, now)
+        if isinstance(decision, GpgQuery):  # GnuPG's work (bounded: gatekeeper/queue/gpg.py)
+            spa = decision.door.spa
+            assert spa is not None and spa.gpg is not None
+            run, seconds = gpg.decrypt(spa.gpg, decision.sealed.message)
+            decision = specials.gpg_answer(decision, run, seconds)
         if isinstance(decision, ReplayQuery):  # [cluster]: did another gateway see it first?
             fresh = (None if self.cluster is None
                      else self.cluster.replay_fresh(decision.door, decision.key, decision.ttl))

@@ -103,6 +103,10 @@ class Stage(IntEnum):
     HMAC_TYPE = 10  # the HMAC is right for the door's key, but of another digest type
     DIGEST_TYPE = 11  # the message digest is of a type the door does not accept
     COMMAND = 12  # a command message (fwknop --server-cmd) whose text the door does not allow
+    GPG_BUSY = 13  # a GnuPG packet over the door's GnuPG time budget: dropped undecrypted
+    GPG_RECIPIENT = 14  # a GnuPG packet for a key other than the door's recipient
+    GPG_UNSIGNED = 15  # a GnuPG packet without a signature, on a door that requires one
+    GPG_SIGNER = 16  # a GnuPG signature that is bad, or by a signer the door does not allow
 
 
 class MessageType(IntEnum):
@@ -402,19 +406,41 @@ def verify(
     plaintext = cipher.decrypt(keys.encryption, SALTED_PREFIX + text, suite.mode)
     if plaintext is None:
         return SpaResult(Stage.DECRYPT)
+    return check_plaintext(plaintext, replay_key(text), now, replay=replay, allowed=allowed,
+                           source=source, other_source=other_source, window=window,
+                           digests=suite.digests, commands=commands, nat=nat, force_nat=force_nat)
+
+
+def check_plaintext(
+    plaintext: bytes,
+    key: bytes,
+    now: float,
+    *,
+    replay: ReplayCache,
+    allowed: Collection[Access],
+    source: str | bytes,
+    other_source: bool = False,
+    window: float = DEFAULT_WINDOW,
+    digests: Collection[str] = DEFAULT_SUITE.digests,
+    commands: Collection[str] = (),
+    nat: Collection[NatTarget] = (),
+    force_nat: NatTarget | None = None,
+) -> SpaResult:
+    """:func:`verify`'s checks from field parsing on, for a decrypted ``plaintext`` (of
+    Rijndael or GnuPG) whose replay-cache key is ``key``."""
     try:
         message, encoded = _parse(plaintext)
     except (ValueError, UnicodeError, binascii.Error):
         return SpaResult(Stage.PARSE)
     kind = DIGEST_LENGTHS[len(message.digest)]
-    if kind not in suite.digests:
+    if kind not in digests:
         return SpaResult(Stage.DIGEST_TYPE)
     expected = cipher.b64encode(hashlib.new(kind, encoded).digest())
     if not hmac.compare_digest(expected, message.digest.encode("ascii")):
         return SpaResult(Stage.DIGEST)
     if abs(now - message.timestamp) > window:
         return SpaResult(Stage.STALE, message)
-    seen = replay.record(replay_key(text), now, 2 * window)
+    seen = replay.record(key, now, 2 * window)
     if not isinstance(seen, Recorded):
         return SpaResult(Stage.REPLAY, message)
     target = None

@@ -15,7 +15,7 @@ import pytest
 
 from gatekeeper import cli
 from gatekeeper.config.load import load
-from gatekeeper.importers.fwknop import Conversion, FwknopError, convert
+from gatekeeper.importers.fwknop import Conversion, FwknopError, convert, main
 
 K = base64.b64encode(bytes(range(32))).decode()
 H = base64.b64encode(bytes(range(100, 164))).decode()
@@ -159,9 +159,9 @@ def test_no_hmac_key_is_an_unauthenticated_door_with_a_warning() -> None:
     ("CMD_EXEC_USER nobody", "", "daemon's user"),
     ("ENABLE_CMD_SUDO_EXEC Y", "", "sudo"),
     ("CMD_CYCLE_OPEN iptables -A INPUT -s $SRC -j ACCEPT", "", "start_command"),
-    ("GPG_REMOTE_ID 1234ABCD", "", "GPG is not supported"),
-    ("GPG_REQUIRE_SIG Y", "", "GPG is not supported"),
-    ("ENCRYPTION_MODE asymmetric", "", "GPG"),
+    ("GPG_REMOTE_ID 1234ABCD", "", "GnuPG settings beside a Rijndael key"),
+    ("GPG_REQUIRE_SIG Y", "", "add a door with spa_gpg"),
+    ("ENCRYPTION_MODE asymmetric", "", "GnuPG"),
     ("FORCE_SNAT 192.0.2.1", "", "SNAT"),
     ("FORCE_MASQUERADE Y", "", "masquerading"),
     ("ACCESS_EXPIRE 12/31/2030", "", "do not expire"),
@@ -183,7 +183,9 @@ def test_what_does_not_carry_over_is_a_warning_with_its_line(line: str, text: st
 @pytest.mark.parametrize(("lines", "reason", "at"), [
     ("SOURCE ANY\nKEY secret", "no OPEN_PORTS", 1),
     ("SOURCE ANY\nKEY secret\nOPEN_PORTS tcp/22\nRESTRICT_PORTS tcp/22", "no port", 3),
-    ("SOURCE ANY\nGPG_DECRYPT_ID ABCD1234\nOPEN_PORTS tcp/22", "GPG only", 1),
+    ("SOURCE ANY\nGPG_DECRYPT_ID ABCD1234\nOPEN_PORTS tcp/22", "without GPG_REMOTE_ID", 1),
+    ("SOURCE ANY\nGPG_DECRYPT_ID me@example\nGPG_REMOTE_ID ABCD1234\nOPEN_PORTS tcp/22", "key ID", 1),
+    ("SOURCE ANY\nGPG_REMOTE_ID ABCD1234\nOPEN_PORTS tcp/22", "no GPG_DECRYPT_ID", 1),
     ("SOURCE ANY\nKEY secret\nHMAC_KEY other\nHMAC_DIGEST_TYPE sha3_256\nOPEN_PORTS tcp/22",
      "sha3_256", 4),
     ("SOURCE ANY\nKEY secret\nHMAC_KEY other\nENCRYPTION_MODE legacy\nOPEN_PORTS tcp/22", "legacy", 4),
@@ -336,3 +338,47 @@ def test_stdout_and_the_default_key_dir(tmp_path: Path, capsys: pytest.CaptureFi
     assert f'key_file = "{tmp_path}/keys/spa.key"' in stdout
     assert (tmp_path / "keys" / "spa.key").is_file()
     assert cli.build_parser().parse_args(["import-fwknop", "a.conf"]).key_dir is None
+
+
+# --- GnuPG stanzas ---------------------------------------------------------------------
+
+FPR = "AB12 CD34 EF56 7890 AB12  CD34 EF56 7890 AB12 CD34"
+
+
+def gpg_stanza(home: str, extra: str = "") -> str:
+    return (f"SOURCE ANY\nGPG_DECRYPT_ID 0x1234ABCD5678EF90\nGPG_HOME_DIR {home}\n"
+            f"GPG_REMOTE_ID 1111aaaa, 2222BBBB\nGPG_FINGERPRINT_ID {FPR}\nGPG_DECRYPT_PW  pass word\n"
+            f"HMAC_KEY_BASE64 {H}\nOPEN_PORTS tcp/22\n{extra}")
+
+
+def test_a_gnupg_stanza_becomes_a_spa_gpg_door(tmp_path: Path) -> None:
+    result = conv(gpg_stanza("/etc/fwknop/gpg", "GPG_EXE /usr/bin/gpg2\nGPG_IGNORE_SIG_VERIFY_ERROR Y\n"
+                             "ENCRYPTION_MODE asymmetric\n"))
+    d = doors(result)[0]
+    assert d["spa_gpg"] == {"home": "/etc/fwknop/gpg", "recipient": "1234ABCD5678EF90",
+                            "signers": ["1111AAAA", "2222BBBB"], "fingerprints": [FPR.replace(" ", "")],
+                            "passphrase_file": "/k/spa.gpg-passphrase"}
+    assert d["key_file"] == "/k/spa.key" and "spa_hmac" not in d and "spa_encryption_mode" not in d
+    files = {f.path: f.text for f in result.key_files}
+    assert files["/k/spa.gpg-passphrase"] == "pass word\n"
+    assert "HMAC_KEY_BASE64" in files["/k/spa.key"] and "\nKEY" not in files["/k/spa.key"]
+    assert warned(result, 9, "GPG_EXE") and warned(result, 10, "refuses every signature")
+    assert not any("asymmetric" in w for w in result.warnings)
+    unsigned = conv("SOURCE ANY\nGPG_DECRYPT_ID 1234ABCD\nGPG_REQUIRE_SIG N\nOPEN_PORTS tcp/22\n")
+    d = doors(unsigned)[0]
+    assert d["spa_gpg"]["require_signature"] is False and "key_file" not in d
+    assert warned(unsigned, 1, "signatures not required") and not unsigned.key_files
+
+
+def test_an_imported_gnupg_door_loads(tmp_path: Path) -> None:
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    access = tmp_path / "access.conf"
+    access.write_text(gpg_stanza(str(home)))
+    out = tmp_path / "out" / "gatekeeper.toml"
+    out.parent.mkdir()
+    assert main(str(access), None, str(out)) == 0
+    spa = load(str(out)).doors[0].spa
+    assert spa is not None and spa.gpg is not None and spa.gpg.hmac_key == base64.b64decode(H)
+    assert spa.gpg.passphrase_file == str(out.parent / "spa.gpg-passphrase")
+    assert os.stat(spa.gpg.passphrase_file).st_mode & 0o777 == 0o600
