@@ -35,8 +35,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     require_present(cfg)  # as run does: in the network namespace it runs in
     def how(d: Door) -> str:
-        if d.spa is not None:
-            return f"spa on {d.spa.port}:udp"
+        if d.spa is not None:  # its spa_transports
+            where = {"udp": f"{d.spa.port}:udp", "tcpraw": f"{d.spa.port}:tcpraw",
+                     "icmp": "icmp echo", "udp-any": "10000-65535:udp"}
+            return "spa on " + ", ".join(where[t] for t in d.spa.transports)
         if d.encrypted is not None:
             return f"encrypted sequence on {d.encrypted.first}-{d.encrypted.last}"
         if d.one_time is not None:

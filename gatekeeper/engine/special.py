@@ -47,6 +47,7 @@ from gatekeeper.spa import fwknop
 from gatekeeper.spa import sequence as seqcodec
 from gatekeeper.spa.cipher import Suite
 from gatekeeper.spa.replay import Recorded, ReplayCache
+from gatekeeper.spa.transports import NO_PORT, door_keys, echo_key
 
 _DROP = Verdict.DROP
 _R_WRONG, _R_KNOCK, _R_DUPLICATE = Reason.WRONG, Reason.KNOCK, Reason.DUPLICATE
@@ -145,7 +146,8 @@ class SpecialDoors:
         self.max_sources = config.settings.max_sources
         # (door, stage label) -> packets; the worker snapshots it (and keeps it over reloads)
         self.counts: dict[tuple[str, str], int] = {} if counts is None else counts
-        self.spa_ports: dict[int, tuple[int, ...]] = {}  # udp port -> its SPA doors
+        self.spa_doors: dict[int, tuple[int, ...]] = {}  # key -> its SPA doors (spa.transports)
+        self._strict: set[int] = set()  # the doors' spa_port over udp: every packet is SPA
         self.replay: dict[str, ReplayCache] = {}  # by door name
         self.seen: list[ReplaySeen] = []  # new replay entries, for the worker's journals
         self.shared_replay = False  # [cluster]: new replay entries are a ReplayQuery first
@@ -162,8 +164,10 @@ class SpecialDoors:
         self._progress: dict[int, dict[bytes, tuple[int, int, float]]] = {}
         for i, door in enumerate(config.doors):
             if door.spa is not None:
-                port = door.spa.port
-                self.spa_ports[port] = (*self.spa_ports.get(port, ()), i)
+                strict, loose = door_keys(door.spa)
+                self._strict.update(strict)
+                for k in (*strict, *loose):
+                    self.spa_doors[k] = (*self.spa_doors.get(k, ()), i)
                 self.replay[door.name] = ReplayCache()
                 self._allowed[i] = frozenset((PROTO_NAMES[s.proto], s.port) for s in door.opens)
                 spa = door.spa
@@ -187,7 +191,9 @@ class SpecialDoors:
                         self._one_time[k] = i
                 self._lines[i] = lines
                 self._progress[i] = {}
-        self.spa_keys = frozenset(port_key(UDP, p) for p in self.spa_ports)
+        shared: dict[tuple[int, ...], tuple[int, ...]] = {}  # one tuple for 55,536 udp-any keys
+        self.spa_doors = {k: shared.setdefault(v, v) for k, v in self.spa_doors.items()}
+        self.spa_keys = frozenset(self.spa_doors)
         self.keys = self.spa_keys | frozenset(self._encrypted) | frozenset(self._one_time)
 
     def adopt(self, old: SpecialDoors) -> None:
@@ -206,7 +212,12 @@ class SpecialDoors:
         with ``shared_replay``, a :class:`ReplayQuery` for a message new here."""
         key = proto << 16 | port
         if key in self.spa_keys:
-            return self._spa(src, self.spa_ports[port], payload, now, wall)
+            spa = echo_key(proto, payload) if key == NO_PORT else key
+            doors = self.spa_doors.get(spa)
+            decision = None if doors is None else self._spa(src, doors, payload, now, wall,
+                                                            spa in self._strict)
+            if decision is not None:
+                return decision
         index = self._encrypted.get(key)
         if index is not None:
             return self._encrypted_knock(index, src, proto, port, flags, now, wall)
@@ -236,7 +247,8 @@ class SpecialDoors:
     # -- SPA ----------------------------------------------------------------------------
 
     def _spa(self, src: bytes, doors: tuple[int, ...], payload: bytes, now: float,
-             wall: float) -> SpecialDecision | ReplayQuery:
+             wall: float, strict: bool = True) -> SpecialDecision | ReplayQuery | None:
+        """None: on a loose key (spa/transports.py), no door found the packet SPA-sized."""
         second = int(now)
         stage = "size"  # (every SPA port has a door)
         for index in doors:
@@ -254,10 +266,13 @@ class SpecialDoors:
             if result.stage in _PROBED:
                 self._probes[index] = (second, probed + 1)
             if result.stage is fwknop.Stage.HMAC or result.stage is fwknop.Stage.SIZE:
-                stage = result.stage.name.lower()
-                self._count(door.name, stage)
+                if strict or result.stage is fwknop.Stage.HMAC:
+                    stage = result.stage.name.lower()
+                    self._count(door.name, stage)
                 continue  # not this door's key: maybe the next door's
             return self._seen(index, src, result, now) or self._spa_done(index, src, result, now)
+        if not strict and stage == "size":
+            return None
         names = ",".join(self.config.doors[i].name for i in doors)
         return (_DROP, _R_WRONG, (SpaRefused(names, src, stage),))
 
