@@ -1,0 +1,104 @@
+"""The stock fwknop client's other transports against the real daemon in the namespace lab:
+``-P tcpraw``, ``-P icmp`` (its default echo reply, and ``--icmp-type 8``) and
+``--rand-port``, each on a door that takes it (spa_transports), with and without the kernel
+prefilter and with two workers (the ruleset sends them to the first): the client's first
+SYN right after its packet connects, the packet itself is dropped, and a packet made with
+a wrong key is refused and counted."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gatekeeper.lab.netns import GW4, Lab
+from gatekeeper.spa import fwknop
+from tests.lab.support import (
+    KEYS,
+    fwknop_send,
+    grants,
+    is_open,
+    needs_fwknop,
+    spa_counts,
+    wait_count,
+)
+
+pytestmark = [pytest.mark.lab, needs_fwknop]
+
+OTHER = fwknop.generate_keys()  # the icmp8 door's keys: the icmp door's fail its HMAC
+WRONG = fwknop.generate_keys()
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+# door -> (spa_transports, opened tcp port, keys, client flags)
+DOORS: dict[str, tuple[str, int, fwknop.SpaKeys, tuple[str, ...]]] = {
+    "tcpraw": ('["tcpraw"]', 2301, KEYS, ("-P", "tcpraw")),
+    "icmp": ('["icmp"]', 2302, KEYS, ("-P", "icmp")),
+    "icmp8": ('["icmp"]', 2303, OTHER, ("-P", "icmp", "--icmp-type", "8")),
+    "rand": ('["udp-any"]', 2304, KEYS, ("--rand-port",)),
+}
+
+
+@pytest.fixture(scope="module")
+def served(lab: Lab) -> Lab:
+    for _, port, _, _ in DOORS.values():
+        lab.serve_tcp("gw", port)
+    return lab
+
+
+@pytest.fixture(params=[False, True], ids=["queue", "prefilter"])
+def daemon(request: pytest.FixtureRequest, served: Lab, start_daemon: Any,
+           tmp_path: Path) -> Iterator[Any]:
+    pre = "true" if request.param else "false"
+    text = f'[gatekeeper]\nqueue = 0\nworkers = 2\nprefilter = {pre}\ninterfaces = ["eth0"]\n'
+    for name, (transports, port, keys, _) in DOORS.items():
+        path = tmp_path / f"{name}.key"
+        path.write_text(fwknop.format_key_file(keys))
+        os.chmod(path, 0o600)
+        text += (f'\n[[door]]\nname = "{name}"\nspa = true\nkey_file = "{path}"\n'
+                 f'spa_transports = {transports}\nopens = ["{port}:tcp"]\n')
+    home = tmp_path / "home"
+    home.mkdir()
+    d = start_daemon(text)
+    d.home = str(home)
+    yield d
+
+
+def send(lab: Lab, daemon: Any, door: str, keys: fwknop.SpaKeys | None = None) -> None:
+    _, port, door_keys, flags = DOORS[door]
+    chosen = keys or door_keys
+    fwknop_send(lab, daemon.home, *flags, access=f"tcp/{port}", key=b64(chosen.encryption),
+                hmac_key=b64(chosen.hmac))
+
+
+@pytest.mark.parametrize("door", list(DOORS))
+def test_each_transport_opens_to_the_first_syn(served: Lab, daemon: Any, door: str) -> None:
+    port = DOORS[door][1]
+    assert not is_open(served, "client", GW4, port)
+    send(served, daemon, door)
+    assert is_open(served, "client", GW4, port), "the first SYN right after the SPA packet"
+    assert wait_count(daemon, "ok", 1, door)["ok"] == 1
+    assert grants(daemon, door) == 1
+    assert not is_open(served, "other", GW4, port)
+
+
+def test_a_wrong_key_on_each_transport_is_refused_and_counted(served: Lab, daemon: Any) -> None:
+    for door in DOORS:
+        send(served, daemon, door, keys=WRONG)
+    for door in DOORS:
+        counts = wait_count(daemon, "hmac", 1, door)
+        assert counts.get("hmac", 0) >= 1 and "ok" not in counts, (door, counts)
+        assert not is_open(served, "client", GW4, DOORS[door][1]), door
+        assert grants(daemon, door) == 0
+    daemon.wait_for(r"spa refused door=\S+ address=203\.0\.113\.10 stage=hmac")
+    # a transport a door does not take is no SPA for it: nothing counted, nothing opened
+    fwknop_send(served, daemon.home, "-P", "tcpraw", "-p", "62299", access="tcp/2301")
+    assert not is_open(served, "client", GW4, 2301)
+    assert spa_counts(daemon, "tcpraw").get("hmac") == 1
