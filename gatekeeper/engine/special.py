@@ -42,7 +42,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from gatekeeper.engine.engine import Engine, Event, Granted, Knocked, Outcome, Reason, Verdict
-from gatekeeper.model import PROTO_NAMES, PROTO_NUMBERS, TCP, UDP, Config, Door, Port, port_key
+from gatekeeper.model import (
+    PROTO_NAMES,
+    PROTO_NUMBERS,
+    SPA_MIN_PAYLOAD,
+    TCP,
+    UDP,
+    Config,
+    Door,
+    Port,
+    port_key,
+)
 from gatekeeper.spa import fwknop
 from gatekeeper.spa import sequence as seqcodec
 from gatekeeper.spa.cipher import Suite
@@ -214,10 +224,11 @@ class SpecialDoors:
         if key in self.spa_keys:
             spa = echo_key(proto, payload) if key == NO_PORT else key
             doors = self.spa_doors.get(spa)
-            decision = None if doors is None else self._spa(src, doors, payload, now, wall,
-                                                            spa in self._strict)
-            if decision is not None:
-                return decision
+            strict = spa in self._strict  # else no SPA packet is shorter than SPA_MIN_PAYLOAD
+            if doors is not None and (strict or len(payload) >= SPA_MIN_PAYLOAD):
+                decision = self._spa(src, doors, payload, now, wall, strict)
+                if decision is not None:
+                    return decision
         index = self._encrypted.get(key)
         if index is not None:
             return self._encrypted_knock(index, src, proto, port, flags, now, wall)

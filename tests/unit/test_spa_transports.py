@@ -16,6 +16,7 @@ from gatekeeper.config import ConfigError
 from gatekeeper.config.load import loads
 from gatekeeper.engine import Engine, Reason, Verdict
 from gatekeeper.engine.special import SpecialDoors
+from gatekeeper.lab.bench import junk
 from gatekeeper.model import SPA_DIGEST_TYPES, SPA_MIN_PAYLOAD, Config
 from gatekeeper.netfilter.render import render
 from gatekeeper.queue.decode import decode, spa_payload, udp_payload
@@ -288,3 +289,16 @@ def test_sized_packets_of_each_transport_go_to_the_first_worker_and_pass_the_pre
         assert text.index(f"--length {other}:65535 {first}") < text.index("-j HMARK")
     plain = render(load(tmp_path, '["tcpraw"]', workers=2, prefilter=True)).ipv4
     assert "--dport 62201 -j" not in plain and "-p udp -m multiport --dports 62201" not in plain
+
+
+# -- the bench's junk -----------------------------------------------------------------------
+
+
+def test_the_junk_bench_measures_both_kinds_both_ways() -> None:
+    short, base64 = junk.packets("short", 50), junk.packets("base64", 50)
+    assert all(len(spa_payload(p) or b"") <= 64 for p in short)
+    assert all(100 <= len(spa_payload(p) or b"") <= 400 for p in base64)
+    assert all(10000 <= (decode(p) or (0, 0, 0, 0))[3] != 62201 for p in short + base64)
+    cost = junk.measure(200, passes=1)
+    assert set(cost.ns) == {(k, on) for k in junk.KINDS for on in (False, True)}
+    assert all(ns > 0 for ns in cost.ns.values()) and len(cost.lines()) == 2
