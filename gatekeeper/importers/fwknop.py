@@ -11,7 +11,8 @@ Every ``SOURCE`` stanza becomes an SPA door (``spa = true``):
   30 s) is ``open_for``; ``HMAC_DIGEST_TYPE`` and ``ENCRYPTION_MODE`` carry over;
   ``REQUIRE_SOURCE_ADDRESS N`` (fwknopd's default) is ``spa_other_source = true``;
 * from fwknopd.conf, the UDP port of ``PCAP_FILTER`` (or ``UDPSERV_PORT``) is
-  ``spa_port``, ``MAX_SPA_PACKET_AGE`` ``spa_window``, ``PCAP_INTF`` the guarded interface.
+  ``spa_port`` (its ``tcp``, ``icmp`` and ``portrange`` words add ``spa_transports``),
+  ``MAX_SPA_PACKET_AGE`` ``spa_window``, ``PCAP_INTF`` the guarded interface.
 
 Gatekeeper takes one key an SPA port, so the second stanza's door listens on the next
 free port, and so on. What does not carry over is a warning, one line each naming the file
@@ -159,6 +160,15 @@ class _Converter:
                   f"{DEFAULT_SPA_PORT} (fwknop's default); set it", server=True)
         return DEFAULT_SPA_PORT
 
+    def transports(self) -> list[str]:
+        """spa_transports for what fwknopd's PCAP_FILTER lets in besides UDP: tcp (clients'
+        -P tcpraw), icmp (-P icmp), a UDP portrange (--rand-port)."""
+        value = self.server_value("PCAP_FILTER")
+        words = set(value.text.lower().replace("(", " ").replace(")", " ").split()) if value else set()
+        extra = [t for word, t in (("tcp", "tcpraw"), ("icmp", "icmp"), ("portrange", "udp-any"))
+                 if word in words]
+        return ["udp", *extra] if extra else []
+
     def port_number(self, value: Value, key: str) -> int:
         if value.text.isdigit() and 1 <= int(value.text) <= 65535:
             return int(value.text)
@@ -233,6 +243,8 @@ class _Converter:
         door.add("key_file", toml_str(path), "0600; chown it to the daemon's user (the unit: gatekeeper)")
         with_hmac = self.keys(door, path)
         door.add("spa_port", str(port))
+        if self.transports():
+            door.add("spa_transports", toml_list(self.transports()), "what fwknopd's PCAP_FILTER let in")
         door.add("spa_window", str(window), "fwknopd's MAX_SPA_PACKET_AGE")
         self.suite(door, with_hmac)
         self.other_source(door)

@@ -56,8 +56,11 @@ NOT_NEEDED = frozenset({
 })
 # fwknopd.conf Y/N settings with no gatekeeper counterpart: a warning when on
 SERVER_FLAGS = {
-    "ENABLE_TCP_SERVER": "SPA over TCP (fwknop -P tcp) is not supported by gatekeeper yet",
-    "ENABLE_SPA_OVER_HTTP": "SPA over HTTP (fwknop -P http) is not supported by gatekeeper yet",
+    "ENABLE_TCP_SERVER": "SPA over TCP (fwknop -P tcp) needs a listening TCP server, which gatekeeper "
+                         "does not run (README, Transports): clients can send -P tcpraw to a door with "
+                         "spa_transports = [\"udp\", \"tcpraw\"]",
+    "ENABLE_SPA_OVER_HTTP": "SPA over HTTP (fwknop -P http) needs a listening TCP server, which gatekeeper "
+                            "does not run (README, Transports): clients can send -P tcpraw or udp",
     "ENABLE_IPT_FORWARDING": "NAT access (fwknop -N) is not supported by gatekeeper yet",
     "ENABLE_IPT_LOCAL_NAT": "NAT access (fwknop -N) is not supported by gatekeeper yet",
     "ENABLE_IPT_SNAT": "SNAT of granted traffic is not supported by gatekeeper",

@@ -4,7 +4,9 @@ doors and the worker, and the ruleset that routes them. (In the lab: test_spa_tr
 
 from __future__ import annotations
 
+import base64
 import ipaddress
+import tomllib
 from pathlib import Path
 
 import dpkt
@@ -16,6 +18,7 @@ from gatekeeper.config import ConfigError
 from gatekeeper.config.load import loads
 from gatekeeper.engine import Engine, Reason, Verdict
 from gatekeeper.engine.special import SpecialDoors
+from gatekeeper.importers.fwknop import convert
 from gatekeeper.lab.bench import junk
 from gatekeeper.model import SPA_DIGEST_TYPES, SPA_MIN_PAYLOAD, Config
 from gatekeeper.netfilter.render import render
@@ -41,6 +44,7 @@ from tests.fixtures.packets import (
 )
 
 ICMP = 1
+KEY, HMAC = base64.b64encode(KEYS.encryption).decode(), base64.b64encode(KEYS.hmac).decode()
 OTHER = fwknop.SpaKeys(bytes(range(1, 33)), bytes(range(2, 66)), "other")
 
 
@@ -302,3 +306,21 @@ def test_the_junk_bench_measures_both_kinds_both_ways() -> None:
     cost = junk.measure(200, passes=1)
     assert set(cost.ns) == {(k, on) for k in junk.KINDS for on in (False, True)}
     assert all(ns > 0 for ns in cost.ns.values()) and len(cost.lines()) == 2
+
+
+# -- import-fwknop ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("pcap", "transports"), [
+    ("udp port 62201", None),
+    ("udp port 62201 or icmp", ["udp", "icmp"]),
+    ("(udp port 62201 or tcp port 62201)", ["udp", "tcpraw"]),
+    ("udp portrange 10000-65535 or icmp", ["udp", "icmp", "udp-any"]),
+])
+def test_import_fwknop_takes_the_transports_of_pcap_filter(pcap: str, transports: list[str] | None) -> None:
+    access = f"SOURCE ANY\nOPEN_PORTS tcp/22\nKEY_BASE64 {KEY}\nHMAC_KEY_BASE64 {HMAC}\n"
+    result = convert(access, "a.conf", "/k", f"PCAP_FILTER {pcap}\nENABLE_TCP_SERVER Y\n", "s.conf")
+    door = tomllib.loads(result.toml)["door"][0]
+    assert door.get("spa_transports") == transports
+    assert any(w.startswith("s.conf:2: warning: ENABLE_TCP_SERVER Y: SPA over TCP (fwknop -P tcp) needs "
+                            "a listening TCP server") for w in result.warnings), result.warnings
