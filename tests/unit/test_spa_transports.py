@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gatekeeper import cli
 from gatekeeper.config import ConfigError
 from gatekeeper.config.load import loads
 from gatekeeper.engine import Engine, Reason, Verdict
@@ -109,6 +110,14 @@ def test_a_tcpraw_spa_port_is_no_public_or_knock_port(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"spa_port: 62201:tcp is public"):
         loads(text, "t.toml")
     loads(text.replace('"62201:tcp"', '"62201:udp"'), "t.toml")  # no udp transport: free
+
+
+def test_check_names_each_transport(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "gk.toml"
+    path.write_text(config(tmp_path))
+    assert cli.main(["check", "-c", str(path)]) == 0
+    assert "spa (spa on 62201:udp, 62201:tcpraw, icmp echo, 10000-65535:udp -> 22:tcp)" \
+        in capsys.readouterr().out
 
 
 def test_spa_transports_only_on_an_spa_door(tmp_path: Path) -> None:
