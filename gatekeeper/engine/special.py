@@ -57,7 +57,7 @@ from gatekeeper.spa import fwknop
 from gatekeeper.spa import sequence as seqcodec
 from gatekeeper.spa.cipher import Suite
 from gatekeeper.spa.replay import Recorded, ReplayCache
-from gatekeeper.spa.transports import NO_PORT, door_keys, echo_key
+from gatekeeper.spa.transports import ANY_KEYS, NO_PORT, door_keys, echo_key
 
 _DROP = Verdict.DROP
 _R_WRONG, _R_KNOCK, _R_DUPLICATE = Reason.WRONG, Reason.KNOCK, Reason.DUPLICATE
@@ -158,6 +158,7 @@ class SpecialDoors:
         self.counts: dict[tuple[str, str], int] = {} if counts is None else counts
         self.spa_doors: dict[int, tuple[int, ...]] = {}  # key -> its SPA doors (spa.transports)
         self._strict: set[int] = set()  # the doors' spa_port over udp: every packet is SPA
+        self._any: tuple[int, ...] = ()  # the udp-any doors: keys ANY_KEYS, by range
         self.replay: dict[str, ReplayCache] = {}  # by door name
         self.seen: list[ReplaySeen] = []  # new replay entries, for the worker's journals
         self.shared_replay = False  # [cluster]: new replay entries are a ReplayQuery first
@@ -178,6 +179,8 @@ class SpecialDoors:
                 self._strict.update(strict)
                 for k in (*strict, *loose):
                     self.spa_doors[k] = (*self.spa_doors.get(k, ()), i)
+                if "udp-any" in door.spa.transports:
+                    self._any = (*self._any, i)
                 self.replay[door.name] = ReplayCache()
                 self._allowed[i] = frozenset((PROTO_NAMES[s.proto], s.port) for s in door.opens)
                 spa = door.spa
@@ -201,10 +204,12 @@ class SpecialDoors:
                         self._one_time[k] = i
                 self._lines[i] = lines
                 self._progress[i] = {}
-        shared: dict[tuple[int, ...], tuple[int, ...]] = {}  # one tuple for 55,536 udp-any keys
-        self.spa_doors = {k: shared.setdefault(v, v) for k, v in self.spa_doors.items()}
-        self.spa_keys = frozenset(self.spa_doors)
-        self.keys = self.spa_keys | frozenset(self._encrypted) | frozenset(self._one_time)
+        for k, doors in self.spa_doors.items():  # another door's key among udp-any's
+            if self._any and k in ANY_KEYS:
+                self.spa_doors[k] = tuple(sorted({*doors, *self._any}))  # in config order
+        self.spa_keys = frozenset(self.spa_doors) | frozenset(ANY_KEYS if self._any else ())
+        others = frozenset(self._encrypted) | frozenset(self._one_time)
+        self.keys = self.spa_keys | others if others else self.spa_keys
 
     def adopt(self, old: SpecialDoors) -> None:
         """Carry state over a reload: replay caches of doors that still exist (a replay
@@ -224,6 +229,8 @@ class SpecialDoors:
         if key in self.spa_keys:
             spa = echo_key(proto, payload) if key == NO_PORT else key
             doors = self.spa_doors.get(spa)
+            if doors is None and self._any and spa in ANY_KEYS:
+                doors = self._any
             strict = spa in self._strict  # else no SPA packet is shorter than SPA_MIN_PAYLOAD
             if doors is not None and (strict or len(payload) >= SPA_MIN_PAYLOAD):
                 decision = self._spa(src, doors, payload, now, wall, strict)

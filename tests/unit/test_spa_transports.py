@@ -246,6 +246,18 @@ def test_what_is_not_spa_sized_on_a_loose_key_is_any_packet(tmp_path: Path) -> N
     assert w.spa_counts == {} and w.counts[Reason.ERROR] == 0
 
 
+def test_a_udp_any_door_shares_another_doors_spa_port_in_config_order(tmp_path: Path) -> None:
+    other = write_key(tmp_path / "other.key", fwknop.format_key_file(OTHER))
+    extra = (f'[[door]]\nname = "any"\nspa = true\nkey_file = "{other}"\nopens = ["22"]\n'
+             'spa_transports = ["udp-any"]\n')
+    w, grants = worker(load(tmp_path, '["udp"]', extra=extra))
+    w.on_packet(udp(spa_packet(keys=OTHER)), 5.0)  # to 62201: "spa" tries first, then "any"
+    assert grants.added == [(CLIENT, "any")]
+    assert w.spa_counts == {("spa", "hmac"): 1, ("any", "ok"): 1}
+    w.on_packet(udp(spa_packet(keys=KEYS), 40000), 5.0)  # a random port: "any" alone
+    assert grants.added == [(CLIENT, "any")] and w.spa_counts[("any", "hmac")] == 1
+
+
 def test_the_udp_spa_port_counts_every_packet_as_before(tmp_path: Path) -> None:
     w, _ = worker(load(tmp_path))
     w.on_packet(udp(b"junk"), 5.0)
