@@ -45,7 +45,6 @@ from gatekeeper.engine.engine import Engine, Event, Granted, Knocked, Outcome, R
 from gatekeeper.model import (
     PROTO_NAMES,
     PROTO_NUMBERS,
-    SPA_MIN_PAYLOAD,
     TCP,
     UDP,
     Config,
@@ -57,7 +56,7 @@ from gatekeeper.spa import fwknop
 from gatekeeper.spa import sequence as seqcodec
 from gatekeeper.spa.cipher import Suite
 from gatekeeper.spa.replay import Recorded, ReplayCache
-from gatekeeper.spa.transports import ANY_KEYS, NO_PORT, door_keys, echo_key
+from gatekeeper.spa.transports import ANY_KEYS, NO_PORT, door_keys, echo_key, spa_shaped
 
 _DROP = Verdict.DROP
 _R_WRONG, _R_KNOCK, _R_DUPLICATE = Reason.WRONG, Reason.KNOCK, Reason.DUPLICATE
@@ -231,8 +230,8 @@ class SpecialDoors:
             doors = self.spa_doors.get(spa)
             if doors is None and self._any and spa in ANY_KEYS:
                 doors = self._any
-            strict = spa in self._strict  # else no SPA packet is shorter than SPA_MIN_PAYLOAD
-            if doors is not None and (strict or len(payload) >= SPA_MIN_PAYLOAD):
+            strict = spa in self._strict  # else what is not SPA-shaped is not SPA
+            if doors is not None and (strict or spa_shaped(payload)):
                 decision = self._spa(src, doors, payload, now, wall, strict)
                 if decision is not None:
                     return decision

@@ -11,8 +11,9 @@
   its payload and takes it by its length as a request's.
 
 The last three are *loose* keys: other traffic shares them (a SYN to the SPA port, a
-plain knock on a high UDP port, a ping), so a packet there of no size an SPA packet can
-have is not SPA: it is not counted for the door and goes on to the engine as any packet.
+plain knock on a high UDP port, a ping), so a packet there that is not SPA-shaped
+(:func:`spa_shaped`: shorter than any SPA packet, or not base64 text) is not SPA: it is
+not counted for the door and goes on to the engine as any packet.
 """
 
 from __future__ import annotations
@@ -38,6 +39,18 @@ def door_keys(spa: SpaDoor) -> tuple[list[int], list[int]]:
         loose += [port_key(ICMP, n) for n in ICMP_LENGTHS]
         loose.append(NO_PORT)
     return strict, loose
+
+
+# what an SPA packet is written in: base64 (fwknop drops the padding; a sender may keep
+# it) and the whitespace verify() strips around it
+_SPA_TEXT = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \t\r\n"
+
+
+def spa_shaped(payload: bytes) -> bool:
+    """Whether a payload on a loose key may be an SPA packet: as long as the shortest
+    (SPA_MIN_PAYLOAD) and nothing but base64 text. Cheap (in C), so that a ping or junk
+    costs no HMAC there."""
+    return len(payload) >= SPA_MIN_PAYLOAD and not payload.translate(None, _SPA_TEXT)
 
 
 def echo_key(proto: int, payload: bytes) -> int:

@@ -243,7 +243,11 @@ def test_what_is_not_spa_sized_on_a_loose_key_is_any_packet(tmp_path: Path) -> N
     assert grants.added == [(CLIENT, "k")] and w.spa_counts == {}
     assert not w.on_packet(v4(TCP, tcp_seg(b"")), 5.0)  # a SYN to the SPA port
     assert not w.on_packet(v4(ICMP, echo4(b"pong", 0)), 5.0)  # a stray echo reply
+    assert not w.on_packet(v4(ICMP, echo4(bytes(1000), 8)), 5.0)  # ping -s 1000: no base64 text
+    assert not w.on_packet(udp(bytes(range(200)), 40000), 5.0)  # junk of SPA size, not base64
     assert w.spa_counts == {} and w.counts[Reason.ERROR] == 0
+    assert not w.on_packet(v4(TCP, tcp_seg(spa_packet() + b"\r\n")), 5.0)  # a newline after it
+    assert grants.added[-1] == (CLIENT, "spa")
 
 
 def test_a_udp_any_door_shares_another_doors_spa_port_in_config_order(tmp_path: Path) -> None:
