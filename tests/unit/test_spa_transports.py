@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import re
 import tomllib
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from gatekeeper.engine.special import SpecialDoors
 from gatekeeper.importers.fwknop import convert
 from gatekeeper.lab.bench import junk
 from gatekeeper.model import SPA_DIGEST_TYPES, SPA_MIN_PAYLOAD, Config
+from gatekeeper.netfilter.prefilter import spa_matches
 from gatekeeper.netfilter.render import render
 from gatekeeper.queue.decode import decode, spa_payload, udp_payload
 from gatekeeper.queue.worker import Worker
@@ -349,3 +351,17 @@ def test_import_fwknop_takes_the_transports_of_pcap_filter(pcap: str, transports
     assert door.get("spa_transports") == transports
     assert any(w.startswith("s.conf:2: warning: ENABLE_TCP_SERVER Y: SPA over TCP (fwknop -P tcp) needs "
                             "a listening TCP server") for w in result.warnings), result.warnings
+
+
+def test_the_modules_the_transports_rules_use_are_loaded_at_boot(tmp_path: Path) -> None:
+    """The unit forbids module loading (ProtectKernelModules=yes): what the transports'
+    matches need must be in the package's and the Vagrant gateway's modules-load lists."""
+    root = Path(__file__).parents[2]
+    cfg = load(tmp_path)
+    used = {m for family in (4, 6) for line in spa_matches(cfg, family)
+            for m in re.findall(r"-m (\w+)", line)}
+    modules = {"tcp": "xt_tcpudp", "udp": "xt_tcpudp", "length": "xt_length"}
+    assert used - set(modules) <= {"icmp", "icmp6"}  # built into ip_tables / ip6_tables
+    for listing in ("debian/gatekeeper.modules-load", "vagrant/provision/gateway.sh"):
+        text = (root / listing).read_text()
+        assert all(modules[m] in text.split() for m in used & set(modules)), listing
