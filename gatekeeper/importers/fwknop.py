@@ -44,6 +44,7 @@ from gatekeeper.importers.fwknop_conf import (
     number,
     parse_access,
     parse_server,
+    pcap_transports,
     ports,
     sources,
     yes,
@@ -152,22 +153,18 @@ class _Converter:
         simple = set(words) - {"udp", "dst", "port", *found} == set() and len(found) == 1
         if found and found[0].isdigit() and 1 <= int(found[0]) <= 65535:
             if not simple:
+                also = ", spa_transports from its tcp/icmp/portrange" if self.transports() else ""
                 self.warn(value.line, None, f"PCAP_FILTER {value.text!r}: gatekeeper takes SPA packets "
-                          f"to one UDP port; spa_port = {found[0]}, the rest of the filter is not carried "
-                          "over", server=True)
+                          f"to one UDP port; spa_port = {found[0]}{also}, the rest of the filter is not "
+                          "carried over", server=True)
             return int(found[0])
         self.warn(value.line, None, f"PCAP_FILTER {value.text!r} names no single UDP port: spa_port = "
                   f"{DEFAULT_SPA_PORT} (fwknop's default); set it", server=True)
         return DEFAULT_SPA_PORT
 
     def transports(self) -> list[str]:
-        """spa_transports for what fwknopd's PCAP_FILTER lets in besides UDP: tcp (clients'
-        -P tcpraw), icmp (-P icmp), a UDP portrange (--rand-port)."""
         value = self.server_value("PCAP_FILTER")
-        words = set(value.text.lower().replace("(", " ").replace(")", " ").split()) if value else set()
-        extra = [t for word, t in (("tcp", "tcpraw"), ("icmp", "icmp"), ("portrange", "udp-any"))
-                 if word in words]
-        return ["udp", *extra] if extra else []
+        return [] if value is None else pcap_transports(value.text)
 
     def port_number(self, value: Value, key: str) -> int:
         if value.text.isdigit() and 1 <= int(value.text) <= 65535:

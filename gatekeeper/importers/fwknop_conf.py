@@ -260,3 +260,12 @@ def check_stanza(stanza: Stanza, name: str) -> None:
     for key in ("FW_ACCESS_TIMEOUT", "MAX_FW_TIMEOUT"):
         if key in values:
             number(values[key], name, key)
+
+
+def pcap_transports(pcap_filter: str) -> list[str]:
+    """spa_transports for what a PCAP_FILTER lets in besides UDP, or [] for none: tcp (the
+    clients' -P tcpraw), icmp (-P icmp), a UDP portrange (--rand-port)."""
+    words = set(pcap_filter.lower().replace("(", " ").replace(")", " ").split())
+    extra = [t for word, t in (("tcp", "tcpraw"), ("icmp", "icmp"), ("portrange", "udp-any"))
+             if word in words]
+    return ["udp", *extra] if extra else []

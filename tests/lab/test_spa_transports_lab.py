@@ -3,7 +3,9 @@
 ``--rand-port``, each on a door that takes it (spa_transports), with and without the kernel
 prefilter and with two workers (the ruleset sends them to the first): the client's first
 SYN right after its packet connects, the packet itself is dropped, and a packet made with
-a wrong key is refused and counted."""
+a wrong key is refused and counted. Then stock fwknopd, sniffing those transports
+(PCAP_FILTER), takes the same client commands, and its config imported
+(``import-fwknop``) opens the same ports on gatekeeper."""
 
 from __future__ import annotations
 
@@ -15,10 +17,13 @@ from typing import Any
 
 import pytest
 
+from gatekeeper import cli
 from gatekeeper.lab.netns import GW4, Lab
 from gatekeeper.spa import fwknop
 from tests.lab.support import (
     KEYS,
+    H,
+    K,
     fwknop_send,
     grants,
     is_open,
@@ -26,6 +31,7 @@ from tests.lab.support import (
     spa_counts,
     wait_count,
 )
+from tests.lab.test_import_fwknop_lab import fwknopd, opened
 
 pytestmark = [pytest.mark.lab, needs_fwknop]
 
@@ -104,3 +110,47 @@ def test_a_wrong_key_on_each_transport_is_refused_and_counted(served: Lab, daemo
     fwknop_send(served, daemon.home, "-P", "tcpraw", "-p", "62299", access="tcp/2301")
     assert not is_open(served, "client", GW4, 2301)
     assert spa_counts(daemon, "tcpraw").get("hmac") == 1
+
+
+# what each client command asks for, on fwknopd and then on the imported config
+COMMANDS = {"tcpraw": (22, ("-P", "tcpraw")), "icmp": (8080, ("-P", "icmp")),
+            "rand": (2301, ("--rand-port",))}
+
+
+def test_stock_fwknopd_sniffing_the_transports_imports_and_opens_the_same(
+        served: Lab, start_daemon: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lab = served
+    access, server = tmp_path / "access.conf", tmp_path / "fwknopd.conf"
+    access.write_text(f"SOURCE ANY\nOPEN_PORTS tcp/22, tcp/8080, tcp/2301\nKEY_BASE64 {K}\n"
+                      f"HMAC_KEY_BASE64 {H}\n")
+    server.write_text("PCAP_INTF eth0\nPCAP_FILTER udp portrange 10000-65535 or tcp port 62201 "
+                      "or icmp\n")
+    access.chmod(0o600)
+    server.chmod(0o600)
+    home = tmp_path / "home"
+    home.mkdir()
+    drop = [["-p", "tcp", "-s", "203.0.113.0/24", "--dport", str(p), "-j", "DROP"]
+            for p, _ in COMMANDS.values()]
+    for rule in drop:  # fwknopd's gateway: the ports shut until fwknopd opens them
+        lab.run("gw", ["iptables", "-A", "INPUT", *rule])
+    try:
+        daemon = fwknopd(lab, tmp_path)
+        try:
+            for port, flags in COMMANDS.values():
+                assert not is_open(lab, "client", GW4, port)
+                fwknop_send(lab, str(home), *flags, access=f"tcp/{port}")
+                assert opened(lab, port), (flags, (tmp_path / "fwknopd.log").read_text())
+        finally:
+            lab.stop(daemon)  # it removes its rules on the way out
+    finally:
+        for rule in drop:
+            lab.run("gw", ["iptables", "-D", "INPUT", *rule])
+    out = tmp_path / "gatekeeper.toml"
+    assert cli.main(["import-fwknop", str(access), "--server-conf", str(server), "-o", str(out),
+                     "--key-dir", str(tmp_path / "keys")]) == 0, capsys.readouterr().err
+    assert 'spa_transports = ["udp", "tcpraw", "icmp", "udp-any"]' in out.read_text()
+    start_daemon(out.read_text())
+    for port, flags in COMMANDS.values():
+        assert not is_open(lab, "client", GW4, port)
+        fwknop_send(lab, str(home), *flags, access=f"tcp/{port}")
+        assert is_open(lab, "client", GW4, port), ("the first SYN after the packet", flags)
