@@ -264,6 +264,22 @@ def test_a_udp_any_door_shares_another_doors_spa_port_in_config_order(tmp_path: 
     assert grants.added == [(CLIENT, "any")] and w.spa_counts[("any", "hmac")] == 1
 
 
+def test_with_a_cluster_what_the_spa_doors_leave_goes_to_the_cluster(tmp_path: Path) -> None:
+    class Cluster:
+        def __init__(self) -> None:
+            self.calls: list[int] = []
+
+        def decide(self, src: bytes, dst: bytes, proto: int, port: int, flags: int,
+                   now: float) -> tuple[Verdict, Reason, tuple[()]]:
+            self.calls.append(port)
+            return (Verdict.DROP, Reason.KNOCK, ())
+
+    w, _ = worker(load(tmp_path, '["udp", "udp-any"]'))
+    w.cluster = Cluster()
+    w.on_packet(udp(b"", 40123), 5.0)  # not SPA-shaped: the cluster's knock, not the engine's
+    assert w.cluster.calls == [40123] and w.counts[Reason.KNOCK] == 1
+
+
 def test_the_udp_spa_port_counts_every_packet_as_before(tmp_path: Path) -> None:
     w, _ = worker(load(tmp_path))
     w.on_packet(udp(b"junk"), 5.0)
