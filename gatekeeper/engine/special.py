@@ -42,16 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gatekeeper.engine.engine import Engine, Event, Granted, Knocked, Outcome, Reason, Verdict
-from gatekeeper.model import (
-    PROTO_NAMES,
-    PROTO_NUMBERS,
-    TCP,
-    UDP,
-    Config,
-    Door,
-    Port,
-    port_key,
-)
+from gatekeeper.model import PROTO_NAMES, PROTO_NUMBERS, TCP, UDP, Config, Door, Port, port_key
 from gatekeeper.spa import fwknop
 from gatekeeper.spa import sequence as seqcodec
 from gatekeeper.spa.cipher import Suite
