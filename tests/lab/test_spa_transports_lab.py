@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,49 @@ def test_each_transport_opens_to_the_first_syn(served: Lab, daemon: Any, door: s
     assert not is_open(served, "other", GW4, port)
     # the kernel holds the rules as rendered: the audit finds nothing to repair
     assert not [ln for ln in daemon.lines if "ruleset" in ln and "intact" not in ln], daemon.lines
+
+
+# sends argv[2] (hex) to argv[3] from each source address of argv[4:] (IP_HDRINCL), as
+# argv[1]: a TCP SYN to 62201 (tcpraw), an echo reply (icmp) or UDP to port 40000 (rand)
+RAW = """
+import socket, struct, sys
+kind, data, target, sources = sys.argv[1], bytes.fromhex(sys.argv[2]), sys.argv[3], sys.argv[4:]
+def csum(b):
+    b += b"\\0" * (len(b) & 1)
+    t = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    t = (t & 0xFFFF) + (t >> 16)
+    return ~(t + (t >> 16)) & 0xFFFF
+if kind == "tcpraw":
+    proto, l4 = 6, struct.pack("!HHIIBBHHH", 40000, 62201, 1, 0, 0x50, 0x02, 32767, 0, 0) + data
+elif kind == "icmp":
+    head = struct.pack("!BBHHH", 0, 0, 0, 0, 0) + data
+    proto, l4 = 1, head[:2] + struct.pack("!H", csum(head)) + head[4:]
+else:
+    proto, l4 = 17, struct.pack("!HHHH", 40000, 40000, 8 + len(data), 0) + data
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for src in sources:
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 7, 0, 64, proto, 0,
+                     socket.inet_aton(src), socket.inet_aton(target))
+    s.sendto(ip + l4, (target, 0))
+"""
+SPOOFED = [f"203.0.113.{i}" for i in range(50, 58)]  # 8 sources: one shard holds all 1 in 128
+
+
+@pytest.mark.parametrize("door", ["tcpraw", "icmp", "rand"])
+def test_a_packet_replayed_from_other_sources_reaches_the_same_replay_cache(
+        served: Lab, daemon: Any, door: str, tmp_path: Path) -> None:
+    """With two workers, sources are sharded across them, but SPA-sized packets of every
+    transport go to the first worker: each copy is a replay there (on the other worker's
+    cache it would pass that check and be refused at source)."""
+    saved = tmp_path / "packet"
+    _, port, keys, flags = DOORS[door]
+    fwknop_send(served, daemon.home, *flags, access=f"tcp/{port}", key=b64(keys.encryption),
+                hmac_key=b64(keys.hmac), save=str(saved))
+    assert wait_count(daemon, "ok", 1, door)["ok"] == 1
+    served.run("other", [sys.executable, "-c", RAW, door, saved.read_bytes().strip().hex(), GW4,
+                         *SPOOFED])
+    counts = wait_count(daemon, "replay", len(SPOOFED), door)
+    assert counts.get("replay") == len(SPOOFED) and "source" not in counts, counts
 
 
 def test_a_wrong_key_on_each_transport_is_refused_and_counted(served: Lab, daemon: Any) -> None:
