@@ -11,7 +11,7 @@ import gatekeeper.config.load as config_mod
 from gatekeeper import __version__
 from gatekeeper.client.knock import FIRST_SYN_TIMEOUT
 from gatekeeper.errors import GatekeeperError
-from gatekeeper.model import DEFAULT_CONTROL_SOCKET, DEFAULT_SPA_PORT, Door
+from gatekeeper.model import DEFAULT_CONTROL_SOCKET, DEFAULT_SPA_PORT, SPA_ANY_PORTS, Door
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -37,8 +37,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     require_present(cfg)  # as run does: in the network namespace it runs in
     require_forwarding(cfg)
     def how(d: Door) -> str:
-        if d.spa is not None:
-            return f"spa on {d.spa.port}:udp"
+        if d.spa is not None:  # its spa_transports
+            where = {"udp": f"{d.spa.port}:udp", "tcpraw": f"{d.spa.port}:tcpraw",
+                     "icmp": "icmp echo", "udp-any": "{}-{}:udp".format(*SPA_ANY_PORTS)}
+            return "spa on " + ", ".join(where[t] for t in d.spa.transports)
         if d.encrypted is not None:
             return f"encrypted sequence on {d.encrypted.first}-{d.encrypted.last}"
         if d.one_time is not None:

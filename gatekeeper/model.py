@@ -39,6 +39,16 @@ DEFAULT_SPA_HMAC_DIGEST = "sha256"
 # -m a door takes unless spa_digests names others: md5 and sha1 are broken for
 # collisions, so taking them (fwknopd does) is an explicit opt-in
 DEFAULT_SPA_DIGESTS = ("sha256", "sha384", "sha512")
+# spa_transports: how a door's SPA packets may arrive. "udp": to spa_port (fwknop's
+# default); "tcpraw": a raw TCP segment to spa_port (-P tcpraw); "icmp": an ICMP echo
+# request or reply (-P icmp); "udp-any": UDP to any port of SPA_ANY_PORTS (--rand-port)
+SPA_TRANSPORTS = ("udp", "tcpraw", "icmp", "udp-any")
+DEFAULT_SPA_TRANSPORTS = ("udp",)
+SPA_ANY_PORTS = (10000, 65535)  # the ports fwknop --rand-port picks from
+# No SPA packet of any suite is shorter (gatekeeper.spa.fwknop.min_text): the floor of
+# the ruleset's length match for the other transports, and an "N:icmp" knock step's
+# ceiling when a door takes SPA over ICMP
+SPA_MIN_PAYLOAD = 96
 SPA_KINDS = ("sequence", "spa", "encrypted_sequence", "one_time_sequences")
 MAX_ONE_TIME_LINES = 100_000
 ONE_TIME_USED = "#used# "  # how a used line of a one-time sequences file starts
@@ -138,6 +148,7 @@ class SpaDoor:
     nat: tuple[tuple[str, int], ...] = ()
     force_nat: tuple[str, int] | None = None
     gpg: SpaGpg | None = None  # spa_gpg: fwknop's GnuPG packets instead of Rijndael
+    transports: tuple[str, ...] = DEFAULT_SPA_TRANSPORTS  # spa_transports
 
     def __repr__(self) -> str:  # never print key material
         return f"SpaDoor(key_file={self.key_file!r}, port={self.port})"

@@ -8,7 +8,7 @@ Each function takes ``fail(key, message)``, the loader's way of phrasing a
 from __future__ import annotations
 
 from gatekeeper.config.keyfiles import Fail
-from gatekeeper.model import TCP, UDP, Door, Port, Settings, port_key
+from gatekeeper.model import ICMP, SPA_MIN_PAYLOAD, TCP, UDP, Door, Port, Settings, port_key
 
 
 def cross_check(settings: Settings, doors: tuple[Door, ...], fail: Fail) -> None:
@@ -43,6 +43,7 @@ def cross_check(settings: Settings, doors: tuple[Door, ...], fail: Fail) -> None
                         f"knock port {step} is also protected by door {protected[step.key]!r}",
                     )
     cross_check_special(public, protected, doors, fail)
+    check_icmp_steps(doors, fail)
 
 
 def cross_check_special(public: set[int], protected: dict[int, str], doors: tuple[Door, ...],
@@ -57,8 +58,9 @@ def cross_check_special(public: set[int], protected: dict[int, str], doors: tupl
     for i, door in enumerate(doors):
         where = f"door[{i}] ({door.name})"
         keys: list[tuple[int, str]] = []
-        if door.spa is not None:
-            keys = [(port_key(UDP, door.spa.port), f"{where}.spa_port")]
+        if door.spa is not None:  # the ports of its "udp" and "tcpraw" transports
+            keys = [(port_key(proto, door.spa.port), f"{where}.spa_port")
+                    for proto, name in ((UDP, "udp"), (TCP, "tcpraw")) if name in door.spa.transports]
         elif door.encrypted is not None:
             e = door.encrypted
             keys = [(port_key(p, port), f"{where}.encrypted_sequence.ports")
@@ -78,3 +80,20 @@ def cross_check_special(public: set[int], protected: dict[int, str], doors: tupl
             mine.add(k)
         for k in mine:
             taken[k] = door.name
+
+
+def check_icmp_steps(doors: tuple[Door, ...], fail: Fail) -> None:
+    """With a door taking SPA over ICMP, an "N:icmp" knock step (an echo of N bytes) must
+    be shorter than any SPA packet, or it would be taken for one."""
+    spa = next((d.name for d in doors if d.spa is not None and "icmp" in d.spa.transports), None)
+    if spa is None:
+        return
+    for i, door in enumerate(doors):
+        lines = door.one_time.lines if door.one_time is not None else ()
+        for kind, steps in (("sequence", door.sequence), ("close_sequence", door.close_sequence),
+                            *(("one_time_sequences", s) for _, s in lines)):
+            for step in steps:
+                if step.proto == ICMP and step.port >= SPA_MIN_PAYLOAD:
+                    raise fail(f"door[{i}] ({door.name}).{kind}",
+                               f"knock step {step} is as long as an SPA packet, and door {spa!r} "
+                               f"takes SPA over ICMP: use an echo payload below {SPA_MIN_PAYLOAD} bytes")

@@ -30,6 +30,7 @@ from gatekeeper.model import (
     DEFAULT_SPA_HMAC_DIGEST,
     DEFAULT_SPA_MODE,
     DEFAULT_SPA_PORT,
+    DEFAULT_SPA_TRANSPORTS,
     DEFAULT_SPA_WINDOW,
     MAX_BATCH,
     MAX_ONE_TIME_LINES,
@@ -41,6 +42,7 @@ from gatekeeper.model import (
     SPA_DIGEST_TYPES,
     SPA_KINDS,
     SPA_MODES,
+    SPA_TRANSPORTS,
     TCP,
     UDP,
     Cluster,
@@ -60,7 +62,7 @@ _IFACE_RE = re.compile(r"^[A-Za-z0-9_.@][^\s/:!]{0,14}\Z")
 _DEFAULTS = Settings()
 SPA_SETTINGS = ("key_file", "spa_port", "spa_window", "spa_other_source", "spa_hmac",
                 "spa_hmac_digest", "spa_digests", "spa_encryption_mode", "spa_commands",
-                "spa_nat", "spa_force_nat", "spa_gpg")
+                "spa_nat", "spa_force_nat", "spa_gpg", "spa_transports")
 MAX_SPA_COMMANDS = 64
 # the command text rides in the message field (256 bytes) after the address and a comma
 MAX_SPA_COMMAND = 200
@@ -311,7 +313,20 @@ class _Parser(Reader):
                         self.name, where)
         commands = self.spa_commands(data.get("spa_commands", {}), f"{where}.spa_commands")
         return SpaDoor(path, keys, port, window, other, with_hmac, hmac_digest, digests, mode,
-                       commands, gpg=spa_gpg, **self.spa_nat(data, where))
+                       commands, gpg=spa_gpg, transports=self.spa_transports(data, f"{where}.spa_transports"),
+                       **self.spa_nat(data, where))
+
+    def spa_transports(self, data: dict[str, Any], key: str) -> tuple[str, ...]:
+        """``spa_transports``: how the door's packets may arrive (model.SPA_TRANSPORTS)."""
+        raw = self._list(data.get("spa_transports", list(DEFAULT_SPA_TRANSPORTS)), key)
+        for i, value in enumerate(raw):
+            if value in ("tcp", "http"):
+                raise self.fail(f"{key}[{i}]", f"{value!r}: fwknop -P {value} needs a listening TCP "
+                                "server, which gatekeeper does not run (README, SPA); use tcpraw")
+        names = tuple(self._choice(v, f"{key}[{i}]", SPA_TRANSPORTS) for i, v in enumerate(raw))
+        if not names or len(set(names)) != len(names):
+            raise self.fail(key, "must name each transport once, at least one")
+        return names
 
     def spa_commands(self, raw: Any, key: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
         """``{ "TEXT" = argv, ... }``: the exact texts ``fwknop --server-cmd`` may send."""

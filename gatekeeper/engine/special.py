@@ -48,6 +48,7 @@ from gatekeeper.spa import gpg as gpgcodec
 from gatekeeper.spa import sequence as seqcodec
 from gatekeeper.spa.cipher import Suite
 from gatekeeper.spa.replay import Recorded, ReplayCache
+from gatekeeper.spa.transports import ANY_KEYS, NO_PORT, door_keys, echo_key, spa_shaped
 
 _DROP = Verdict.DROP
 _R_WRONG, _R_KNOCK, _R_DUPLICATE = Reason.WRONG, Reason.KNOCK, Reason.DUPLICATE
@@ -170,7 +171,9 @@ class SpecialDoors:
         self.max_sources = config.settings.max_sources
         # (door, stage label) -> packets; the worker snapshots it (and keeps it over reloads)
         self.counts: dict[tuple[str, str], int] = {} if counts is None else counts
-        self.spa_ports: dict[int, tuple[int, ...]] = {}  # udp port -> its SPA doors
+        self.spa_doors: dict[int, tuple[int, ...]] = {}  # key -> its SPA doors (spa.transports)
+        self._strict: set[int] = set()  # the doors' spa_port over udp: every packet is SPA
+        self._any: tuple[int, ...] = ()  # the udp-any doors: keys ANY_KEYS, by range
         self.replay: dict[str, ReplayCache] = {}  # by door name
         self.seen: list[ReplaySeen] = []  # new replay entries, for the worker's journals
         self.shared_replay = False  # [cluster]: new replay entries are a ReplayQuery first
@@ -188,8 +191,12 @@ class SpecialDoors:
         self._progress: dict[int, dict[bytes, tuple[int, int, float]]] = {}
         for i, door in enumerate(config.doors):
             if door.spa is not None:
-                port = door.spa.port
-                self.spa_ports[port] = (*self.spa_ports.get(port, ()), i)
+                strict, loose = door_keys(door.spa)
+                self._strict.update(strict)
+                for k in (*strict, *loose):
+                    self.spa_doors[k] = (*self.spa_doors.get(k, ()), i)
+                if "udp-any" in door.spa.transports:
+                    self._any = (*self._any, i)
                 self.replay[door.name] = ReplayCache()
                 self._allowed[i] = frozenset((PROTO_NAMES[s.proto], s.port) for s in door.opens)
                 spa = door.spa
@@ -216,10 +223,15 @@ class SpecialDoors:
                         self._one_time[k] = i
                 self._lines[i] = lines
                 self._progress[i] = {}
-        self.spa_keys = frozenset(port_key(UDP, p) for p in self.spa_ports)
+        for k, doors in self.spa_doors.items():  # another door's key among udp-any's
+            if self._any and k in ANY_KEYS:
+                self.spa_doors[k] = tuple(sorted({*doors, *self._any}))  # in config order
         # Rijndael doors first; the first GnuPG door a packet passes size and HMAC for decrypts it
-        self._spa_order = {p: tuple(sorted(d, key=self._gpg.__contains__)) for p, d in self.spa_ports.items()}
-        self.keys = self.spa_keys | frozenset(self._encrypted) | frozenset(self._one_time)
+        self.spa_doors = {k: tuple(sorted(d, key=self._gpg.__contains__)) for k, d in self.spa_doors.items()}
+        self._any = tuple(sorted(self._any, key=self._gpg.__contains__))
+        self.spa_keys = frozenset(self.spa_doors) | frozenset(ANY_KEYS if self._any else ())
+        others = frozenset(self._encrypted) | frozenset(self._one_time)
+        self.keys = self.spa_keys | others if others else self.spa_keys
 
     def adopt(self, old: SpecialDoors) -> None:
         """Carry state over a reload: replay caches of doors that still exist (a replay
@@ -238,7 +250,15 @@ class SpecialDoors:
         packet, a :class:`GpgQuery` (GnuPG's work, for the worker to do)."""
         key = proto << 16 | port
         if key in self.spa_keys:
-            return self._spa(src, self._spa_order[port], payload, now, wall)
+            spa = echo_key(proto, payload) if key == NO_PORT else key
+            doors = self.spa_doors.get(spa)
+            if doors is None and self._any and spa in ANY_KEYS:
+                doors = self._any
+            strict = spa in self._strict  # else what is not SPA-shaped is not SPA
+            if doors is not None and (strict or spa_shaped(payload)):
+                decision = self._spa(src, doors, payload, now, wall, strict)
+                if decision is not None:
+                    return decision
         index = self._encrypted.get(key)
         if index is not None:
             return self._encrypted_knock(index, src, proto, port, flags, now, wall)
@@ -268,7 +288,8 @@ class SpecialDoors:
     # -- SPA ----------------------------------------------------------------------------
 
     def _spa(self, src: bytes, doors: tuple[int, ...], payload: bytes, now: float,
-             wall: float) -> SpecialDecision | ReplayQuery | GpgQuery:
+             wall: float, strict: bool = True) -> SpecialDecision | ReplayQuery | GpgQuery | None:
+        """None: on a loose key (spa/transports.py), no door found the packet SPA-sized."""
         second = int(now)
         stage = "size"  # (every SPA port has a door)
         for index in doors:
@@ -281,10 +302,11 @@ class SpecialDoors:
                     if not self._gpg[index][0].take(now):
                         return self._refuse(door.name, src, "gpg_busy")
                     return GpgQuery(door, index, src, sealed, now, wall)
-                stage = sealed.name.lower()
                 if sealed is fwknop.Stage.DECRYPT:
-                    return self._refuse(door.name, src, stage)
-                self._count(door.name, stage)
+                    return self._refuse(door.name, src, "decrypt")
+                if strict or sealed is not fwknop.Stage.SIZE:  # loose keys: see below
+                    stage = sealed.name.lower()
+                    self._count(door.name, stage)
                 continue
             at, probed = self._probes.get(index, (second, 0))
             if at != second:
@@ -298,10 +320,13 @@ class SpecialDoors:
             if result.stage in _PROBED:
                 self._probes[index] = (second, probed + 1)
             if result.stage is fwknop.Stage.HMAC or result.stage is fwknop.Stage.SIZE:
-                stage = result.stage.name.lower()
-                self._count(door.name, stage)
+                if strict or result.stage is fwknop.Stage.HMAC:
+                    stage = result.stage.name.lower()
+                    self._count(door.name, stage)
                 continue  # not this door's key: maybe the next door's
             return self._seen(index, src, result, now) or self._spa_done(index, src, result, now)
+        if not strict and stage == "size":
+            return None
         names = ",".join(self.config.doors[i].name for i in doors)
         return (_DROP, _R_WRONG, (SpaRefused(names, src, stage),))
 

@@ -14,7 +14,8 @@ Every ``SOURCE`` stanza becomes an SPA door (``spa = true``):
   ``ENABLE_IPT_FORWARDING Y`` each other door gets a commented ``spa_nat`` line (fwknopd
   forwarded to any target a client named, gatekeeper only to those listed);
 * from fwknopd.conf, the UDP port of ``PCAP_FILTER`` (or ``UDPSERV_PORT``) is
-  ``spa_port``, ``MAX_SPA_PACKET_AGE`` ``spa_window``, ``PCAP_INTF`` the guarded interface.
+  ``spa_port`` (its ``tcp``, ``icmp`` and ``portrange`` words add ``spa_transports``),
+  ``MAX_SPA_PACKET_AGE`` ``spa_window``, ``PCAP_INTF`` the guarded interface.
 
 Gatekeeper takes one key an SPA port, so the second stanza's door listens on the next
 free port, and so on. What does not carry over is a warning, one line each naming the file
@@ -48,6 +49,7 @@ from gatekeeper.importers.fwknop_conf import (
     number,
     parse_access,
     parse_server,
+    pcap_transports,
     ports,
     sources,
     yes,
@@ -158,13 +160,18 @@ class _Converter:
         simple = set(words) - {"udp", "dst", "port", *found} == set() and len(found) == 1
         if found and found[0].isdigit() and 1 <= int(found[0]) <= 65535:
             if not simple:
+                also = ", spa_transports from its tcp/icmp/portrange" if self.transports() else ""
                 self.warn(value.line, None, f"PCAP_FILTER {value.text!r}: gatekeeper takes SPA packets "
-                          f"to one UDP port; spa_port = {found[0]}, the rest of the filter is not carried "
-                          "over", server=True)
+                          f"to one UDP port; spa_port = {found[0]}{also}, the rest of the filter is not "
+                          "carried over", server=True)
             return int(found[0])
         self.warn(value.line, None, f"PCAP_FILTER {value.text!r} names no single UDP port: spa_port = "
                   f"{DEFAULT_SPA_PORT} (fwknop's default); set it", server=True)
         return DEFAULT_SPA_PORT
+
+    def transports(self) -> list[str]:
+        value = self.server_value("PCAP_FILTER")
+        return [] if value is None else pcap_transports(value.text)
 
     def port_number(self, value: Value, key: str) -> int:
         if value.text.isdigit() and 1 <= int(value.text) <= 65535:
@@ -240,6 +247,8 @@ class _Converter:
         door.add("key_file", toml_str(path), "0600; chown it to the daemon's user (the unit: gatekeeper)")
         with_hmac = self.keys(door, path)
         door.add("spa_port", str(port))
+        if self.transports():
+            door.add("spa_transports", toml_list(self.transports()), "what fwknopd's PCAP_FILTER let in")
         door.add("spa_window", str(window), "fwknopd's MAX_SPA_PACKET_AGE")
         self.suite(door, with_hmac)
         self.other_source(door)

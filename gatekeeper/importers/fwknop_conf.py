@@ -60,8 +60,11 @@ NAT_FORWARDING = ("fwknopd forwarded NAT access (fwknop -N) to whatever internal
                   "door has a commented spa_nat line)")
 # fwknopd.conf Y/N settings with no gatekeeper counterpart (or not the same): a warning when on
 SERVER_FLAGS = {
-    "ENABLE_TCP_SERVER": "SPA over TCP (fwknop -P tcp) is not supported by gatekeeper yet",
-    "ENABLE_SPA_OVER_HTTP": "SPA over HTTP (fwknop -P http) is not supported by gatekeeper yet",
+    "ENABLE_TCP_SERVER": "SPA over TCP (fwknop -P tcp) needs a listening TCP server, which gatekeeper "
+                         "does not run (README, Transports): clients can send -P tcpraw to a door with "
+                         "spa_transports = [\"udp\", \"tcpraw\"]",
+    "ENABLE_SPA_OVER_HTTP": "SPA over HTTP (fwknop -P http) needs a listening TCP server, which gatekeeper "
+                            "does not run (README, Transports): clients can send -P tcpraw or udp",
     "ENABLE_IPT_FORWARDING": NAT_FORWARDING,
     "ENABLE_IPT_LOCAL_NAT": "local NAT access (fwknop --nat-local) is not supported by gatekeeper: "
                             "such requests are refused (stage access)",
@@ -279,3 +282,12 @@ def check_stanza(stanza: Stanza, name: str) -> None:
             number(values[key], name, key)
     if "FORCE_NAT" in values:
         force_nat(values["FORCE_NAT"], name)
+
+
+def pcap_transports(pcap_filter: str) -> list[str]:
+    """spa_transports for what a PCAP_FILTER lets in besides UDP, or [] for none: tcp (the
+    clients' -P tcpraw), icmp (-P icmp), a UDP portrange (--rand-port)."""
+    words = set(pcap_filter.lower().replace("(", " ").replace(")", " ").split())
+    extra = [t for word, t in (("tcp", "tcpraw"), ("icmp", "icmp"), ("portrange", "udp-any"))
+             if word in words]
+    return ["udp", *extra] if extra else []

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import threading
 
-from gatekeeper.model import ICMP, PROTO_NAMES, TCP, UDP, Config, Port
+from gatekeeper.model import ICMP, PROTO_NAMES, SPA_ANY_PORTS, SPA_MIN_PAYLOAD, TCP, UDP, Config, Port
 
 CHAIN_PRE = "GATEKEEPER-PRE"
 SET_PROGRESS = {4: "gatekeeper-prog4", 6: "gatekeeper-prog6"}
@@ -57,6 +57,11 @@ _BURST_MAX = 10_000  # the kernel's XT_HASHLIMIT_BURST_MAX
 CAUSES = ("junk", "scanner")
 JUNK_COUNTER = f"-A {CHAIN_PRE} -m comment --comment gatekeeper-junk"  # no target: counts
 _ECHO = {4: "-p icmp -m icmp --icmp-type 8", 6: "-p ipv6-icmp -m icmp6 --icmpv6-type 128"}
+_ECHO_REPLY = {4: "-p icmp -m icmp --icmp-type 0", 6: "-p ipv6-icmp -m icmp6 --icmpv6-type 129"}
+# The IP and transport headers in front of an SPA payload: with SPA_MIN_PAYLOAD, the floor
+# of the length match of the transports other than "udp" (the IP packet's length)
+_IP_HEADER = {4: 20, 6: 40}
+_HEADER = {TCP: 20, UDP: 8, ICMP: 8}
 
 
 def progress_timeout(config: Config) -> int:
@@ -87,7 +92,7 @@ def entry_ports(config: Config) -> tuple[list[Port], list[tuple[int, int, int]]]
         for seq in (door.sequence, door.close_sequence):
             if seq:
                 steps.update(seq if config.cluster is not None else seq[:1])
-        if door.spa is not None:
+        if door.spa is not None and "udp" in door.spa.transports:
             steps.add(Port(UDP, door.spa.port))
         if door.encrypted is not None:
             ranges += [(proto, door.encrypted.first, door.encrypted.last) for proto in (TCP, UDP)]
@@ -112,6 +117,24 @@ def _matches(ports: list[Port], ranges: list[tuple[int, int, int]], family: int)
     return out
 
 
+def spa_matches(config: Config, family: int) -> list[str]:
+    """iptables matches for the SPA-sized packets of the doors' transports other than
+    "udp" (spa/transports.py): a TCP segment to spa_port (tcpraw), UDP to any port of
+    SPA_ANY_PORTS (udp-any), an echo request or reply (icmp), each no shorter than the
+    shortest SPA packet; shorter ones (a SYN, a plain knock, a ping) are not SPA."""
+    sized = {p: f"-m length --length {_IP_HEADER[family] + h + SPA_MIN_PAYLOAD}:65535"
+             for p, h in _HEADER.items()}
+    out: list[str] = []
+    for spa in (d.spa for d in config.doors if d.spa is not None):
+        if "tcpraw" in spa.transports:
+            out.append(f"-p tcp -m tcp --dport {spa.port} {sized[TCP]}")
+        if "udp-any" in spa.transports:
+            out.append(f"-p udp -m udp --dport {SPA_ANY_PORTS[0]}:{SPA_ANY_PORTS[1]} {sized[UDP]}")
+        if "icmp" in spa.transports:
+            out += [f"{_ECHO[family]} {sized[ICMP]}", f"{_ECHO_REPLY[family]} {sized[ICMP]}"]
+    return list(dict.fromkeys(out))
+
+
 def render_chain(config: Config, family: int) -> list[str]:
     """The rules of ``GATEKEEPER-PRE`` for one family (restore format, iptables-save's
     spelling, so the audit compares them as they come back)."""
@@ -120,7 +143,7 @@ def render_chain(config: Config, family: int) -> list[str]:
     lockout = settings.scan_lockout
     lines = [f"{a} -m set --match-set {SET_SCAN[family]} src -j DROP"] if lockout else []
     ports, ranges = entry_ports(config)
-    entries = _matches(ports, ranges, family)
+    entries = _matches(ports, ranges, family) + spa_matches(config, family)
     add = f"-j SET --add-set {SET_PROGRESS[family]} src --exist --timeout {progress_timeout(config)}"
     lines += [f"{a} {m} {add}" for m in entries]
     lines += [f"{a} {m} -j RETURN" for m in entries]

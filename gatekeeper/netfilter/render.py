@@ -90,9 +90,12 @@ def _queue_rules(config: Config, family: int, chain: str, match: str = "") -> li
     # Every SPA datagram goes to the first worker, whatever its source: one replay cache
     # then sees them all, so a captured packet replayed from another address (to another
     # worker's shard) is still a replay.
-    spa_ports = sorted({d.spa.port for d in config.doors if d.spa is not None})
+    # (so do the SPA-sized packets of the other transports, spa_transports)
+    spa_ports = sorted({d.spa.port for d in config.doors
+                        if d.spa is not None and "udp" in d.spa.transports})
     first = f"-j NFQUEUE --queue-num {settings.queue}"
     lines = [f"{a} -p udp -m udp --dport {port} {first}" for port in spa_ports]
+    lines += [f"{a} {m} {first}" for m in prefilter.spa_matches(config, family)]
     lines += [f"{a} {m} {first}" for m in _one_time_matches(config, family)]
     lines += [
         f"{a} -j HMARK --hmark-src-prefix {prefix} --hmark-rnd 0x{config.seed:08x} "

@@ -3,8 +3,8 @@
 This is the hot path. For the common packet (IPv4 without options, IPv6 without
 extension headers) one ``struct`` call reads every field the engine needs; any other
 packet takes the general path, :func:`_walk`, which walks options and extension headers
-and is also the walk :func:`udp_payload` reads the SPA payload with. Nothing is built but
-the two address bytes and the result. dpkt stays the decoder of record for anything
+and is also the walk :func:`udp_payload` and :func:`spa_payload` read the SPA payload
+with. Nothing is built but the two address bytes and the result. dpkt stays the decoder of record for anything
 richer (pcap replay, tests), and ``tests/unit/test_decode.py`` and
 ``tests/unit/test_decode_props.py`` check that the two agree on random and malformed packets.
 
@@ -134,7 +134,38 @@ def udp_payload(pkt: bytes) -> bytes | None:
     (never past the IP packet's end).
     """
     _, _, proto, off, end = _walk(pkt, len(pkt))
-    if proto != UDP or off < 0 or off + 8 > end:
+    return _udp(pkt, off, end) if proto == UDP else None
+
+
+def spa_payload(pkt: bytes) -> bytes | None:
+    """What an SPA packet carries, on any of its transports (a door's ``spa_transports``),
+    or None (a fragment, an unreadable header, another protocol or ICMP type too).
+
+    Read on the one walk, as :func:`udp_payload`: a UDP datagram's payload; a TCP
+    segment's, after its data offset (``fwknop -P tcpraw``); an ICMP or ICMPv6 echo
+    request's or reply's, after its 8-byte header (``fwknop -P icmp`` sends a reply
+    unless told ``--icmp-type 8``). Not on the hot path: the worker calls it only for a
+    packet to a key of an SPA door.
+    """
+    src, _, proto, off, end = _walk(pkt, len(pkt))
+    if off < 0:
+        return None
+    if proto == UDP:
+        return _udp(pkt, off, end)
+    if proto == TCP:
+        if off + 20 > end:
+            return None
+        data = off + (pkt[off + 12] >> 4 << 2)
+        return pkt[data:end] if off + 20 <= data <= end else None
+    icmp, echo = (ICMP, (0, 8)) if len(src) == 4 else (ICMPV6, (128, 129))
+    if proto == icmp and off + 8 <= end and pkt[off] in echo:
+        return pkt[off + 8:end]
+    return None
+
+
+def _udp(pkt: bytes, off: int, end: int) -> bytes | None:
+    """The payload of the UDP header at ``off`` (the walk's start: < 0 for none)."""
+    if off < 0 or off + 8 > end:
         return None
     udp_len = pkt[off + 4] << 8 | pkt[off + 5]
     if udp_len < 8 or off + udp_len > end:

@@ -45,7 +45,7 @@ from gatekeeper.metrics import BUCKETS_NS
 from gatekeeper.metrics import KNOCK_OUTCOMES as OUTCOMES
 from gatekeeper.model import DEFAULT_BATCH, Config, Door, Port
 from gatekeeper.queue import gpg
-from gatekeeper.queue.decode import decode, udp_payload
+from gatekeeper.queue.decode import decode, spa_payload
 from gatekeeper.queue.refusals import RefusalLimit
 
 log = logging.getLogger(__name__)
@@ -257,12 +257,16 @@ class Worker:
 
     def _special(self, specials: SpecialDoors, packet: bytes, src: bytes, dst: bytes, proto: int,
                  port: int, flags: int, now: float) -> tuple[Verdict, Reason, tuple[Any, ...]]:
-        """A packet to an SPA port, an encrypted range or a one-time sequence's port."""
+        """A packet to an SPA door's key (spa/transports.py), an encrypted range or a
+        one-time sequence's port; one the special doors leave (not SPA-sized on a loose
+        key) is decided as any packet."""
         payload = b""
         if proto << 16 | port in specials.spa_keys:
-            payload = udp_payload(packet) or b""
+            payload = spa_payload(packet) or b""
         decision = specials.handle(src, dst, proto, port, flags, payload, now, self.wall())
         if decision is None:
+            if self.cluster is not None:
+                return self.cluster.decide(src, dst, proto, port, flags, now)  # type: ignore[no-any-return]
             return self.engine.decide(src, dst, proto, port, flags, now)
         if isinstance(decision, GpgQuery):  # GnuPG's work (bounded: gatekeeper/queue/gpg.py)
             spa = decision.door.spa

@@ -31,6 +31,8 @@ def test_quick_bench_prints_every_figure() -> None:
         # with metrics against without: printed, never judged here (it depends on the machine)
         r"instrumentation cost: -?\d+\.\d% of throughput \(target < 15%\)",
         rf"in process, without the kernel: decide_batch {NUMBER} us, timed {NUMBER} us a verdict",
+        rf"short junk\s+udp-any off {NUMBER} us, on {NUMBER} us a verdict \(x\d+\.\d\d\)",
+        rf"base64 junk\s+udp-any off {NUMBER} us, on {NUMBER} us a verdict \(x\d+\.\d\d\)",
         rf"gatekeeper, 2 workers \(aggregate\)\s+{NUMBER}",
         r"gatekeeper 2 workers / 1 worker\s+\d+\.\d\d",
         r"bare loop 2 queues / 1 queue \(the machine\)\s+\d+\.\d\d",

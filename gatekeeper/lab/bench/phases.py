@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gatekeeper.lab.bench import memory, overhead, traffic
+from gatekeeper.lab.bench import junk, memory, overhead, traffic
 from gatekeeper.lab.bench.drain import Drain, drain, send
 from gatekeeper.lab.bench.kernel import percentile, read_queues
 from gatekeeper.lab.bench.targets import BenchFailure, Target, start_bare, start_gatekeeper, stop
@@ -65,6 +65,7 @@ class Results:
     mem: list[memory.MemoryResult] = field(default_factory=list)
     bounded: tuple[int, int, int] = (0, 0, 0)
     in_process: overhead.Overhead | None = None  # the instrumentation without the kernel
+    junk: junk.JunkCost | None = None  # junk to random high UDP ports, udp-any off and on
     load: float = 0.0
     knock_split: str = ""
 
@@ -135,6 +136,11 @@ def run_overhead(opts: Options, res: Results) -> None:
     _say("instrumentation in process: round 1's packets through decide_batch, plain and timed")
     passes = 3 if opts.quick else 7
     res.in_process = overhead.measure(res.mix[0].packets, traffic.config_text(), passes=passes)
+
+
+def run_junk(opts: Options, res: Results) -> None:
+    _say("junk to random high UDP ports in process: an SPA door with udp-any off, then on")
+    res.junk = junk.measure(2000 if opts.quick else 20_000, passes=3 if opts.quick else 7)
 
 
 def run_profile(lab: Lab, opts: Options, tmp: str, res: Results) -> None:

@@ -46,6 +46,7 @@ def report(opts: Options, res: Results, lab: Lab, out: Callable[[str], None]) ->
         f"{reason} {100 * count / n:.1f}%" for reason, count in decided.most_common()))
     out("")
     _throughput(opts, res, out)
+    _junk(res, out)
     _scaling(opts, res, out)
     _latency(res, out)
     _knocks(opts, res, out)
@@ -118,6 +119,16 @@ def _throughput(opts: Options, res: Results, out: Callable[[str], None]) -> None
             f"{res.in_process.metered_ns / 1000:.2f} us a verdict ({extra:+.2f} us): "
             f"{100 * extra / (off_cpu + extra):.1f}% of throughput when a verdict costs the drained "
             f"{off_cpu:.2f} us CPU without metrics")
+
+
+def _junk(res: Results, out: Callable[[str], None]) -> None:
+    """What an SPA door taking random UDP ports (fwknop --rand-port) costs junk there."""
+    if res.junk is None:
+        return
+    out("  junk UDP to random ports 10000-65535, CPU a verdict in process, an SPA door with "
+        "spa_transports udp-any off and on (on / off):")
+    for line in res.junk.lines():
+        out(f"    {line}")
 
 
 def _scaling(opts: Options, res: Results, out: Callable[[str], None]) -> None:

@@ -41,6 +41,7 @@ from gatekeeper.lab.bench.phases import (
     KNOCK_PORT,
     Options,
     Results,
+    run_junk,
     run_knocks,
     run_latency,
     run_memory,
@@ -89,6 +90,7 @@ def main(args: argparse.Namespace) -> int:
             lab.program("client", "prime", GW4, GW6)  # the gateway's link address, before the first burst
             run_throughput(lab, opts, tmp, res)
             run_overhead(opts, res)
+            run_junk(opts, res)
             if opts.profile:
                 run_profile(lab, opts, tmp, res)
             run_latency(lab, opts, tmp, res)
