@@ -197,9 +197,9 @@ def _cmd_import_knockd(args: argparse.Namespace) -> int:
 
 
 def _cmd_import_fwknop(args: argparse.Namespace) -> int:
-    from gatekeeper.importers import fwknop
+    from gatekeeper.importers import fwknop_command
 
-    return fwknop.main(args.file, args.server_conf, args.output, args.key_dir)
+    return fwknop_command.main(args.file, args.server_conf, args.output, args.key_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:

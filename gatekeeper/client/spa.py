@@ -11,6 +11,7 @@ from gatekeeper.errors import GatekeeperError
 from gatekeeper.model import DEFAULT_SPA_PORT, PROTO_NUMBERS, TCP
 from gatekeeper.spa import fwknop
 from gatekeeper.spa import sequence as seqcodec
+from gatekeeper.spa.nat import nat_target
 from gatekeeper.spa.request import Request, encode
 
 
@@ -50,7 +51,7 @@ def nat_field(text: str) -> str:
     """``-N HOST:PORT`` (``[V6]:PORT``) as the message carries it, ``HOST,PORT``."""
     host, _, port = text.rpartition(":")
     field = f"{host.removeprefix('[').removesuffix(']')},{port}"
-    if fwknop.nat_target(field) is None:
+    if nat_target(field) is None:
         raise GatekeeperError(f"-N {text!r}: expected ADDRESS:PORT, e.g. 198.51.100.20:22 "
                               "([2001:db8::20]:22)")
     return field

@@ -27,14 +27,9 @@ asked for; a key the key file cannot hold) is written commented out. The GnuPG s
 from __future__ import annotations
 
 import base64
-import os
 import posixpath
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import gatekeeper.config.load as config_mod
-from gatekeeper.config import ConfigError
 from gatekeeper.importers.fwknop_conf import (
     NOT_NEEDED,
     SERVER_FLAGS,
@@ -55,7 +50,7 @@ from gatekeeper.importers.fwknop_conf import (
     yes,
 )
 from gatekeeper.importers.fwknop_gpg import gpg_table, is_gpg
-from gatekeeper.importers.key_files import KeyFile, remove, write_key_files
+from gatekeeper.importers.key_files import KeyFile
 from gatekeeper.importers.output import (
     Notice,
     interface_problem,
@@ -66,7 +61,7 @@ from gatekeeper.importers.output import (
 from gatekeeper.model import DEFAULT_SPA_DIGESTS, DEFAULT_SPA_PORT, MAX_OPEN_FOR
 from gatekeeper.spa.fwknop import MAX_ENCRYPTION_KEY, MAX_HMAC_KEY, MIN_KEY
 
-__all__ = ["DEFAULT_KEY_DIR", "Conversion", "FwknopError", "KeyFile", "convert", "main"]
+__all__ = ["DEFAULT_KEY_DIR", "Conversion", "FwknopError", "KeyFile", "convert"]
 
 DEFAULT_KEY_DIR = "/etc/gatekeeper"
 DEFAULT_ACCESS_TIMEOUT = 30  # fwknopd's FW_ACCESS_TIMEOUT
@@ -481,42 +476,3 @@ def convert(access_text: str, access_name: str, key_dir: str = DEFAULT_KEY_DIR,
     access = parse_access(access_text, access_name)
     server = None if server_text is None else parse_server(server_text, server_name)
     return _Converter(access, server, key_dir).convert()
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_bytes().decode("utf-8", "surrogateescape")
-    except FileNotFoundError:
-        raise FwknopError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise FwknopError(f"{path}: cannot read: {exc.strerror or exc}") from None
-
-
-def main(path: str, server_conf: str | None = None, output: str | None = None,
-         key_dir: str | None = None) -> int:
-    """``gatekeeper import-fwknop``: TOML to stdout (or ``output``), key files under
-    ``key_dir`` (default: ``output``'s directory, else /etc/gatekeeper), warnings to
-    stderr. Raises :class:`FwknopError` (exit status 2) on bad input, when no door
-    converts, or when a file cannot be written; then nothing is written."""
-    if key_dir is None:
-        key_dir = os.path.dirname(os.path.abspath(output)) if output else DEFAULT_KEY_DIR
-    result = convert(_read(path), path, os.path.abspath(key_dir),
-                     None if server_conf is None else _read(server_conf), server_conf or "fwknopd.conf")
-    for line in result.warnings:
-        print(line, file=sys.stderr)
-    if not result.doors:
-        raise FwknopError(f"{path}: no stanza could be converted into a gatekeeper door (see the "
-                          "warnings above)")
-    written, made = write_key_files(result.key_files)
-    try:
-        config_mod.loads(result.toml, output or "<stdout>")  # reads the key files just written
-        if output is not None:
-            Path(output).write_text(result.toml, encoding="utf-8")
-    except (ConfigError, OSError) as exc:
-        remove(written, made)
-        if isinstance(exc, OSError):
-            raise FwknopError(f"{output}: cannot write: {exc.strerror or exc}") from None
-        raise FwknopError(f"the converted config does not load (a bug of import-fwknop): {exc}") from None
-    if output is None:
-        sys.stdout.write(result.toml)
-    return 0

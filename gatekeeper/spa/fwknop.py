@@ -61,6 +61,7 @@ from gatekeeper.spa.keyfile import (
     format_keys,
     read_keys,
 )
+from gatekeeper.spa.nat import NatTarget, nat_decision
 from gatekeeper.spa.replay import Recorded, ReplayCache
 
 DEFAULT_WINDOW = 120.0  # seconds a timestamp may be off either way (fwknopd's default)
@@ -121,12 +122,9 @@ class MessageType(IntEnum):
 
 _NAT_TYPES = frozenset({2, 4, 5, 6})
 _TIMEOUT_TYPES = frozenset({3, 4, 6})
-_GRANTABLE_TYPES = frozenset({MessageType.ACCESS, MessageType.CLIENT_TIMEOUT_ACCESS})
-_FORWARD_NAT_TYPES = frozenset({MessageType.NAT_ACCESS, MessageType.CLIENT_TIMEOUT_NAT_ACCESS})
 PROTOCOLS = frozenset({"tcp", "udp", "icmp", "none"})  # what fwknop lets a client ask for
 
 Access = tuple[str, int]  # ("tcp", 22)
-NatTarget = tuple[str, int]  # ("198.51.100.20", 22): an internal host (IP text) and port
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -376,7 +374,7 @@ def verify(
     suite accepts (``DIGEST_TYPE``), then its value; the timestamp within ``window``
     seconds of ``now`` either way; replay (the packet is then remembered for ``2 * window``
     seconds, even if a later check fails); every requested ``(proto, port)`` in
-    ``allowed`` and the message an access request (type 1 or 3; NAT: :func:`_nat_target`),
+    ``allowed`` and the message an access request (type 1 or 3; NAT: :func:`gatekeeper.spa.nat.nat_decision`),
     or a command message (type 0) whose text is one of ``commands`` (else ``COMMAND``);
     the address in the message equal to ``source`` (the packet's source address, text or
     packed) unless ``other_source``. With ``other_source`` the message's address is granted, or
@@ -448,7 +446,8 @@ def check_plaintext(
         if message.command not in commands:
             return SpaResult(Stage.COMMAND, message, recorded=seen)
     else:
-        grantable, target = _nat_target(message, nat, force_nat)
+        grantable, target = nat_decision(message.message_type, message.access,
+                                         message.nat_access, nat, force_nat)
         if not grantable or not all(a in allowed for a in message.access):
             return SpaResult(Stage.ACCESS, message, recorded=seen)
     return _nat_grant(_grantee(message, seen, source, other_source), target)
@@ -461,37 +460,6 @@ def _nat_grant(result: SpaResult, target: NatTarget | None) -> SpaResult:
     if ipaddress.ip_address(result.grant).version != ipaddress.ip_address(target[0]).version:
         return SpaResult(Stage.ACCESS, result.message, recorded=result.recorded)
     return SpaResult(Stage.OK, result.message, result.grant, result.recorded, target)
-
-
-def nat_target(text: str) -> NatTarget | None:
-    """The ``HOST,PORT`` of a NAT access field (``fwknop -N HOST:PORT``) as an IP text and a
-    port, or None: not that form, or a host name (gatekeeper resolves no names)."""
-    host, comma, port = text.partition(",")
-    if not comma or not _DIGITS.match(port) or not 1 <= int(port) <= 65535:
-        return None
-    try:
-        return str(ipaddress.ip_address(host)), int(port)
-    except ValueError:
-        return None
-
-
-def _nat_target(message: SpaMessage, nat: Collection[NatTarget],
-                force_nat: NatTarget | None) -> tuple[bool, NatTarget | None]:
-    """Whether an access message (its ports allowed) may be granted, and the NAT target it
-    is granted with (None: the ports themselves). A NAT grant takes exactly one tcp or udp
-    port (the gateway's, which the client then connects to; fwknopd uses the first).
-    With ``force_nat`` every access request is NAT to it; else a type 2/4 message needs its
-    own target in ``nat``. Local NAT (types 5/6, ``--nat-local``) is never granted."""
-    kind = message.message_type
-    if kind not in _GRANTABLE_TYPES and kind not in _FORWARD_NAT_TYPES:
-        return False, None
-    if force_nat is None and kind in _GRANTABLE_TYPES:
-        return True, None
-    one_port = len(message.access) == 1 and message.access[0][0] in ("tcp", "udp")
-    if force_nat is not None:
-        return one_port, force_nat
-    target = nat_target(message.nat_access or "")
-    return one_port and target is not None and target in nat, target
 
 
 def _grantee(message: SpaMessage, seen: Recorded, source: str | bytes, other_source: bool) -> SpaResult:

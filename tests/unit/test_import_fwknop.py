@@ -15,7 +15,8 @@ import pytest
 
 from gatekeeper import cli
 from gatekeeper.config.load import load
-from gatekeeper.importers.fwknop import Conversion, FwknopError, convert, main
+from gatekeeper.importers.fwknop import Conversion, FwknopError, convert
+from gatekeeper.importers.fwknop_command import main
 
 K = base64.b64encode(bytes(range(32))).decode()
 H = base64.b64encode(bytes(range(100, 164))).decode()

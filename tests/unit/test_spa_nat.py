@@ -19,7 +19,8 @@ from gatekeeper.netfilter import nat
 from gatekeeper.netfilter.audit import audit
 from gatekeeper.netfilter.render import render, render_removal, render_swap
 from gatekeeper.queue.worker import Worker
-from gatekeeper.spa.fwknop import Stage, nat_target
+from gatekeeper.spa.fwknop import Stage
+from gatekeeper.spa.nat import nat_target
 from gatekeeper.spa.request import Request, encode
 from tests.fixtures.doors import CLIENT, CLIENT_B, GW_B, KEYS, WALL, specials, udp
 from tests.fixtures.fakes import FakeGrants

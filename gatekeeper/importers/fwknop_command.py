@@ -1,0 +1,56 @@
+"""``gatekeeper import-fwknop`` as a command: read access.conf (and fwknopd.conf), convert
+them (:mod:`gatekeeper.importers.fwknop`), write the key files and the TOML, and remove
+what was written when the result does not load."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import gatekeeper.config.load as config_mod
+from gatekeeper.config import ConfigError
+from gatekeeper.importers.fwknop import DEFAULT_KEY_DIR, convert
+from gatekeeper.importers.fwknop_conf import FwknopError
+from gatekeeper.importers.key_files import remove, write_key_files
+
+__all__ = ["main"]
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_bytes().decode("utf-8", "surrogateescape")
+    except FileNotFoundError:
+        raise FwknopError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise FwknopError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def main(path: str, server_conf: str | None = None, output: str | None = None,
+         key_dir: str | None = None) -> int:
+    """``gatekeeper import-fwknop``: TOML to stdout (or ``output``), key files under
+    ``key_dir`` (default: ``output``'s directory, else /etc/gatekeeper), warnings to
+    stderr. Raises :class:`FwknopError` (exit status 2) on bad input, when no door
+    converts, or when a file cannot be written; then nothing is written."""
+    if key_dir is None:
+        key_dir = os.path.dirname(os.path.abspath(output)) if output else DEFAULT_KEY_DIR
+    result = convert(_read(path), path, os.path.abspath(key_dir),
+                     None if server_conf is None else _read(server_conf), server_conf or "fwknopd.conf")
+    for line in result.warnings:
+        print(line, file=sys.stderr)
+    if not result.doors:
+        raise FwknopError(f"{path}: no stanza could be converted into a gatekeeper door (see the "
+                          "warnings above)")
+    written, made = write_key_files(result.key_files)
+    try:
+        config_mod.loads(result.toml, output or "<stdout>")  # reads the key files just written
+        if output is not None:
+            Path(output).write_text(result.toml, encoding="utf-8")
+    except (ConfigError, OSError) as exc:
+        remove(written, made)
+        if isinstance(exc, OSError):
+            raise FwknopError(f"{output}: cannot write: {exc.strerror or exc}") from None
+        raise FwknopError(f"the converted config does not load (a bug of import-fwknop): {exc}") from None
+    if output is None:
+        sys.stdout.write(result.toml)
+    return 0
