@@ -37,6 +37,7 @@ DOORS: dict[str, tuple[int, int, str, str]] = {
     "bare": (62217, 2217, "spa_hmac = false", f"KEY {PHRASE}\n"),
     "legacy": (62218, 2218, 'spa_hmac = false\nspa_encryption_mode = "legacy"', "KEY short\n"),
     "phrase": (62219, 2219, "", f"KEY    {PHRASE}\nHMAC_KEY    {HMAC_PHRASE}\n"),
+    "anysrc": (62220, 2220, "spa_other_source = true", ""),
 }
 
 
@@ -65,8 +66,8 @@ def daemon(served: Lab, start_daemon: Any, tmp_path: Path) -> Iterator[Any]:
 
 
 def send(lab: Lab, daemon: Any, door: str, *flags: str, keys: tuple[str, ...] = BASE64_KEYS,
-         hmac: bool = True) -> None:
-    argv = ["env", f"HOME={daemon.home}", "fwknop", "-A", f"tcp/{DOORS[door][1]}", "-a", CLIENT4,
+         hmac: bool = True, source: tuple[str, ...] = ("-a", CLIENT4)) -> None:
+    argv = ["env", f"HOME={daemon.home}", "fwknop", "-A", f"tcp/{DOORS[door][1]}", *source,
             "-D", GW4, "-p", str(DOORS[door][0]), "--no-rc-file", *keys, *flags]
     lab.run("client", [*argv, "--use-hmac"] if hmac else argv)
 
@@ -124,3 +125,18 @@ def test_a_suite_the_door_does_not_take_is_counted_in_its_own_stage(
     assert not is_open(lab, "client", GW4, 22)
     assert not is_open(lab, "client", GW4, DOORS["ctr"][1])
     assert grants(daemon, "spa") == 0
+
+
+def test_source_from_the_packet_only_where_the_door_allows_it(served: Lab, daemon: Any) -> None:
+    """fwknop -s sends 0.0.0.0 for "the address this packet comes from": a door with
+    spa_other_source = true grants that address (fwknopd's REQUIRE_SOURCE_ADDRESS N, its
+    default); gatekeeper's default door refuses it at stage source."""
+    lab = served
+    send(lab, daemon, "spa", source=("-s",))
+    assert wait_count(daemon, "source", 1, "spa").get("source") == 1
+    assert not is_open(lab, "client", GW4, 22)
+    port = DOORS["anysrc"][1]
+    send(lab, daemon, "anysrc", source=("-s",))
+    assert is_open(lab, "client", GW4, port), "the first SYN right after the SPA packet"
+    assert wait_count(daemon, "ok", 1, "anysrc")["ok"] == 1
+    assert not is_open(lab, "other", GW4, port)
