@@ -163,6 +163,7 @@ class SpaDoor:
         return next((argv for name, argv in self.commands if name == text), None)
 
 
+GPG_PROGRAM = "gpg"  # GnuPG, found on PATH (Debian: the gnupg package)
 DEFAULT_GPG_BUDGET = 0.2  # spa_gpg.budget: share of a worker's time one door may spend in gpg
 DEFAULT_GPG_TIMEOUT = 1.0  # spa_gpg.timeout: seconds one gpg run may take before it is killed
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 from typing import Any
 
 from gatekeeper.config import keyfiles
 from gatekeeper.config.values import Reader
-from gatekeeper.model import DEFAULT_GPG_BUDGET, DEFAULT_GPG_TIMEOUT, SpaGpg
+from gatekeeper.model import DEFAULT_GPG_BUDGET, DEFAULT_GPG_TIMEOUT, GPG_PROGRAM, SpaGpg
 
 GPG_SETTINGS = {"home", "recipient", "signers", "fingerprints", "require_signature",
                 "passphrase_file", "budget", "timeout"}
@@ -65,6 +66,8 @@ def spa_gpg(reader: Reader, raw: Any, where: str, key_file: str | None) -> SpaGp
     for needed in ("home", "recipient"):
         if needed not in data:
             raise reader.fail(f"{key}.{needed}", "is required")
+    if shutil.which(GPG_PROGRAM) is None:
+        raise reader.fail(key, f"{GPG_PROGRAM} (GnuPG) is not on PATH: apt install gnupg")
     home = _directory(data["home"], f"{key}.home", reader)
     recipient = _hex(data["recipient"], f"{key}.recipient", reader, _KEY_ID,
                      "the key ID (8 or 16 hex digits) or fingerprint (40) of the door's secret key")

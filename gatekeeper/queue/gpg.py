@@ -16,12 +16,12 @@ import selectors
 import subprocess
 import time
 
-from gatekeeper.model import SpaGpg
+from gatekeeper.model import GPG_PROGRAM, SpaGpg
 from gatekeeper.spa.gpg import MAX_PLAINTEXT, Decrypted
 
 log = logging.getLogger(__name__)
 
-GPG = "gpg"
+GPG = GPG_PROGRAM
 MAX_STATUS = 1 << 16  # a run's status lines are a few hundred bytes
 _WARN_EVERY = 60.0
 _last_warning: dict[str, float] = {}

@@ -297,3 +297,13 @@ def test_a_gnupg_door_with_another_hmac_digest_and_message_digest(gnupg: Homes, 
     assert not w.on_packet(udp(seal(gnupg, sha1, hmac_key=HMAC, hmac_digest="sha512")), 5.0)
     assert w.spa_counts == {("gpg", "hmac"): 1, ("gpg", "digest_type"): 1, ("gpg", "ok"): 1}
     assert grants.added == [(CLIENT, "gpg")]
+
+
+def test_a_gnupg_door_without_gpg_installed_is_refused_at_load(
+        gnupg: Homes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a door that refuses every packet at stage decrypt while the daemon runs: a
+    config error naming the door's key and the package, at check, run and reload."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # no gpg on it
+    with pytest.raises(ConfigError) as err:
+        loads(gpg_config(gnupg, tmp_path), "t.toml")
+    assert "door[0] (gpg).spa_gpg" in str(err.value) and "apt install gnupg" in str(err.value)
