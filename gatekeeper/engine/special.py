@@ -222,8 +222,14 @@ class SpecialDoors:
             door: Door = self.config.doors[index]
             spa = door.spa
             assert spa is not None
+            at, probed = self._probes.get(index, (second, 0))
+            if at != second:
+                probed = 0
             if (g := spa.gpg) is not None:  # HMAC (if any), then GnuPG's work for the worker
-                sealed = gpgcodec.unwrap(payload, g.hmac_key, spa.hmac_digest if g.hmac_key else None)
+                sealed = gpgcodec.unwrap(payload, g.hmac_key, spa.hmac_digest if g.hmac_key else None,
+                                         probed < TYPE_PROBES)
+                if sealed in _PROBED:
+                    self._probes[index] = (second, probed + 1)
                 if isinstance(sealed, gpgcodec.Sealed):
                     if not self._gpg[index][0].take(now):
                         return self._refuse(door.name, src, "gpg_busy")
@@ -234,9 +240,6 @@ class SpecialDoors:
                     stage = sealed.name.lower()
                     self._count(door.name, stage)
                 continue
-            at, probed = self._probes.get(index, (second, 0))
-            if at != second:
-                probed = 0
             result = fwknop.verify(payload, spa.keys, wall, replay=self.replay[door.name],
                                    allowed=self._allowed[index], source=src,
                                    other_source=spa.other_source, window=spa.window,

@@ -41,24 +41,41 @@ class Sealed:
     message: bytes
 
 
-def unwrap(data: bytes, hmac_key: bytes, hmac_digest: str | None) -> Stage | Sealed:
+def unwrap(data: bytes, hmac_key: bytes, hmac_digest: str | None,
+           tell_types: bool = False) -> Stage | Sealed:
     """The OpenPGP message of a packet, or where it stopped: ``SIZE`` (too short or long
-    for GnuPG SPA), ``HMAC`` (``hmac_digest`` given and the HMAC with ``hmac_key`` wrong),
-    ``DECRYPT`` (not base64). Cheap: no public-key work."""
+    for GnuPG SPA), ``HMAC`` (``hmac_digest`` given and the HMAC with ``hmac_key`` wrong;
+    ``HMAC_TYPE`` instead, if ``tell_types``, when it is right under another digest type),
+    ``DECRYPT`` (not base64). Cheap: no public-key work (at most five HMACs)."""
     if len(data) > 2 * MAX_PACKET:
         return Stage.SIZE
     body = data.strip()
     length = 0 if hmac_digest is None else TAG_LENGTHS[hmac_digest]
-    if len(body) > MAX_PACKET or len(body) - length + len(GPG_PREFIX) < MIN_GPG_TEXT:
+    if len(body) > MAX_PACKET:
         return Stage.SIZE
+    if len(body) - length + len(GPG_PREFIX) < MIN_GPG_TEXT:
+        other = hmac_digest is not None and tell_types and _other_type(body, hmac_key, hmac_digest)
+        return Stage.HMAC_TYPE if other else Stage.SIZE
     text = GPG_PREFIX + body[:len(body) - length]
     if hmac_digest is not None and not hmac.compare_digest(
             cipher.tag(hmac_key, text, hmac_digest), body[-length:]):
-        return Stage.HMAC
+        other = tell_types and _other_type(body, hmac_key, hmac_digest)
+        return Stage.HMAC_TYPE if other else Stage.HMAC
     try:
         return Sealed(b64decode(text))
     except (ValueError, binascii.Error):
         return Stage.DECRYPT
+
+
+def _other_type(body: bytes, hmac_key: bytes, hmac_digest: str) -> bool:
+    """Whether the packet's HMAC is right for ``hmac_key`` under a digest type other than
+    the door's (the client's ``--hmac-digest-type`` differs)."""
+    for name, length in TAG_LENGTHS.items():
+        if name == hmac_digest or len(body) - length + len(GPG_PREFIX) < MIN_GPG_TEXT:
+            continue
+        if hmac.compare_digest(cipher.tag(hmac_key, GPG_PREFIX + body[:-length], name), body[-length:]):
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -292,10 +292,10 @@ def test_a_gnupg_door_with_another_hmac_digest_and_message_digest(gnupg: Homes, 
         'opens = ["22"]', 'opens = ["22"]\nspa_hmac_digest = "sha512"\nspa_digests = ["sha1"]')
     w, grants = worker(loads(text, "t.toml"))
     sha1 = Request([("tcp", 22)], CLIENT, WALL, digest="sha1").message()
-    assert not w.on_packet(udp(seal(gnupg, sha1, hmac_key=HMAC)), 5.0)  # sha256 HMAC: refused
+    assert not w.on_packet(udp(seal(gnupg, sha1, hmac_key=HMAC)), 5.0)  # sha256 HMAC: hmac_type
     assert not w.on_packet(udp(seal(gnupg, plaintext(), hmac_key=HMAC, hmac_digest="sha512")), 5.0)
     assert not w.on_packet(udp(seal(gnupg, sha1, hmac_key=HMAC, hmac_digest="sha512")), 5.0)
-    assert w.spa_counts == {("gpg", "hmac"): 1, ("gpg", "digest_type"): 1, ("gpg", "ok"): 1}
+    assert w.spa_counts == {("gpg", "hmac_type"): 1, ("gpg", "digest_type"): 1, ("gpg", "ok"): 1}
     assert grants.added == [(CLIENT, "gpg")]
 
 
@@ -307,3 +307,13 @@ def test_a_gnupg_door_without_gpg_installed_is_refused_at_load(
     with pytest.raises(ConfigError) as err:
         loads(gpg_config(gnupg, tmp_path), "t.toml")
     assert "door[0] (gpg).spa_gpg" in str(err.value) and "apt install gnupg" in str(err.value)
+
+
+def test_an_hmac_of_another_digest_type_counts_as_hmac_type(gnupg: Homes) -> None:
+    """As on a Rijndael door: the right HMAC key under another --hmac-digest-type is
+    told apart from a wrong key (the admin sees a setting to fix, not an attacker)."""
+    packet = seal(gnupg, plaintext(), hmac_key=HMAC, hmac_digest="sha512")
+    assert gpg.unwrap(packet, HMAC, "sha256", tell_types=True) is Stage.HMAC_TYPE
+    assert gpg.unwrap(packet, HMAC, "sha256") is Stage.HMAC  # over the probes' budget
+    assert gpg.unwrap(packet, bytes(64), "sha256", tell_types=True) is Stage.HMAC
+    assert isinstance(gpg.unwrap(packet, HMAC, "sha512", tell_types=True), gpg.Sealed)
