@@ -60,8 +60,11 @@ def render_sets(config: Config) -> list[str]:
 
 
 def render_rules(config: Config, family: int) -> list[str]:
-    """The rules of ``GATEKEEPER-NAT`` for one family (empty: no target, no chain)."""
-    return [f"-A {CHAIN_NAT} -p {proto} -m set --match-set {set_name(host, port)} src,dst "
+    """The rules of ``GATEKEEPER-NAT`` for one family (empty: no target, no chain). Only
+    packets to one of the gateway's own addresses are translated (addrtype LOCAL): a
+    granted client's traffic through the gateway to other hosts on that port is not."""
+    return [f"-A {CHAIN_NAT} -p {proto} -m addrtype --dst-type LOCAL "
+            f"-m set --match-set {set_name(host, port)} src,dst "
             f"-j DNAT --to-destination {destination(host, port)}"
             for host, port in targets(config, family) for proto in ("tcp", "udp")]
 

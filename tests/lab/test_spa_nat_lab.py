@@ -80,6 +80,9 @@ def test_nat_access_first_syn_to_the_internal_host_only_for_that_client(
     assert is_open(lab, "client", GW4, GATEWAY_PORT), "the first SYN, DNATed to the server"
     assert not is_open(lab, "other", GW4, GATEWAY_PORT), "another address is not forwarded"
     assert not is_open(lab, "client", GW4, 22), "a NAT grant opens nothing on the gateway"
+    # only connections to the gateway itself are translated, not the client's traffic
+    # through it to other addresses on that port
+    assert not is_open(lab, "client", SERVER4, GATEWAY_PORT), "DNATed on its way elsewhere"
     nat_daemon.wait_for(rf"grant door=spa address=203\.0\.113\.10 .*opens={GATEWAY_PORT}:tcp->"
                         rf"{SERVER4}:{TARGET_PORT}")
     assert wait_count(nat_daemon, "ok", 1)["ok"] == 1

@@ -185,8 +185,8 @@ def test_the_nat_table_rules_and_sets(files: dict[str, str]) -> None:
     assert ruleset.ipv4.startswith("*nat\n:GATEKEEPER-NAT - [0:0]\n"
                                    "-I PREROUTING 1 ! -i lo -m comment --comment gatekeeper "
                                    "-j GATEKEEPER-NAT\n")
-    assert (f"-A GATEKEEPER-NAT -p tcp -m set --match-set {name4} src,dst -j DNAT "
-            "--to-destination 198.51.100.20:22") in ruleset.ipv4
+    assert (f"-A GATEKEEPER-NAT -p tcp -m addrtype --dst-type LOCAL -m set --match-set {name4} "
+            "src,dst -j DNAT --to-destination 198.51.100.20:22") in ruleset.ipv4
     assert "--to-destination [2001:db8::20]:443" in ruleset.ipv6
     assert "-A GATEKEEPER-FWD -m set --match-set gatekeeper-fwd4 src,dst,dst -j ACCEPT" in ruleset.ipv4
     assert audit(cfg, ruleset) == []

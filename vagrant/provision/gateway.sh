@@ -61,7 +61,7 @@ install_gatekeeper "[soak]"
 # at boot, before the unit (After=systemd-modules-load.service), and now.
 MODULES=(nfnetlink_queue xt_NFQUEUE xt_HMARK xt_mark xt_conntrack xt_set xt_comment xt_tcpudp xt_multiport
          xt_length ip_set ip_set_hash_ipport ip_set_hash_ipportip ip_set_hash_ip xt_hashlimit
-         iptable_nat ip6table_nat xt_nat)
+         iptable_nat ip6table_nat xt_nat xt_addrtype)
 printf '# gatekeeper: netfilter modules its rules use (vagrant/provision/gateway.sh)\n' \
     >/etc/modules-load.d/gatekeeper.conf
 printf '%s\n' "${MODULES[@]}" >>/etc/modules-load.d/gatekeeper.conf
