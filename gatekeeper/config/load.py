@@ -409,6 +409,10 @@ class _Parser(Reader):
         protected = frozenset(s.key for d in doors for s in d.opens)
         metrics = self.metrics(data.get("metrics", {}))
         cluster = self.cluster(data["cluster"]) if "cluster" in data else None
+        for i, d in enumerate(doors):
+            if cluster is not None and d.spa is not None and d.spa.nat_targets:
+                log.warning("%s: door[%d] (%s): NAT access is not shared through [cluster]: only "
+                            "the gateway that verifies the SPA packet DNATs for it", self.name, i, d.name)
         return Config(settings=settings, doors=doors, path=self.name, protected=protected,
                       metrics=metrics, cluster=cluster)
 

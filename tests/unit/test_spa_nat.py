@@ -245,3 +245,11 @@ def test_the_gatekeeper_client_nat_option() -> None:
     for bad in ("198.51.100.20", "host:22", "198.51.100.20:0", "198.51.100.20:x"):
         with pytest.raises(GatekeeperError, match="expected ADDRESS:PORT"):
             nat_field(bad)
+
+
+def test_nat_access_with_a_cluster_warns_that_it_is_not_shared(
+        files: dict[str, str], caplog: pytest.LogCaptureFixture) -> None:
+    text = nat_config(files["spa"], 'spa_nat = ["198.51.100.20:22"]') + '[cluster]\nredis = "redis://127.0.0.1:6379"\n'
+    with caplog.at_level("WARNING", "gatekeeper.config"):
+        loads(text, "t.toml")
+    assert "t.toml: door[0] (nat): NAT access is not shared through [cluster]" in caplog.text
