@@ -33,7 +33,7 @@ class DiskFiles:
         return Path(path).read_bytes().decode("utf-8", "surrogateescape")
 
     def names(self, folder: str) -> list[str]:
-        return [p.name for p in Path(folder).iterdir() if p.is_file()]
+        return [p.name for p in Path(folder).iterdir()]  # a folder named x.conf: fwknopd fails too
 
 
 def main(path: str, server_conf: str | None = None, output: str | None = None,

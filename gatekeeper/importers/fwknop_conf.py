@@ -168,7 +168,7 @@ class Files(Protocol):
         """The text of a file."""
 
     def names(self, folder: str) -> list[str]:
-        """The names of the regular files in a folder."""
+        """The names of a folder's entries."""
 
 
 class NoFiles:

@@ -153,7 +153,6 @@ def test_the_command_reads_included_files_and_folders_from_disk(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "x.conf").write_text(stanza(443) + "REQUIRE_USERNAME bob\n")
-    (tmp_path / "d" / "sub.conf").mkdir()  # not a file: not read
     (tmp_path / "inc.conf").write_text(f"%include_folder {tmp_path}/d\n")
     access = tmp_path / "access.conf"
     access.write_text(f"{stanza(22)}%include {tmp_path}/inc.conf\n")
@@ -163,6 +162,9 @@ def test_the_command_reads_included_files_and_folders_from_disk(
     assert rc == 0 and [o for _, o in opened(Conversion(out.read_text(), (), 0, ()))] == \
         [["22:tcp"], ["443:tcp"]]
     assert f"{tmp_path}/d/x.conf:5: warning: [spa-2] REQUIRE_USERNAME bob" in err
+    (tmp_path / "d" / "sub.conf").mkdir()  # fwknopd refuses what is not a file
+    assert cli.main(["import-fwknop", str(access), "-o", str(tmp_path / "2.toml")]) == 2
+    assert f"{tmp_path}/d/sub.conf: Is a directory" in capsys.readouterr().err
     (tmp_path / "inc.conf").write_text(f"%include {tmp_path}/gone.conf\n")
     assert cli.main(["import-fwknop", str(access), "-o", str(tmp_path / "2.toml")]) == 2
     assert f"{tmp_path}/inc.conf:1: %include {tmp_path}/gone.conf: cannot read" in capsys.readouterr().err
