@@ -202,7 +202,8 @@ class _Access:
         ``file:line: %include ...`` of the line that includes it."""
         if posixpath.normpath(path) in self.stack:
             chain = " -> ".join([*self.stack[self.stack.index(posixpath.normpath(path)):], path])
-            raise FwknopError(f"{where}: include cycle ({chain}): fwknopd refuses it too")
+            raise FwknopError(f"{where}: include cycle ({chain}): fwknopd does not start "
+                              "with it either")
         if depth > most:
             raise FwknopError(f"{where}: an %include deeper than {most} files (fwknopd refuses it too)"
                               if most == INCLUDE_DEPTH else f"{where}: files nested more than {most} deep")
@@ -242,8 +243,8 @@ class _Access:
                     self.folder(value.strip(), where, depth + 1)
                 continue
             if key == "%include_keys":
-                notes.append((name, Notice(number, None, f"{key} {value.strip()}: not followed; put "
-                                           "the stanza's keys in it (it stays without them)")))
+                notes.append((name, Notice(number, None, f"{key} {value.strip()}: not followed; copy "
+                                           "the keys it holds into the stanza")))
                 continue
             if key not in ACCESS_KEYS:
                 notes.append((name, Notice(number, None, f"{key} is not an fwknopd 2.6 access.conf "

@@ -99,7 +99,7 @@ def test_an_include_cycle_is_an_error_on_one_line() -> None:
     with pytest.raises(FwknopError) as err:
         conv(f"{stanza(22)}%include /b.conf\n", files)
     assert str(err.value) == ("/c.conf:1: %include /b.conf: include cycle (/b.conf -> /c.conf -> "
-                              "/b.conf): fwknopd refuses it too")
+                              "/b.conf): fwknopd does not start with it either")
     with pytest.raises(FwknopError, match=r"^/a.conf:1: %include /a.conf: include cycle"):
         conv("%include /a.conf\n", {"/a.conf": "x"})
     with pytest.raises(FwknopError, match=r"^/d/x.conf:1: %include_folder /d: include cycle"):
