@@ -1,8 +1,9 @@
 """The fwknop importer against stock fwknopd in the lab's gateway: an access.conf and
 fwknopd.conf that stock fwknopd runs with import into a config that ``gatekeeper check``
 accepts, and the same stock ``fwknop`` client commands open the same ports on both daemons
-(fwknopd first, then gatekeeper on the imported config). (The importer without a kernel:
-tests/unit/test_import_fwknop.py.)"""
+(fwknopd first, then gatekeeper on the imported config), with the second stanza in the
+same file or in one access.conf includes (``%include``). (The importer without a kernel:
+tests/unit/test_import_fwknop.py, tests/unit/test_import_fwknop_include.py.)"""
 
 from __future__ import annotations
 
@@ -78,13 +79,27 @@ def send(lab: Lab, home: Path, access: str, second: bool = False, *extra: str) -
     fwknop_send(lab, str(home), *digest, *extra, access=access, **keys)
 
 
+def write_access(tmp: Path, include: bool) -> str:
+    """access.conf (its second stanza in more.conf when ``include``): where the warning for
+    the second stanza's line is."""
+    first, second = ACCESS.split("\n\n")
+    more = tmp / "more.conf"
+    if include:
+        more.write_text(f"# the second stanza\n{second}")
+        more.chmod(0o600)
+    (tmp / "access.conf").write_text(f"{first}\n\n%include {more}\n" if include else ACCESS)
+    return f"{more}:2:" if include else "access.conf:8:"
+
+
 @needs_fwknop
+@pytest.mark.parametrize("include", [False, True], ids=["one-file", "include"])
 def test_stock_fwknopd_config_imports_and_the_same_client_commands_open_the_same_ports(
-        lab: Lab, start_daemon: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        lab: Lab, start_daemon: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        include: bool) -> None:
     from gatekeeper import cli
 
     access, server = tmp_path / "access.conf", tmp_path / "fwknopd.conf"
-    access.write_text(ACCESS)
+    where = write_access(tmp_path, include)
     server.write_text(SERVER)
     access.chmod(0o600)
     server.chmod(0o600)
@@ -113,7 +128,7 @@ def test_stock_fwknopd_config_imports_and_the_same_client_commands_open_the_same
                    "--key-dir", str(tmp_path / "keys")])
     _, err = capsys.readouterr()
     assert rc == 0, err
-    assert "access.conf:8: warning: [spa-2] gatekeeper takes one key an SPA port: door 'spa-2' " \
+    assert f"{where} warning: [spa-2] gatekeeper takes one key an SPA port: door 'spa-2' " \
         "listens on udp/62202; its clients add --server-port 62202" in err
     checked = lab.run("gw", [sys.executable, "-m", "gatekeeper", "check", "-c", str(out)], check=False)
     assert checked.returncode == 0 and ": OK: 2 door(s)" in checked.stdout, checked
