@@ -284,10 +284,19 @@ def parse_access(text: str, name: str, files: Files | None = None) -> FwknopConf
     return access.done()
 
 
+FOLDER_BUG = ("fwknopd 2.6 takes each file of ACCESS_FOLDER as a whole access.conf and, after each, "
+              "adds the port lists of the stanzas read before once more, after which it denies them "
+              "every request (\"denied per access.conf\"): only the stanzas of the file it read last "
+              "(in directory order) opened ports; gatekeeper opens those of every door")
+
+
 def parse_folder(folder: Value, server_name: str, files: Files) -> FwknopConf:
     """The stanzas of an ACCESS_FOLDER's ``*.conf`` files, each read as an access.conf."""
     access = _Access(files, folder.text)
     access.folder(folder.text, f"{server_name}:{folder.line}: ACCESS_FOLDER {folder.text}", 1)
+    top = folder.text.rstrip("/") or "/"
+    if len({f for f in access.conf.files if posixpath.dirname(f) == top}) > 1:
+        access.conf.notices.append((server_name, Notice(folder.line, None, FOLDER_BUG)))
     return access.done()
 
 

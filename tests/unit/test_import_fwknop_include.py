@@ -134,8 +134,11 @@ def test_access_folder_is_read_instead_of_access_file_as_fwknopd_does() -> None:
     assert warned(result, "/s.conf:1:", "ACCESS_FOLDER /d: fwknopd reads its *.conf files instead of "
                   "ACCESS_FILE, and so does the import (/d/one.conf, /d/two.conf, /inc.conf); /a.conf "
                   "is not imported")
-    result = convert(stanza(1), "/d/one.conf", "/k", "ACCESS_FOLDER /d/", "/s.conf", DictFiles(files))
-    assert not any("is not imported" in w for w in result.warnings)
+    assert warned(result, "/s.conf:1:", "only the stanzas of the file it read last")  # fwknopd's bug
+    result = convert(stanza(1), "/d/one.conf", "/k", "ACCESS_FOLDER /d/", "/s.conf",
+                     DictFiles({"/d/one.conf": stanza(1) + "%include /inc.conf\n", "/inc.conf": stanza(2)}))
+    assert [o for _, o in opened(result)] == [["1:tcp"], ["2:tcp"]]
+    assert not any("is not imported" in w or "read last" in w for w in result.warnings)
     with pytest.raises(FwknopError, match=r"^/s.conf:2: ACCESS_FOLDER /e: cannot open the folder /e"):
         conv(stanza(22), files, "# folder\nACCESS_FOLDER /e\n")
     with pytest.raises(FwknopError, match=r"^/e: no SOURCE line"):
