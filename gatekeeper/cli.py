@@ -425,10 +425,11 @@ def _import_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("import-fwknop", help="convert fwknopd's access.conf (and fwknopd.conf) into a "
                        "gatekeeper config and key files")
-    p.add_argument("file", metavar="ACCESS_CONF", help="fwknopd's access.conf, e.g. /etc/fwknop/access.conf")
+    p.add_argument("file", metavar="ACCESS_CONF", help="fwknopd's access.conf, e.g. /etc/fwknop/access.conf "
+                   "(its %%include and %%include_folder lines are followed, as fwknopd does)")
     p.add_argument("--server-conf", metavar="FILE",
                    help="fwknopd.conf, for the SPA port, packet age and interface (default: fwknopd's "
-                   "defaults)")
+                   "defaults); its ACCESS_FOLDER is read instead of ACCESS_CONF, as fwknopd does")
     p.add_argument("-o", "--output", metavar="OUT", help="write the TOML here (default: stdout)")
     p.add_argument("--key-dir", metavar="DIR",
                    help="write each door's key file (mode 0600) here (default: OUT's directory, "

@@ -35,14 +35,17 @@ from gatekeeper.importers.fwknop_conf import (
     SERVER_FLAGS,
     STANZA_WARNINGS,
     YES_NO,
+    Files,
     FwknopConf,
     FwknopError,
+    NoFiles,
     Stanza,
     Value,
     force_nat,
     key_bytes,
     number,
     parse_access,
+    parse_folder,
     parse_server,
     pcap_transports,
     ports,
@@ -128,13 +131,14 @@ class _Converter:
         self.access = access
         self.server = server
         self.key_dir = key_dir
-        self.notices: list[tuple[str, Notice]] = [(access.name, n) for n in access.notices]
-        if server is not None:
-            self.notices += [(server.name, n) for n in server.notices]
+        self.notices = access.notices + (server.notices if server is not None else [])
+        self.files: dict[str | None, str] = {}  # door name: the file its stanza is in
+        self.given = access.name  # the access.conf named (not read with ACCESS_FOLDER)
         self.key_files: list[KeyFile] = []
 
     def warn(self, line: int | None, door: str | None, message: str, server: bool = False) -> None:
-        name = self.server.name if server and self.server is not None else self.access.name
+        name = (self.server.name if server and self.server is not None
+                else self.files.get(door, self.access.name))
         self.notices.append((name, Notice(line, door, message)))
 
     # fwknopd.conf
@@ -223,8 +227,10 @@ class _Converter:
                 if yes(value):
                     self.warn(value.line, None, f"{key} {value.text}: {SERVER_FLAGS[key]}", server=True)
             elif key == "ACCESS_FOLDER":
-                self.warn(value.line, None, f"ACCESS_FOLDER {value.text}: only the access.conf given is "
-                          "imported; import the folder's files one by one", server=True)
+                self.warn(value.line, None, f"ACCESS_FOLDER {value.text}: fwknopd reads its *.conf files "
+                          f"instead of ACCESS_FILE, and so does the import ({', '.join(self.access.files)})"
+                          f"{'' if self.given in self.access.files else f'; {self.given} is not imported'}",
+                          server=True)
             elif key not in NOT_NEEDED and key not in ("PCAP_INTF", "PCAP_FILTER", "ENABLE_UDP_SERVER",
                                                         "UDPSERV_PORT", "ENABLE_SPA_PACKET_AGING",
                                                         "MAX_SPA_PACKET_AGE"):
@@ -254,7 +260,7 @@ class _Converter:
 
     def source(self, door: _Door) -> None:
         value = door.stanza.source
-        if sources(value, self.access.name) is not None:
+        if sources(value, door.stanza.file) is not None:
             self.warn(value.line, door.name, f"SOURCE {value.text}: gatekeeper doors have no source list; "
                       f"door {door.name!r} takes an authentic packet from any address (filter the "
                       "others before gatekeeper if that matters)")
@@ -265,7 +271,7 @@ class _Converter:
 
     def keys(self, door: _Door, path: str) -> bool:
         """Write the stanza's keys to the door's key file; whether it has an HMAC key."""
-        stanza, name = door.stanza, self.access.name
+        stanza, name = door.stanza, door.stanza.file
         lines = [f"# keys of gatekeeper door {door.name}, from {printable(name)} line {stanza.line}"]
         enc = key_bytes(stanza, "KEY_BASE64", "KEY", name)
         mac = key_bytes(stanza, "HMAC_KEY_BASE64", "HMAC_KEY", name)
@@ -359,7 +365,7 @@ class _Converter:
                   "also refuses -a with an address that is not the packet's source (fwknopd granted it)")
 
     def opens(self, door: _Door) -> None:
-        values, name = door.stanza.values, self.access.name
+        values, name = door.stanza.values, door.stanza.file
         open_ports = values.get("OPEN_PORTS")
         restrict = values.get("RESTRICT_PORTS")
         refused = set(ports(restrict, name)) if restrict is not None else set()
@@ -389,7 +395,7 @@ class _Converter:
             self.warn(open_ports.line, door.name, f"{door.problem}: door left commented out")
 
     def timeout(self, door: _Door) -> None:
-        values, name = door.stanza.values, self.access.name
+        values, name = door.stanza.values, door.stanza.file
         value = values.get("FW_ACCESS_TIMEOUT")
         seconds = DEFAULT_ACCESS_TIMEOUT if value is None else number(value, name, "FW_ACCESS_TIMEOUT")
         clamped = min(max(seconds, 1), MAX_OPEN_FOR)
@@ -431,7 +437,7 @@ class _Converter:
                 door.extra.append('# spa_nat = ["HOST:PORT"]  # the internal targets fwknop -N may '
                                   "ask for (fwknopd's ENABLE_IPT_FORWARDING took any); none until listed")
             return
-        door.add("spa_force_nat", toml_str(force_nat(nat, self.access.name)), "FORCE_NAT: every "
+        door.add("spa_force_nat", toml_str(force_nat(nat, door.stanza.file)), "FORCE_NAT: every "
                  "request is DNATed to it from the -A port; needs IPv4 forwarding on")
 
     # the whole file
@@ -447,6 +453,7 @@ class _Converter:
         converted = 0
         for i, stanza in enumerate(self.access.stanzas):
             name = "spa" if i == 0 else f"spa-{i + 1}"
+            self.files[name] = stanza.file
             mine = port
             while mine in taken:
                 mine = mine + 1 if mine < 65535 else 1
@@ -456,9 +463,9 @@ class _Converter:
                           f"on udp/{mine}; its clients add --server-port {mine}")
             door = self.door(stanza, name, mine, window)
             converted += door.problem is None
-            body += ["", *door.lines(printable(self.access.name))]
-        order = {self.access.name: 0}
-        notices = sorted(self.notices, key=lambda fn: (order.get(fn[0], 1), fn[1].line or 0))
+            body += ["", *door.lines(printable(stanza.file))]
+        order = {name: i for i, name in reversed(list(enumerate(self.access.files)))}
+        notices = sorted(self.notices, key=lambda fn: (order.get(fn[0], len(order)), fn[1].line or 0))
         return Conversion(
             toml=printable("\n".join([*head, *body])) + "\n",
             warnings=tuple(printable(n.render(f)) for f, n in notices),
@@ -468,11 +475,17 @@ class _Converter:
 
 
 def convert(access_text: str, access_name: str, key_dir: str = DEFAULT_KEY_DIR,
-            server_text: str | None = None, server_name: str = "fwknopd.conf") -> Conversion:
-    """gatekeeper TOML and key files for an access.conf (and fwknopd.conf) text; key files
+            server_text: str | None = None, server_name: str = "fwknopd.conf",
+            files: Files | None = None) -> Conversion:
+    """gatekeeper TOML and key files for an access.conf (and fwknopd.conf) text, the files
+    it includes (or fwknopd.conf's ACCESS_FOLDER instead) read through ``files``; key files
     go under the absolute ``key_dir``. Raises :class:`FwknopError` on bad input."""
     if not key_dir.startswith("/"):
         raise FwknopError(f"{key_dir}: the key directory must be an absolute path")
-    access = parse_access(access_text, access_name)
     server = None if server_text is None else parse_server(server_text, server_name)
-    return _Converter(access, server, key_dir).convert()
+    folder = None if server is None else server.values.get("ACCESS_FOLDER")
+    access = (parse_access(access_text, access_name, files) if folder is None or server is None
+              else parse_folder(folder, server.name, files or NoFiles()))
+    converter = _Converter(access, server, key_dir)
+    converter.given = access_name
+    return converter.convert()

@@ -26,6 +26,16 @@ def _read(path: str) -> str:
         raise FwknopError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
+class DiskFiles:
+    """The files an access.conf includes, read from the disk (paths as fwknopd takes them)."""
+
+    def read(self, path: str) -> str:
+        return Path(path).read_bytes().decode("utf-8", "surrogateescape")
+
+    def names(self, folder: str) -> list[str]:
+        return [p.name for p in Path(folder).iterdir()]  # a folder named x.conf: fwknopd fails too
+
+
 def main(path: str, server_conf: str | None = None, output: str | None = None,
          key_dir: str | None = None) -> int:
     """``gatekeeper import-fwknop``: TOML to stdout (or ``output``), key files under
@@ -35,7 +45,8 @@ def main(path: str, server_conf: str | None = None, output: str | None = None,
     if key_dir is None:
         key_dir = os.path.dirname(os.path.abspath(output)) if output else DEFAULT_KEY_DIR
     result = convert(_read(path), path, os.path.abspath(key_dir),
-                     None if server_conf is None else _read(server_conf), server_conf or "fwknopd.conf")
+                     None if server_conf is None else _read(server_conf), server_conf or "fwknopd.conf",
+                     DiskFiles())
     for line in result.warnings:
         print(line, file=sys.stderr)
     if not result.doors:

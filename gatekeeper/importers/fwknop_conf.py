@@ -9,13 +9,20 @@ lines after it up to the next ``SOURCE`` are its settings, and a setting given t
 the last time, as in fwknopd. What fwknopd itself refuses (an unknown ``SOURCE`` entry, a
 port that is not ``tcp/N`` or ``udp/N``, a timeout that is not a number, bad base64, a
 stanza without a key) is an :class:`FwknopError` naming the file and line.
+
+``%include FILE`` and ``%include_folder DIR`` (its ``*.conf`` files) are followed as in
+fwknopd, through a :class:`Files` the caller gives (the parser itself reads nothing), and so
+is fwknopd.conf's ``ACCESS_FOLDER`` (:func:`parse_folder`); a file that cannot be read, an
+include cycle or nesting deeper than fwknopd's is an error naming the file and line.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 import re
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from gatekeeper.errors import GatekeeperError
 from gatekeeper.importers.output import Notice
@@ -34,6 +41,8 @@ ACCESS_KEYS = frozenset({
 })
 KEY_NAMES = ("KEY", "KEY_BASE64", "HMAC_KEY", "HMAC_KEY_BASE64")
 _RAW = frozenset(KEY_NAMES)  # their values are kept as written: blanks at the end count
+INCLUDE_DEPTH = 3  # fwknopd's MAX_DEPTH: access.conf, a file it includes, one that one includes
+MAX_NESTING = 8  # any nesting (%include_folder has no bound in fwknopd)
 _PORT = re.compile(r"(tcp|udp)/(\d{1,5})\Z")
 _NUMBER = re.compile(r"\d{1,10}\Z")
 MODES = ("cbc", "cfb", "ofb", "ctr", "ecb", "legacy", "asymmetric")  # ENCRYPTION_MODE, any case
@@ -114,6 +123,7 @@ class Stanza:
 
     source: Value
     values: dict[str, Value] = field(default_factory=dict)
+    file: str = "access.conf"  # the file it is in
 
     @property
     def line(self) -> int:
@@ -122,15 +132,17 @@ class Stanza:
 
 @dataclass
 class FwknopConf:
-    """A parsed file: access.conf's stanzas, or fwknopd.conf's settings (``values``)."""
+    """A parsed file: access.conf's stanzas (with its included files', ``files`` in the
+    order read), or fwknopd.conf's settings (``values``); notices name their file."""
 
     name: str
     stanzas: list[Stanza] = field(default_factory=list)
     values: dict[str, Value] = field(default_factory=dict)
-    notices: list[Notice] = field(default_factory=list)
+    notices: list[tuple[str, Notice]] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
 
 
-def _lines(text: str, notices: list[Notice]) -> list[tuple[int, str, str]]:
+def _lines(text: str, name: str, notices: list[tuple[str, Notice]]) -> list[tuple[int, str, str]]:
     """(line number, name, value) of each setting line; a name with no value is ignored,
     as fwknopd does, with a notice."""
     out = []
@@ -141,50 +153,157 @@ def _lines(text: str, notices: list[Notice]) -> list[tuple[int, str, str]]:
         parts = re.match(r"(\S+)[ \t]*([^;\r\n]*)", line)
         assert parts is not None  # a non-blank line has a first word
         if not parts.group(2).strip():
-            notices.append(Notice(number, None, f"{parts.group(1)} has no value: ignored, as fwknopd does"))
+            notices.append((name, Notice(number, None, f"{parts.group(1)} has no value: ignored, as "
+                                         "fwknopd does")))
             continue
         out.append((number, parts.group(1).removesuffix(":"), parts.group(2)))
     return out
 
 
-def parse_access(text: str, name: str) -> FwknopConf:
-    """access.conf's stanzas; raises :class:`FwknopError` on what fwknopd refuses too."""
-    conf = FwknopConf(name)
-    for number, key, value in _lines(text, conf.notices):
-        if key.startswith("%include"):
-            conf.notices.append(Notice(number, None, f"{key} {value.strip()}: not followed; import "
-                                       "that file too (its doors need their own spa_port)"))
-            continue
-        if key not in ACCESS_KEYS:
-            conf.notices.append(Notice(number, None, f"{key} is not an fwknopd 2.6 access.conf "
-                                       "setting: ignored, as fwknopd does"))
-            continue
-        found = Value(value if key in _RAW else value.strip(), number)
-        if key == "SOURCE":
-            sources(found, name)
-            conf.stanzas.append(Stanza(found))
-            continue
-        if not conf.stanzas:
-            conf.notices.append(Notice(number, None, f"{key} before any SOURCE line: ignored, as "
-                                       "fwknopd does"))
-            continue
-        stanza = conf.stanzas[-1]
-        before = stanza.values.get(key)
-        if before is not None:
-            conf.notices.append(Notice(number, None, f"{key} is set again (line {before.line}): the "
-                                       "last one counts, as in fwknopd"))
-        stanza.values[key] = found
-    if not conf.stanzas:
-        raise FwknopError(f"{name}: no SOURCE line: fwknopd needs at least one access stanza")
-    for stanza in conf.stanzas:
-        check_stanza(stanza, name)
-    return conf
+class Files(Protocol):
+    """How the parser reads the files an access.conf includes (the command reads the disk,
+    tests a dict); both raise OSError."""
+
+    def read(self, path: str) -> str:
+        """The text of a file."""
+
+    def names(self, folder: str) -> list[str]:
+        """The names of a folder's entries."""
+
+
+class NoFiles:
+    """Files for a text parsed alone: every included file is missing."""
+
+    def read(self, path: str) -> str:
+        raise FileNotFoundError(2, "No such file or directory", path)
+
+    def names(self, folder: str) -> list[str]:
+        raise FileNotFoundError(2, "No such file or directory", folder)
+
+
+def conf_names(names: list[str]) -> list[str]:
+    """The files of a folder fwknopd reads (their part from the last ``.`` starts with
+    ``.conf``), sorted: fwknopd takes them in directory order, which no one sets."""
+    return sorted(n for n in names if "." in n and n[n.rindex("."):].startswith(".conf"))
+
+
+class _Access:
+    """access.conf and what it includes, read as fwknopd does: an included file's stanzas
+    come where its %include line is, and the lines after that line still belong to the
+    stanza before it."""
+
+    def __init__(self, files: Files, name: str) -> None:
+        self.files = files
+        self.conf = FwknopConf(name)
+        self.stack: list[str] = []
+
+    def include(self, path: str, where: str, depth: int, most: int = MAX_NESTING) -> None:
+        """Parse an included file at ``depth`` (at most ``most``); ``where`` is the
+        ``file:line: %include ...`` of the line that includes it."""
+        if posixpath.normpath(path) in self.stack:
+            chain = " -> ".join([*self.stack[self.stack.index(posixpath.normpath(path)):], path])
+            raise FwknopError(f"{where}: include cycle ({chain}): fwknopd does not start "
+                              "with it either")
+        if depth > most:
+            raise FwknopError(f"{where}: an %include deeper than {most} files (fwknopd refuses it too)"
+                              if most == INCLUDE_DEPTH else f"{where}: files nested more than {most} deep")
+        try:
+            text = self.files.read(path)
+        except OSError as exc:
+            raise FwknopError(f"{where}: cannot read {path}: {exc.strerror or exc} (fwknopd does "
+                              "not start either)") from None
+        self.file(text, path, depth)
+
+    def folder(self, folder: str, where: str, depth: int) -> None:
+        """Every ``*.conf`` file of a folder (%include_folder, ACCESS_FOLDER)."""
+        folder = folder.rstrip("/") or "/"
+        try:
+            names = conf_names(self.files.names(folder))
+        except OSError as exc:
+            raise FwknopError(f"{where}: cannot open the folder {folder}: {exc.strerror or exc} "
+                              "(fwknopd does not start either)") from None
+        for file_name in names:
+            self.include(posixpath.join(folder, file_name), where, depth)
+
+    def file(self, text: str, name: str, depth: int) -> None:
+        """One file's lines; ``depth`` 1 is access.conf (or a file of ACCESS_FOLDER)."""
+        self.stack.append(posixpath.normpath(name))
+        self.conf.files.append(name)
+        notes = self.conf.notices
+        current: Stanza | None = None
+        for number, key, value in _lines(text, name, notes):
+            where = f"{name}:{number}: {key} {value.strip()}"
+            if key in ("%include", "%include_folder"):
+                if not value.strip().startswith("/"):
+                    notes.append((name, Notice(number, None, f"{key} {value.strip()}: read from the "
+                                               "current directory; fwknopd reads it from its own")))
+                if key == "%include":
+                    self.include(value.strip(), where, depth + 1, INCLUDE_DEPTH)
+                else:
+                    self.folder(value.strip(), where, depth + 1)
+                continue
+            if key == "%include_keys":
+                notes.append((name, Notice(number, None, f"{key} {value.strip()}: not followed; copy "
+                                           "the keys it holds into the stanza")))
+                continue
+            if key not in ACCESS_KEYS:
+                notes.append((name, Notice(number, None, f"{key} is not an fwknopd 2.6 access.conf "
+                                           "setting: ignored, as fwknopd does")))
+                continue
+            found = Value(value if key in _RAW else value.strip(), number)
+            if key == "SOURCE":
+                sources(found, name)
+                current = Stanza(found, file=name)
+                self.conf.stanzas.append(current)
+                continue
+            if current is None:
+                notes.append((name, Notice(number, None, f"{key} before any SOURCE line: ignored, as "
+                                           "fwknopd does")))
+                continue
+            before = current.values.get(key)
+            if before is not None:
+                notes.append((name, Notice(number, None, f"{key} is set again (line {before.line}): "
+                                           "the last one counts, as in fwknopd")))
+            current.values[key] = found
+        self.stack.pop()
+
+    def done(self) -> FwknopConf:
+        if not self.conf.stanzas:
+            raise FwknopError(f"{self.conf.name}: no SOURCE line: fwknopd needs at least one access "
+                              "stanza")
+        for stanza in self.conf.stanzas:
+            check_stanza(stanza, stanza.file)
+        return self.conf
+
+
+def parse_access(text: str, name: str, files: Files | None = None) -> FwknopConf:
+    """access.conf's stanzas, with those of the files it includes (read through ``files``);
+    raises :class:`FwknopError` on what fwknopd refuses too."""
+    access = _Access(files or NoFiles(), name)
+    access.file(text, name, 1)
+    return access.done()
+
+
+FOLDER_BUG = ("fwknopd 2.6 takes each file of ACCESS_FOLDER as a whole access.conf and, after each, "
+              "adds the port lists of the stanzas read before once more, after which it denies them "
+              "every request (\"denied per access.conf\"): only the stanzas of the file it read last "
+              "(in directory order) opened ports; gatekeeper opens those of every door")
+
+
+def parse_folder(folder: Value, server_name: str, files: Files) -> FwknopConf:
+    """The stanzas of an ACCESS_FOLDER's ``*.conf`` files, each read as an access.conf."""
+    access = _Access(files, folder.text)
+    access.folder(folder.text, f"{server_name}:{folder.line}: ACCESS_FOLDER {folder.text}", 1)
+    top = folder.text.rstrip("/") or "/"
+    if len({f for f in access.conf.files if posixpath.dirname(f) == top}) > 1:
+        access.conf.notices.append((server_name, Notice(folder.line, None, FOLDER_BUG)))
+    return access.done()
 
 
 def parse_server(text: str, name: str) -> FwknopConf:
     """fwknopd.conf's settings (every name; the converter says which it takes)."""
     conf = FwknopConf(name)
-    for number, key, value in _lines(text, conf.notices):
+    for number, key, value in _lines(text, name, conf.notices):
         conf.values[key] = Value(value.strip(), number)
     return conf
 

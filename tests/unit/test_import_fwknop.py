@@ -104,7 +104,6 @@ def test_fwknopd_conf_gives_port_window_and_interface() -> None:
     ("MAX_SPA_PACKET_AGE 7200", 62201, 3600, 1, "gatekeeper's longest"),
     ("ENABLE_TCP_SERVER Y", 62201, 120, 1, "SPA over TCP"),
     ("ENABLE_IPT_FORWARDING Y", 62201, 120, 1, "NAT access"),
-    ("ACCESS_FOLDER /etc/fwknop/access.d", 62201, 120, 1, "only the access.conf given"),
     ("NO_SUCH_SETTING 1", 62201, 120, 1, "not an fwknopd 2.6 setting"),
 ])
 def test_fwknopd_conf_settings(server: str, port: int, window: int, line: int | None, warning: str) -> None:
@@ -214,9 +213,9 @@ def test_nat_access_settings_map_to_spa_nat_and_spa_force_nat() -> None:
             conv(f"{BASIC}FORCE_NAT {bad}\n")
 
 
-def test_lines_before_the_first_source_and_includes_are_warned_about() -> None:
-    result = conv(f"# comment\nKEY early\n%include /etc/fwknop/more.conf\n{BASIC}")
-    assert warned(result, 2, "before any SOURCE") and warned(result, 3, "not followed")
+def test_lines_before_the_first_source_and_include_keys_are_warned_about() -> None:
+    result = conv(f"# comment\nKEY early\n{BASIC}%include_keys /etc/fwknop/keys.conf\n")
+    assert warned(result, 2, "before any SOURCE") and warned(result, 7, "not followed")
     assert doors(result)[0]["name"] == "spa"
     result = conv(BASIC + "REQUIRE_USERNAME\n", "PCAP_FILTER   \n")
     assert warned(result, 5, "REQUIRE_USERNAME has no value: ignored")
