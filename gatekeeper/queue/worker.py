@@ -28,18 +28,8 @@ from typing import Any, Protocol
 from gatekeeper import messages as msg
 from gatekeeper.daemon.onetime import mark_used
 from gatekeeper.engine import Engine, Event, Granted, Knocked, Reason, Revoked, Verdict
-from gatekeeper.engine.special import (
-    CommandAsked,
-    GpgQuery,
-    NatGranted,
-    ReplayQuery,
-    ReplaySeen,
-    SequenceUsed,
-    SpaRefused,
-    SpecialDoors,
-    SpecialEvent,
-    has_special,
-)
+from gatekeeper.engine import special_events as fx
+from gatekeeper.engine.special import SpecialDoors, has_special
 from gatekeeper.errors import GatekeeperError
 from gatekeeper.metrics import BUCKETS_NS
 from gatekeeper.metrics import KNOCK_OUTCOMES as OUTCOMES
@@ -268,30 +258,30 @@ class Worker:
             if self.cluster is not None:
                 return self.cluster.decide(src, dst, proto, port, flags, now)  # type: ignore[no-any-return]
             return self.engine.decide(src, dst, proto, port, flags, now)
-        if isinstance(decision, GpgQuery):  # GnuPG's work (bounded: gatekeeper/queue/gpg.py)
+        if isinstance(decision, fx.GpgQuery):  # GnuPG's work (bounded: gatekeeper/queue/gpg.py)
             spa = decision.door.spa
             assert spa is not None and spa.gpg is not None
             run, seconds = gpg.decrypt(spa.gpg, decision.sealed.message)
             decision = specials.gpg_answer(decision, run, seconds)
-        if isinstance(decision, ReplayQuery):  # [cluster]: did another gateway see it first?
+        if isinstance(decision, fx.ReplayQuery):  # [cluster]: did another gateway see it first?
             fresh = (None if self.cluster is None
                      else self.cluster.replay_fresh(decision.door, decision.key, decision.ttl))
             decision = specials.answer(decision, fresh)
         if specials.seen:
             self._journal(specials.seen)
         events = decision[2]
-        if events and events[0].__class__ is SpaRefused:
+        if events and events[0].__class__ is fx.SpaRefused:
             self._refused(events[0], now)
         return decision
 
-    def _refused(self, event: SpaRefused, now: float) -> None:
+    def _refused(self, event: fx.SpaRefused, now: float) -> None:
         """Report a refused SPA packet for the log, within :class:`RefusalLimit`."""
         withheld = self.refusals.admit(event.source, now)
         if withheld is not None:
             address = str(ipaddress.ip_address(event.source))
             self.report(msg.Refused(event.door, address, event.stage, withheld))
 
-    def _journal(self, seen: list[ReplaySeen]) -> None:
+    def _journal(self, seen: list[fx.ReplaySeen]) -> None:
         """Append new replay entries to their doors' journals (with a state_dir)."""
         for entry in seen:
             journal = self._journals.get(entry.door)
@@ -313,7 +303,7 @@ class Worker:
 
     # -- effects ------------------------------------------------------------------------
 
-    def apply(self, events: tuple[Event, ...] | tuple[SpecialEvent, ...], now: float) -> None:
+    def apply(self, events: tuple[Event, ...] | tuple[fx.SpecialEvent, ...], now: float) -> None:
         unmarked = self._mark_used(events)
         for event in events:
             if isinstance(event, Granted):
@@ -321,18 +311,18 @@ class Worker:
                     self._grant(event, now)
             elif isinstance(event, Revoked):
                 self._revoke(event, now)
-            elif isinstance(event, CommandAsked):
+            elif isinstance(event, fx.CommandAsked):
                 self.report(msg.Command(event.door, event.address, event.command))
-            elif isinstance(event, NatGranted):
+            elif isinstance(event, fx.NatGranted):
                 self._nat_grant(event, now)
 
-    def _mark_used(self, events: tuple[Event, ...] | tuple[SpecialEvent, ...]) -> set[str]:
+    def _mark_used(self, events: tuple[Event, ...] | tuple[fx.SpecialEvent, ...]) -> set[str]:
         """Mark each one-time line used in its file before its grant is given (a restart
         must never revive it); the doors whose line could not be marked, which grant
         nothing: their grant is taken back from the engine, and the supervisor says so."""
         unmarked: set[str] = set()
         for event in events:
-            if not isinstance(event, SequenceUsed):
+            if not isinstance(event, fx.SequenceUsed):
                 continue
             error = ""
             try:
@@ -361,7 +351,7 @@ class Worker:
         if self.cluster is not None:
             self.cluster.share(event, now)  # an SPA/encrypted/one-time grant: to the others
 
-    def _nat_grant(self, event: NatGranted, now: float) -> None:
+    def _nat_grant(self, event: fx.NatGranted, now: float) -> None:
         """DNAT the gateway port to the target for the address (and accept it forwarded),
         before the SPA packet's verdict; the kernel sets time it out. Not shared with a
         cluster's other gateways, whose rules may have no such target."""
