@@ -38,6 +38,7 @@ import secrets
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Required, TypedDict, Unpack
 
 from gatekeeper.model import DEFAULT_SPA_HMAC_DIGEST
 from gatekeeper.spa import cipher
@@ -349,23 +350,33 @@ def _other_hmac(keys: SpaKeys, body: bytes, suite: Suite) -> bool:
     return False
 
 
+class Rules(TypedDict, total=False):
+    """What a door permits, the same for :func:`verify` and :func:`check_plaintext`: its
+    ``replay`` cache, the ``(proto, port)`` pairs it opens (``allowed``), the packet's
+    ``source`` address, ``other_source`` (fwknop ``-s``/``-a`` another address), the
+    timestamp ``window``, the ``commands`` it runs, its NAT targets (``nat``, ``force_nat``)."""
+
+    replay: Required[ReplayCache]
+    allowed: Required[Collection[Access]]
+    source: Required[str | bytes]
+    other_source: bool
+    window: float
+    commands: Collection[str]
+    nat: Collection[NatTarget]
+    force_nat: NatTarget | None
+
+
 def verify(
     data: bytes,
     keys: SpaKeys,
     now: float,
     *,
-    replay: ReplayCache,
-    allowed: Collection[Access],
-    source: str | bytes,
-    other_source: bool = False,
-    window: float = DEFAULT_WINDOW,
     suite: Suite = DEFAULT_SUITE,
     tell_types: bool = True,
-    commands: Collection[str] = (),
-    nat: Collection[NatTarget] = (),
-    force_nat: NatTarget | None = None,
+    **rules: Unpack[Rules],
 ) -> SpaResult:
-    """Check one SPA packet (a UDP payload) against one key; never raises on any ``data``.
+    """Check one SPA packet (a UDP payload) against one key and a door's :class:`Rules`;
+    never raises on any ``data``.
 
     The checks, in order: size; the HMAC of the suite's type (constant-time, before any
     decryption; a packet whose HMAC is right for this key under another type stops at
@@ -404,9 +415,7 @@ def verify(
     plaintext = cipher.decrypt(keys.encryption, SALTED_PREFIX + text, suite.mode)
     if plaintext is None:
         return SpaResult(Stage.DECRYPT)
-    return check_plaintext(plaintext, replay_key(text), now, replay=replay, allowed=allowed,
-                           source=source, other_source=other_source, window=window,
-                           digests=suite.digests, commands=commands, nat=nat, force_nat=force_nat)
+    return check_plaintext(plaintext, replay_key(text), now, digests=suite.digests, **rules)
 
 
 def check_plaintext(
@@ -414,18 +423,13 @@ def check_plaintext(
     key: bytes,
     now: float,
     *,
-    replay: ReplayCache,
-    allowed: Collection[Access],
-    source: str | bytes,
-    other_source: bool = False,
-    window: float = DEFAULT_WINDOW,
     digests: Collection[str] = DEFAULT_SUITE.digests,
-    commands: Collection[str] = (),
-    nat: Collection[NatTarget] = (),
-    force_nat: NatTarget | None = None,
+    **rules: Unpack[Rules],
 ) -> SpaResult:
     """:func:`verify`'s checks from field parsing on, for a decrypted ``plaintext`` (of
     Rijndael or GnuPG) whose replay-cache key is ``key``."""
+    replay, allowed, source = rules["replay"], rules["allowed"], rules["source"]
+    window = rules.get("window", DEFAULT_WINDOW)
     try:
         message, encoded = _parse(plaintext)
     except (ValueError, UnicodeError, binascii.Error):
@@ -443,14 +447,15 @@ def check_plaintext(
         return SpaResult(Stage.REPLAY, message)
     target = None
     if message.message_type == MessageType.COMMAND:
-        if message.command not in commands:
+        if message.command not in rules.get("commands", ()):
             return SpaResult(Stage.COMMAND, message, recorded=seen)
     else:
         grantable, target = nat_decision(message.message_type, message.access,
-                                         message.nat_access, nat, force_nat)
+                                         message.nat_access, rules.get("nat", ()),
+                                         rules.get("force_nat"))
         if not grantable or not all(a in allowed for a in message.access):
             return SpaResult(Stage.ACCESS, message, recorded=seen)
-    return _nat_grant(_grantee(message, seen, source, other_source), target)
+    return _nat_grant(_grantee(message, seen, source, rules.get("other_source", False)), target)
 
 
 def _nat_grant(result: SpaResult, target: NatTarget | None) -> SpaResult:
