@@ -237,3 +237,13 @@ def test_access_folder_does_not_need_the_named_access_conf(
     assert "none.conf is not imported" in capsys.readouterr().err
     assert cli.main(["import-fwknop", str(tmp_path / "none.conf"), "-o", str(out)]) == 2
     assert "none.conf: no such file" in capsys.readouterr().err
+
+
+def test_a_keys_file_gives_a_gnupg_stanza_its_passphrase_but_not_its_home() -> None:
+    keys = f"GPG_DECRYPT_ID 1234ABCD\nGPG_REMOTE_ID 1111AAAA\nGPG_DECRYPT_PW  pass word\nGPG_HOME_DIR /x\n" \
+        f"HMAC_KEY_BASE64 {H}\n"
+    result = conv("SOURCE ANY\nOPEN_PORTS tcp/22\nGPG_HOME_DIR /g\n%include_keys /k\n", {"/k": keys})
+    files = {f.path: f.text for f in result.key_files}
+    assert files["/k/spa.gpg-passphrase"] == "pass word\n" and f"HMAC_KEY_BASE64: {H}" in files["/k/spa.key"]
+    assert tomllib.loads(result.toml)["door"][0]["spa_gpg"]["home"] == "/g"
+    assert warned(result, "/k:4:", "GPG_HOME_DIR in a keys file (%include_keys): ignored")
