@@ -273,17 +273,16 @@ class _Access:
         current: Stanza | None = None
         for number, key, value in _lines(text, name, notes):
             where = f"{name}:{number}: {key} {value.strip()}"
-            if key in ("%include", "%include_folder"):
+            if key in ("%include", "%include_folder") or (key == "%include_keys" and current):
                 if not value.strip().startswith("/"):
                     notes.append((name, Notice(number, None, f"{key} {value.strip()}: read from the "
                                                "current directory; fwknopd reads it from its own")))
-                if key == "%include":
+                if key == "%include_keys" and current is not None:  # mypy: current is set
+                    self.keys(value.strip(), where, current)
+                elif key == "%include":
                     self.include(value.strip(), where, depth + 1, INCLUDE_DEPTH)
                 else:
                     self.folder(value.strip(), where, depth + 1)
-                continue
-            if key == "%include_keys" and current is not None:
-                self.keys(value.strip(), where, current)
                 continue
             if key == "%include_keys":
                 notes.append((name, Notice(number, None, f"{key} before any SOURCE line: ignored, as "

@@ -247,3 +247,11 @@ def test_a_keys_file_gives_a_gnupg_stanza_its_passphrase_but_not_its_home() -> N
     assert files["/k/spa.gpg-passphrase"] == "pass word\n" and f"HMAC_KEY_BASE64: {H}" in files["/k/spa.key"]
     assert tomllib.loads(result.toml)["door"][0]["spa_gpg"]["home"] == "/g"
     assert warned(result, "/k:4:", "GPG_HOME_DIR in a keys file (%include_keys): ignored")
+
+
+def test_a_relative_keys_file_is_read_from_the_current_directory_with_a_warning() -> None:
+    files = DictFiles({"k.conf": KEYS})
+    result = convert("SOURCE ANY\nOPEN_PORTS tcp/22\n%include_keys k.conf\n", "/a.conf", "/k", None, "",
+                     files)
+    assert files.read_paths == ["k.conf"] and len(opened(result)) == 1
+    assert warned(result, "/a.conf:3:", "%include_keys k.conf: read from the current directory")
