@@ -184,7 +184,9 @@ def dumped_ports(tmp: Path, access: str) -> list[str] | None:
       "2.conf": "%include {T}/3.conf\n", "3.conf": "{S80}"}, None),  # four files deep
     ({"a.conf": "{S22}%include_folder {T}/d\n", "d/x.conf/": ""}, None),  # a folder named x.conf
     ({"a.conf": "{S22}%include {T}/gone.conf\n"}, None),
-], ids=["include", "folder", "cycle", "depth", "not-a-file", "missing"])
+    ({"a.conf": "SOURCE ANY\nOPEN_PORTS tcp/25\n%include_keys {T}/k\n{S80}",
+      "k": "{S443}".replace("SOURCE ANY\n", "")}, ["tcp/25", "tcp/80"]),  # its OPEN_PORTS is ignored
+], ids=["include", "folder", "cycle", "depth", "not-a-file", "missing", "keys"])
 def test_the_importer_follows_includes_as_stock_fwknopd_does(
         tmp_path: Path, files: dict[str, str], ports: list[str] | None) -> None:
     from gatekeeper.importers.fwknop import FwknopError, convert
