@@ -260,7 +260,7 @@ class _Access:
                 raise FwknopError(f"{path}:{number}: {key} is not base64 (fwknopd refuses it too)")
             stanza.values.pop(_OTHER.get(key, ""), None)  # the later of KEY and KEY_BASE64 counts
             stanza.values[key] = Value(value if key in _RAW else value.strip(), number, path)
-        if key_bytes(stanza, "KEY_BASE64", "KEY", path) is None and \
+        if key_bytes(stanza, "KEY_BASE64", "KEY", stanza.file) is None and \
                 not any(k.startswith("GPG_") for k in stanza.values):
             raise FwknopError(f"{where}: the stanza of SOURCE {stanza.source.text} has no KEY or "
                               "KEY_BASE64 after its keys file (fwknopd drops the stanza)")
@@ -304,7 +304,8 @@ class _Access:
                 continue
             before = current.values.get(key)
             if before is not None:
-                notes.append((name, Notice(number, None, f"{key} is set again (line {before.line}): "
+                of = f" of {before.file}" if before.file else ""
+                notes.append((name, Notice(number, None, f"{key} is set again (line {before.line}{of}): "
                                            "the last one counts, as in fwknopd")))
             if _OTHER.get(key) in current.values and current.values[_OTHER[key]].file is not None:
                 del current.values[_OTHER[key]]  # a keys file's line comes before this one

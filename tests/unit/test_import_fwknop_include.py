@@ -200,6 +200,9 @@ def test_include_keys_counts_where_its_line_is_and_a_later_stanza_line_wins() ->
     assert "KEY_BASE64: " + other in result.key_files[0].text  # the keys file's, not the KEY before
     result = conv(f"SOURCE ANY\nOPEN_PORTS tcp/22\n%include_keys /k.conf\nKEY_BASE64 {K}\n", files)
     assert "KEY_BASE64: " + K in result.key_files[0].text  # the stanza's line after it
+    assert warned(result, "/a.conf:4:", "KEY_BASE64 is set again (line 1 of /k.conf)")
+    with pytest.raises(FwknopError, match=r"^/a.conf:2: KEY_BASE64 is not base64"):
+        conv("SOURCE ANY\nKEY_BASE64 x*\n%include_keys /k.conf\n", {"/k.conf": f"HMAC_KEY_BASE64 {H}\n"})
     assert len(opened(conv("SOURCE ANY\n%include_keys /k.conf\nOPEN_PORTS tcp/22\n", files))) == 1
 
 
