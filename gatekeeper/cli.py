@@ -426,7 +426,7 @@ def _import_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("import-fwknop", help="convert fwknopd's access.conf (and fwknopd.conf) into a "
                        "gatekeeper config and key files")
     p.add_argument("file", metavar="ACCESS_CONF", help="fwknopd's access.conf, e.g. /etc/fwknop/access.conf "
-                   "(its %%include and %%include_folder lines are followed, as fwknopd does)")
+                   "(its %%include, %%include_folder and %%include_keys lines are followed, as fwknopd does)")
     p.add_argument("--server-conf", metavar="FILE",
                    help="fwknopd.conf, for the SPA port, packet age and interface (default: fwknopd's "
                    "defaults); its ACCESS_FOLDER is read instead of ACCESS_CONF, as fwknopd does")

@@ -136,9 +136,10 @@ class _Converter:
         self.given = access.name  # the access.conf named (not read with ACCESS_FOLDER)
         self.key_files: list[KeyFile] = []
 
-    def warn(self, line: int | None, door: str | None, message: str, server: bool = False) -> None:
-        name = (self.server.name if server and self.server is not None
-                else self.files.get(door, self.access.name))
+    def warn(self, line: int | None, door: str | None, message: str, server: bool = False,
+             file: str | None = None) -> None:
+        name = file or (self.server.name if server and self.server is not None
+                        else self.files.get(door, self.access.name))
         self.notices.append((name, Notice(line, door, message)))
 
     # fwknopd.conf
@@ -294,7 +295,8 @@ class _Converter:
                 door.problem = (f"its {what} ({len(given[1])} bytes) cannot go into a gatekeeper key "
                                 f"file (base64 keys: {MIN_KEY}-{longest} bytes; passphrases: at most "
                                 f"{longest} bytes of printable UTF-8, no blank at either end)")
-                self.warn(given[0].line, door.name, f"{door.problem}: door left commented out")
+                self.warn(given[0].line, door.name, f"{door.problem}: door left commented out",
+                          file=given[0].file)
                 return mac is not None
             lines.append(line)
         self.key_files.append(KeyFile(path, "\n".join(lines) + "\n"))

@@ -11,7 +11,7 @@ from pathlib import Path
 import gatekeeper.config.load as config_mod
 from gatekeeper.config import ConfigError
 from gatekeeper.importers.fwknop import DEFAULT_KEY_DIR, convert
-from gatekeeper.importers.fwknop_conf import FwknopError
+from gatekeeper.importers.fwknop_conf import FwknopError, parse_server
 from gatekeeper.importers.key_files import remove, write_key_files
 
 __all__ = ["main"]
@@ -44,9 +44,10 @@ def main(path: str, server_conf: str | None = None, output: str | None = None,
     converts, or when a file cannot be written; then nothing is written."""
     if key_dir is None:
         key_dir = os.path.dirname(os.path.abspath(output)) if output else DEFAULT_KEY_DIR
-    result = convert(_read(path), path, os.path.abspath(key_dir),
-                     None if server_conf is None else _read(server_conf), server_conf or "fwknopd.conf",
-                     DiskFiles())
+    server_text = None if server_conf is None else _read(server_conf)
+    folder = server_text is not None and "ACCESS_FOLDER" in parse_server(server_text, "").values
+    result = convert("" if folder else _read(path), path, os.path.abspath(key_dir),  # not read then
+                     server_text, server_conf or "fwknopd.conf", DiskFiles())
     for line in result.warnings:
         print(line, file=sys.stderr)
     if not result.doors:

@@ -12,7 +12,8 @@ stanza without a key) is an :class:`FwknopError` naming the file and line.
 
 ``%include FILE`` and ``%include_folder DIR`` (its ``*.conf`` files) are followed as in
 fwknopd, through a :class:`Files` the caller gives (the parser itself reads nothing), and so
-is fwknopd.conf's ``ACCESS_FOLDER`` (:func:`parse_folder`); a file that cannot be read, an
+is fwknopd.conf's ``ACCESS_FOLDER`` (:func:`parse_folder`) and ``%include_keys FILE`` (the
+keys of the stanza it is in); a file that cannot be read, an
 include cycle or nesting deeper than fwknopd's is an error naming the file and line.
 """
 
@@ -40,6 +41,11 @@ ACCESS_KEYS = frozenset({
     "GPG_FINGERPRINT_ID",
 })
 KEY_NAMES = ("KEY", "KEY_BASE64", "HMAC_KEY", "HMAC_KEY_BASE64")
+KEYS_FILE_NAMES = frozenset({*KEY_NAMES, "GPG_DECRYPT_ID", "GPG_DECRYPT_PW", "GPG_ALLOW_NO_PW",
+                             "GPG_REQUIRE_SIG", "GPG_DISABLE_SIG", "GPG_IGNORE_SIG_VERIFY_ERROR",
+                             "GPG_REMOTE_ID", "GPG_FINGERPRINT_ID"})  # what a %include_keys file sets
+_OTHER = {"KEY": "KEY_BASE64", "KEY_BASE64": "KEY", "HMAC_KEY": "HMAC_KEY_BASE64",
+          "HMAC_KEY_BASE64": "HMAC_KEY"}
 _RAW = frozenset(KEY_NAMES)  # their values are kept as written: blanks at the end count
 INCLUDE_DEPTH = 3  # fwknopd's MAX_DEPTH: access.conf, a file it includes, one that one includes
 MAX_NESTING = 8  # any nesting (%include_folder has no bound in fwknopd)
@@ -115,6 +121,7 @@ class Value:
 
     text: str
     line: int
+    file: str | None = None  # the keys file it is from (%include_keys), else the stanza's
 
 
 @dataclass
@@ -225,6 +232,39 @@ class _Access:
         for file_name in names:
             self.include(posixpath.join(folder, file_name), where, depth)
 
+    def keys(self, path: str, where: str, stanza: Stanza) -> None:
+        """%include_keys: a keys file's KEY*/HMAC_KEY*/GPG_* lines set them in the stanza
+        being read (other names are ignored), as in fwknopd, which then checks the stanza
+        has a key; what fwknopd cannot read there is an error naming the keys file and line."""
+        try:
+            text = self.files.read(path)
+        except OSError as exc:
+            raise FwknopError(f"{where}: cannot read the keys file {path}: {exc.strerror or exc} "
+                              "(fwknopd then drops the stanza if it holds no key)") from None
+        for number, raw in enumerate(text.splitlines(), 1):
+            if not raw or raw[0] in "#;\r":
+                continue
+            found = re.match(r"\s*(\S+)\s*([^;\r\n]*)", raw)
+            if found is None or not found.group(2):
+                raise FwknopError(f"{path}:{number}: {raw.strip()!r} is not NAME value (fwknopd stops "
+                                  "reading the keys file there)")
+            key, value = found.group(1).rpartition(":")[0] or found.group(1), found.group(2)
+            if key not in KEYS_FILE_NAMES:
+                self.conf.notices.append((path, Notice(number, None, f"{key} in a keys file "
+                                          "(%include_keys): ignored, as fwknopd does; only keys and "
+                                          "GPG_* settings count there")))
+                continue
+            if key in (*KEY_NAMES, "GPG_DECRYPT_PW") and value.strip().lower() == "__changeme__":
+                raise FwknopError(f"{path}:{number}: {key} is __CHANGEME__ (fwknopd refuses it too)")
+            if key.endswith("_BASE64") and not _is_base64(value.strip()):
+                raise FwknopError(f"{path}:{number}: {key} is not base64 (fwknopd refuses it too)")
+            stanza.values.pop(_OTHER.get(key, ""), None)  # the later of KEY and KEY_BASE64 counts
+            stanza.values[key] = Value(value if key in _RAW else value.strip(), number, path)
+        if key_bytes(stanza, "KEY_BASE64", "KEY", stanza.file) is None and \
+                not any(k.startswith("GPG_") for k in stanza.values):
+            raise FwknopError(f"{where}: the stanza of SOURCE {stanza.source.text} has no KEY or "
+                              "KEY_BASE64 after its keys file (fwknopd drops the stanza)")
+
     def file(self, text: str, name: str, depth: int) -> None:
         """One file's lines; ``depth`` 1 is access.conf (or a file of ACCESS_FOLDER)."""
         self.stack.append(posixpath.normpath(name))
@@ -233,18 +273,20 @@ class _Access:
         current: Stanza | None = None
         for number, key, value in _lines(text, name, notes):
             where = f"{name}:{number}: {key} {value.strip()}"
-            if key in ("%include", "%include_folder"):
+            if key in ("%include", "%include_folder") or (key == "%include_keys" and current):
                 if not value.strip().startswith("/"):
                     notes.append((name, Notice(number, None, f"{key} {value.strip()}: read from the "
                                                "current directory; fwknopd reads it from its own")))
-                if key == "%include":
+                if key == "%include_keys" and current is not None:  # mypy: current is set
+                    self.keys(value.strip(), where, current)
+                elif key == "%include":
                     self.include(value.strip(), where, depth + 1, INCLUDE_DEPTH)
                 else:
                     self.folder(value.strip(), where, depth + 1)
                 continue
             if key == "%include_keys":
-                notes.append((name, Notice(number, None, f"{key} {value.strip()}: not followed; copy "
-                                           "the keys it holds into the stanza")))
+                notes.append((name, Notice(number, None, f"{key} before any SOURCE line: ignored, as "
+                                           "fwknopd does")))
                 continue
             if key not in ACCESS_KEYS:
                 notes.append((name, Notice(number, None, f"{key} is not an fwknopd 2.6 access.conf "
@@ -262,8 +304,11 @@ class _Access:
                 continue
             before = current.values.get(key)
             if before is not None:
-                notes.append((name, Notice(number, None, f"{key} is set again (line {before.line}): "
+                of = f" of {before.file}" if before.file else ""
+                notes.append((name, Notice(number, None, f"{key} is set again (line {before.line}{of}): "
                                            "the last one counts, as in fwknopd")))
+            if _OTHER.get(key) in current.values and current.values[_OTHER[key]].file is not None:
+                del current.values[_OTHER[key]]  # a keys file's line comes before this one
             current.values[key] = found
         self.stack.pop()
 
@@ -361,6 +406,13 @@ def yes(value: Value | None) -> bool:
     return value is not None and value.text[:1] in ("Y", "y")
 
 
+def _is_base64(text: str) -> bool:
+    try:
+        return bool(b64decode(text.encode("ascii")))
+    except (ValueError, UnicodeError):
+        return False
+
+
 def key_bytes(stanza: Stanza, base64_name: str, phrase_name: str, name: str) -> tuple[Value, bytes] | None:
     """The key a stanza gives under either name (the later line counts): its line and bytes."""
     given = [v for k, v in stanza.values.items() if k in (base64_name, phrase_name)]
@@ -369,13 +421,9 @@ def key_bytes(stanza: Stanza, base64_name: str, phrase_name: str, name: str) -> 
     value = max(given, key=lambda v: v.line)
     if stanza.values.get(phrase_name) is value:
         return value, value.text.encode("utf-8", "surrogateescape")
-    try:
-        raw = b64decode(value.text.strip().encode("ascii"))
-    except (ValueError, UnicodeError):
-        raw = b""
-    if not raw:
-        raise FwknopError(f"{name}:{value.line}: {base64_name} is not base64")
-    return value, raw
+    if not _is_base64(value.text.strip()):
+        raise FwknopError(f"{value.file or name}:{value.line}: {base64_name} is not base64")
+    return value, b64decode(value.text.strip().encode("ascii"))
 
 
 def check_stanza(stanza: Stanza, name: str) -> None:
@@ -387,8 +435,8 @@ def check_stanza(stanza: Stanza, name: str) -> None:
         raise FwknopError(f"{name}:{stanza.line}: the stanza of SOURCE {stanza.source.text} has no "
                           "KEY or KEY_BASE64 (fwknopd refuses it too)")
     if keys is not None and hmac_key is not None and keys[1] == hmac_key[1]:
-        raise FwknopError(f"{name}:{hmac_key[0].line}: the encryption and HMAC keys are the same "
-                          "(fwknopd refuses them too)")
+        raise FwknopError(f"{hmac_key[0].file or name}:{hmac_key[0].line}: the encryption and HMAC "
+                          "keys are the same (fwknopd refuses them too)")
     for key in ("OPEN_PORTS", "RESTRICT_PORTS"):
         if key in values:
             ports(values[key], name)

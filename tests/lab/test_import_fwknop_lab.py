@@ -2,7 +2,8 @@
 fwknopd.conf that stock fwknopd runs with import into a config that ``gatekeeper check``
 accepts, and the same stock ``fwknop`` client commands open the same ports on both daemons
 (fwknopd first, then gatekeeper on the imported config), with the second stanza in the
-same file or in one access.conf includes (``%include``). (The importer without a kernel:
+same file, in one access.conf includes (``%include``), or with its keys in a keys file
+(``%include_keys``). (The importer without a kernel:
 tests/unit/test_import_fwknop.py, tests/unit/test_import_fwknop_include.py.)"""
 
 from __future__ import annotations
@@ -88,10 +89,14 @@ def write_access(tmp: Path, layout: str) -> str:
     fwknop_conf.FOLDER_BUG). Returns where the warning for the second stanza's line is."""
     first, second = ACCESS.split("\n\n")
     more, folder = tmp / "more.conf", tmp / "access.d"
+    keys = tmp / "stanza2.keys"  # layout keys: the second stanza's keys via %include_keys
+    no_keys = "".join(f"{line}\n" for line in second.splitlines() if not line.startswith(("KEY", "HMAC_KEY")))
     text = {"one-file": ACCESS, "include": f"{first}\n\n%include {more}\n",
+            "keys": f"{first}\n\n{no_keys}%include_keys {keys}\n",
             "folder": "SOURCE ANY\nOPEN_PORTS tcp/8080\nKEY not read by fwknopd\n"}[layout]
-    files = {tmp / "access.conf": text, tmp / "fwknopd.conf": SERVER}
-    if layout != "one-file":
+    files = {tmp / "access.conf": text, tmp / "fwknopd.conf": SERVER,
+             keys: f"# stanza 2\nKEY {PASS}\nHMAC_KEY {HMAC_PASS}\n"}
+    if layout not in ("one-file", "keys"):
         files[more] = f"# the second stanza\n{second}"
     if layout == "folder":
         folder.mkdir(mode=0o700)
@@ -100,11 +105,12 @@ def write_access(tmp: Path, layout: str) -> str:
     for path, content in files.items():
         path.write_text(content)
         path.chmod(0o600)
-    return {"one-file": "access.conf:8:", "include": f"{more}:2:", "folder": f"{more}:2:"}[layout]
+    return {"one-file": "access.conf:8:", "keys": "access.conf:8:", "include": f"{more}:2:",
+            "folder": f"{more}:2:"}[layout]
 
 
 @needs_fwknop
-@pytest.mark.parametrize("layout", ["one-file", "include", "folder"])
+@pytest.mark.parametrize("layout", ["one-file", "include", "folder", "keys"])
 def test_stock_fwknopd_config_imports_and_the_same_client_commands_open_the_same_ports(
         lab: Lab, start_daemon: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         layout: str) -> None:
@@ -178,7 +184,9 @@ def dumped_ports(tmp: Path, access: str) -> list[str] | None:
       "2.conf": "%include {T}/3.conf\n", "3.conf": "{S80}"}, None),  # four files deep
     ({"a.conf": "{S22}%include_folder {T}/d\n", "d/x.conf/": ""}, None),  # a folder named x.conf
     ({"a.conf": "{S22}%include {T}/gone.conf\n"}, None),
-], ids=["include", "folder", "cycle", "depth", "not-a-file", "missing"])
+    ({"a.conf": "SOURCE ANY\nOPEN_PORTS tcp/25\n%include_keys {T}/k\n{S80}",
+      "k": "{S443}".replace("SOURCE ANY\n", "")}, ["tcp/25", "tcp/80"]),  # its OPEN_PORTS is ignored
+], ids=["include", "folder", "cycle", "depth", "not-a-file", "missing", "keys"])
 def test_the_importer_follows_includes_as_stock_fwknopd_does(
         tmp_path: Path, files: dict[str, str], ports: list[str] | None) -> None:
     from gatekeeper.importers.fwknop import FwknopError, convert

@@ -214,8 +214,8 @@ def test_nat_access_settings_map_to_spa_nat_and_spa_force_nat() -> None:
 
 
 def test_lines_before_the_first_source_and_include_keys_are_warned_about() -> None:
-    result = conv(f"# comment\nKEY early\n{BASIC}%include_keys /etc/fwknop/keys.conf\n")
-    assert warned(result, 2, "before any SOURCE") and warned(result, 7, "not followed")
+    result = conv(f"# comment\nKEY early\n%include_keys /etc/fwknop/keys.conf\n{BASIC}")
+    assert warned(result, 2, "before any SOURCE") and warned(result, 3, "%include_keys before any SOURCE")
     assert doors(result)[0]["name"] == "spa"
     result = conv(BASIC + "REQUIRE_USERNAME\n", "PCAP_FILTER   \n")
     assert warned(result, 5, "REQUIRE_USERNAME has no value: ignored")

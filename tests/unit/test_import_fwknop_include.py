@@ -171,3 +171,90 @@ def test_the_command_reads_included_files_and_folders_from_disk(
     (tmp_path / "inc.conf").write_text(f"%include {tmp_path}/gone.conf\n")
     assert cli.main(["import-fwknop", str(access), "-o", str(tmp_path / "2.toml")]) == 2
     assert f"{tmp_path}/inc.conf:1: %include {tmp_path}/gone.conf: cannot read" in capsys.readouterr().err
+
+
+# --- %include_keys -----------------------------------------------------------------------
+
+
+def test_include_keys_sets_the_stanzas_keys_and_they_land_in_its_key_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    keys = tmp_path / "keys.conf"
+    keys.write_text(f"# keys\n{KEYS}OPEN_PORTS tcp/99\nGPG_REMOTE_ID x\n")
+    access = tmp_path / "access.conf"
+    access.write_text(f"SOURCE ANY\nOPEN_PORTS tcp/22\n%include_keys {keys}\n")
+    out = tmp_path / "gk.toml"
+    assert cli.main(["import-fwknop", str(access), "-o", str(out)]) == 0
+    assert [o for _, o in opened(Conversion(out.read_text(), (), 0, ()))] == [["22:tcp"]]
+    key_file = tmp_path / "spa.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert f"KEY_BASE64: {K}" in key_file.read_text() and f"HMAC_KEY_BASE64: {H}" in key_file.read_text()
+    err = capsys.readouterr().err
+    assert f"{keys}:4: warning: OPEN_PORTS in a keys file (%include_keys): ignored" in err
+    assert f"{keys}:5:" not in err  # GPG_REMOTE_ID is a keys-file setting
+
+
+def test_include_keys_counts_where_its_line_is_and_a_later_stanza_line_wins() -> None:
+    other = base64.b64encode(bytes(range(1, 33))).decode()
+    files = {"/k.conf": f"KEY_BASE64 {other}\nHMAC_KEY_BASE64 {H}\n"}
+    result = conv("SOURCE ANY\nOPEN_PORTS tcp/22\nKEY early-phrase\n%include_keys /k.conf\n", files)
+    assert "KEY_BASE64: " + other in result.key_files[0].text  # the keys file's, not the KEY before
+    result = conv(f"SOURCE ANY\nOPEN_PORTS tcp/22\n%include_keys /k.conf\nKEY_BASE64 {K}\n", files)
+    assert "KEY_BASE64: " + K in result.key_files[0].text  # the stanza's line after it
+    assert warned(result, "/a.conf:4:", "KEY_BASE64 is set again (line 1 of /k.conf)")
+    with pytest.raises(FwknopError, match=r"^/a.conf:2: KEY_BASE64 is not base64"):
+        conv("SOURCE ANY\nKEY_BASE64 x*\n%include_keys /k.conf\n", {"/k.conf": f"HMAC_KEY_BASE64 {H}\n"})
+    assert len(opened(conv("SOURCE ANY\n%include_keys /k.conf\nOPEN_PORTS tcp/22\n", files))) == 1
+
+
+def test_a_missing_keys_file_is_an_error_naming_it() -> None:
+    with pytest.raises(FwknopError, match=r"^/a.conf:3: %include_keys /gone.keys: cannot read the keys "
+                       "file /gone.keys: No such file"):
+        conv("SOURCE ANY\nOPEN_PORTS tcp/22\n%include_keys /gone.keys\n", {})
+    with pytest.raises(FwknopError, match=r"^/a.conf:2: %include_keys /k: the stanza of SOURCE ANY has "
+                       "no KEY or KEY_BASE64 after its keys file"):  # fwknopd checks it there
+        conv(f"SOURCE ANY\n%include_keys /k\n{KEYS}", {"/k": "HMAC_KEY hmac-only\n"})
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("# ok\nKEY\n", "/k:2: 'KEY' is not NAME value"),
+    ("\n  \n", "/k:2: '' is not NAME value"),
+    (f"HMAC_KEY_BASE64 {H}\nKEY_BASE64 not*base64\n", "/k:2: KEY_BASE64 is not base64"),
+    ("KEY __changeme__\n", "/k:1: KEY is __CHANGEME__"),
+    (f"KEY_BASE64 {K}\nHMAC_KEY_BASE64 {K}\n", "/k:2: the encryption and HMAC keys are the same"),
+])
+def test_a_keys_file_line_fwknopd_refuses_is_an_error_naming_file_and_line(text: str, error: str) -> None:
+    with pytest.raises(FwknopError, match="^" + error.replace("*", r"\*")):
+        conv("SOURCE ANY\nOPEN_PORTS tcp/22\n%include_keys /k\n", {"/k": text})
+
+
+def test_access_folder_does_not_need_the_named_access_conf(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.conf").write_text(stanza(22))
+    server = tmp_path / "fwknopd.conf"
+    server.write_text(f"ACCESS_FOLDER {tmp_path}/d\n")
+    out = tmp_path / "gk.toml"
+    rc = cli.main(["import-fwknop", str(tmp_path / "none.conf"), "--server-conf", str(server),
+                   "-o", str(out)])
+    assert rc == 0 and [o for _, o in opened(Conversion(out.read_text(), (), 0, ()))] == [["22:tcp"]]
+    assert "none.conf is not imported" in capsys.readouterr().err
+    assert cli.main(["import-fwknop", str(tmp_path / "none.conf"), "-o", str(out)]) == 2
+    assert "none.conf: no such file" in capsys.readouterr().err
+
+
+def test_a_keys_file_gives_a_gnupg_stanza_its_passphrase_but_not_its_home() -> None:
+    keys = f"GPG_DECRYPT_ID 1234ABCD\nGPG_REMOTE_ID 1111AAAA\nGPG_DECRYPT_PW  pass word\nGPG_HOME_DIR /x\n" \
+        f"HMAC_KEY_BASE64 {H}\n"
+    result = conv("SOURCE ANY\nOPEN_PORTS tcp/22\nGPG_HOME_DIR /g\n%include_keys /k\n", {"/k": keys})
+    files = {f.path: f.text for f in result.key_files}
+    assert files["/k/spa.gpg-passphrase"] == "pass word\n" and f"HMAC_KEY_BASE64: {H}" in files["/k/spa.key"]
+    assert tomllib.loads(result.toml)["door"][0]["spa_gpg"]["home"] == "/g"
+    assert warned(result, "/k:4:", "GPG_HOME_DIR in a keys file (%include_keys): ignored")
+
+
+def test_a_relative_keys_file_is_read_from_the_current_directory_with_a_warning() -> None:
+    files = DictFiles({"k.conf": KEYS})
+    result = convert("SOURCE ANY\nOPEN_PORTS tcp/22\n%include_keys k.conf\n", "/a.conf", "/k", None, "",
+                     files)
+    assert files.read_paths == ["k.conf"] and len(opened(result)) == 1
+    assert warned(result, "/a.conf:3:", "%include_keys k.conf: read from the current directory")
