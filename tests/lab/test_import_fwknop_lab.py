@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 
 from gatekeeper.lab.netns import GW4, Lab
 from tests.fixtures.needs import need_tool
+from tests.lab.stock_fwknopd import opened, running
 from tests.lab.support import H, K, fwknop_send, is_open, needs_fwknop
 
 PASS, HMAC_PASS = "a passphrase", "another one for hmac"  # stanza 2: access.conf's KEY / HMAC_KEY
@@ -42,36 +42,6 @@ PORTS = (22, 8080)
 
 def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
-
-
-def opened(lab: Lab, port: int, timeout: float = 6.0) -> bool:
-    """Whether the client can connect to the gateway's ``port`` within ``timeout`` (fwknopd
-    opens about a second after the packet)."""
-    deadline = time.monotonic() + timeout
-    while not is_open(lab, "client", GW4, port):
-        if time.monotonic() > deadline:
-            return False
-    return True
-
-
-def fwknopd(lab: Lab, tmp: Path) -> subprocess.Popen[Any]:
-    """Stock fwknopd in the gateway, in the foreground, once it sniffs eth0."""
-    need_tool("fwknopd", "Debian's fwknop-server, to run the access.conf the importer reads")
-    run = tmp / "run"
-    run.mkdir()
-    log = (tmp / "fwknopd.log").open("w")
-    proc = lab.popen("gw", ["fwknopd", "-f", "-i", "eth0", "-c", str(tmp / "fwknopd.conf"),
-                            "-a", str(tmp / "access.conf"), "-d", str(run / "digest.cache"),
-                            "-p", str(run / "fwknopd.pid"), "-r", str(run)],
-                     stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while "Sniffing interface" not in (tmp / "fwknopd.log").read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            lab.stop(proc)
-            raise AssertionError("stock fwknopd did not start:\n" + (tmp / "fwknopd.log").read_text())
-        time.sleep(0.1)
-    time.sleep(0.3)  # its pcap loop is running
-    return proc
 
 
 def send(lab: Lab, home: Path, access: str, second: bool = False, *extra: str) -> None:
@@ -120,23 +90,13 @@ def test_stock_fwknopd_config_imports_and_the_same_client_commands_open_the_same
     where = write_access(tmp_path, layout)
     home = tmp_path / "home"
     home.mkdir()
-    drop = [["-p", "tcp", "-s", "203.0.113.0/24", "--dport", str(p), "-j", "DROP"] for p in PORTS]
-    for rule in drop:  # what fwknopd's gateway has: its ports shut until fwknopd opens them
-        lab.run("gw", ["iptables", "-A", "INPUT", *rule])
-    try:
-        daemon = fwknopd(lab, tmp_path)
-        try:
-            assert not any(is_open(lab, "client", GW4, p) for p in PORTS)
-            send(lab, home, "tcp/22")
-            assert opened(lab, 22), (tmp_path / "fwknopd.log").read_text()
-            assert not is_open(lab, "client", GW4, 8080), "fwknopd opened only what was asked"
-            send(lab, home, "tcp/8080", True)  # the second stanza: its passphrases, HMAC-SHA512
-            assert opened(lab, 8080), (tmp_path / "fwknopd.log").read_text()
-        finally:
-            lab.stop(daemon)  # it removes its rules on the way out
-    finally:
-        for rule in drop:
-            lab.run("gw", ["iptables", "-D", "INPUT", *rule])
+    with running(lab, tmp_path, shut=PORTS):  # its ports shut until it opens them
+        assert not any(is_open(lab, "client", GW4, p) for p in PORTS)
+        send(lab, home, "tcp/22")
+        assert opened(lab, 22), (tmp_path / "fwknopd.log").read_text()
+        assert not is_open(lab, "client", GW4, 8080), "fwknopd opened only what was asked"
+        send(lab, home, "tcp/8080", True)  # the second stanza: its passphrases, HMAC-SHA512
+        assert opened(lab, 8080), (tmp_path / "fwknopd.log").read_text()
 
     out = tmp_path / "gatekeeper.toml"
     rc = cli.main(["import-fwknop", str(access), "--server-conf", str(server), "-o", str(out),

@@ -192,7 +192,7 @@ def test_a_gnupg_stanza_of_stock_fwknopd_imports_and_the_same_client_command_ope
     from types import SimpleNamespace
 
     from gatekeeper import cli
-    from tests.lab.test_import_fwknop_lab import fwknopd, opened
+    from tests.lab.stock_fwknopd import opened, running
 
     lab = served
     access, server = tmp_path / "access.conf", tmp_path / "fwknopd.conf"
@@ -204,18 +204,10 @@ def test_a_gnupg_stanza_of_stock_fwknopd_imports_and_the_same_client_command_ope
         path.chmod(0o600)
     client = SimpleNamespace(home=str(tmp_path / "home"))
     os.mkdir(client.home)
-    drop = ["-p", "tcp", "-s", "203.0.113.0/24", "--dport", "22", "-j", "DROP"]
-    lab.run("gw", ["iptables", "-A", "INPUT", *drop])
-    try:
-        proc = fwknopd(lab, tmp_path)
-        try:
-            assert not is_open(lab, "client", GW4, 22)
-            send(lab, client, gnupg, "gpg", hmac=True)
-            assert opened(lab, 22), (tmp_path / "fwknopd.log").read_text()
-        finally:
-            lab.stop(proc)
-    finally:
-        lab.run("gw", ["iptables", "-D", "INPUT", *drop])
+    with running(lab, tmp_path, shut=[22]):
+        assert not is_open(lab, "client", GW4, 22)
+        send(lab, client, gnupg, "gpg", hmac=True)
+        assert opened(lab, 22), (tmp_path / "fwknopd.log").read_text()
     out = tmp_path / "gatekeeper.toml"
     rc = cli.main(["import-fwknop", str(access), "--server-conf", str(server), "-o", str(out),
                    "--key-dir", str(tmp_path / "keys")])

@@ -170,7 +170,7 @@ FORCE_NAT {SERVER4} {TARGET_PORT}
 def test_stock_fwknopd_force_nat_imports_and_the_same_command_reaches_the_same_host(
         lab: Lab, start_daemon: Any, tmp_path: Path) -> None:
     from gatekeeper import cli
-    from tests.lab.test_import_fwknop_lab import fwknopd, opened
+    from tests.lab.stock_fwknopd import fwknopd, opened
 
     access, server = tmp_path / "access.conf", tmp_path / "fwknopd.conf"
     access.write_text(FWKNOPD_ACCESS)

@@ -21,6 +21,7 @@ import pytest
 from gatekeeper import cli
 from gatekeeper.lab.netns import GW4, Lab
 from gatekeeper.spa import fwknop
+from tests.lab.stock_fwknopd import opened, running
 from tests.lab.support import (
     KEYS,
     H,
@@ -32,7 +33,6 @@ from tests.lab.support import (
     spa_counts,
     wait_count,
 )
-from tests.lab.test_import_fwknop_lab import fwknopd, opened
 
 pytestmark = [pytest.mark.lab, needs_fwknop]
 
@@ -173,22 +173,11 @@ def test_stock_fwknopd_sniffing_the_transports_imports_and_opens_the_same(
     server.chmod(0o600)
     home = tmp_path / "home"
     home.mkdir()
-    drop = [["-p", "tcp", "-s", "203.0.113.0/24", "--dport", str(p), "-j", "DROP"]
-            for p, _ in COMMANDS.values()]
-    for rule in drop:  # fwknopd's gateway: the ports shut until fwknopd opens them
-        lab.run("gw", ["iptables", "-A", "INPUT", *rule])
-    try:
-        daemon = fwknopd(lab, tmp_path)
-        try:
-            for port, flags in COMMANDS.values():
-                assert not is_open(lab, "client", GW4, port)
-                fwknop_send(lab, str(home), *flags, access=f"tcp/{port}")
-                assert opened(lab, port), (flags, (tmp_path / "fwknopd.log").read_text())
-        finally:
-            lab.stop(daemon)  # it removes its rules on the way out
-    finally:
-        for rule in drop:
-            lab.run("gw", ["iptables", "-D", "INPUT", *rule])
+    with running(lab, tmp_path, shut=[p for p, _ in COMMANDS.values()]):
+        for port, flags in COMMANDS.values():
+            assert not is_open(lab, "client", GW4, port)
+            fwknop_send(lab, str(home), *flags, access=f"tcp/{port}")
+            assert opened(lab, port), (flags, (tmp_path / "fwknopd.log").read_text())
     out = tmp_path / "gatekeeper.toml"
     assert cli.main(["import-fwknop", str(access), "--server-conf", str(server), "-o", str(out),
                      "--key-dir", str(tmp_path / "keys")]) == 0, capsys.readouterr().err
