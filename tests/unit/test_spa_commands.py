@@ -16,6 +16,7 @@ from gatekeeper.model import UDP
 from gatekeeper.spa.fwknop import Stage
 from gatekeeper.spa.request import Request, encode
 from tests.fixtures.commands import lines
+from tests.fixtures.configs import one_door
 from tests.fixtures.doors import CLIENT, CLIENT_B, GW_B, KEYS, WALL, specials
 from tests.fixtures.spa import check
 
@@ -49,18 +50,8 @@ def test_a_command_is_checked_like_an_access_request() -> None:
 
 
 def config_text(key_file: str, commands: str) -> str:
-    return f"""
-[gatekeeper]
-control = ""
-[metrics]
-listen = ""
-[[door]]
-name = "admin"
-spa = true
-key_file = "{key_file}"
-opens = ["22"]
-spa_commands = {commands}
-"""
+    return one_door(f'name = "admin"\nspa = true\nkey_file = "{key_file}"\nopens = ["22"]\n'
+                    f"spa_commands = {commands}")
 
 
 def test_spa_commands_parse_to_argv(files: dict[str, str]) -> None:

@@ -22,6 +22,7 @@ from gatekeeper.queue.worker import Worker
 from gatekeeper.spa import gpg
 from gatekeeper.spa.fwknop import Stage
 from gatekeeper.spa.request import Request
+from tests.fixtures.configs import one_door
 from tests.fixtures.doors import CLIENT, WALL, udp, write_key
 from tests.fixtures.fakes import FakeGrants
 from tests.fixtures.gnupg import PASSPHRASE, Homes, seal
@@ -193,18 +194,9 @@ def gpg_config(homes: Homes, tmp_path: Path, extra: str = "", key: bool = False)
         import base64
         path = write_key(tmp_path / "hmac.key", f"HMAC_KEY_BASE64: {base64.b64encode(HMAC).decode()}\n")
         key_line = f'key_file = "{path}"\n'
-    return f"""
-[gatekeeper]
-control = ""
-[metrics]
-listen = ""
-[[door]]
-name = "gpg"
-spa = true
-{key_line}opens = ["22"]
-spa_gpg = {{ home = "{homes.home('server')}", recipient = "{homes.key_id('server')}", \
-signers = ["{homes.key_id('client')}"]{extra} }}
-"""
+    return one_door(f'name = "gpg"\nspa = true\n{key_line}opens = ["22"]\n'
+                    f'spa_gpg = {{ home = "{homes.home("server")}", recipient = "{homes.key_id("server")}", '
+                    f'signers = ["{homes.key_id("client")}"]{extra} }}')
 
 
 def test_config_reads_spa_gpg(gnupg: Homes, tmp_path: Path) -> None:

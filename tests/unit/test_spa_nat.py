@@ -22,6 +22,7 @@ from gatekeeper.queue.worker import Worker
 from gatekeeper.spa.fwknop import Stage
 from gatekeeper.spa.nat import nat_target
 from gatekeeper.spa.request import Request, encode
+from tests.fixtures.configs import one_door
 from tests.fixtures.doors import CLIENT, CLIENT_B, GW_B, KEYS, WALL, specials, udp
 from tests.fixtures.fakes import FakeGrants
 from tests.fixtures.needs import need_tool
@@ -95,19 +96,8 @@ def test_the_stock_client_nat_messages(tmp_path: Path) -> None:
 # -- config ---------------------------------------------------------------------------------
 
 def nat_config(key_file: str, extra: str, workers: int = 1) -> str:
-    return f"""
-[gatekeeper]
-control = ""
-workers = {workers}
-[metrics]
-listen = ""
-[[door]]
-name = "nat"
-spa = true
-key_file = "{key_file}"
-opens = ["2222"]
-{extra}
-"""
+    return one_door(f'name = "nat"\nspa = true\nkey_file = "{key_file}"\nopens = ["2222"]\n{extra}',
+                    f"workers = {workers}")
 
 
 def test_spa_nat_settings(files: dict[str, str]) -> None:

@@ -24,6 +24,7 @@ from gatekeeper.spa.cipher import Suite
 from gatekeeper.spa.fwknop import SpaKeys, Stage
 from gatekeeper.spa.replay import ReplayCache
 from gatekeeper.spa.request import Request, encode
+from tests.fixtures.configs import one_door
 from tests.fixtures.needs import need_tool
 
 CLIENT = "203.0.113.10"
@@ -185,17 +186,7 @@ def test_bad_door_settings_are_one_error(tmp_path: Path, extra: str, keys: str |
 
 # -- the special doors: the cost of telling hmac_type ----------------------------------
 
-TWO_DOORS = """
-[gatekeeper]
-control = ""
-[metrics]
-listen = ""
-[[door]]
-name = "spa"
-spa = true
-key_file = "{spa}"
-opens = ["22"]
-"""
+TWO_DOORS = one_door('name = "spa"\nspa = true\nkey_file = "{spa}"\nopens = ["22"]')
 
 
 def specials(tmp_path: Path) -> SpecialDoors:

@@ -29,6 +29,7 @@ from gatekeeper.queue.decode import decode, spa_payload, udp_payload
 from gatekeeper.queue.worker import Worker
 from gatekeeper.spa import fwknop
 from gatekeeper.spa.cipher import Suite
+from tests.fixtures.configs import one_door
 from tests.fixtures.doors import CLIENT, CLIENT_B, GW_B, KEYS, WALL, spa_packet, udp, write_key
 from tests.fixtures.fakes import FakeGrants
 from tests.fixtures.packets import (
@@ -54,20 +55,9 @@ OTHER = fwknop.SpaKeys(bytes(range(1, 33)), bytes(range(2, 66)), "other")
 def config(tmp_path: Path, transports: str = '["udp", "tcpraw", "icmp", "udp-any"]',
            extra: str = "", workers: int = 1, prefilter: bool = False) -> str:
     key = write_key(tmp_path / "spa.key", fwknop.format_key_file(KEYS))
-    return f"""
-[gatekeeper]
-control = ""
-workers = {workers}
-prefilter = {"true" if prefilter else "false"}
-[metrics]
-listen = ""
-[[door]]
-name = "spa"
-spa = true
-key_file = "{key}"
-opens = ["22"]
-spa_transports = {transports}
-{extra}"""
+    return one_door(f'name = "spa"\nspa = true\nkey_file = "{key}"\nopens = ["22"]\n'
+                    f"spa_transports = {transports}\n{extra}",
+                    f"workers = {workers}", f"prefilter = {'true' if prefilter else 'false'}")
 
 
 def load(tmp_path: Path, *args: object, **kwargs: object) -> Config:
