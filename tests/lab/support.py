@@ -186,3 +186,21 @@ def grants(daemon: Any, door: str) -> int:
 
 # Tests that need the stock fwknop client (the fwknop_client fixture: tests/lab/conftest.py).
 needs_fwknop = pytest.mark.usefixtures("fwknop_client")
+
+
+def spa_daemon(start_daemon: Any, tmp_path: Path, doors: dict[str, tuple[str, str]],
+               settings: str = "") -> Any:
+    """The daemon (2 workers, guarding eth0, ``settings`` lines added) on SPA doors ``name ->
+    (key file text, the door's other lines)``, key files 0600 in ``tmp_path``; ``.home`` is
+    an empty HOME for the stock client beside them."""
+    text = f'[gatekeeper]\nqueue = 0\nworkers = 2\ninterfaces = ["eth0"]\n{settings}'
+    for name, (keys, lines) in doors.items():
+        path = tmp_path / f"{name}.key"
+        path.write_text(keys)
+        os.chmod(path, 0o600)
+        text += f'\n[[door]]\nname = "{name}"\nspa = true\nkey_file = "{path}"\n{lines}\n'
+    home = tmp_path / "home"
+    home.mkdir()
+    daemon = start_daemon(text)
+    daemon.home = str(home)
+    return daemon

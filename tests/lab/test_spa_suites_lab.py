@@ -6,7 +6,6 @@ a suite the door does not take is refused in its own counter."""
 from __future__ import annotations
 
 import base64
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 
 from gatekeeper.lab.netns import CLIENT4, GW4, Lab
-from tests.lab.support import grants, is_open, needs_fwknop, spa_counts, wait_count
+from tests.lab.support import grants, is_open, needs_fwknop, spa_counts, spa_daemon, wait_count
 
 pytestmark = [pytest.mark.lab, needs_fwknop]
 
@@ -51,18 +50,9 @@ def served(lab: Lab) -> Lab:
 
 @pytest.fixture
 def daemon(served: Lab, start_daemon: Any, tmp_path: Path) -> Iterator[Any]:
-    text = '[gatekeeper]\nqueue = 0\nworkers = 2\ninterfaces = ["eth0"]\n'
-    for name, (spa_port, port, extra, keys) in DOORS.items():
-        path = tmp_path / f"{name}.key"
-        path.write_text(keys or DOORS["spa"][3])
-        os.chmod(path, 0o600)
-        text += (f'\n[[door]]\nname = "{name}"\nspa = true\nkey_file = "{path}"\n'
-                 f'spa_port = {spa_port}\nopens = ["{port}:tcp"]\n{extra}\n')
-    home = tmp_path / "home"
-    home.mkdir()
-    d = start_daemon(text)
-    d.home = str(home)
-    yield d
+    doors = {name: (keys or DOORS["spa"][3], f'spa_port = {spa_port}\nopens = ["{port}:tcp"]\n{extra}')
+             for name, (spa_port, port, extra, keys) in DOORS.items()}
+    yield spa_daemon(start_daemon, tmp_path, doors)
 
 
 def send(lab: Lab, daemon: Any, door: str, *flags: str, keys: tuple[str, ...] = BASE64_KEYS,

@@ -10,7 +10,6 @@ a wrong key is refused and counted. Then stock fwknopd, sniffing those transport
 from __future__ import annotations
 
 import base64
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from tests.lab.support import (
     is_open,
     needs_fwknop,
     spa_counts,
+    spa_daemon,
     wait_count,
 )
 
@@ -64,18 +64,9 @@ def served(lab: Lab) -> Lab:
 def daemon(request: pytest.FixtureRequest, served: Lab, start_daemon: Any,
            tmp_path: Path) -> Iterator[Any]:
     pre = "true" if request.param else "false"
-    text = f'[gatekeeper]\nqueue = 0\nworkers = 2\nprefilter = {pre}\ninterfaces = ["eth0"]\n'
-    for name, (transports, port, keys, _) in DOORS.items():
-        path = tmp_path / f"{name}.key"
-        path.write_text(fwknop.format_key_file(keys))
-        os.chmod(path, 0o600)
-        text += (f'\n[[door]]\nname = "{name}"\nspa = true\nkey_file = "{path}"\n'
-                 f'spa_transports = {transports}\nopens = ["{port}:tcp"]\n')
-    home = tmp_path / "home"
-    home.mkdir()
-    d = start_daemon(text)
-    d.home = str(home)
-    yield d
+    doors = {name: (fwknop.format_key_file(keys), f'spa_transports = {transports}\nopens = ["{port}:tcp"]')
+             for name, (transports, port, keys, _) in DOORS.items()}
+    yield spa_daemon(start_daemon, tmp_path, doors, f"prefilter = {pre}\n")
 
 
 def send(lab: Lab, daemon: Any, door: str, keys: fwknop.SpaKeys | None = None) -> None:
