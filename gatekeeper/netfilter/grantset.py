@@ -160,14 +160,24 @@ class GrantSets:
     def add_nat(self, address: str, door: Door, seconds: float, step: Port, host: str,
                 port: int) -> None:
         """An SPA NAT grant (gatekeeper.netfilter.nat): the forward grant to the target
-        first, then the (address, gateway port) pair its DNAT rule matches; commented
+        first, then the (address, gateway port) pair its DNAT rule matches (if that fails,
+        the forward grant is taken out again and the error raised); commented
         ``nat:DOOR``, so that adoption after a restart leaves them to their timeout."""
         timeout = max(1, math.ceil(seconds))
         packed = ipaddress.ip_address(address).packed
         comment = COMMENT_PREFIX + door.name
-        self._adder.add(SET_FWD[_family(address)], packed, step.proto, port,
+        family = _family(address)
+        self._adder.add(SET_FWD[family], packed, step.proto, port,
                         ipaddress.ip_address(host).packed, timeout, comment)
-        self._adder.add(set_name(host, port), packed, step.proto, step.port, None, timeout, comment)
+        try:
+            self._adder.add(set_name(host, port), packed, step.proto, step.port, None, timeout, comment)
+        except Exception:  # nothing half-installed: take the forward grant out again
+            af = socket.AF_INET if family == 4 else socket.AF_INET6
+            try:
+                self._ipset.delete(SET_FWD[family], (address, PortEntry(port, protocol=step.proto), host),
+                                   etype="ip,port,ip", family=af, exclusive=False)
+            finally:
+                raise
 
     def remove(self, address: str, door: Door, steps: tuple[Port, ...] | None = None) -> None:
         """Remove the entries of ``steps`` (None: all of the door's ``opens``)."""

@@ -193,3 +193,23 @@ def test_stock_fwknopd_force_nat_imports_and_the_same_command_reaches_the_same_h
     fwknop_send(lab, str(home), access=f"tcp/{FORCED_PORT}")
     assert is_open(lab, "client", GW4, FORCED_PORT), "the first SYN, DNATed to the same host"
 
+
+@needs_fwknop
+def test_a_nat_grant_the_kernel_refuses_leaves_no_forward_entry(lab: Lab, nat_daemon: Any) -> None:
+    """When the DNAT pair cannot go in (here: the target's set is full), the forward grant
+    added just before it is taken out again: nothing half-installed is left to time out."""
+    name = set_name(SERVER4, TARGET_PORT)
+    # the rule's set swapped with a full one of its kind (maxelem 1): the add is refused
+    full = "gk-test-full"
+    lab.run("gw", ["ipset", "create", full, "hash:ip,port", "maxelem", "1", "timeout", "0", "comment"])
+    lab.run("gw", ["ipset", "add", full, "198.18.0.1,tcp:1"])
+    lab.run("gw", ["ipset", "swap", full, name])
+    try:
+        fwknop_send(lab, nat_daemon.home, "-N", TARGET, access=f"tcp/{GATEWAY_PORT}")
+        nat_daemon.wait_for(r"grant door=spa address=203\.0\.113\.10: kernel set not updated")
+        forward = lab.run("gw", ["ipset", "list", "gatekeeper-fwd4"]).stdout
+        assert "203.0.113.10" not in forward.split("Members:", 1)[1], forward
+        assert not is_open(lab, "client", GW4, GATEWAY_PORT)
+    finally:
+        lab.run("gw", ["ipset", "swap", full, name])  # the daemon's own set back, for its stop
+        lab.run("gw", ["ipset", "destroy", full])
