@@ -171,13 +171,15 @@ class GrantSets:
                         ipaddress.ip_address(host).packed, timeout, comment)
         try:
             self._adder.add(set_name(host, port), packed, step.proto, step.port, None, timeout, comment)
-        except Exception:  # nothing half-installed: take the forward grant out again
+        except Exception as exc:  # nothing half-installed: take the forward grant out again
             af = socket.AF_INET if family == 4 else socket.AF_INET6
             try:
                 self._ipset.delete(SET_FWD[family], (address, PortEntry(port, protocol=step.proto), host),
                                    etype="ip,port,ip", family=af, exclusive=False)
-            finally:
-                raise
+            except Exception as undo:  # say so: the forward grant stays until its timeout
+                raise OSError(f"{exc}; the forward grant to {host} stays until it times out "
+                              f"({undo})") from exc
+            raise
 
     def remove(self, address: str, door: Door, steps: tuple[Port, ...] | None = None) -> None:
         """Remove the entries of ``steps`` (None: all of the door's ``opens``)."""
